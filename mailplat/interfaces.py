@@ -1,0 +1,381 @@
+"""
+The contracts between mailplat's layers.
+
+Protocols (SMTP, POP3, IMAP) talk to mail only through these interfaces; a
+store (Maildir, mbox, SQL, a third-party plugin) implements them.  Every store
+passes the shared conformance suite in ``tests/storetests.py``.
+
+Conventions that hold for every method below:
+
+* Every method that may touch a disk or a database returns a L{Deferred}.
+  Errors are delivered as failures carrying the exceptions defined in
+  L{mailplat.errors}; a store never lets an C{OSError} or a database error
+  escape as such when one of those exceptions says what went wrong.
+* Mailbox names are Python C{str} (Unicode, not modified UTF-7: converting to
+  and from the wire form is the IMAP layer's job).  The hierarchy delimiter is
+  always C{"/"} (L{HIERARCHY_DELIMITER}), whatever the store uses on disk.
+  C{INBOX} is case-insensitive and always exists.  A name is validated by
+  L{mailplat.mailbox.validateMailboxName} before a store sees it; stores
+  validate again and refuse with L{mailplat.errors.InvalidMailboxName}.
+* Messages cross the contract in their wire form: lines end in CRLF.  A store
+  may keep another form on disk (Maildir keeps LF) but C{size} is always the
+  size of the wire form, and L{IMailbox.openMessage} yields the wire form.
+* Flags are C{str}: system flags with their backslash (C{"\\\\Seen"},
+  C{"\\\\Answered"}, C{"\\\\Flagged"}, C{"\\\\Deleted"}, C{"\\\\Draft"}) and
+  keywords as given (atoms, compared case-insensitively by IMAP, stored as
+  first given).  C{\\Recent} is never stored: it is session state (see
+  L{IMailbox.claimRecent}).
+* Internal dates are POSIX timestamps (C{float}, seconds, UTC).
+"""
+
+from typing import Any, BinaryIO, Callable, Iterable, List, Optional
+
+from zope.interface import Attribute, Interface
+
+HIERARCHY_DELIMITER = "/"
+
+SYSTEM_FLAGS = frozenset(
+    ["\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"]
+)
+
+# Special-use attributes (RFC 6154) a store may attach to a mailbox.
+SPECIAL_USE = frozenset(
+    ["\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash"]
+)
+
+
+class IMessageInfo(Interface):
+    """
+    What a store knows about one message without reading it.
+
+    Instances are immutable snapshots (L{mailplat.mailbox.MessageInfo} is the
+    one every store returns).
+    """
+
+    uid = Attribute("The message's UID: a positive int, unique and never reused in its mailbox.")
+    flags = Attribute("frozenset of str: system flags and keywords, never \\Recent.")
+    internalDate = Attribute("float: POSIX timestamp of delivery or APPEND.")
+    size = Attribute("int: size in octets of the wire (CRLF) form.")
+    modseq = Attribute("int: the mailbox's modification sequence at this message's last change (CONDSTORE).")
+
+
+class IMailboxListener(Interface):
+    """
+    Told about changes made to a mailbox, so that every session (IMAP IDLE,
+    EXISTS/EXPUNGE/FETCH updates) learns of changes made by another.
+    """
+
+    def mailboxChanged(mailbox: "IMailbox") -> None:
+        """
+        Something in C{mailbox} changed (new messages, flags, expunges).
+
+        Called synchronously after the change is durable, on the reactor
+        thread.  The listener re-reads what it needs (usually with
+        L{IMailbox.listMessages}); it must not raise.
+        """
+
+
+class IMailbox(Interface):
+    """
+    One folder of one account: an ordered set of messages by UID.
+    """
+
+    name = Attribute("str: the mailbox's full name, '/'-delimited; 'INBOX' for the inbox.")
+    uidValidity = Attribute("int: UIDVALIDITY, fixed for the life of the mailbox (1..2**32-1).")
+
+    def status() -> "Deferred[MailboxStatus]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Counts for STATUS, SELECT and POP3 STAT.
+
+        @return: a Deferred firing with a L{mailplat.mailbox.MailboxStatus}.
+        """
+
+    def listMessages() -> "Deferred[List[IMessageInfo]]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Every message now in the mailbox, in ascending UID order.
+        """
+
+    def claimRecent() -> "Deferred[List[int]]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Claim the \\Recent messages for the calling session.
+
+        Returns the UIDs of messages that no session has claimed before, and
+        marks them claimed, so exactly one session ever sees a message as
+        \\Recent (RFC 3501 2.3.2).  A read-only session (EXAMINE) does not
+        call this.
+        """
+
+    def openMessage(uid: int) -> "Deferred[BinaryIO]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Open a message for reading in its wire (CRLF) form.
+
+        The caller closes the file.  Reading it yields exactly C{size}
+        octets (as in L{IMessageInfo}).
+        @raise mailplat.errors.NoSuchMessage: (as a failure) the UID is not
+            in the mailbox (any more).
+        """
+
+    def append(
+        source: BinaryIO,
+        flags: Iterable[str] = (),
+        internalDate: Optional[float] = None,
+    ) -> "Deferred[int]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Add a message; fires with its new UID only once it is durable
+        (fsynced), so the caller may acknowledge it.
+
+        @param source: a binary file positioned at the message's start, wire
+            (CRLF) form; read to its end, not closed.
+        @param flags: initial flags (never \\Recent); the new message is
+            \\Recent for the next session that claims it.
+        @param internalDate: POSIX timestamp; now if L{None}.
+        """
+
+    def setFlags(uids: Iterable[int], flags: Iterable[str], mode: str) -> "Deferred[List[IMessageInfo]]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Change flags of the given messages.
+
+        @param mode: C{"set"} (replace), C{"add"} or C{"remove"}.
+        @return: Deferred firing with the new L{IMessageInfo} of each message
+            that still exists, in UID order (UIDs no longer there are
+            skipped, not an error).  A message whose flags did not change
+            keeps its modseq.
+        """
+
+    def expunge(uids: Optional[Iterable[int]] = None, requireDeleted: bool = True) -> "Deferred[List[int]]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Remove messages for good, durably, before firing.
+
+        @param uids: only consider these UIDs (UID EXPUNGE, POP3's DELE set);
+            L{None} means every message.
+        @param requireDeleted: remove only messages flagged \\Deleted (IMAP);
+            POP3 passes C{False} to remove exactly C{uids}.
+        @return: Deferred firing with the removed UIDs, ascending.
+        """
+
+    def copyTo(uids: Iterable[int], target: "IMailbox") -> "Deferred[List[tuple]]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Copy messages (content, flags, internal date) into C{target}, which
+        may belong to another store or account; the copies are new and
+        \\Recent there.
+
+        @return: Deferred firing with C{(sourceUID, targetUID)} pairs in
+            source UID order (COPYUID, RFC 4315), once every copy is durable.
+        """
+
+    def addListener(listener: IMailboxListener) -> None:
+        """
+        Register C{listener} to be told of every later change to this
+        mailbox, whichever session or process made it.
+        """
+
+    def removeListener(listener: IMailboxListener) -> None:
+        """
+        Stop telling C{listener}; unknown listeners are ignored.
+        """
+
+    def lockExclusive() -> "Deferred[Callable[[], None]]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Take the mailbox's exclusive session lock (POP3 maildrop lock,
+        RFC 2449 IN-USE).  Fires with a callable that releases it.
+
+        @raise mailplat.errors.MailboxLocked: (as a failure) another session,
+            in this process or another, holds it.
+        """
+
+
+class IMailboxEntry(Interface):
+    """
+    One line of a mailbox listing (L{IAccount.listMailboxes}).
+    """
+
+    name = Attribute("str: full '/'-delimited name.")
+    attributes = Attribute(
+        "frozenset of str: LIST attributes: \\Noselect for a hierarchy-only name,"
+        " \\HasChildren/\\HasNoChildren, and special-use attributes."
+    )
+
+
+class IAccount(Interface):
+    """
+    One user's mail: the IMAP avatar, and the holder of the POP3 maildrop
+    (its INBOX).
+    """
+
+    address = Attribute("str: the account's address, which is also its login name.")
+
+    def listMailboxes() -> "Deferred[List[IMailboxEntry]]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Every mailbox of the account, INBOX included, sorted by name, with
+        intermediate hierarchy names that do not exist as mailboxes given
+        \\Noselect.
+        """
+
+    def getMailbox(name: str) -> "Deferred[IMailbox]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        @raise mailplat.errors.NoSuchMailbox: (as a failure).
+        @raise mailplat.errors.InvalidMailboxName: (as a failure).
+        """
+
+    def createMailbox(name: str, specialUse: Optional[str] = None) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Create a mailbox (and any missing superiors, RFC 3501 6.3.3).
+
+        @raise mailplat.errors.MailboxExists: (as a failure).
+        @raise mailplat.errors.InvalidMailboxName: (as a failure).
+        """
+
+    def deleteMailbox(name: str) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Delete a mailbox and its messages.  INBOX cannot be deleted.  A
+        mailbox with children is kept as a \\Noselect name with its messages
+        removed (RFC 3501 6.3.4); deleting a \\Noselect name with children is
+        refused.
+
+        @raise mailplat.errors.NoSuchMailbox: (as a failure).
+        @raise mailplat.errors.MailboxError: (as a failure) when refused.
+        """
+
+    def renameMailbox(old: str, new: str) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Rename a mailbox with all its children.  Renaming INBOX moves its
+        messages into a new mailbox and leaves INBOX empty (RFC 3501 6.3.5).
+        UIDVALIDITY of a renamed mailbox may change.
+        """
+
+    def subscribe(name: str) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Add C{name} to the subscriptions (it need not exist).
+        """
+
+    def unsubscribe(name: str) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Remove C{name} from the subscriptions.
+
+        @raise mailplat.errors.NoSuchMailbox: (as a failure) not subscribed.
+        """
+
+    def listSubscriptions() -> "Deferred[List[str]]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        The subscribed names, sorted.
+        """
+
+
+class IStore(Interface):
+    """
+    A backend that holds accounts.  Chosen by name through an
+    L{IStoreFactory} plugin.
+    """
+
+    def getAccount(address: str, create: bool = False) -> "Deferred[IAccount]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        The account for C{address} (already normalised by
+        L{mailplat.address.normalizeAddress}).  With C{create}, a missing
+        account is created with its INBOX (and the special-use mailboxes the
+        store makes by default).
+
+        @raise mailplat.errors.NoSuchAccount: (as a failure).
+        """
+
+    def hasAccount(address: str) -> "Deferred[bool]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Whether an account exists for C{address}.
+        """
+
+    def listAccounts() -> "Deferred[List[str]]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Every account's address, sorted.
+        """
+
+    def deleteAccount(address: str) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Remove an account and all its mail.
+
+        @raise mailplat.errors.NoSuchAccount: (as a failure).
+        """
+
+    def close() -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Release files, connections and threads; called once at shutdown.
+        """
+
+
+class IStoreFactory(Interface):
+    """
+    A Twisted plugin that makes a store from its argument string
+    (C{--store NAME:ARGS}); found with C{getPlugins(IStoreFactory)}.
+    """
+
+    storeName = Attribute("str: the name used in --store and the config.")
+    storeHelp = Attribute("str: one paragraph for --help-stores.")
+    argStringFormat = Attribute("str: what ARGS looks like, for help.")
+
+    def makeStore(argstring: str, dataDir: str) -> IStore:
+        """
+        Make the store.  C{argstring} is what followed C{NAME:} (may be
+        empty); C{dataDir} is the server's data directory, the default home
+        of any file the store keeps.
+
+        @raise mailplat.errors.ConfigError: the arguments are wrong; its
+            message names what and why.
+        """
+
+
+class IDirectory(Interface):
+    """
+    Which addresses receive mail here, and for whom.  Separate from checkers
+    so that a custom checker does not have to answer it.
+    """
+
+    def isLocalDomain(domain: str) -> bool:
+        """
+        Whether mail for C{domain} (lower-case, no trailing dot) is ours.
+        """
+
+    def resolve(address: str) -> "Deferred[List[str]]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        The account addresses that mail for C{address} (normalised) is
+        delivered to; an empty list when nobody here receives it.
+        """
+
+
+class IDelivery(Interface):
+    """
+    What the SMTP protocol calls for each decision of a transaction
+    (after aiosmtpd's handler and twisted.mail's IMessageDelivery split).
+    Any method may raise (or fail with) L{mailplat.errors.SMTPReply} to
+    refuse with a given code.
+    """
+
+    def validateSender(session: "SMTPSession", sender: Optional[str]) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Accept or refuse the reverse path (C{None} for the null sender C{<>}).
+        """
+
+    def validateRecipient(session: "SMTPSession", recipient: str) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Accept or refuse one forward path (normalised address).
+        Refusals: C{550 5.1.1} unknown user, C{554 5.7.1} relay denied.
+        """
+
+    def deliver(session: "SMTPSession", sender: Optional[str], recipients: List[str], message: BinaryIO) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Deliver one message, already accepted recipient by recipient.
+        C{message} is a binary file at offset 0 holding the wire form
+        (CRLF lines, dot-unstuffed, with the C{Received} header the protocol
+        added).  Fires once the message is durable for every recipient;
+        only then does the protocol reply 250.
+        """
+
+
+class ISMTPAvatar(Interface):
+    """
+    The avatar of an authenticated SMTP client (submission, issue 5).
+    """
+
+    address = Attribute("str: the authenticated address.")
+
+
+# Type alias kept for readers: the session object the SMTP protocol passes to
+# IDelivery is mailplat.smtp.server.SMTPSession.
+SMTPSession = Any

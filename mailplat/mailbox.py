@@ -1,0 +1,205 @@
+"""
+Value types of the store contract and the rules every store shares about
+mailbox names, so that each store does not re-invent them.
+"""
+
+import unicodedata
+from dataclasses import dataclass, field
+from typing import FrozenSet, Iterable, List
+
+from zope.interface import implementer
+
+from mailplat.errors import InvalidMailboxName
+from mailplat.interfaces import (
+    HIERARCHY_DELIMITER,
+    SYSTEM_FLAGS,
+    IMailboxEntry,
+    IMessageInfo,
+)
+
+# Longest mailbox name we accept, in characters, and deepest hierarchy.
+MAX_NAME_LENGTH = 255
+MAX_NAME_DEPTH = 16
+
+
+@implementer(IMessageInfo)
+@dataclass(frozen=True)
+class MessageInfo:
+    """
+    A snapshot of one message's metadata (see L{IMessageInfo}).
+    """
+
+    uid: int
+    flags: FrozenSet[str]
+    internalDate: float
+    size: int
+    modseq: int = 1
+
+
+@dataclass(frozen=True)
+class MailboxStatus:
+    """
+    Counts of a mailbox for STATUS, SELECT and POP3 STAT.
+
+    @ivar messages: number of messages.
+    @ivar recent: number of messages not yet claimed as \\Recent.
+    @ivar unseen: number of messages without \\Seen.
+    @ivar uidNext: the UID the next message will get.
+    @ivar uidValidity: UIDVALIDITY.
+    @ivar highestModseq: the highest modseq of the mailbox (CONDSTORE).
+    @ivar size: total wire size of all messages in octets.
+    """
+
+    messages: int
+    recent: int
+    unseen: int
+    uidNext: int
+    uidValidity: int
+    highestModseq: int
+    size: int
+
+
+@implementer(IMailboxEntry)
+@dataclass(frozen=True)
+class MailboxEntry:
+    """
+    One LIST line: a name and its attributes (see L{IMailboxEntry}).
+    """
+
+    name: str
+    attributes: FrozenSet[str] = field(default_factory=frozenset)
+
+
+def isInbox(name: str) -> bool:
+    """
+    Whether C{name} names the INBOX (case-insensitively, RFC 3501 5.1).
+    """
+    return name.upper() == "INBOX"
+
+
+def validateMailboxName(name: str) -> str:
+    """
+    Check a mailbox name and return its canonical form.
+
+    INBOX in any case becomes C{"INBOX"} (as does an C{INBOX/...} prefix);
+    the name is NFC-normalised.  Refused (L{InvalidMailboxName}): empty
+    names or components (leading, trailing or doubled delimiters), C{.} and
+    C{..} components, NUL and other control characters, a backslash, names
+    over L{MAX_NAME_LENGTH} characters or L{MAX_NAME_DEPTH} levels.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidMailboxName("Mailbox name is empty")
+    name = unicodedata.normalize("NFC", name)
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidMailboxName(f"Mailbox name is longer than {MAX_NAME_LENGTH} characters")
+    parts = name.split(HIERARCHY_DELIMITER)
+    if len(parts) > MAX_NAME_DEPTH:
+        raise InvalidMailboxName(f"Mailbox hierarchy is deeper than {MAX_NAME_DEPTH} levels")
+    for part in parts:
+        if not part:
+            raise InvalidMailboxName("Mailbox name has an empty level")
+        if part in (".", ".."):
+            raise InvalidMailboxName("Mailbox name may not have a '.' or '..' level")
+        for ch in part:
+            if ch == "\\" or unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn"):
+                raise InvalidMailboxName("Mailbox name has a forbidden character")
+    if isInbox(parts[0]):
+        parts[0] = "INBOX"
+    return HIERARCHY_DELIMITER.join(parts)
+
+
+def parentNames(name: str) -> List[str]:
+    """
+    The superior names of C{name}, outermost first (C{"a/b/c"} gives
+    C{["a", "a/b"]}).
+    """
+    parts = name.split(HIERARCHY_DELIMITER)
+    return [HIERARCHY_DELIMITER.join(parts[:i]) for i in range(1, len(parts))]
+
+
+def applyFlags(current: FrozenSet[str], flags: Iterable[str], mode: str) -> FrozenSet[str]:
+    """
+    The flags that result from a STORE-like change.
+
+    @param mode: C{"set"}, C{"add"} or C{"remove"}.
+    \\Recent is never kept.  System flags are matched case-insensitively and
+    kept in their canonical spelling; keywords keep the first spelling seen.
+    """
+    given = [canonicalFlag(f) for f in flags if f.lower() != "\\recent"]
+    if mode == "set":
+        return frozenset(given)
+    lowered = {f.lower(): f for f in current}
+    if mode == "add":
+        for f in given:
+            lowered.setdefault(f.lower(), f)
+    elif mode == "remove":
+        for f in given:
+            lowered.pop(f.lower(), None)
+    else:
+        raise ValueError(f"unknown flag mode {mode!r}")
+    return frozenset(lowered.values())
+
+
+_CANONICAL = {f.lower(): f for f in SYSTEM_FLAGS}
+
+
+def canonicalFlag(flag: str) -> str:
+    """
+    A system flag in its canonical spelling (C{\\SEEN} gives C{\\Seen});
+    keywords are returned as given.
+    """
+    return _CANONICAL.get(flag.lower(), flag)
+
+
+# Mailboxes a new account gets, with their special-use attribute (RFC 6154).
+DEFAULT_MAILBOXES = (
+    ("Drafts", "\\Drafts"),
+    ("Sent", "\\Sent"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+)
+
+
+def buildListing(mailboxes: "dict", noselect: Iterable[str] = ()) -> List[MailboxEntry]:
+    """
+    The sorted listing of an account (L{IAccount.listMailboxes}).
+
+    @param mailboxes: existing (selectable) mailbox names mapped to their
+        special-use attribute or L{None}.
+    @param noselect: names kept only as hierarchy (\\Noselect).
+    Superiors that exist in neither are listed as \\Noselect too.
+    """
+    names = dict(mailboxes)
+    hierarchyOnly = set(noselect) - set(names)
+    for name in list(names) + list(hierarchyOnly):
+        for parent in parentNames(name):
+            if parent not in names:
+                hierarchyOnly.add(parent)
+    everything = set(names) | hierarchyOnly
+    withChildren = set()
+    for name in everything:
+        for parent in parentNames(name):
+            withChildren.add(parent)
+    entries = []
+    for name in sorted(everything):
+        attrs = {"\\HasChildren" if name in withChildren else "\\HasNoChildren"}
+        if name in hierarchyOnly:
+            attrs.add("\\Noselect")
+        elif names.get(name):
+            attrs.add(names[name])
+        entries.append(MailboxEntry(name, frozenset(attrs)))
+    return entries
+
+
+def renamedName(name: str, old: str, new: str) -> "str | None":
+    """
+    What C{name} becomes when C{old} is renamed to C{new} (itself or a
+    child of C{old}), or L{None} when it is not affected.
+    """
+    if name == old:
+        return new
+    prefix = old + HIERARCHY_DELIMITER
+    if name.startswith(prefix):
+        return new + HIERARCHY_DELIMITER + name[len(prefix):]
+    return None

@@ -1,0 +1,393 @@
+"""
+A store that keeps everything in memory: nothing survives a restart.
+
+It is the reference implementation of the store contract (the smallest
+code that passes the conformance suite), the store protocol unit tests use,
+and C{--store memory} for trying mailplat out without touching a disk.
+"""
+
+import time
+from typing import BinaryIO, Dict, Iterable, List, Optional, Set
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mailplat.errors import (
+    MailboxError,
+    MailboxExists,
+    MailboxLocked,
+    NoSuchAccount,
+    NoSuchMailbox,
+    NoSuchMessage,
+)
+from twisted.plugin import IPlugin
+
+from mailplat.interfaces import IAccount, IMailbox, IMailboxListener, IStore, IStoreFactory
+from mailplat.mailbox import (
+    DEFAULT_MAILBOXES,
+    MailboxStatus,
+    MessageInfo,
+    applyFlags,
+    buildListing,
+    isInbox,
+    parentNames,
+    renamedName,
+    validateMailboxName,
+)
+from mailplat.uidvalidity import newUIDValidity
+
+log = Logger()
+
+
+def readAll(source: BinaryIO) -> bytes:
+    """
+    Read a message source to its end.
+    """
+    chunks = []
+    while True:
+        chunk = source.read(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+class ListenerSet:
+    """
+    The listeners of one mailbox; shared by every store's mailbox class.
+    """
+
+    def __init__(self) -> None:
+        self._listeners: List[IMailboxListener] = []
+
+    def add(self, listener: IMailboxListener) -> None:
+        if listener not in self._listeners:
+            self._listeners.append(listener)
+
+    def remove(self, listener: IMailboxListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def notify(self, mailbox: IMailbox) -> None:
+        """
+        Tell every listener; one that raises is logged and the rest still
+        hear of it.
+        """
+        for listener in list(self._listeners):
+            try:
+                listener.mailboxChanged(mailbox)
+            except Exception:
+                log.failure("mailbox listener {listener!r} failed", listener=listener)
+
+
+@implementer(IMailbox)
+class MemoryMailbox:
+    """
+    One mailbox held in memory.
+    """
+
+    def __init__(self, name: str, specialUse: Optional[str] = None) -> None:
+        self.name = name
+        self.specialUse = specialUse
+        self.uidValidity = newUIDValidity()
+        self._messages: Dict[int, MessageInfo] = {}
+        self._bodies: Dict[int, bytes] = {}
+        self._uidNext = 1
+        self._modseq = 1
+        self._unclaimed: Set[int] = set()
+        self._listeners = ListenerSet()
+        self._locked = False
+
+    def status(self) -> defer.Deferred:
+        infos = self._messages.values()
+        return defer.succeed(
+            MailboxStatus(
+                messages=len(self._messages),
+                recent=len(self._unclaimed),
+                unseen=sum(1 for i in infos if "\\Seen" not in i.flags),
+                uidNext=self._uidNext,
+                uidValidity=self.uidValidity,
+                highestModseq=self._modseq,
+                size=sum(i.size for i in infos),
+            )
+        )
+
+    def listMessages(self) -> defer.Deferred:
+        return defer.succeed([self._messages[uid] for uid in sorted(self._messages)])
+
+    def claimRecent(self) -> defer.Deferred:
+        claimed = sorted(self._unclaimed)
+        self._unclaimed.clear()
+        return defer.succeed(claimed)
+
+    def openMessage(self, uid: int) -> defer.Deferred:
+        from io import BytesIO
+
+        if uid not in self._bodies:
+            return defer.fail(NoSuchMessage(f"No message with UID {uid}"))
+        return defer.succeed(BytesIO(self._bodies[uid]))
+
+    def _add(self, body: bytes, flags: Iterable[str], internalDate: Optional[float]) -> int:
+        uid = self._uidNext
+        self._uidNext += 1
+        self._modseq += 1
+        self._bodies[uid] = body
+        self._messages[uid] = MessageInfo(
+            uid=uid,
+            flags=applyFlags(frozenset(), flags, "set"),
+            internalDate=time.time() if internalDate is None else float(internalDate),
+            size=len(body),
+            modseq=self._modseq,
+        )
+        self._unclaimed.add(uid)
+        return uid
+
+    def append(self, source: BinaryIO, flags: Iterable[str] = (), internalDate: Optional[float] = None) -> defer.Deferred:
+        uid = self._add(readAll(source), flags, internalDate)
+        self._listeners.notify(self)
+        return defer.succeed(uid)
+
+    def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str) -> defer.Deferred:
+        flags = list(flags)
+        changed = False
+        result = []
+        for uid in sorted(set(uids)):
+            info = self._messages.get(uid)
+            if info is None:
+                continue
+            new = applyFlags(info.flags, flags, mode)
+            if new != info.flags:
+                self._modseq += 1
+                info = MessageInfo(info.uid, new, info.internalDate, info.size, self._modseq)
+                self._messages[uid] = info
+                changed = True
+            result.append(info)
+        if changed:
+            self._listeners.notify(self)
+        return defer.succeed(result)
+
+    def expunge(self, uids: Optional[Iterable[int]] = None, requireDeleted: bool = True) -> defer.Deferred:
+        candidates = sorted(self._messages) if uids is None else sorted(set(uids) & set(self._messages))
+        removed = [
+            uid for uid in candidates
+            if not requireDeleted or "\\Deleted" in self._messages[uid].flags
+        ]
+        for uid in removed:
+            del self._messages[uid]
+            del self._bodies[uid]
+            self._unclaimed.discard(uid)
+        if removed:
+            self._modseq += 1
+            self._listeners.notify(self)
+        return defer.succeed(removed)
+
+    @defer.inlineCallbacks
+    def copyTo(self, uids: Iterable[int], target: IMailbox):
+        from io import BytesIO
+
+        pairs = []
+        for uid in sorted(set(uids)):
+            info = self._messages.get(uid)
+            if info is None:
+                continue
+            newUID = yield target.append(BytesIO(self._bodies[uid]), info.flags, info.internalDate)
+            pairs.append((uid, newUID))
+        return pairs
+
+    def addListener(self, listener: IMailboxListener) -> None:
+        self._listeners.add(listener)
+
+    def removeListener(self, listener: IMailboxListener) -> None:
+        self._listeners.remove(listener)
+
+    def lockExclusive(self) -> defer.Deferred:
+        if self._locked:
+            return defer.fail(MailboxLocked("Mailbox is locked by another session"))
+        self._locked = True
+
+        def release() -> None:
+            self._locked = False
+
+        return defer.succeed(release)
+
+
+@implementer(IAccount)
+class MemoryAccount:
+    """
+    One account held in memory.
+    """
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._mailboxes: Dict[str, MemoryMailbox] = {"INBOX": MemoryMailbox("INBOX")}
+        self._noselect: Set[str] = set()
+        self._subscriptions: Set[str] = set()
+
+    def listMailboxes(self) -> defer.Deferred:
+        return defer.succeed(
+            buildListing({n: m.specialUse for n, m in self._mailboxes.items()}, self._noselect)
+        )
+
+    def getMailbox(self, name: str) -> defer.Deferred:
+        try:
+            name = validateMailboxName(name)
+        except MailboxError as e:
+            return defer.fail(e)
+        if name not in self._mailboxes:
+            return defer.fail(NoSuchMailbox(f"Mailbox {name} does not exist"))
+        return defer.succeed(self._mailboxes[name])
+
+    def createMailbox(self, name: str, specialUse: Optional[str] = None) -> defer.Deferred:
+        try:
+            name = validateMailboxName(name)
+        except MailboxError as e:
+            return defer.fail(e)
+        if name in self._mailboxes:
+            return defer.fail(MailboxExists(f"Mailbox {name} exists already"))
+        for parent in parentNames(name):
+            if parent not in self._mailboxes:
+                self._noselect.discard(parent)
+                self._mailboxes[parent] = MemoryMailbox(parent)
+        self._noselect.discard(name)
+        self._mailboxes[name] = MemoryMailbox(name, specialUse)
+        return defer.succeed(None)
+
+    def _hasChildren(self, name: str) -> bool:
+        prefix = name + "/"
+        return any(n.startswith(prefix) for n in list(self._mailboxes) + list(self._noselect))
+
+    def deleteMailbox(self, name: str) -> defer.Deferred:
+        try:
+            name = validateMailboxName(name)
+        except MailboxError as e:
+            return defer.fail(e)
+        if name == "INBOX":
+            return defer.fail(MailboxError("INBOX cannot be deleted"))
+        if name not in self._mailboxes:
+            if name in self._noselect:
+                if self._hasChildren(name):
+                    return defer.fail(MailboxError(f"Mailbox {name} has children and holds no mail"))
+                self._noselect.discard(name)
+                return defer.succeed(None)
+            return defer.fail(NoSuchMailbox(f"Mailbox {name} does not exist"))
+        mailbox = self._mailboxes.pop(name)
+        if self._hasChildren(name):
+            self._noselect.add(name)
+        mailbox._messages.clear()
+        mailbox._bodies.clear()
+        mailbox._listeners.notify(mailbox)
+        return defer.succeed(None)
+
+    def renameMailbox(self, old: str, new: str) -> defer.Deferred:
+        try:
+            old = validateMailboxName(old)
+            new = validateMailboxName(new)
+        except MailboxError as e:
+            return defer.fail(e)
+        if old not in self._mailboxes and old not in self._noselect:
+            return defer.fail(NoSuchMailbox(f"Mailbox {old} does not exist"))
+        if new in self._mailboxes or new in self._noselect:
+            return defer.fail(MailboxExists(f"Mailbox {new} exists already"))
+        if renamedName(new, old, new) is not None and new != old and new.startswith(old + "/"):
+            return defer.fail(MailboxError("A mailbox cannot be moved into itself"))
+        if old == "INBOX":
+            inbox = self._mailboxes["INBOX"]
+            d = self.createMailbox(new)
+            target = self._mailboxes[new]
+            target._bodies, inbox._bodies = inbox._bodies, {}
+            target._messages, inbox._messages = inbox._messages, {}
+            target._uidNext = inbox._uidNext
+            inbox._unclaimed.clear()
+            inbox._listeners.notify(inbox)
+            return d
+        for parent in parentNames(new):
+            if parent not in self._mailboxes:
+                self._mailboxes[parent] = MemoryMailbox(parent)
+                self._noselect.discard(parent)
+        for name in sorted(self._mailboxes):
+            moved = renamedName(name, old, new)
+            if moved is not None:
+                mailbox = self._mailboxes.pop(name)
+                mailbox.name = moved
+                self._mailboxes[moved] = mailbox
+        for name in sorted(self._noselect):
+            moved = renamedName(name, old, new)
+            if moved is not None:
+                self._noselect.discard(name)
+                self._noselect.add(moved)
+        return defer.succeed(None)
+
+    def subscribe(self, name: str) -> defer.Deferred:
+        try:
+            self._subscriptions.add(validateMailboxName(name))
+        except MailboxError as e:
+            return defer.fail(e)
+        return defer.succeed(None)
+
+    def unsubscribe(self, name: str) -> defer.Deferred:
+        try:
+            name = validateMailboxName(name)
+        except MailboxError as e:
+            return defer.fail(e)
+        if name not in self._subscriptions:
+            return defer.fail(NoSuchMailbox(f"Not subscribed to {name}"))
+        self._subscriptions.discard(name)
+        return defer.succeed(None)
+
+    def listSubscriptions(self) -> defer.Deferred:
+        return defer.succeed(sorted(self._subscriptions))
+
+
+@implementer(IStore)
+class MemoryStore:
+    """
+    Accounts held in memory, gone at exit.
+    """
+
+    def __init__(self) -> None:
+        self._accounts: Dict[str, MemoryAccount] = {}
+
+    def getAccount(self, address: str, create: bool = False) -> defer.Deferred:
+        account = self._accounts.get(address)
+        if account is None:
+            if not create:
+                return defer.fail(NoSuchAccount(f"No account {address}"))
+            account = self._accounts[address] = MemoryAccount(address)
+            for name, use in DEFAULT_MAILBOXES:
+                account.createMailbox(name, use)
+                account.subscribe(name)
+            account.subscribe("INBOX")
+        return defer.succeed(account)
+
+    def hasAccount(self, address: str) -> defer.Deferred:
+        return defer.succeed(address in self._accounts)
+
+    def listAccounts(self) -> defer.Deferred:
+        return defer.succeed(sorted(self._accounts))
+
+    def deleteAccount(self, address: str) -> defer.Deferred:
+        if self._accounts.pop(address, None) is None:
+            return defer.fail(NoSuchAccount(f"No account {address}"))
+        return defer.succeed(None)
+
+    def close(self) -> defer.Deferred:
+        return defer.succeed(None)
+
+
+@implementer(IStoreFactory, IPlugin)
+class MemoryStoreFactory:
+    """
+    The C{memory} store plugin.
+    """
+
+    storeName = "memory"
+    storeHelp = "Keeps all mail in memory; everything is lost at exit. For trying mailplat out and for tests."
+    argStringFormat = "No arguments."
+
+    def makeStore(self, argstring: str, dataDir: str) -> MemoryStore:
+        from mailplat.errors import ConfigError
+
+        if argstring:
+            raise ConfigError(f"store 'memory' takes no arguments, got {argstring!r}")
+        return MemoryStore()
+
