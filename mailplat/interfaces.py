@@ -327,7 +327,7 @@ class IDirectory(Interface):
     so that a custom checker does not have to answer it.
     """
 
-    def isLocalDomain(domain: str) -> bool:
+    def isLocalDomain(domain: str) -> "Deferred[bool]":  # type: ignore[name-defined]  # noqa: F821
         """
         Whether mail for C{domain} (lower-case, no trailing dot) is ours.
         """

@@ -1,0 +1,188 @@
+"""
+The C{mailplat} admin command: users and configuration checks.
+
+    mailplat [--config FILE] [--data-dir DIR] user add ADDRESS [--password-stdin]
+    mailplat ... user passwd ADDRESS [--password-stdin]
+    mailplat ... user del ADDRESS
+    mailplat ... user list
+    mailplat ... check-config
+"""
+
+import getpass
+import os
+import sys
+from typing import Any, List, Optional
+
+from twisted.internet import defer, task
+from twisted.python import usage
+
+from mailplat.address import normalizeAddress, splitAddress
+from mailplat.auth.passwd import PasswordFile
+from mailplat.config import Config, ConfigOptions
+from mailplat.errors import ConfigError, NoSuchAccount
+from mailplat.plugins import makeCheckers, makeStore
+
+
+class _AddressOptions(usage.Options):
+    def parseArgs(self, address: str) -> None:
+        self["address"] = address
+
+
+class _PasswordOptions(_AddressOptions):
+    optFlags = [["password-stdin", None, "Read the password from the first line of standard input."]]
+
+
+class UserAdd(_PasswordOptions):
+    synopsis = "ADDRESS [--password-stdin]"
+    description = "Create an account and set its password."
+
+
+class UserPasswd(_PasswordOptions):
+    synopsis = "ADDRESS [--password-stdin]"
+    description = "Change an account's password."
+
+
+class UserDel(_AddressOptions):
+    synopsis = "ADDRESS"
+    description = "Delete an account, its password and all its mail."
+
+
+class UserList(usage.Options):
+    synopsis = ""
+    description = "List the accounts."
+
+
+class UserOptions(usage.Options):
+    synopsis = "add|passwd|del|list ..."
+    subCommands = [
+        ["add", None, UserAdd, UserAdd.description],
+        ["passwd", None, UserPasswd, UserPasswd.description],
+        ["del", None, UserDel, UserDel.description],
+        ["list", None, UserList, UserList.description],
+    ]
+
+    def postOptions(self) -> None:
+        if not self.subCommand:
+            raise usage.UsageError("user needs one of: add, passwd, del, list")
+
+
+class CheckConfig(usage.Options):
+    synopsis = ""
+    description = "Load the configuration, the store and the checkers, and say whether all is well."
+
+
+class AdminOptions(ConfigOptions):
+    """
+    The C{mailplat} command's options.
+    """
+
+    synopsis = "mailplat [--config FILE] [--data-dir DIR] COMMAND ..."
+    subCommands = [
+        ["user", None, UserOptions, "Manage accounts: add, passwd, del, list."],
+        ["check-config", None, CheckConfig, CheckConfig.description],
+    ]
+
+    def postOptions(self) -> None:
+        if not self.subCommand:
+            raise usage.UsageError("a command is needed: user or check-config")
+
+
+def readPassword(fromStdin: bool) -> str:
+    """
+    The new password: the first line of standard input, or asked twice on
+    the terminal.
+
+    @raise ConfigError: empty, or the two entries differ.
+    """
+    if fromStdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise ConfigError("the two passwords differ; nothing changed")
+    if not password:
+        raise ConfigError("the password is empty; nothing changed")
+    return password
+
+
+def checkAddress(config: Config, address: str) -> str:
+    """
+    The normalised address, refused unless it is C{local@domain} in one of
+    the configured domains (when some are configured).
+    """
+    normalized = normalizeAddress(address)
+    local, domain = splitAddress(normalized)
+    if not local or not domain or "/" in normalized or "\x00" in normalized or local.startswith(".") or ".." in domain:
+        raise ConfigError(f"{address!r} is not an address of the form user@domain")
+    if config.domains and domain not in config.domains:
+        raise ConfigError(f"{address!r}: domain {domain!r} is not in server.domains ({', '.join(config.domains)})")
+    return normalized
+
+
+@defer.inlineCallbacks
+def run(options: AdminOptions, config: Config, out: Any = sys.stdout):
+    """
+    Carry out the parsed command against the configured store.
+    """
+    store = makeStore(config.store, config.dataDir, f"{config.source or 'command line'}: server.store")
+    passwords = PasswordFile(os.path.join(config.dataDir, "passwd"))
+    try:
+        if options.subCommand == "check-config":
+            makeCheckers(list(config.auth), config.dataDir, f"{config.source or 'command line'}: server.auth")
+            accounts = yield store.listAccounts()
+            out.write(f"configuration OK ({config.source or 'defaults'}); store {config.store} holds {len(accounts)} account(s)\n")
+            return
+        user = options.subOptions
+        verb = user.subCommand
+        if verb == "list":
+            accounts = set((yield store.listAccounts())) | set(passwords.users())
+            for address in sorted(accounts):
+                out.write(address + "\n")
+            return
+        address = checkAddress(config, user.subOptions["address"])
+        if verb == "add":
+            if (yield store.hasAccount(address)) or passwords.hashFor(address):
+                raise ConfigError(f"{address} exists already; use 'user passwd' to change its password")
+            password = readPassword(user.subOptions["password-stdin"])
+            yield store.getAccount(address, create=True)
+            passwords.setPassword(address, password)
+            out.write(f"added {address}\n")
+        elif verb == "passwd":
+            if not ((yield store.hasAccount(address)) or passwords.hashFor(address)):
+                raise ConfigError(f"{address}: no such user")
+            passwords.setPassword(address, readPassword(user.subOptions["password-stdin"]))
+            out.write(f"password changed for {address}\n")
+        elif verb == "del":
+            known = passwords.remove(address)
+            try:
+                yield store.deleteAccount(address)
+                known = True
+            except NoSuchAccount:
+                pass
+            if not known:
+                raise ConfigError(f"{address}: no such user")
+            out.write(f"deleted {address}\n")
+    finally:
+        yield store.close()
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """
+    The console entry point; exits 0 on success, 1 with one line on error.
+    """
+    options = AdminOptions()
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
+        config = options.resolveConfig()
+    except (usage.UsageError, ConfigError) as e:
+        sys.exit(f"mailplat: {e}")
+
+    def go(reactor: Any) -> defer.Deferred:
+        def failed(failure: Any) -> None:
+            if failure.check(ConfigError, NoSuchAccount):
+                raise SystemExit(f"mailplat: {failure.value}")
+            raise SystemExit(f"mailplat: failed: {failure.getErrorMessage()}")
+
+        return run(options, config).addErrback(failed)
+
+    task.react(go)

@@ -1,0 +1,205 @@
+"""
+mailplat's configuration: defaults, the TOML file, the command line.
+
+Precedence: an option given on the command line wins over the config file,
+which wins over the embedded defaults.  Every error is a
+L{mailplat.errors.ConfigError} whose message names the file (or the
+command line), the key and what was wrong, ready to be shown as one line.
+"""
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, List, Optional, Tuple
+
+from twisted.python import usage
+
+from mailplat.errors import ConfigError
+
+# The listeners this version serves, with their embedded defaults (DESIGN.md:
+# unprivileged ports on 127.0.0.1 so a newcomer needs no root).
+DEFAULT_LISTENERS: Dict[str, str] = {
+    "smtp": "tcp:2525:interface=127.0.0.1",
+    "pop3": "tcp:1110:interface=127.0.0.1",
+    "imap": "tcp:1143:interface=127.0.0.1",
+}
+
+# Listener endpoint strings may be set to this to turn a listener off.
+DISABLED = "none"
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    The resolved configuration of one server.
+
+    @ivar source: where the file values came from (a path), or None.
+    @ivar hostname: the name the server greets with and puts in headers.
+    @ivar dataDir: where the server keeps its state (mail, passwords).
+    @ivar domains: the domains mail is accepted for; empty means "every
+        domain that has an account".
+    @ivar store: the store, C{NAME[:ARGS]}.
+    @ivar auth: checker specifications, C{NAME[:ARGS]} each (strcred style).
+    @ivar listeners: protocol name to Twisted server endpoint string (or
+        L{DISABLED}).
+    @ivar maxMessageSize: largest message accepted (SMTP SIZE, APPEND), octets.
+    @ivar smtpTimeout: idle timeout of an SMTP session, seconds.
+    @ivar pop3Timeout: idle timeout of a POP3 session, seconds.
+    @ivar imapTimeout: IMAP autologout timer, seconds.
+    """
+
+    source: Optional[str] = None
+    hostname: str = field(default_factory=lambda: socket.getfqdn() or "localhost")
+    dataDir: str = "data"
+    domains: Tuple[str, ...] = ()
+    store: str = "maildir"
+    auth: Tuple[str, ...] = ("mailplat",)
+    listeners: Dict[str, str] = field(default_factory=lambda: dict(DEFAULT_LISTENERS))
+    maxMessageSize: int = 50 * 1024 * 1024
+    smtpTimeout: float = 300.0
+    pop3Timeout: float = 600.0
+    imapTimeout: float = 1800.0
+
+
+def _domain(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: expected a domain name, got {value!r}")
+    domain = value.strip().lower().rstrip(".")
+    labels = domain.split(".")
+    if any(not label or len(label) > 63 for label in labels) or len(domain) > 253:
+        raise ConfigError(f"{where}: {value!r} is not a valid domain name")
+    for ch in domain:
+        if not (ch.isalnum() or ch in "-."):
+            raise ConfigError(f"{where}: {value!r} is not a valid domain name")
+    return domain
+
+
+def _endpoint(where: str, value: Any) -> str:
+    from twisted.internet import endpoints, reactor
+
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: expected a Twisted endpoint string such as 'tcp:2525:interface=127.0.0.1', got {value!r}")
+    if value == DISABLED:
+        return value
+    try:
+        endpoints.serverFromString(reactor, value)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{where}: {value!r} is not a valid endpoint ({e})") from None
+    return value
+
+
+def _positive(where: str, value: Any, kind: type) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise ConfigError(f"{where}: expected a positive {'whole number' if kind is int else 'number'}, got {value!r}")
+    if value <= 0:
+        raise ConfigError(f"{where}: must be greater than 0, got {value!r}")
+    return kind(value)
+
+
+def _string(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _stringList(where: str, value: Any) -> List[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+    return list(value)
+
+
+# The file's keys: table -> key -> (Config field, converter).
+_SCHEMA: Dict[str, Dict[str, Tuple[str, Any]]] = {
+    "server": {
+        "hostname": ("hostname", _domain),
+        "data_dir": ("dataDir", _string),
+        "domains": ("domains", lambda w, v: tuple(_domain(w, d) for d in _stringList(w, v))),
+        "store": ("store", _string),
+        "auth": ("auth", lambda w, v: tuple(_stringList(w, v))),
+    },
+    "listen": {name: (name, _endpoint) for name in DEFAULT_LISTENERS},
+    "limits": {
+        "max_message_size": ("maxMessageSize", lambda w, v: _positive(w, v, int)),
+        "smtp_timeout": ("smtpTimeout", lambda w, v: _positive(w, v, float)),
+        "pop3_timeout": ("pop3Timeout", lambda w, v: _positive(w, v, float)),
+        "imap_timeout": ("imapTimeout", lambda w, v: _positive(w, v, float)),
+    },
+}
+
+
+def loadFile(path: str, base: Optional[Config] = None) -> Config:
+    """
+    Read a TOML config file over C{base} (the defaults when omitted).
+
+    @raise ConfigError: the file cannot be read, is not TOML, or has an
+        unknown key or a bad value; the message names the file and key.
+    """
+    config = base or Config()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    changes: Dict[str, Any] = {"source": path}
+    listeners = dict(config.listeners)
+    for table, values in data.items():
+        schema = _SCHEMA.get(table)
+        if schema is None:
+            raise ConfigError(f"{path}: unknown section [{table}] (known: {', '.join(sorted(_SCHEMA))})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: '{table}' must be a section ([{table}])")
+        for key, value in values.items():
+            if key not in schema:
+                raise ConfigError(f"{path}: unknown key '{table}.{key}' (known: {', '.join(sorted(schema))})")
+            attr, convert = schema[key]
+            converted = convert(f"{path}: {table}.{key}", value)
+            if table == "listen":
+                listeners[attr] = converted
+            else:
+                changes[attr] = converted
+    changes["listeners"] = listeners
+    config = replace(config, **changes)
+    if config.source and not os.path.isabs(config.dataDir) and "dataDir" in changes:
+        # A relative data_dir in a file is relative to the file, not to the
+        # directory the server happens to be started from.
+        changes2 = {"dataDir": os.path.join(os.path.dirname(os.path.abspath(path)), config.dataDir)}
+        config = replace(config, **changes2)
+    return config
+
+
+class ConfigOptions(usage.Options):
+    """
+    The options every mailplat command shares (the server and the admin
+    commands): where the config file and the data directory are.
+    """
+
+    optParameters = [
+        ["config", "c", None, "Config file (TOML); see etc/mailplat.toml for every key."],
+        ["data-dir", "d", None, "Data directory (mail, passwords, state). Default: ./data"],
+    ]
+
+    def resolveConfig(self) -> Config:
+        """
+        Defaults, then the config file, then the command line.
+
+        @raise ConfigError: anything wrong, said in one line.
+        """
+        config = Config()
+        if self["config"]:
+            config = loadFile(self["config"], config)
+        if self["data-dir"]:
+            config = replace(config, dataDir=self["data-dir"])
+        return self.applyCommandLine(config)
+
+    def applyCommandLine(self, config: Config) -> Config:
+        """
+        Apply options beyond the shared ones; subclasses extend.
+        """
+        return config

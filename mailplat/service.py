@@ -1,0 +1,205 @@
+"""
+Assembling a running server from a L{Config}: the store, the cred portal,
+the delivery pipeline and one listening service per protocol.  The twistd
+plugin only calls L{makeService}.
+"""
+
+import os
+import sys
+from dataclasses import replace
+from typing import Any
+
+from twisted.application import service, strports
+from twisted.cred.portal import Portal
+from twisted.logger import Logger
+
+from mailplat.auth.realm import MailRealm
+from mailplat.config import DEFAULT_LISTENERS, DISABLED, Config, ConfigOptions
+from mailplat.delivery.directory import StoreDirectory
+from mailplat.delivery.local import LocalDelivery
+from mailplat.errors import ConfigError
+from mailplat.interfaces import IStore
+from mailplat.plugins import makeCheckers, makeStore
+
+log = Logger()
+
+
+class ServerOptions(ConfigOptions):
+    """
+    C{twistd mailplat} options.  Each overrides the config file's key.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run the mailplat mail server (SMTP, POP3, IMAP). With no options it "
+        "serves unprivileged ports on 127.0.0.1 from ./data. See README.md."
+    )
+    optParameters = [
+        ["hostname", None, None, "Host name to greet with and put in headers [server.hostname]."],
+        ["store", None, None, "Mailbox store, NAME[:ARGS] (maildir, memory, or a plugin's) [server.store]."],
+        ["smtp", None, None, "SMTP (MX) listener endpoint, or 'none' [listen.smtp]. Default " + DEFAULT_LISTENERS["smtp"]],
+        ["pop3", None, None, "POP3 listener endpoint, or 'none' [listen.pop3]. Default " + DEFAULT_LISTENERS["pop3"]],
+        ["imap", None, None, "IMAP listener endpoint, or 'none' [listen.imap]. Default " + DEFAULT_LISTENERS["imap"]],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["domain"] = []
+        self["auth"] = []
+
+    def opt_domain(self, domain: str) -> None:
+        """
+        A domain to receive mail for; repeat for more [server.domains].
+        """
+        self["domain"].append(domain)
+
+    def opt_auth(self, spec: str) -> None:
+        """
+        A checker, CHECKER[:ARGS] (Twisted strcred style: mailplat, memory,
+        file, unix, or a plugin's); repeat for more [server.auth].
+        """
+        self["auth"].append(spec)
+
+    def opt_help_auth(self) -> None:
+        """
+        List the installed checkers and exit.
+        """
+        from mailplat.plugins import checkerFactories
+
+        for name, factory in sorted(checkerFactories().items()):
+            print(f"{name}: {factory.authHelp.strip().splitlines()[0]}")
+        sys.exit(0)
+
+    def opt_help_stores(self) -> None:
+        """
+        List the installed stores and exit.
+        """
+        from mailplat.plugins import storeFactories
+
+        for name, factory in sorted(storeFactories().items()):
+            print(f"{name}: {factory.storeHelp}")
+        sys.exit(0)
+
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Parse, then stop with one clear line on any error (no usage dump).
+        """
+        from twisted.python import usage
+
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise SystemExit(f"mailplat: {e} (see twistd mailplat --help)")
+
+    def applyCommandLine(self, config: Config) -> Config:
+        from mailplat.config import _SCHEMA
+
+        changes: dict = {}
+        if self["hostname"]:
+            changes["hostname"] = _SCHEMA["server"]["hostname"][1]("--hostname", self["hostname"])
+        if self["domain"]:
+            changes["domains"] = tuple(_SCHEMA["server"]["domains"][1]("--domain", d)[0] for d in self["domain"])
+        if self["store"]:
+            changes["store"] = self["store"]
+        if self["auth"]:
+            changes["auth"] = tuple(self["auth"])
+        listeners = dict(config.listeners)
+        for name in DEFAULT_LISTENERS:
+            if self[name]:
+                listeners[name] = _SCHEMA["listen"][name][1](f"--{name}", self[name])
+        changes["listeners"] = listeners
+        return replace(config, **changes)
+
+
+class StoreService(service.Service):
+    """
+    Closes the store when the server stops.
+    """
+
+    def __init__(self, store: IStore) -> None:
+        self.store = store
+
+    def stopService(self) -> Any:
+        service.Service.stopService(self)
+        return self.store.close()
+
+
+class Server:
+    """
+    The parts of one server, wired together from a L{Config}: the store, the
+    portal, the delivery pipeline and a protocol factory per listener.
+    Tests use it to serve the same wiring on ephemeral ports.
+
+    @ivar config: the L{Config}.
+    @ivar store: the L{IStore}.
+    @ivar portal: the cred L{Portal} (L{MailRealm} and the checkers).
+    @ivar delivery: the SMTP L{IDelivery}.
+    @ivar factories: protocol name (C{smtp}, C{pop3}, C{imap}) to factory.
+    """
+
+    def __init__(self, config: Config) -> None:
+        from mailplat.imap.server import IMAPFactory
+        from mailplat.pop3.server import POP3Factory
+        from mailplat.smtp.server import SMTPFactory
+
+        self.config = config
+        try:
+            os.makedirs(config.dataDir, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"data directory {config.dataDir!r}: cannot create it ({e.strerror})") from None
+        where = config.source or "command line"
+        self.store = makeStore(config.store, config.dataDir, f"{where}: server.store")
+        checkers = makeCheckers(list(config.auth), config.dataDir, f"{where}: server.auth")
+        self.portal = Portal(MailRealm(self.store), checkers)
+        self.delivery = LocalDelivery(StoreDirectory(self.store, config.domains), self.store)
+        self.factories = {
+            "smtp": SMTPFactory(self.delivery, config.hostname, maxMessageSize=config.maxMessageSize, timeout=config.smtpTimeout),
+            "pop3": POP3Factory(self.portal, config.hostname, timeout=config.pop3Timeout),
+            "imap": IMAPFactory(self.portal, config.hostname, timeout=config.imapTimeout, maxLiteralSize=config.maxMessageSize),
+        }
+
+    def service(self) -> service.MultiService:
+        """
+        The services twistd runs: one listener per configured endpoint,
+        and the store's shutdown.
+        """
+        top = service.MultiService()
+        StoreService(self.store).setServiceParent(top)
+        for name, factory in self.factories.items():
+            endpoint = self.config.listeners.get(name, DISABLED)
+            if endpoint == DISABLED:
+                continue
+            listener = strports.service(endpoint, factory)
+            listener.setName(name)
+            listener.setServiceParent(top)
+        return top
+
+
+def buildService(config: Config) -> service.MultiService:
+    """
+    Make the server's services from a resolved configuration.
+
+    @raise ConfigError: the store, a checker or a listener cannot be made.
+    """
+    top = Server(config).service()
+    log.info(
+        "mailplat on {hostname}: data in {dataDir}, store {store}, listeners {listeners}",
+        hostname=config.hostname, dataDir=os.path.abspath(config.dataDir), store=config.store,
+        listeners=", ".join(f"{k}={v}" for k, v in config.listeners.items()),
+    )
+    return top
+
+
+def makeService(options: ServerOptions) -> service.MultiService:
+    """
+    twistd's entry: resolve the configuration and build the services; any
+    configuration error stops the start with one line.
+    """
+    try:
+        return buildService(options.resolveConfig())
+    except ConfigError as e:
+        raise SystemExit(f"mailplat: {e}")
+
+
+# twistd's ServiceMaker looks these names up in this module.
+Options = ServerOptions
