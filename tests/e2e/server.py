@@ -1,0 +1,61 @@
+"""
+A real mailplat server on loopback for end-to-end tests: the wiring of
+L{mailplat.service.Server}, listening on ephemeral ports of 127.0.0.1.
+"""
+
+import os
+from dataclasses import replace
+from typing import Dict, Iterable
+
+from twisted.internet import defer, reactor
+
+from mailplat.auth.passwd import PasswordFile
+from mailplat.config import DISABLED, Config
+from mailplat.service import Server
+
+
+class LoopbackServer:
+    """
+    One running server.  L{start} listens; L{stop} closes the listeners
+    and the store, as twistd would at shutdown.
+
+    @ivar ports: protocol name to the TCP port number it listens on.
+    """
+
+    def __init__(self, dataDir: str, **overrides: object) -> None:
+        config = Config(
+            hostname="mail.example.test",
+            dataDir=dataDir,
+            listeners={"smtp": DISABLED, "pop3": DISABLED, "imap": DISABLED},
+        )
+        self.config = replace(config, **overrides)
+        self.ports: Dict[str, int] = {}
+        self._listening: list = []
+
+    def addUser(self, address: str, password: str) -> defer.Deferred:
+        """
+        What C{mailplat user add} does: an account and a password hash.
+        """
+        PasswordFile(os.path.join(self.config.dataDir, "passwd")).setPassword(address, password)
+        return self.server.store.getAccount(address, create=True)
+
+    def start(self) -> "LoopbackServer":
+        """
+        Build the server and listen on ephemeral loopback ports.
+        """
+        self.server = Server(self.config)
+        for name, factory in self.server.factories.items():
+            port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+            self._listening.append(port)
+            self.ports[name] = port.getHost().port
+        return self
+
+    @defer.inlineCallbacks
+    def stop(self) -> Iterable[defer.Deferred]:
+        """
+        Stop listening and close the store.
+        """
+        for port in self._listening:
+            yield port.stopListening()
+        self._listening = []
+        yield self.server.store.close()
