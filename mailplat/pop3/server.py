@@ -1,0 +1,942 @@
+"""
+mailplat's POP3 server: RFC 1939, with RFC 2449 CAPA and response codes,
+RFC 1725 LAST and RFC 5034 C{AUTH PLAIN}.
+
+The maildrop is the account's INBOX seen through the store contract
+(L{mailplat.interfaces.IMailbox}).  A session takes the mailbox's exclusive
+lock at login, numbers the messages it saw then (1..n in UID order) for its
+whole life, and removes what was deleted only on C{QUIT} (the UPDATE
+state).  Message text is streamed with a producer in 64 KiB chunks, so a
+large message is never held in memory.
+
+Written on C{twisted.internet}: see DESIGN.md for why C{twisted.mail}'s
+POP3 is not used.
+"""
+
+import base64
+import binascii
+import os
+import secrets
+from array import array
+from collections import deque
+from typing import Any, BinaryIO, Callable, Deque, List, Optional, Sequence, Tuple
+
+from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
+from twisted.cred.error import LoginFailed
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailplat import netutil
+from mailplat.address import normalizeAddress
+from mailplat.auth.credentials import APOPCredentials
+from mailplat.errors import MailboxLocked, NoSuchMessage
+from mailplat.interfaces import IAccount, IMailbox
+
+log = Logger()
+
+#: Longest command line, CRLF included (RFC 2449 section 4: 255 octets).
+MAX_LINE = 255 + 2
+#: Longest client response inside a SASL exchange (base64 grows by a third,
+#: and RFC 5034 does not bind continuation lines to the command limit).
+MAX_SASL_LINE = 8192
+#: Commands answered with an error before the connection is closed.
+MAX_BAD_COMMANDS = 20
+#: Complete command lines held while an earlier one is still being answered
+#: before the transport is asked to stop reading.
+MAX_PENDING_LINES = 64
+#: Octets read from a message file at a time while sending it.
+CHUNK_SIZE = 65536
+
+AUTHORIZATION = "AUTHORIZATION"
+TRANSACTION = "TRANSACTION"
+UPDATE = "UPDATE"
+
+_PLAINTEXT_REFUSED = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections"
+_AUTH_FAILED = b"-ERR [AUTH] Authentication failed."
+_INTERNAL_ERROR = b"-ERR [SYS/TEMP] Internal error"
+
+
+class _BadCommand(Exception):
+    """
+    The client's command is wrong (syntax, state, argument): answered with
+    C{-ERR} and the message, and counted towards L{MAX_BAD_COMMANDS}.
+    """
+
+
+class DotStuffer:
+    """
+    Turns a message's wire form into a POP3 multi-line body (RFC 1939
+    section 3): every line starting with C{"."} gets another C{"."}, and
+    the text ends in CRLF before the terminating C{".\\r\\n"}.
+
+    Chunk boundaries may fall anywhere, mid-line or mid-CRLF.
+    """
+
+    def __init__(self) -> None:
+        self._atLineStart = True
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """
+        Stuff one chunk of message text.
+        """
+        if not chunk:
+            return b""
+        stuffed = chunk.replace(b"\n.", b"\n..")
+        if self._atLineStart and chunk[:1] == b".":
+            stuffed = b"." + stuffed
+        self._atLineStart = chunk[-1:] == b"\n"
+        self._tail = (self._tail + chunk)[-2:]
+        return stuffed
+
+    def finish(self) -> bytes:
+        """
+        The octets that end the multi-line response: a CRLF if the text did
+        not end with one, then the terminator.
+        """
+        if self._tail and self._tail != b"\r\n":
+            return b"\r\n.\r\n"
+        return b".\r\n"
+
+
+class TopFilter:
+    """
+    Keeps what C{TOP n k} sends of a message: the header section, the blank
+    line that ends it, and the first C{k} lines of the body.
+    """
+
+    def __init__(self, bodyLines: int) -> None:
+        self._inHeaders = True
+        self._remaining = bodyLines
+        # The first two octets of the header line being read, enough to
+        # tell an empty line ("" or "\r") from any other.
+        self._lineStart = b""
+        self.done = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        """
+        The part of C{chunk} to send; sets L{done} once nothing more is.
+        """
+        if self.done:
+            return b""
+        pos = 0
+        while self._inHeaders:
+            end = chunk.find(b"\n", pos)
+            if end < 0:
+                self._lineStart = (self._lineStart + chunk[pos:pos + 2])[:2]
+                return chunk
+            line = (self._lineStart + chunk[pos:end])[:2]
+            self._lineStart = b""
+            pos = end + 1
+            if line in (b"", b"\r"):
+                self._inHeaders = False
+        if self._remaining == 0:
+            self.done = True
+            return chunk[:pos]
+        while self._remaining:
+            end = chunk.find(b"\n", pos)
+            if end < 0:
+                return chunk
+            pos = end + 1
+            self._remaining -= 1
+        self.done = True
+        return chunk[:pos]
+
+
+@implementer(IPushProducer)
+class MessageSender:
+    """
+    Streams one message, already opened, to a transport as the body of a
+    multi-line response, reading L{CHUNK_SIZE} octets at a time and
+    stopping whenever the transport asks it to pause.
+
+    @ivar deferred: fires with L{None} once the terminator is written, or
+        fails if reading the message failed or the transport stopped it.
+    """
+
+    def __init__(self, transport: Any, source: BinaryIO, topLines: Optional[int] = None,
+                 onProgress: Optional[Callable[[], None]] = None) -> None:
+        self._transport = transport
+        self._source = source
+        self._stuffer = DotStuffer()
+        self._top = TopFilter(topLines) if topLines is not None else None
+        self._onProgress = onProgress
+        self._paused = False
+        self._running = False
+        self._finished = False
+        self.deferred: defer.Deferred = defer.Deferred()
+
+    def start(self) -> defer.Deferred:
+        """
+        Register with the transport and send until paused or done.
+        """
+        self._transport.registerProducer(self, True)
+        self._produce()
+        return self.deferred
+
+    def _produce(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        try:
+            while not self._paused and not self._finished:
+                chunk = self._source.read(CHUNK_SIZE)
+                if self._top is not None:
+                    chunk = self._top.feed(chunk) if chunk else chunk
+                    last = not chunk or self._top.done
+                else:
+                    last = not chunk
+                data = self._stuffer.feed(chunk)
+                if last:
+                    self._end(None, data + self._stuffer.finish())
+                elif data:
+                    self._transport.write(data)
+                if self._onProgress is not None:
+                    self._onProgress()
+        except Exception:
+            self._end(Failure())
+        finally:
+            self._running = False
+
+    def _end(self, failure: Optional[Failure], data: bytes = b"") -> None:
+        if self._finished:
+            return
+        self._finished = True
+        try:
+            self._source.close()
+        except Exception:
+            log.failure("closing a message file failed")
+        if data:
+            self._transport.write(data)
+        self._transport.unregisterProducer()
+        if failure is None:
+            self.deferred.callback(None)
+        else:
+            self.deferred.errback(failure)
+
+    def pauseProducing(self) -> None:
+        """
+        The transport's buffer is full: stop reading.
+        """
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        """
+        The transport drained: send more.
+        """
+        self._paused = False
+        self._produce()
+
+    def stopProducing(self) -> None:
+        """
+        The connection is gone: close the message and give up.
+        """
+        if self._finished:
+            return
+        self._finished = True
+        try:
+            self._source.close()
+        except Exception:
+            log.failure("closing a message file failed")
+        self.deferred.errback(Failure(ConnectionAbortedWhileSending()))
+
+
+class ConnectionAbortedWhileSending(Exception):
+    """
+    The transport stopped a L{MessageSender} before the message was sent.
+    """
+
+
+class POP3Server(Protocol):
+    """
+    One POP3 session.
+
+    Command lines are split as they arrive and answered strictly in order;
+    while an answer waits on the store or the portal, later lines wait in a
+    queue (PIPELINING), and past L{MAX_PENDING_LINES} the transport is
+    paused.  An unterminated line never grows past L{MAX_LINE}.
+
+    @ivar state: L{AUTHORIZATION}, L{TRANSACTION} or L{UPDATE}.
+    """
+
+    def __init__(self, portal: Portal, hostname: str, timeout: float = 600.0,
+                 clock: Optional[IReactorTime] = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.portal = portal
+        self.hostname = hostname
+        self.timeout = timeout
+        self.clock = clock
+        self.state = AUTHORIZATION
+        self._challenge: Optional[bytes] = None
+        self._buffer = b""
+        self._discarding = False
+        self._lines: Deque[Optional[bytes]] = deque()
+        self._busy = False
+        self._processing = False
+        self._readPaused = False
+        self._closing = False
+        self._lost = False
+        self._badCommands = 0
+        self._timeoutCall: Optional[IDelayedCall] = None
+        self._user: Optional[str] = None
+        self._saslPending = False
+        self._sender: Optional[MessageSender] = None
+        # Session state once logged in.
+        self._account: Optional[IAccount] = None
+        self._logout: Optional[Callable[[], None]] = None
+        self._mailbox: Optional[IMailbox] = None
+        self._release: Optional[Callable[[], None]] = None
+        self._uids = array("Q")
+        self._sizes = array("Q")
+        self._deleted = bytearray()
+        self._uidValidity = 0
+        self._highest = 0
+
+    # Connection life
+
+    def connectionMade(self) -> None:
+        """
+        Set TCP_NODELAY, start the idle timer and greet, with an APOP
+        timestamp when a checker can verify APOP.
+        """
+        netutil.setNoDelay(self.transport)
+        self._resetTimeout()
+        greeting = b"+OK mailplat ready."
+        if IUsernameHashedPassword in self.portal.listCredentialsInterfaces():
+            self._challenge = b"<%d.%d.%s@%s>" % (
+                os.getpid(),
+                int(self.clock.seconds()),
+                secrets.token_hex(8).encode("ascii"),
+                self.hostname.encode("utf-8"),
+            )
+            greeting += b" " + self._challenge
+        self._send(greeting)
+
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
+        """
+        Nothing deleted: release the lock and log the avatar out.
+        """
+        self._lost = True
+        self._closing = True
+        self._lines.clear()
+        self._cancelTimeout()
+        if self._sender is not None:
+            self._sender.stopProducing()
+        if self.state != UPDATE:
+            # In UPDATE the expunge under way releases the lock when done.
+            self._endSession()
+
+    def _endSession(self) -> None:
+        """
+        Release the maildrop lock and log out, once.
+        """
+        release, self._release = self._release, None
+        logout, self._logout = self._logout, None
+        self._mailbox = None
+        self._account = None
+        if release is not None:
+            try:
+                release()
+            except Exception:
+                log.failure("releasing the POP3 maildrop lock failed")
+        if logout is not None:
+            try:
+                logout()
+            except Exception:
+                log.failure("POP3 avatar logout failed")
+
+    def _close(self) -> None:
+        """
+        Stop answering and close the connection once what was written is sent.
+        """
+        self._closing = True
+        self._lines.clear()
+        self._cancelTimeout()
+        self.transport.loseConnection()
+
+    # Idle timeout
+
+    def _resetTimeout(self) -> None:
+        if self._closing or self.timeout is None:
+            return
+        if self._timeoutCall is not None and self._timeoutCall.active():
+            self._timeoutCall.reset(self.timeout)
+        else:
+            self._timeoutCall = self.clock.callLater(self.timeout, self._timedOut)
+
+    def _cancelTimeout(self) -> None:
+        if self._timeoutCall is not None and self._timeoutCall.active():
+            self._timeoutCall.cancel()
+        self._timeoutCall = None
+
+    def _timedOut(self) -> None:
+        self._timeoutCall = None
+        if self._closing:
+            return
+        log.info("POP3 session from {peer} timed out", peer=netutil.peerHost(self.transport))
+        self._send(b"-ERR Disconnected for inactivity.")
+        self._close()
+
+    # Input
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Split complete lines into the queue, enforcing the line limit before
+        buffering, then answer what can be answered.
+        """
+        if self._closing:
+            return
+        self._resetTimeout()
+        buffer = self._buffer + data
+        start = 0
+        while True:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                rest = buffer[start:]
+                if self._discarding:
+                    rest = b""
+                elif len(rest) >= self._lineLimit():
+                    self._lines.append(None)
+                    self._discarding = True
+                    rest = b""
+                self._buffer = rest
+                break
+            line = buffer[start:end + 1]
+            start = end + 1
+            if self._discarding:
+                self._discarding = False
+                continue
+            if len(line) > self._lineLimit():
+                self._lines.append(None)
+                continue
+            self._lines.append(line.rstrip(b"\r\n"))
+        self._processQueue()
+        if len(self._lines) > MAX_PENDING_LINES and not self._readPaused and not self._closing:
+            self._readPaused = True
+            self.transport.pauseProducing()
+
+    def _lineLimit(self) -> int:
+        """
+        The longest line accepted now: a SASL response awaited with nothing
+        queued ahead of it may be longer than a command.
+        """
+        if self._saslPending and not self._lines:
+            return MAX_SASL_LINE
+        return MAX_LINE
+
+    def _processQueue(self) -> None:
+        """
+        Answer queued lines in order until one needs to wait.
+        """
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            while self._lines and not self._busy and not self._closing:
+                self._dispatch(self._lines.popleft())
+        finally:
+            self._processing = False
+        if self._readPaused and not self._closing and len(self._lines) <= MAX_PENDING_LINES // 2:
+            self._readPaused = False
+            self.transport.resumeProducing()
+
+    def _dispatch(self, line: Optional[bytes]) -> None:
+        """
+        Answer one line; no exception reaches the client as anything but
+        C{-ERR}.
+        """
+        try:
+            if line is None:
+                self._saslPending = False
+                raise _BadCommand("Line too long")
+            if self._saslPending:
+                self._saslPending = False
+                result = self._authPlainResponse(line)
+            else:
+                result = self._command(line)
+            if isinstance(result, defer.Deferred):
+                self._wait(result)
+        except _BadCommand as e:
+            self._bad(str(e).encode("utf-8"))
+        except Exception:
+            log.failure("POP3 command failed")
+            self._send(_INTERNAL_ERROR)
+
+    def _command(self, line: bytes) -> Optional[defer.Deferred]:
+        """
+        Run the handler of one command line, checking the state.
+        """
+        verb, _, argument = line.partition(b" ")
+        name = verb.decode("ascii", "replace").upper()
+        handler = _COMMANDS.get(name)
+        if handler is None:
+            raise _BadCommand("Unknown command")
+        states, method = handler
+        if self.state not in states:
+            raise _BadCommand(f"{name} is not valid in the {self.state} state")
+        return method(self, argument)
+
+    def _wait(self, d: defer.Deferred) -> None:
+        """
+        Hold later lines until C{d} (the answer to the current one) is done.
+        """
+        self._busy = True
+
+        def done(result: Any) -> None:
+            self._busy = False
+            if isinstance(result, Failure):
+                log.failure("POP3 command failed", result)
+                if not self._closing:
+                    self._send(_INTERNAL_ERROR)
+            if not self._closing:
+                self._resetTimeout()
+            self._processQueue()
+
+        d.addBoth(done)
+
+    # Output
+
+    def _send(self, line: bytes) -> None:
+        if not self._lost:
+            self.transport.write(line + b"\r\n")
+
+    def _sendMulti(self, first: bytes, lines: Sequence[bytes]) -> None:
+        """
+        A multi-line response; C{lines} must not need dot-stuffing.
+        """
+        if not self._lost:
+            self.transport.write(b"".join([first, b"\r\n"] + [l + b"\r\n" for l in lines] + [b".\r\n"]))
+
+    def _bad(self, message: bytes) -> None:
+        self._send(b"-ERR " + message)
+        self._badCommands += 1
+        if self._badCommands >= MAX_BAD_COMMANDS and not self._closing:
+            self._send(b"-ERR Too many bad commands.")
+            self._close()
+
+    # AUTHORIZATION
+
+    def _cleartextAllowed(self) -> bool:
+        return netutil.cleartextAllowed(self.transport)
+
+    def do_USER(self, argument: bytes) -> None:
+        """
+        C{USER name}: remember the login name for C{PASS}.
+        """
+        if not self._cleartextAllowed():
+            self._send(_PLAINTEXT_REFUSED)
+            return
+        name = argument.strip()
+        if not name:
+            raise _BadCommand("USER needs a name")
+        try:
+            self._user = normalizeAddress(name.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise _BadCommand("User name is not UTF-8")
+        self._send(b"+OK")
+
+    def do_PASS(self, argument: bytes) -> Optional[defer.Deferred]:
+        """
+        C{PASS password}: log in as the name given with C{USER}.  The
+        password is the rest of the line, spaces included.
+        """
+        if not self._cleartextAllowed():
+            self._send(_PLAINTEXT_REFUSED)
+            return None
+        user, self._user = self._user, None
+        if user is None:
+            raise _BadCommand("USER first")
+        return self._login(UsernamePassword(user.encode("utf-8"), argument))
+
+    def do_APOP(self, argument: bytes) -> Optional[defer.Deferred]:
+        """
+        C{APOP name digest} (RFC 1939 section 7), offered only when the
+        greeting carried a timestamp.
+        """
+        if self._challenge is None:
+            raise _BadCommand("APOP is not available")
+        parts = argument.split()
+        if len(parts) != 2:
+            raise _BadCommand("APOP needs a name and a digest")
+        try:
+            user = normalizeAddress(parts[0].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise _BadCommand("User name is not UTF-8")
+        return self._login(APOPCredentials(user.encode("utf-8"), self._challenge, parts[1]))
+
+    def do_AUTH(self, argument: bytes) -> Optional[defer.Deferred]:
+        """
+        C{AUTH} lists the SASL mechanisms; C{AUTH PLAIN [initial-response]}
+        logs in (RFC 5034, RFC 4616).
+        """
+        parts = argument.split()
+        if not parts:
+            if self._cleartextAllowed():
+                self._sendMulti(b"+OK", [b"PLAIN"])
+            else:
+                self._sendMulti(b"+OK", [])
+            return None
+        if parts[0].upper() != b"PLAIN" or len(parts) > 2:
+            raise _BadCommand("Unsupported authentication mechanism")
+        if not self._cleartextAllowed():
+            self._send(_PLAINTEXT_REFUSED)
+            return None
+        if len(parts) == 1:
+            self._saslPending = True
+            self._send(b"+ ")
+            return None
+        return self._authPlainResponse(parts[1])
+
+    def _authPlainResponse(self, response: bytes) -> Optional[defer.Deferred]:
+        """
+        The client's PLAIN response (base64 of C{authzid NUL authcid NUL
+        password}), or C{*} to cancel.
+        """
+        response = response.strip()
+        if response == b"*":
+            raise _BadCommand("Authentication cancelled")
+        try:
+            decoded = b"" if response == b"=" else base64.b64decode(response, validate=True)
+        except binascii.Error:
+            raise _BadCommand("Invalid base64 data")
+        fields = decoded.split(b"\0")
+        if len(fields) != 3:
+            raise _BadCommand("Invalid PLAIN response")
+        authzid, authcid, password = fields
+        try:
+            user = normalizeAddress(authcid.decode("utf-8"))
+            if authzid and normalizeAddress(authzid.decode("utf-8")) != user:
+                self._authFailed()
+                return None
+        except UnicodeDecodeError:
+            raise _BadCommand("User name is not UTF-8")
+        return self._login(UsernamePassword(user.encode("utf-8"), password))
+
+    def _authFailed(self) -> None:
+        self._bad(_AUTH_FAILED[len(b"-ERR "):])
+
+    def _login(self, credentials: Any) -> defer.Deferred:
+        """
+        Log in through the portal, open and lock INBOX and take the
+        snapshot that numbers the messages.
+        """
+        return defer.ensureDeferred(self._loginSteps(credentials))
+
+    async def _loginSteps(self, credentials: Any) -> None:
+        try:
+            _, account, logout = await self.portal.login(credentials, None, IAccount)
+        except LoginFailed:
+            log.info("POP3 authentication failed for {user!r} from {peer}",
+                     user=credentials.username, peer=netutil.peerHost(self.transport))
+            if not self._lost:
+                self._authFailed()
+            return
+        if self._lost:
+            logout()
+            return
+        self._account, self._logout = account, logout
+        try:
+            mailbox = await account.getMailbox("INBOX")
+            if self._lost:
+                self._endSession()
+                return
+            self._release = await mailbox.lockExclusive()
+            if self._lost:
+                self._endSession()
+                return
+            self._mailbox = mailbox
+            infos = await mailbox.listMessages()
+            if self._lost:
+                self._endSession()
+                return
+        except MailboxLocked:
+            self._endSession()
+            self._send(b"-ERR [IN-USE] Mailbox is locked by another session")
+            return
+        except Exception:
+            log.failure("POP3 login of {address} failed", address=getattr(account, "address", "?"))
+            self._endSession()
+            self._send(_INTERNAL_ERROR)
+            return
+        self._uids = array("Q", (info.uid for info in infos))
+        self._sizes = array("Q", (info.size for info in infos))
+        self._deleted = bytearray(len(self._uids))
+        self._uidValidity = mailbox.uidValidity
+        self._highest = 0
+        self.state = TRANSACTION
+        log.info("POP3 login {address} from {peer}", address=account.address,
+                 peer=netutil.peerHost(self.transport))
+        count, size = self._totals()
+        self._send(b"+OK Logged in, %d messages (%d octets)" % (count, size))
+
+    # TRANSACTION
+
+    def _totals(self) -> Tuple[int, int]:
+        count = size = 0
+        for i, gone in enumerate(self._deleted):
+            if not gone:
+                count += 1
+                size += self._sizes[i]
+        return count, size
+
+    def _message(self, argument: bytes) -> int:
+        """
+        The 0-based index of a live message from a message-number argument.
+        """
+        if not argument.isdigit() or len(argument) > 10:
+            raise _BadCommand("Invalid message number")
+        number = int(argument)
+        if not 1 <= number <= len(self._uids):
+            raise _BadCommand(f"No such message {number}")
+        if self._deleted[number - 1]:
+            raise _BadCommand(f"message {number} already deleted")
+        return number - 1
+
+    def _oneArgument(self, argument: bytes, command: str) -> Optional[bytes]:
+        parts = argument.split()
+        if len(parts) > 1:
+            raise _BadCommand(f"{command} takes at most one argument")
+        return parts[0] if parts else None
+
+    def do_STAT(self, argument: bytes) -> None:
+        """
+        C{STAT}: count and size of the messages not deleted.
+        """
+        if argument.strip():
+            raise _BadCommand("STAT takes no argument")
+        self._send(b"+OK %d %d" % self._totals())
+
+    def do_LIST(self, argument: bytes) -> None:
+        """
+        C{LIST [n]}: wire sizes of one or every message not deleted.
+        """
+        number = self._oneArgument(argument, "LIST")
+        if number is not None:
+            index = self._message(number)
+            self._send(b"+OK %d %d" % (index + 1, self._sizes[index]))
+            return
+        count, size = self._totals()
+        self._sendMulti(
+            b"+OK %d messages (%d octets)" % (count, size),
+            [b"%d %d" % (i + 1, self._sizes[i]) for i, gone in enumerate(self._deleted) if not gone],
+        )
+
+    def _uniqueId(self, index: int) -> bytes:
+        return b"%08X%08X" % (self._uids[index], self._uidValidity)
+
+    def do_UIDL(self, argument: bytes) -> None:
+        """
+        C{UIDL [n]}: unique ids, Dovecot's default C{%08Xu%08Xv} form, the
+        same in every session while UIDVALIDITY holds.
+        """
+        number = self._oneArgument(argument, "UIDL")
+        if number is not None:
+            index = self._message(number)
+            self._send(b"+OK %d %s" % (index + 1, self._uniqueId(index)))
+            return
+        self._sendMulti(
+            b"+OK",
+            [b"%d %s" % (i + 1, self._uniqueId(i)) for i, gone in enumerate(self._deleted) if not gone],
+        )
+
+    def do_RETR(self, argument: bytes) -> defer.Deferred:
+        """
+        C{RETR n}: send the message, then flag it \\Seen.
+        """
+        number = self._oneArgument(argument, "RETR")
+        if number is None:
+            raise _BadCommand("RETR needs a message number")
+        index = self._message(number)
+        return defer.ensureDeferred(self._sendMessage(index, None))
+
+    def do_TOP(self, argument: bytes) -> defer.Deferred:
+        """
+        C{TOP n k}: the header and the first C{k} body lines.
+        """
+        parts = argument.split()
+        if len(parts) != 2:
+            raise _BadCommand("TOP needs a message number and a line count")
+        index = self._message(parts[0])
+        if not parts[1].isdigit():
+            raise _BadCommand("Invalid line count")
+        return defer.ensureDeferred(self._sendMessage(index, int(parts[1])))
+
+    async def _sendMessage(self, index: int, topLines: Optional[int]) -> None:
+        mailbox = self._mailbox
+        assert mailbox is not None, "TRANSACTION state without a mailbox"
+        uid = self._uids[index]
+        try:
+            source = await mailbox.openMessage(uid)
+        except NoSuchMessage:
+            self._send(b"-ERR Message %d no longer exists" % (index + 1,))
+            return
+        if self._lost:
+            source.close()
+            return
+        self._highest = max(self._highest, index + 1)
+        if topLines is None:
+            self.transport.write(b"+OK %d octets\r\n" % (self._sizes[index],))
+        else:
+            self.transport.write(b"+OK\r\n")
+        self._sender = MessageSender(self.transport, source, topLines, self._resetTimeout)
+        try:
+            await self._sender.start()
+        except ConnectionAbortedWhileSending:
+            return
+        except Exception:
+            # Part of the message is on the wire: no reply can follow it.
+            log.failure("POP3 could not read UID {uid}", uid=uid)
+            self._close()
+            return
+        finally:
+            self._sender = None
+        if topLines is None:
+            try:
+                await mailbox.setFlags([uid], ["\\Seen"], "add")
+            except Exception:
+                log.failure("POP3 could not flag UID {uid} \\Seen", uid=uid)
+
+    def do_DELE(self, argument: bytes) -> None:
+        """
+        C{DELE n}: mark for deletion at C{QUIT}.
+        """
+        number = self._oneArgument(argument, "DELE")
+        if number is None:
+            raise _BadCommand("DELE needs a message number")
+        index = self._message(number)
+        self._deleted[index] = 1
+        self._send(b"+OK message %d deleted" % (index + 1,))
+
+    def do_RSET(self, argument: bytes) -> None:
+        """
+        C{RSET}: undelete everything and reset C{LAST}.
+        """
+        self._deleted = bytearray(len(self._uids))
+        self._highest = 0
+        count, size = self._totals()
+        self._send(b"+OK %d messages (%d octets)" % (count, size))
+
+    def do_LAST(self, argument: bytes) -> None:
+        """
+        C{LAST} (RFC 1725): the highest message number retrieved this session.
+        """
+        self._send(b"+OK %d" % (self._highest,))
+
+    def do_NOOP(self, argument: bytes) -> None:
+        """
+        C{NOOP}.
+        """
+        self._send(b"+OK")
+
+    def do_QUIT(self, argument: bytes) -> Optional[defer.Deferred]:
+        """
+        C{QUIT}: in TRANSACTION, enter UPDATE and remove what was deleted.
+        """
+        if self.state == AUTHORIZATION:
+            self._send(b"+OK mailplat signing off")
+            self._close()
+            return None
+        self.state = UPDATE
+        return defer.ensureDeferred(self._update())
+
+    async def _update(self) -> None:
+        uids = [self._uids[i] for i, gone in enumerate(self._deleted) if gone]
+        left = len(self._uids) - len(uids)
+        ok = True
+        mailbox = self._mailbox
+        if uids and mailbox is not None:
+            try:
+                await mailbox.expunge(uids, requireDeleted=False)
+            except Exception:
+                log.failure("POP3 expunge failed")
+                ok = False
+        self._endSession()
+        if ok:
+            self._send(b"+OK mailplat signing off (%d messages left)" % (left,))
+        else:
+            self._send(b"-ERR [SYS/TEMP] Some deleted messages not removed")
+        self._close()
+
+    # Both states
+
+    def capabilities(self) -> List[bytes]:
+        """
+        The RFC 2449 capabilities this session offers now.
+        """
+        caps = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
+        if self._cleartextAllowed():
+            caps += [b"USER", b"SASL PLAIN"]
+        caps += [b"EXPIRE NEVER", b"IMPLEMENTATION mailplat"]
+        return caps
+
+    def do_CAPA(self, argument: bytes) -> None:
+        """
+        C{CAPA} (RFC 2449).
+        """
+        self._sendMulti(b"+OK Capability list follows", self.capabilities())
+
+    def do_HELP(self, argument: bytes) -> None:
+        """
+        C{HELP}: the commands valid in this state.
+        """
+        names = sorted(n for n, (states, _) in _COMMANDS.items() if self.state in states)
+        if self._challenge is None and "APOP" in names:
+            names.remove("APOP")
+        self._sendMulti(b"+OK Commands follow", [n.encode("ascii") for n in names])
+
+
+_BOTH = (AUTHORIZATION, TRANSACTION)
+_COMMANDS = {
+    "USER": ((AUTHORIZATION,), POP3Server.do_USER),
+    "PASS": ((AUTHORIZATION,), POP3Server.do_PASS),
+    "APOP": ((AUTHORIZATION,), POP3Server.do_APOP),
+    "AUTH": ((AUTHORIZATION,), POP3Server.do_AUTH),
+    "STAT": ((TRANSACTION,), POP3Server.do_STAT),
+    "LIST": ((TRANSACTION,), POP3Server.do_LIST),
+    "RETR": ((TRANSACTION,), POP3Server.do_RETR),
+    "DELE": ((TRANSACTION,), POP3Server.do_DELE),
+    "NOOP": ((TRANSACTION,), POP3Server.do_NOOP),
+    "RSET": ((TRANSACTION,), POP3Server.do_RSET),
+    "TOP": ((TRANSACTION,), POP3Server.do_TOP),
+    "UIDL": ((TRANSACTION,), POP3Server.do_UIDL),
+    "LAST": ((TRANSACTION,), POP3Server.do_LAST),
+    "QUIT": (_BOTH, POP3Server.do_QUIT),
+    "CAPA": (_BOTH, POP3Server.do_CAPA),
+    "HELP": (_BOTH, POP3Server.do_HELP),
+}
+
+
+class POP3Factory(ServerFactory):
+    """
+    Builds L{POP3Server} sessions sharing one portal.
+
+    @ivar portal: the cred portal; its realm gives L{IAccount} avatars.
+    @ivar hostname: the name in the APOP timestamp.
+    @ivar timeout: idle seconds before a session is closed (no UPDATE).
+    @ivar clock: what schedules the idle timeout (the reactor by default).
+    """
+
+    protocol = POP3Server  # type: ignore[assignment]
+
+    def __init__(self, portal: Portal, hostname: str, timeout: float = 600.0,
+                 clock: Optional[IReactorTime] = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.portal = portal
+        self.hostname = hostname
+        self.timeout = timeout
+        self.clock = clock
+
+    def buildProtocol(self, addr: Any) -> POP3Server:
+        """
+        A new session for a connection from C{addr}.
+        """
+        p = POP3Server(self.portal, self.hostname, self.timeout, self.clock)
+        p.factory = self
+        return p

@@ -1,0 +1,96 @@
+"""
+Tests for the cred wiring: L{mailplat.auth.realm}, APOP credentials, and
+finding stores and checkers by plugin name.
+"""
+
+import hashlib
+
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from mailplat.auth.credentials import APOPCredentials
+from mailplat.auth.realm import MailRealm
+from mailplat.errors import ConfigError
+from mailplat.interfaces import IAccount
+from mailplat.plugins import makeCheckers, makeStore, storeFactories
+from mailplat.store.memory import MemoryStore
+
+
+class RealmTests(SynchronousTestCase):
+    """
+    The realm through a real portal.
+    """
+
+    def setUp(self) -> None:
+        self.store = MemoryStore()
+        self.portal = Portal(MailRealm(self.store), [InMemoryUsernamePasswordDatabaseDontUse(**{"alice@example.test": b"pw"})])
+
+    def test_interface(self) -> None:
+        self.assertTrue(verifyObject(IRealm, MailRealm(self.store)))
+
+    def test_accountMadeAtFirstLogin(self) -> None:
+        iface, account, logout = self.successResultOf(
+            self.portal.login(UsernamePassword(b"alice@example.test", b"pw"), None, IAccount)
+        )
+        self.assertIs(iface, IAccount)
+        self.assertEqual(account.address, "alice@example.test")
+        self.assertTrue(self.successResultOf(self.store.hasAccount("alice@example.test")))
+        logout()
+
+    def test_wrongPassword(self) -> None:
+        self.failureResultOf(self.portal.login(UsernamePassword(b"alice@example.test", b"no"), None, IAccount), UnauthorizedLogin)
+        self.assertFalse(self.successResultOf(self.store.hasAccount("alice@example.test")))
+
+    def test_otherInterface(self) -> None:
+        from zope.interface import Interface
+
+        class IOther(Interface):
+            pass
+
+        self.assertRaises(NotImplementedError, MailRealm(self.store).requestAvatar, b"x", None, IOther)
+
+    def test_apop(self) -> None:
+        """
+        A checker holding the secret verifies an APOP digest; a wrong digest
+        fails.
+        """
+        challenge = b"<1896.697170952@dbc.mtview.ca.us>"
+        good = hashlib.md5(challenge + b"pw").hexdigest().encode()
+        self.successResultOf(self.portal.login(APOPCredentials(b"alice@example.test", challenge, good), None, IAccount))
+        self.failureResultOf(
+            self.portal.login(APOPCredentials(b"alice@example.test", challenge, b"0" * 32), None, IAccount), UnauthorizedLogin
+        )
+
+
+class PluginLookupTests(SynchronousTestCase):
+    """
+    Stores and checkers by name, and clear errors for wrong names.
+    """
+
+    def test_shippedStores(self) -> None:
+        self.assertTrue({"maildir", "memory"} <= set(storeFactories()))
+
+    def test_makeStore(self) -> None:
+        self.assertIsInstance(makeStore("memory", self.mktemp()), MemoryStore)
+
+    def test_unknownStore(self) -> None:
+        error = self.assertRaises(ConfigError, makeStore, "nosuch:x", self.mktemp(), "etc/m.toml: server.store")
+        self.assertIn("etc/m.toml: server.store", str(error))
+        self.assertIn("nosuch", str(error))
+        self.assertIn("maildir", str(error))
+
+    def test_badStoreArgs(self) -> None:
+        error = self.assertRaises(ConfigError, makeStore, "memory:extra", self.mktemp())
+        self.assertIn("memory", str(error))
+
+    def test_checkers(self) -> None:
+        checkers = makeCheckers(["mailplat", "memory:a@b.test:pw"], self.mktemp())
+        self.assertEqual(len(checkers), 2)
+
+    def test_unknownChecker(self) -> None:
+        error = self.assertRaises(ConfigError, makeCheckers, ["ldapp:x"], self.mktemp())
+        self.assertIn("ldapp", str(error))
