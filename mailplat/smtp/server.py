@@ -1,0 +1,837 @@
+"""
+mailplat's ESMTP server protocol (RFC 5321), written on C{twisted.internet}.
+
+The protocol only parses commands, keeps the state of one session and
+transaction, streams message data to a temporary file and turns the answers
+of an L{mailplat.interfaces.IDelivery} into replies.  Every decision about
+senders, recipients and where mail goes belongs to the delivery object.
+
+Extensions advertised in reply to C{EHLO}: PIPELINING (RFC 2920), SIZE
+(RFC 1870), 8BITMIME (RFC 6152) and ENHANCEDSTATUSCODES (RFC 2034 and
+3463).  Every reply except the greeting and the C{HELO}/C{EHLO} lines
+carries an enhanced status code.
+
+Input is handled without C{LineReceiver}: the command and text line limits
+of RFC 5321 4.5.3.1 are checked before anything is buffered, and the end of
+message data is recognised only as the exact sequence CR LF "." CR LF (a
+bare CR or LF never ends it, and a message containing one is refused), so
+that SMTP smuggling through this server is impossible.
+"""
+
+import email.utils
+import secrets
+import tempfile
+from datetime import datetime, timezone
+from typing import IO, Any, Callable, List, Optional
+
+from twisted.internet import protocol
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from mailplat import netutil
+from mailplat.address import normalizeAddress
+from mailplat.errors import SMTPReply
+from mailplat.interfaces import IDelivery
+from mailplat.smtp.syntax import (
+    PathSyntaxError,
+    parseParameters,
+    parsePath,
+    validHeloArgument,
+)
+
+# RFC 5321 4.5.3.1.4: a command line is at most 512 octets with its CRLF.
+MAX_COMMAND_LINE = 512
+# RFC 5321 4.5.3.1.6: a text line is at most 1000 octets with its CRLF, not
+# counting a leading dot added for transparency.
+MAX_TEXT_LINE = 1000
+# Message data up to this size stays in memory; larger spills to disk.
+SPOOL_THRESHOLD = 64 * 1024
+
+_ERROR_LIMIT = 20
+
+_CRLF = b"\r\n"
+_END_OF_DATA = b"\r\n.\r\n"
+_DOT_LINE = b".\r\n"
+
+
+class SMTPSession:
+    """
+    What the server knows about one SMTP connection; passed as the first
+    argument of every L{IDelivery} call.  The same object lives as long as
+    the connection, so a delivery may read it at any time but must not
+    change it.
+
+    @ivar hostname: our own host name, as in the greeting (C{str}).
+    @ivar helo: the name the client gave in its latest C{HELO}/C{EHLO}
+        (C{str}), or L{None} before it has given one.
+    @ivar esmtp: C{True} when the client greeted with C{EHLO}.
+    @ivar peer: the client's address, C{transport.getPeer()} (an
+        L{twisted.internet.interfaces.IAddress}).
+    @ivar peerHost: the client's host as text (C{"192.0.2.1"}), for logs
+        and headers.
+    @ivar tls: C{True} when the connection is encrypted.
+    @ivar authenticated: the address of the authenticated client, or
+        L{None} (always L{None} until SMTP AUTH exists).
+    """
+
+    def __init__(
+        self,
+        hostname: str,
+        peer: Any,
+        peerHost: str,
+        tls: bool = False,
+    ) -> None:
+        self.hostname = hostname
+        self.helo: Optional[str] = None
+        self.esmtp = False
+        self.peer = peer
+        self.peerHost = peerHost
+        self.tls = tls
+        self.authenticated: Optional[str] = None
+
+    def __repr__(self) -> str:
+        return f"<SMTPSession peer={self.peerHost!r} helo={self.helo!r}>"
+
+
+def _addressLiteral(host: str) -> str:
+    """
+    C{host} as an RFC 5321 address literal for the TCP-info of a
+    C{Received} header (C{[192.0.2.1]}, C{[IPv6:2001:db8::1]}); other
+    peers (UNIX sockets) become a plain comment word.
+    """
+    if ":" in host:
+        return f"[IPv6:{host}]"
+    if host and all(c.isdigit() or c == "." for c in host):
+        return f"[{host}]"
+    return "".join(c for c in host if c.isalnum() or c in "-._") or "unknown"
+
+
+class _Reply:
+    """
+    One reply waiting to be written: code, enhanced code, text lines.
+    """
+
+    __slots__ = ("code", "enhanced", "lines")
+
+    def __init__(self, code: int, enhanced: Optional[str], *lines: str) -> None:
+        self.code = code
+        self.enhanced = enhanced
+        self.lines = lines
+
+
+class SMTPServer(protocol.Protocol, TimeoutMixin):
+    """
+    One inbound SMTP connection.  Made by L{SMTPFactory}; see the module
+    docstring for what it implements.
+
+    Commands are handled strictly one after another.  When a delivery call
+    answers with a Deferred that has not fired, the transport is paused and
+    further input waits in the buffer until the reply has been written, so
+    replies always come in command order (RFC 2920).
+
+    @ivar session: the L{SMTPSession} of this connection.
+    """
+
+    factory: "SMTPFactory"
+    session: SMTPSession
+    _log = Logger()
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._mode = "command"  # or "data"
+        self._skipLine = False  # discarding the rest of an overlong line
+        self._skipLastCR = False  # the last discarded octet was CR
+        self._busy = False
+        self._paused = False
+        self._processing = False
+        self._closing = False
+        self._disconnected = False
+        self._errors = 0
+        self._resetTransaction()
+
+    # Connection life.
+
+    def callLater(self, period: float, func: Callable[[], None]) -> Any:
+        """
+        Schedule the idle timeout on the factory's clock (used by
+        L{TimeoutMixin}).
+        """
+        return self.factory.clock.callLater(period, func)
+
+    def connectionMade(self) -> None:
+        """
+        Greet the client, turn on C{TCP_NODELAY} and start the idle timer.
+        """
+        netutil.setNoDelay(self.transport)
+        self.session = SMTPSession(
+            self.factory.hostname,
+            self.transport.getPeer(),
+            netutil.peerHost(self.transport),
+            netutil.isEncrypted(self.transport),
+        )
+        self.setTimeout(self.factory.timeout)
+        self.transport.write(f"220 {self.factory.hostname} ESMTP mailplat\r\n".encode("ascii"))
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        """
+        Stop the timer and drop any half-received message.
+        """
+        self._disconnected = True
+        self.setTimeout(None)
+        self._closeFile()
+        self._buffer = bytearray()
+
+    def timeoutConnection(self) -> None:
+        """
+        The client was idle too long: say so (RFC 5321 4.5.3.2) and close.
+        """
+        self._log.info("SMTP idle timeout for {peer}", peer=self.session.peerHost)
+        self._write(_Reply(421, "4.4.2", f"{self.factory.hostname} Idle timeout, closing connection"))
+        self._close()
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Buffer C{data} and handle whatever complete input it makes.
+        """
+        if self._closing or self._disconnected:
+            return
+        self.resetTimeout()
+        self._buffer += data
+        self._process()
+
+    # Replies.
+
+    def _write(self, reply: _Reply) -> None:
+        if self._disconnected:
+            return
+        out = []
+        last = len(reply.lines) - 1
+        for i, line in enumerate(reply.lines):
+            sep = " " if i == last else "-"
+            if reply.enhanced:
+                out.append(f"{reply.code}{sep}{reply.enhanced} {line}\r\n")
+            else:
+                out.append(f"{reply.code}{sep}{line}\r\n")
+        self.transport.write("".join(out).encode("ascii", "replace"))
+
+    def sendReply(self, code: int, enhanced: Optional[str], *lines: str) -> None:
+        """
+        Answer the current command (for subclasses adding verbs): one line
+        per element of C{lines}, each with C{enhanced} when given.  A 421
+        reply closes the connection; 5xx replies count towards the error
+        limit.
+        """
+        self._reply(_Reply(code, enhanced, *(lines or ("",))))
+
+    def _reply(self, reply: _Reply) -> None:
+        """
+        Write a reply to a command; count permanent failures and give up on
+        a client that makes too many.
+        """
+        if self._closing:
+            return
+        self._write(reply)
+        if reply.code == 421:
+            # RFC 5321 3.8: 421 announces that the server closes.
+            self._close()
+        elif reply.code >= 500:
+            self._errors += 1
+            if self._errors >= self.factory.maxErrors:
+                self._log.info("SMTP client {peer} made too many errors", peer=self.session.peerHost)
+                self._write(_Reply(421, "4.7.0", f"{self.factory.hostname} Too many errors, closing connection"))
+                self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        self.setTimeout(None)
+        self._buffer = bytearray()
+        self.transport.loseConnection()
+
+    # Input processing.
+
+    def _process(self) -> None:
+        """
+        Handle buffered input until it is used up, or a delivery call is
+        outstanding, or the connection is closing.
+        """
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            while not (self._busy or self._closing or self._disconnected):
+                if self._mode == "data":
+                    progressed = self._dataStep()
+                else:
+                    progressed = self._commandStep()
+                if not progressed:
+                    break
+        finally:
+            self._processing = False
+
+    def _commandStep(self) -> bool:
+        """
+        Handle one command line from the buffer, or discard an overlong
+        line's octets.
+
+        @return: whether anything was consumed.
+        """
+        buf = self._buffer
+        end = buf.find(b"\n")
+        if self._skipLine:
+            if end == -1:
+                del buf[:]
+                return False
+            del buf[: end + 1]
+            self._skipLine = False
+            self._reply(_Reply(500, "5.5.2", "Line too long"))
+            return True
+        if end == -1:
+            if len(buf) >= MAX_COMMAND_LINE:
+                # The line can no longer fit, whatever follows: drop what we
+                # have and everything up to its end, and answer then.
+                del buf[:]
+                self._skipLine = True
+            return False
+        if end + 1 > MAX_COMMAND_LINE:
+            del buf[: end + 1]
+            self._reply(_Reply(500, "5.5.2", "Line too long"))
+            return True
+        raw = bytes(buf[:end])
+        del buf[: end + 1]
+        if not raw.endswith(b"\r") or b"\r" in raw[:-1]:
+            self._reply(_Reply(500, "5.5.2", "Bare CR or LF not allowed, lines end with CRLF"))
+            return True
+        self._command(raw[:-1].decode("latin-1"))
+        return True
+
+    def _command(self, line: str) -> None:
+        verb, _, arg = line.partition(" ")
+        verb = verb.upper()
+        handler = None
+        if verb.isascii() and verb.isalpha():
+            handler = getattr(self, "do_" + verb, None)
+        if handler is None:
+            if verb in self.notImplemented:
+                self._reply(_Reply(502, "5.5.1", "Command not implemented"))
+            else:
+                self._reply(_Reply(500, "5.5.2", "Command unrecognized"))
+            return
+        handler(arg.strip(" "))
+
+    def _await(self, call: Callable[..., Any], args: tuple, onSuccess: Callable[[Any], _Reply], onDone: Optional[Callable[[], None]] = None) -> None:
+        """
+        Call a delivery method and reply when its result (a value, a
+        Deferred, an exception) is known; meanwhile buffer further input.
+
+        @param onSuccess: makes the reply from the result (and updates the
+            state); called only on success.
+        @param onDone: called after the reply whatever the outcome.
+        """
+        self._busy = True
+        d = maybeDeferred(call, *args)
+
+        def succeeded(result: Any) -> _Reply:
+            return onSuccess(result)
+
+        def failed(failure: Failure) -> _Reply:
+            if failure.check(SMTPReply):
+                exc = failure.value
+                code = exc.code
+                if isinstance(code, int) and 200 <= code <= 599:
+                    return _Reply(code, exc.enhanced, *(str(exc.text).splitlines() or [""]))
+            self._log.failure(
+                "SMTP delivery call {call} failed for {peer}",
+                failure,
+                call=getattr(call, "__name__", call),
+                peer=self.session.peerHost,
+            )
+            return _Reply(451, "4.3.0", "Temporary failure, please try again later")
+
+        def finished(reply: _Reply) -> None:
+            self._busy = False
+            if onDone is not None:
+                onDone()
+            if self._disconnected:
+                return
+            self._reply(reply)
+            if self._paused:
+                self._paused = False
+                if not self._closing:
+                    self.setTimeout(self.factory.timeout)
+                    self.transport.resumeProducing()
+            self._process()
+
+        d.addCallbacks(succeeded, failed)
+        d.addCallback(finished)
+        d.addErrback(lambda f: self._log.failure("SMTP server bug", f))
+        if self._busy and not self._disconnected:
+            self._paused = True
+            self.setTimeout(None)
+            self.transport.pauseProducing()
+
+    # Transaction state.
+
+    def _resetTransaction(self) -> None:
+        self._inTransaction = False
+        self._sender: Optional[str] = None
+        self._recipients: List[str] = []
+        self._rcptAttempted = False
+        self._closeFile()
+
+    def _closeFile(self) -> None:
+        f = getattr(self, "_file", None)
+        self._file: Optional[IO[bytes]] = None
+        if f is not None:
+            f.close()
+
+    # Verbs.
+
+    def extensions(self) -> List[str]:
+        """
+        The EHLO keywords (with their parameters) this session offers, in
+        the order they are listed.  A subclass adding a verb (C{STARTTLS},
+        C{AUTH}) extends this list.
+        """
+        return [
+            "PIPELINING",
+            f"SIZE {self.factory.maxMessageSize}",
+            "8BITMIME",
+            "ENHANCEDSTATUSCODES",
+        ]
+
+    def do_HELO(self, arg: str) -> None:
+        """
+        C{HELO domain}: start an SMTP (not ESMTP) session.
+        """
+        self._greet(arg, esmtp=False)
+
+    def do_EHLO(self, arg: str) -> None:
+        """
+        C{EHLO domain}: start an ESMTP session and list the extensions.
+        """
+        self._greet(arg, esmtp=True)
+
+    def _greet(self, arg: str, esmtp: bool) -> None:
+        verb = "EHLO" if esmtp else "HELO"
+        if not arg:
+            self._reply(_Reply(501, "5.5.4", f"Syntax: {verb} hostname"))
+            return
+        if not validHeloArgument(arg):
+            self._reply(_Reply(501, "5.5.4", "Invalid domain name"))
+            return
+        self._resetTransaction()
+        self.session.helo = arg
+        self.session.esmtp = esmtp
+        hostname = self.factory.hostname
+        if esmtp:
+            self._reply(_Reply(250, None, f"{hostname} Hello {arg}", *self.extensions()))
+        else:
+            self._reply(_Reply(250, None, f"{hostname} Hello {arg}"))
+
+    def do_MAIL(self, arg: str) -> None:
+        """
+        C{MAIL FROM:<path> [SIZE=n] [BODY=7BIT|8BITMIME]}: start a transaction.
+        """
+        if self.session.helo is None:
+            self._reply(_Reply(503, "5.5.1", "Send HELO/EHLO first"))
+            return
+        if self._inTransaction:
+            self._reply(_Reply(503, "5.5.1", "Sender already specified"))
+            return
+        if arg[:5].upper() != "FROM:":
+            self._reply(_Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>"))
+            return
+        rest = arg[5:]
+        if rest.startswith(" "):
+            rest = rest[1:]
+        if not rest.isascii():
+            self._reply(_Reply(501, "5.1.7", "Non-ASCII sender address not allowed"))
+            return
+        try:
+            sender, rest = parsePath(rest, allowNull=True)
+        except PathSyntaxError as e:
+            self._reply(_Reply(501, "5.1.7", f"Bad sender address: {e}"))
+            return
+        refusal = self._checkMailParameters(rest)
+        if refusal is not None:
+            self._reply(refusal)
+            return
+        if sender is not None:
+            sender = normalizeAddress(sender)
+
+        def accepted(result: object) -> _Reply:
+            self._inTransaction = True
+            self._sender = sender
+            self._recipients = []
+            self._rcptAttempted = False
+            return _Reply(250, "2.1.0", "Sender OK")
+
+        self._await(self.factory.delivery.validateSender, (self.session, sender), accepted)
+
+    def _checkMailParameters(self, text: str) -> Optional[_Reply]:
+        """
+        Check the ESMTP parameters of C{MAIL}; the refusal, or L{None} when
+        they are acceptable.
+        """
+        try:
+            params = parseParameters(text)
+        except ValueError as e:
+            return _Reply(501, "5.5.4", str(e))
+        if params and not self.session.esmtp:
+            return _Reply(555, "5.5.4", "Parameters not allowed after HELO")
+        for key, value in params.items():
+            if key == "SIZE":
+                if value is None or not value.isdigit() or len(value) > 20:
+                    return _Reply(501, "5.5.4", "Syntax error in SIZE parameter")
+                if int(value) > self.factory.maxMessageSize:
+                    return _Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+            elif key == "BODY":
+                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+                    return _Reply(555, "5.5.4", "Unsupported BODY parameter")
+            else:
+                return _Reply(555, "5.5.4", f"Unsupported parameter {key}")
+        return None
+
+    def do_RCPT(self, arg: str) -> None:
+        """
+        C{RCPT TO:<path>}: add a recipient.
+        """
+        if not self._inTransaction:
+            self._reply(_Reply(503, "5.5.1", "Need MAIL command"))
+            return
+        if arg[:3].upper() != "TO:":
+            self._reply(_Reply(501, "5.5.4", "Syntax: RCPT TO:<address>"))
+            return
+        rest = arg[3:]
+        if rest.startswith(" "):
+            rest = rest[1:]
+        if not rest.isascii():
+            self._reply(_Reply(501, "5.1.3", "Non-ASCII recipient address not allowed"))
+            return
+        try:
+            recipient, rest = parsePath(rest, allowPostmaster=True)
+        except PathSyntaxError as e:
+            self._reply(_Reply(501, "5.1.3", f"Bad recipient address: {e}"))
+            return
+        try:
+            params = parseParameters(rest)
+        except ValueError as e:
+            self._reply(_Reply(501, "5.5.4", str(e)))
+            return
+        if params:
+            self._reply(_Reply(555, "5.5.4", f"Unsupported parameter {next(iter(params))}"))
+            return
+        assert recipient is not None
+        recipient = normalizeAddress(recipient)
+        self._rcptAttempted = True
+        if recipient in self._recipients:
+            self._reply(_Reply(250, "2.1.5", "Recipient OK"))
+            return
+        if len(self._recipients) >= self.factory.maxRecipients:
+            self._reply(_Reply(452, "4.5.3", "Too many recipients"))
+            return
+
+        def accepted(result: object) -> _Reply:
+            if recipient not in self._recipients:
+                self._recipients.append(recipient)
+            return _Reply(250, "2.1.5", "Recipient OK")
+
+        self._await(self.factory.delivery.validateRecipient, (self.session, recipient), accepted)
+
+    def do_DATA(self, arg: str) -> None:
+        """
+        C{DATA}: receive the message into a temporary file.
+        """
+        if not self._inTransaction:
+            self._reply(_Reply(503, "5.5.1", "Need MAIL command"))
+            return
+        if not self._recipients:
+            if self._rcptAttempted:
+                # RFC 2920 3.1: a pipelined DATA after refused recipients.
+                self._reply(_Reply(554, "5.5.1", "No valid recipients"))
+            else:
+                self._reply(_Reply(503, "5.5.1", "Need RCPT command"))
+            return
+        if arg:
+            self._reply(_Reply(501, "5.5.4", "Syntax: DATA"))
+            return
+        self._messageId = secrets.token_hex(8).upper()
+        self._file = tempfile.SpooledTemporaryFile(max_size=SPOOL_THRESHOLD)
+        self._file.write(self._receivedHeader())
+        self._size = 0
+        self._prevCRLF = True  # the DATA line ended with CRLF
+        self._bareCRLF = False
+        self._longLine = False
+        self._tooBig = False
+        self._ioError = False
+        self._mode = "data"
+        self._reply(_Reply(354, None, "End data with <CR><LF>.<CR><LF>"))
+
+    def do_RSET(self, arg: str) -> None:
+        """
+        C{RSET}: abandon the transaction.
+        """
+        if arg:
+            self._reply(_Reply(501, "5.5.4", "Syntax: RSET"))
+            return
+        self._resetTransaction()
+        self._reply(_Reply(250, "2.0.0", "Ok"))
+
+    def do_NOOP(self, arg: str) -> None:
+        """
+        C{NOOP [text]}: do nothing.
+        """
+        # RFC 5321 4.1.1.9: a parameter may be given and is ignored.
+        self._reply(_Reply(250, "2.0.0", "Ok"))
+
+    def do_QUIT(self, arg: str) -> None:
+        """
+        C{QUIT}: say goodbye and close.
+        """
+        if arg:
+            self._reply(_Reply(501, "5.5.4", "Syntax: QUIT"))
+            return
+        self._reply(_Reply(221, "2.0.0", "Bye"))
+        self._close()
+
+    def do_HELP(self, arg: str) -> None:
+        """
+        C{HELP [topic]}: list the verbs.
+        """
+        self._reply(_Reply(
+            214,
+            "2.0.0",
+            "Commands supported:",
+            "HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN",
+            "See RFC 5321",
+        ))
+
+    def do_VRFY(self, arg: str) -> None:
+        """
+        C{VRFY string}: never says whether a user exists.
+        """
+        self._cannotVerify("VRFY", arg)
+
+    def do_EXPN(self, arg: str) -> None:
+        """
+        C{EXPN string}: never expands a list.
+        """
+        self._cannotVerify("EXPN", arg)
+
+    def _cannotVerify(self, verb: str, arg: str) -> None:
+        # Never disclose whether a user or list exists (RFC 5321 3.5.3, 7.3).
+        if not arg:
+            self._reply(_Reply(501, "5.5.4", f"Syntax: {verb} address"))
+            return
+        self._reply(_Reply(252, "2.5.0", "Cannot verify, but will accept message and attempt delivery"))
+
+    #: Verbs answered with 502 (known to RFC 5321 or its extensions, not
+    #: offered here); a subclass that defines C{do_<VERB>} takes precedence.
+    notImplemented = frozenset(
+        ["TURN", "SEND", "SOML", "SAML", "ETRN", "ATRN", "BDAT", "STARTTLS", "AUTH"]
+    )
+
+    # Message data.
+
+    def _receivedHeader(self) -> bytes:
+        """
+        The trace header (RFC 5321 4.4, with RFC 3848 protocol names) put
+        before the message, folded over several lines.
+        """
+        session = self.session
+        proto = "ESMTP" if session.esmtp else "SMTP"
+        if session.esmtp:
+            suffix = ("S" if session.tls else "") + ("A" if session.authenticated else "")
+            proto += suffix
+        when = email.utils.format_datetime(
+            datetime.fromtimestamp(self.factory.clock.seconds(), timezone.utc)
+        )
+        lines = [
+            f"Received: from {session.helo} ({_addressLiteral(session.peerHost)})",
+            f"\tby {self.factory.hostname} (mailplat) with {proto} id {self._messageId}",
+        ]
+        if len(self._recipients) == 1:
+            lines.append(f"\tfor <{self._recipients[0]}>;")
+        else:
+            lines[-1] += ";"
+        lines.append(f"\t{when}")
+        return ("\r\n".join(lines) + "\r\n").encode("ascii", "replace")
+
+    def _dataStep(self) -> bool:
+        """
+        Consume buffered message data: complete lines are checked,
+        dot-unstuffed and written to the temporary file; a partial last line
+        waits for more (at most one text line's worth); the end of data
+        hands the message over.
+
+        @return: whether anything was consumed.
+        """
+        buf = self._buffer
+        if self._skipLine:
+            # Discarding the rest of an overlong line, up to its LF.
+            lf = buf.find(b"\n")
+            if lf == -1:
+                if buf:
+                    self._skipLastCR = buf[-1] == 0x0D
+                    del buf[:]
+                return False
+            self._prevCRLF = buf[lf - 1] == 0x0D if lf > 0 else self._skipLastCR
+            del buf[: lf + 1]
+            self._skipLine = False
+            return True
+        if self._prevCRLF and buf[:3] == _DOT_LINE:
+            del buf[:3]
+            self._endOfData()
+            return True
+        end = buf.find(_END_OF_DATA)
+        if end != -1:
+            self._body(bytes(buf[: end + 2]))
+            del buf[: end + 5]
+            self._endOfData()
+            return True
+        lf = buf.rfind(b"\n")
+        if lf != -1:
+            self._body(bytes(buf[: lf + 1]))
+            del buf[: lf + 1]
+        # What is left is the start of a line.  Once it cannot fit in a text
+        # line (even after removing a stuffed dot) stop keeping it.
+        if len(buf) > MAX_TEXT_LINE + 1:
+            self._longLine = True
+            self._closeFile()
+            self._skipLastCR = buf[-1] == 0x0D
+            self._skipLine = True
+            del buf[:]
+        return False
+
+    def _body(self, part: bytes) -> None:
+        """
+        Take complete lines of message data (starting at a line's start,
+        ending with LF) still in transparency (dot-stuffed) form.
+        """
+        if not part:
+            return
+        self._prevCRLF = part.endswith(_CRLF)
+        if self._file is None:
+            return  # already refused; keep reading to the end
+        crlf = part.count(_CRLF)
+        if part.count(b"\n") != crlf or part.count(b"\r") != crlf:
+            self._bareCRLF = True
+            self._closeFile()
+            return
+        lines = part.split(b"\n")
+        if max(map(len, lines)) >= MAX_TEXT_LINE:
+            # Some line may be too long; measure exactly, without the
+            # stuffed dot (RFC 5321 4.5.3.1.6) but with the LF.
+            for line in lines:
+                if len(line) + 1 - line.startswith(b".") > MAX_TEXT_LINE:
+                    self._longLine = True
+                    self._closeFile()
+                    return
+        if part[:1] == b".":
+            part = part[1:]
+        part = part.replace(b"\n.", b"\n")
+        self._size += len(part)
+        if self._size > self.factory.maxMessageSize:
+            self._tooBig = True
+            self._closeFile()
+            return
+        try:
+            self._file.write(part)
+        except OSError:
+            self._log.failure("SMTP could not spool message data from {peer}", peer=self.session.peerHost)
+            self._ioError = True
+            self._closeFile()
+
+    def _endOfData(self) -> None:
+        """
+        The client sent CRLF "." CRLF: refuse a bad message, or hand a good
+        one to the delivery.
+        """
+        self._mode = "command"
+        if self._tooBig:
+            refusal = _Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+        elif self._longLine:
+            # RFC 5321 4.5.3.1.6 limits a text line to 1000 octets with its
+            # CRLF.  4.5.3.1 suggests "500 Line too long", but 500 says a
+            # command was not understood, and 4.3.2 allows only 250, 450,
+            # 451, 452, 550, 552 and 554 after the end of data.  The data
+            # was read correctly to its end; the message itself is refused
+            # for good: 554 (transaction failed) with RFC 3463's X.6.0
+            # (a problem with the message's content).
+            refusal = _Reply(554, "5.6.0", "Message has a line longer than 998 characters")
+        elif self._bareCRLF:
+            refusal = _Reply(550, "5.6.0", "Message contains bare CR or LF")
+        elif self._ioError:
+            refusal = _Reply(451, "4.3.0", "Temporary failure, please try again later")
+        else:
+            refusal = None
+        if refusal is not None:
+            self._resetTransaction()
+            self._reply(refusal)
+            return
+        # The file now belongs to the delivery call until it answers; it is
+        # closed then, even if the client has gone meanwhile.
+        message = self._file
+        assert message is not None
+        self._file = None
+        message.seek(0)
+        messageId = self._messageId
+        sender = self._sender
+        recipients = list(self._recipients)
+
+        def delivered(result: object) -> _Reply:
+            self._errors = 0
+            return _Reply(250, "2.0.0", f"Ok: queued as {messageId}")
+
+        def done() -> None:
+            message.close()
+            self._resetTransaction()
+
+        self._await(
+            self.factory.delivery.deliver,
+            (self.session, sender, recipients, message),
+            delivered,
+            onDone=done,
+        )
+
+
+class SMTPFactory(protocol.ServerFactory):
+    """
+    Makes L{SMTPServer} protocols for inbound (MX) SMTP.
+
+    @ivar delivery: the L{IDelivery} every decision is asked of.
+    @ivar hostname: our host name for the greeting and C{Received} headers.
+    @ivar maxMessageSize: largest message accepted, in octets of message
+        data (advertised with SIZE).
+    @ivar timeout: idle timeout in seconds.
+    @ivar maxRecipients: most recipients in one transaction.
+    @ivar clock: the L{IReactorTime} for timeouts and dates.
+    @ivar maxErrors: after this many 5xx replies without a delivered message
+        the connection is closed with 421.
+    """
+
+    protocol = SMTPServer
+    maxErrors = _ERROR_LIMIT
+
+    def __init__(
+        self,
+        delivery: IDelivery,
+        hostname: str,
+        maxMessageSize: int = 50 * 1024 * 1024,
+        timeout: float = 300.0,
+        maxRecipients: int = 1000,
+        clock: Optional[IReactorTime] = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor  # type: ignore[assignment]
+        self.delivery = delivery
+        self.hostname = hostname
+        self.maxMessageSize = maxMessageSize
+        self.timeout = timeout
+        self.maxRecipients = maxRecipients
+        self.clock = clock
