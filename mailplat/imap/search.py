@@ -1,0 +1,437 @@
+"""
+IMAP SEARCH (RFC 3501 6.4.4): the search program parsed once into a tree of
+keys, then matched against each message.
+
+Choices worth knowing:
+
+  - BEFORE / ON / SINCE compare the calendar date of the internal date in
+    UTC (Dovecot uses the server's local zone; UTC gives every node of a
+    cluster the same answer).  SENTBEFORE / SENTON / SENTSINCE use the
+    date of the Date: field in that field's own zone; a message without a
+    usable Date: field matches none of them.
+  - String keys match case-insensitively (Unicode case folding) as
+    substrings of the RFC 2047-decoded header values or the decoded body
+    text (see L{mailplat.imap.structure.ParsedMessage}).
+  - The search strings are decoded from the CHARSET given (any text codec
+    Python knows).  With the default US-ASCII, 8-bit strings are read as
+    UTF-8, since that is what clients that omit CHARSET send.
+"""
+
+import abc
+import datetime
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Union
+
+from mailplat.imap.sequence import SequenceSet, SequenceSetError, parseSequenceSet
+from mailplat.imap.structure import ParsedMessage, lookupCharset
+from mailplat.interfaces import IMessageInfo
+
+class SearchSyntaxError(ValueError):
+    """
+    The search program is malformed; the server answers BAD with this
+    message.
+    """
+
+
+class BadCharset(ValueError):
+    """
+    The CHARSET is not supported; the server answers
+    C{NO [BADCHARSET (UTF-8 US-ASCII)]}.
+    """
+
+
+@dataclass
+class SearchContext:
+    """
+    What a search program is matched against: one message of the selected
+    mailbox.
+
+    @ivar seq: the message sequence number.
+    @ivar uid: its UID.
+    @ivar info: its L{IMessageInfo}.
+    @ivar recent: whether it is \\Recent in this session.
+    @ivar maxSeq: the number of messages (what C{*} means in a sequence set).
+    @ivar maxUid: the highest UID in the mailbox (C{*} in a UID set).
+    @ivar message: returns the parsed message; only called when the query
+        L{needs it<SearchQuery.needsMessage>}, and at most once per context
+        (the result is kept).
+    """
+
+    seq: int
+    uid: int
+    info: IMessageInfo
+    recent: bool
+    maxSeq: int
+    maxUid: int
+    message: Optional[Callable[[], ParsedMessage]] = None
+
+    def __post_init__(self) -> None:
+        loader = self.message
+        cache: List[ParsedMessage] = []
+
+        def load() -> ParsedMessage:
+            if not cache:
+                if loader is None:
+                    raise ValueError("this search needs the message but no loader was given")
+                cache.append(loader())
+            return cache[0]
+
+        self.message = load
+
+
+class _Key(abc.ABC):
+    """
+    One node of a search program.
+    """
+
+    needsMessage = False
+
+    @abc.abstractmethod
+    def matches(self, ctx: SearchContext) -> bool:
+        """
+        Whether the message of C{ctx} satisfies this key.
+        """
+
+
+class _All(_Key):
+    def matches(self, ctx: SearchContext) -> bool:
+        return True
+
+
+class _Flag(_Key):
+    def __init__(self, flag: str, present: bool) -> None:
+        self.flag = flag.lower()
+        self.present = present
+
+    def matches(self, ctx: SearchContext) -> bool:
+        has = any(f.lower() == self.flag for f in ctx.info.flags)
+        return has == self.present
+
+
+class _Recent(_Key):
+    def __init__(self, recent: bool) -> None:
+        self.recent = recent
+
+    def matches(self, ctx: SearchContext) -> bool:
+        return ctx.recent == self.recent
+
+
+class _New(_Key):
+    def matches(self, ctx: SearchContext) -> bool:
+        return ctx.recent and "\\seen" not in {f.lower() for f in ctx.info.flags}
+
+
+class _Size(_Key):
+    def __init__(self, limit: int, larger: bool) -> None:
+        self.limit = limit
+        self.larger = larger
+
+    def matches(self, ctx: SearchContext) -> bool:
+        if self.larger:
+            return ctx.info.size > self.limit
+        return ctx.info.size < self.limit
+
+
+class _Sequence(_Key):
+    def __init__(self, sequence: SequenceSet, uid: bool) -> None:
+        self.sequence = sequence
+        self.uid = uid
+
+    def matches(self, ctx: SearchContext) -> bool:
+        if self.uid:
+            return self.sequence.contains(ctx.uid, ctx.maxUid)
+        return self.sequence.contains(ctx.seq, ctx.maxSeq)
+
+
+class _InternalDate(_Key):
+    def __init__(self, date: datetime.date, op: str) -> None:
+        self.date = date
+        self.op = op
+
+    def matches(self, ctx: SearchContext) -> bool:
+        try:
+            day = datetime.datetime.fromtimestamp(ctx.info.internalDate, datetime.timezone.utc).date()
+        except (OverflowError, OSError, ValueError):
+            return False
+        return _compare(day, self.date, self.op)
+
+
+class _SentDate(_Key):
+    needsMessage = True
+
+    def __init__(self, date: datetime.date, op: str) -> None:
+        self.date = date
+        self.op = op
+
+    def matches(self, ctx: SearchContext) -> bool:
+        assert ctx.message is not None
+        day = ctx.message().sentDate()
+        if day is None:
+            return False
+        return _compare(day, self.date, self.op)
+
+
+def _compare(day: datetime.date, date: datetime.date, op: str) -> bool:
+    if op == "before":
+        return day < date
+    if op == "on":
+        return day == date
+    return day >= date
+
+
+class _Header(_Key):
+    needsMessage = True
+
+    def __init__(self, name: str, needle: str) -> None:
+        self.name = name
+        self.needle = needle.casefold()
+
+    def matches(self, ctx: SearchContext) -> bool:
+        assert ctx.message is not None
+        values = ctx.message().headerValues(self.name)
+        return any(self.needle in v.casefold() for v in values)
+
+
+class _Body(_Key):
+    needsMessage = True
+
+    def __init__(self, needle: str, text: bool) -> None:
+        self.needle = needle
+        self.text = text
+
+    def matches(self, ctx: SearchContext) -> bool:
+        assert ctx.message is not None
+        if self.text:
+            return ctx.message().textContains(self.needle)
+        return ctx.message().bodyContains(self.needle)
+
+
+class _Not(_Key):
+    def __init__(self, key: _Key) -> None:
+        self.key = key
+        self.needsMessage = key.needsMessage
+
+    def matches(self, ctx: SearchContext) -> bool:
+        return not self.key.matches(ctx)
+
+
+class _Or(_Key):
+    def __init__(self, left: _Key, right: _Key) -> None:
+        self.left = left
+        self.right = right
+        self.needsMessage = left.needsMessage or right.needsMessage
+
+    def matches(self, ctx: SearchContext) -> bool:
+        # Cheap (flag) keys first so messages are opened only when needed.
+        first, second = (self.right, self.left) if self.left.needsMessage else (self.left, self.right)
+        return first.matches(ctx) or second.matches(ctx)
+
+
+class _And(_Key):
+    def __init__(self, keys: List[_Key]) -> None:
+        # Keys that need no message first: they may spare opening it.
+        self.keys = sorted(keys, key=lambda k: k.needsMessage)
+        self.needsMessage = any(k.needsMessage for k in keys)
+
+    def matches(self, ctx: SearchContext) -> bool:
+        return all(k.matches(ctx) for k in self.keys)
+
+
+class SearchQuery:
+    """
+    A parsed search program.
+
+    @ivar needsMessage: whether matching needs the message's text or
+        headers (so the server opens and parses messages only then).
+    """
+
+    def __init__(self, root: _Key) -> None:
+        self._root = root
+        self.needsMessage: bool = root.needsMessage
+
+    def matches(self, ctx: SearchContext) -> bool:
+        """
+        Whether the message described by C{ctx} satisfies the program.
+        """
+        return self._root.matches(ctx)
+
+
+_MONTHS = {
+    name: number
+    for number, name in enumerate(
+        ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1
+    )
+}
+_DATE = re.compile(rb"^(\d{1,2})-([A-Za-z]{3})-(\d{4})$")
+
+_FLAG_KEYS = {
+    "ANSWERED": ("\\Answered", True),
+    "DELETED": ("\\Deleted", True),
+    "DRAFT": ("\\Draft", True),
+    "FLAGGED": ("\\Flagged", True),
+    "SEEN": ("\\Seen", True),
+    "UNANSWERED": ("\\Answered", False),
+    "UNDELETED": ("\\Deleted", False),
+    "UNDRAFT": ("\\Draft", False),
+    "UNFLAGGED": ("\\Flagged", False),
+    "UNSEEN": ("\\Seen", False),
+}
+_HEADER_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
+_DATE_KEYS = {
+    "BEFORE": (False, "before"),
+    "ON": (False, "on"),
+    "SINCE": (False, "since"),
+    "SENTBEFORE": (True, "before"),
+    "SENTON": (True, "on"),
+    "SENTSINCE": (True, "since"),
+}
+
+
+class _Parser:
+    def __init__(self, codec: str, lenient: bool) -> None:
+        self.codec = codec
+        self.lenient = lenient
+
+    def _arg(self, tokens: List[Any], pos: int, key: str, what: str) -> bytes:
+        if pos >= len(tokens):
+            raise SearchSyntaxError(f"{key} needs {what}")
+        token = tokens[pos]
+        if not isinstance(token, (bytes, bytearray)):
+            raise SearchSyntaxError(f"{key} needs {what}, not a parenthesised list")
+        return bytes(token)
+
+    def _string(self, raw: bytes, key: str) -> str:
+        try:
+            return raw.decode(self.codec)
+        except UnicodeDecodeError:
+            if self.lenient:
+                return raw.decode("utf-8", errors="replace")
+            raise SearchSyntaxError(f"the {key} string is not valid in the given charset")
+
+    def _date(self, raw: bytes, key: str) -> datetime.date:
+        match = _DATE.match(raw.strip(b'"'))
+        if match is None:
+            raise SearchSyntaxError(f"{key} needs a date such as 1-Feb-1994, not {raw.decode('latin-1')!r}")
+        month = _MONTHS.get(match.group(2).decode("ascii").lower())
+        try:
+            if month is None:
+                raise ValueError("month")
+            return datetime.date(int(match.group(3)), month, int(match.group(1)))
+        except ValueError:
+            raise SearchSyntaxError(f"{key}: {raw.decode('latin-1')!r} is not a valid date")
+
+    def keys(self, tokens: List[Any]) -> _Key:
+        """
+        Parse a whole list of keys (ANDed together).
+        """
+        if not tokens:
+            raise SearchSyntaxError("empty search program")
+        keys = []
+        pos = 0
+        while pos < len(tokens):
+            key, pos = self.key(tokens, pos)
+            keys.append(key)
+        return keys[0] if len(keys) == 1 else _And(keys)
+
+    def key(self, tokens: List[Any], pos: int) -> "tuple[_Key, int]":
+        """
+        Parse the key at C{tokens[pos]}; return it and the next position.
+        """
+        if pos >= len(tokens):
+            raise SearchSyntaxError("missing search key")
+        token = tokens[pos]
+        if isinstance(token, list):
+            if not token:
+                raise SearchSyntaxError("empty parenthesised search key list")
+            return self.keys(token), pos + 1
+        if not isinstance(token, (bytes, bytearray)):
+            raise SearchSyntaxError("a search key must be an atom or a parenthesised list")
+        raw = bytes(token)
+        pos += 1
+        if raw[:1].isdigit() or raw[:1] == b"*":
+            try:
+                return _Sequence(parseSequenceSet(raw), False), pos
+            except SequenceSetError as e:
+                raise SearchSyntaxError(str(e))
+        name = raw.decode("latin-1").upper()
+        if name == "ALL":
+            return _All(), pos
+        if name in _FLAG_KEYS:
+            flag, present = _FLAG_KEYS[name]
+            return _Flag(flag, present), pos
+        if name in ("KEYWORD", "UNKEYWORD"):
+            flag = self._arg(tokens, pos, name, "a keyword")
+            if not flag:
+                raise SearchSyntaxError(f"{name} needs a keyword")
+            return _Flag(flag.decode("utf-8", errors="replace"), name == "KEYWORD"), pos + 1
+        if name == "NEW":
+            return _New(), pos
+        if name == "OLD":
+            return _Recent(False), pos
+        if name == "RECENT":
+            return _Recent(True), pos
+        if name in ("LARGER", "SMALLER"):
+            number = self._arg(tokens, pos, name, "a number")
+            if not number.isdigit():
+                raise SearchSyntaxError(f"{name} needs a number, not {number.decode('latin-1')!r}")
+            return _Size(int(number), name == "LARGER"), pos + 1
+        if name in _HEADER_KEYS:
+            needle = self._string(self._arg(tokens, pos, name, "a string"), name)
+            return _Header(_HEADER_KEYS[name], needle), pos + 1
+        if name == "HEADER":
+            field = self._arg(tokens, pos, name, "a field name and a string")
+            needle = self._string(self._arg(tokens, pos + 1, name, "a string after the field name"), name)
+            if not field:
+                raise SearchSyntaxError("HEADER needs a field name")
+            return _Header(field.decode("latin-1").lower(), needle), pos + 2
+        if name in ("BODY", "TEXT"):
+            needle = self._string(self._arg(tokens, pos, name, "a string"), name)
+            return _Body(needle, name == "TEXT"), pos + 1
+        if name in _DATE_KEYS:
+            sent, op = _DATE_KEYS[name]
+            date = self._date(self._arg(tokens, pos, name, "a date"), name)
+            return (_SentDate(date, op) if sent else _InternalDate(date, op)), pos + 1
+        if name == "UID":
+            text = self._arg(tokens, pos, name, "a UID set")
+            try:
+                return _Sequence(parseSequenceSet(text), True), pos + 1
+            except SequenceSetError as e:
+                raise SearchSyntaxError(f"UID: {e}")
+        if name == "NOT":
+            if pos >= len(tokens):
+                raise SearchSyntaxError("NOT needs a search key")
+            key, pos = self.key(tokens, pos)
+            return _Not(key), pos
+        if name == "OR":
+            if pos >= len(tokens):
+                raise SearchSyntaxError("OR needs two search keys")
+            left, pos = self.key(tokens, pos)
+            if pos >= len(tokens):
+                raise SearchSyntaxError("OR needs two search keys")
+            right, pos = self.key(tokens, pos)
+            return _Or(left, right), pos
+        raise SearchSyntaxError(f"unknown search key {raw.decode('latin-1')!r}")
+
+
+def parseSearch(args: list, charset: Union[str, bytes] = "US-ASCII") -> SearchQuery:
+    """
+    Parse a search program.
+
+    @param args: the tokens after C{SEARCH} (and after C{CHARSET x}): each
+        C{bytes} (atom, quoted string or literal contents) or a C{list} for
+        a parenthesised group.  Keys are case-insensitive.
+    @param charset: the charset of the search strings.
+    @raise BadCharset: C{charset} is not a text encoding Python knows.
+    @raise SearchSyntaxError: the program is malformed (missing
+        arguments, unknown keys, bad dates or sets).
+    """
+    if isinstance(charset, (bytes, bytearray)):
+        charset = bytes(charset).decode("ascii", errors="replace")
+    codec = lookupCharset(charset)
+    if codec is None:
+        raise BadCharset(f"unsupported charset {charset!r}")
+    lenient = codec == "ascii"
+    if lenient:
+        codec = "utf-8"
+    return SearchQuery(_Parser(codec, lenient).keys(list(args)))
