@@ -1,0 +1,1587 @@
+"""
+A store that keeps mail in Maildir++ directories that mutt and Dovecot can
+open too.
+
+Layout, under the store's root directory::
+
+    <root>/<domain>/<localpart>/Maildir/          the account's INBOX
+        cur/ new/ tmp/                            Maildir proper
+        .Sent/ .a.b/ ...                          folders (Maildir++), "a/b" is ".a.b"
+        subscriptions                             Dovecot's version 2 format: a "V<tab>2"
+                                                  line, a blank line, one name a line with
+                                                  tabs between levels (version 1 is read too)
+        mailplat-specialuse                       "<attribute> <name>" per line
+        mailplat-uidlist, mailplat-uidlist.lock   UIDs (below), in every maildir
+        dovecot-keywords                          "<index> <keyword>": letter a+index
+        mailplat-pop3.lock                        flock()ed by lockExclusive
+
+Each folder level is encoded in modified UTF-7 (RFC 3501 5.1.3) as Dovecot
+does on disk, and a literal C{.} inside a level is encoded too (C{&AC4-}),
+so the hierarchy stays unambiguous.
+
+Message files are named C{<time>.M<usec>P<pid>Q<n>.<host>,S=<disk>,W=<wire>}
+with C{:2,<flags>} in C{cur/} (letters C{DFPRST}, keywords C{a}-C{z} through
+C{dovecot-keywords}).  Files keep LF line ends on disk; L{openMessage
+<MaildirMailbox.openMessage>} turns them back into CRLF (a foreign file that
+already has CRLF is left as it is), and C{W=} is the size of that wire form.
+
+C{mailplat-uidlist} holds, after a header line C{1 V<uidvalidity>
+N<uidnext> M<highestmodseq> R<first recent uid>}, one line per message::
+
+    <uid> <modseq> <internal date> <wire size> <subdir>/<file name>
+
+It is rewritten atomically (temporary file, fsync, rename, fsync of the
+directory) under an C{flock} of C{mailplat-uidlist.lock}, so two mailplat
+processes can share a maildir.  Files that appear in C{new/} or C{cur/}
+through another program get the next UIDs in the order of their names;
+files that disappear are expunged; renamed files (flags changed by mutt)
+get a new modseq.
+
+A message is \\Recent while its UID is at least the first-recent UID of the
+header (as in Dovecot's index); L{claimRecent <MaildirMailbox.claimRecent>}
+moves the claimed messages from C{new/} to C{cur/} and raises it.
+
+All file work runs synchronously in the private C{_*Sync} methods and the
+helpers they call, and is handed back as an already-fired Deferred; those are
+the calls to move to a thread pool.
+"""
+
+import base64
+import fcntl
+import io
+import itertools
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, replace
+from typing import Any, BinaryIO, Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from mailplat.errors import (
+    ConfigError,
+    InvalidMailboxName,
+    MailboxError,
+    MailboxExists,
+    MailboxLocked,
+    NoSuchAccount,
+    NoSuchMailbox,
+    NoSuchMessage,
+    StoreError,
+)
+from mailplat.interfaces import IAccount, IMailbox, IMailboxListener, IStore, IStoreFactory
+from mailplat.mailbox import (
+    DEFAULT_MAILBOXES,
+    MailboxStatus,
+    MessageInfo,
+    applyFlags,
+    buildListing,
+    parentNames,
+    renamedName,
+    validateMailboxName,
+)
+from mailplat.store.memory import ListenerSet
+from mailplat.uidvalidity import newUIDValidity
+
+CHUNK = 65536
+
+UIDLIST = "mailplat-uidlist"
+UIDLIST_LOCK = "mailplat-uidlist.lock"
+KEYWORDS = "dovecot-keywords"
+POP3_LOCK = "mailplat-pop3.lock"
+SUBSCRIPTIONS = "subscriptions"
+SPECIAL_USE = "mailplat-specialuse"
+FOLDER_MARKER = "maildirfolder"
+
+# Maildir info letters of the IMAP system flags.
+_FLAG_LETTERS = {
+    "\\Draft": "D",
+    "\\Flagged": "F",
+    "\\Answered": "R",
+    "\\Seen": "S",
+    "\\Deleted": "T",
+}
+_LETTER_FLAGS = {v: k for k, v in _FLAG_LETTERS.items()}
+_MAX_KEYWORDS = 26
+
+# Seconds within which a directory's mtime may not yet show a change made
+# in the same tick, so the directory is listed again regardless.
+_MTIME_SLACK = 2.0
+
+_counter = itertools.count()
+
+log = Logger()
+
+
+# Modified UTF-7 (RFC 3501 5.1.3), with "." optionally encoded as well.
+
+
+def encodeMUTF7(text: str, encodeDot: bool = False) -> str:
+    """
+    Encode C{text} in IMAP's modified UTF-7.
+
+    @param encodeDot: also encode C{.} (as C{&AC4-}), for Maildir++ folder
+        levels where C{.} is the hierarchy separator.
+    """
+    out: List[str] = []
+    pending: List[str] = []
+
+    def flush() -> None:
+        if pending:
+            raw = "".join(pending).encode("utf-16-be")
+            out.append("&" + base64.b64encode(raw).decode("ascii").rstrip("=").replace("/", ",") + "-")
+            del pending[:]
+
+    for ch in text:
+        if 0x20 <= ord(ch) <= 0x7E and not (encodeDot and ch == "."):
+            flush()
+            out.append("&-" if ch == "&" else ch)
+        else:
+            pending.append(ch)
+    flush()
+    return "".join(out)
+
+
+def decodeMUTF7(text: str) -> str:
+    """
+    Decode modified UTF-7.
+
+    @raise ValueError: C{text} is not valid modified UTF-7.
+    """
+    out: List[str] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch != "&":
+            if not 0x20 <= ord(ch) <= 0x7E:
+                raise ValueError(f"not modified UTF-7: {text!r}")
+            out.append(ch)
+            i += 1
+            continue
+        end = text.find("-", i + 1)
+        if end < 0:
+            raise ValueError(f"unterminated modified UTF-7: {text!r}")
+        chunk = text[i + 1:end]
+        if not chunk:
+            out.append("&")
+        else:
+            b64 = chunk.replace(",", "/")
+            b64 += "=" * (-len(b64) % 4)
+            try:
+                out.append(base64.b64decode(b64, validate=True).decode("utf-16-be"))
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ValueError(f"bad modified UTF-7 in {text!r}") from e
+        i = end + 1
+    return "".join(out)
+
+
+def folderDirectory(name: str) -> str:
+    """
+    The Maildir++ directory name (C{.a.b}) of a validated folder name
+    (C{a/b}); not meant for INBOX itself.
+    """
+    return "." + ".".join(encodeMUTF7(level, encodeDot=True) for level in name.split("/"))
+
+
+def folderName(directory: str) -> Optional[str]:
+    """
+    The validated mailbox name of a Maildir++ directory name, or L{None}
+    when it is not one of ours (bad encoding, empty level, INBOX itself).
+    """
+    if not directory.startswith(".") or directory in (".", ".."):
+        return None
+    try:
+        levels = [decodeMUTF7(level) for level in directory[1:].split(".")]
+        name = validateMailboxName("/".join(levels))
+    except (ValueError, MailboxError):
+        return None
+    if name == "INBOX":
+        return None
+    return name
+
+
+# Line ends: LF on disk, CRLF on the wire.
+
+
+class _ToDisk:
+    """
+    Turn a CRLF stream into LF, chunk by chunk (a CR that ends a chunk is
+    held back until the next shows whether an LF follows).
+    """
+
+    def __init__(self) -> None:
+        self._held = b""
+
+    def feed(self, data: bytes) -> bytes:
+        data = self._held + data
+        if data.endswith(b"\r"):
+            data, self._held = data[:-1], b"\r"
+        else:
+            self._held = b""
+        return data.replace(b"\r\n", b"\n")
+
+    def flush(self) -> bytes:
+        held, self._held = self._held, b""
+        return held
+
+
+class _ToWire(_ToDisk):
+    """
+    Turn a file's bytes into the wire form: every LF not already preceded
+    by CR becomes CRLF, so a file with CRLF comes out unchanged.
+    """
+
+    def feed(self, data: bytes) -> bytes:
+        data = self._held + data
+        if data.endswith(b"\r"):
+            data, self._held = data[:-1], b"\r"
+        else:
+            self._held = b""
+        return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+class _WireReader(io.RawIOBase):
+    """
+    A read-only file giving the wire (CRLF) form of a file on disk, read in
+    L{CHUNK}-sized pieces.
+    """
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._file = f
+        self._convert = _ToWire()
+        self._buffer = b""
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buffer and not self._eof:
+            chunk = self._file.read(CHUNK)
+            if chunk:
+                self._buffer = self._convert.feed(chunk)
+            else:
+                self._buffer = self._convert.flush()
+                self._eof = True
+        n = min(len(b), len(self._buffer))
+        b[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+        super().close()
+
+
+def _wireSize(path: str) -> int:
+    """
+    The size of the wire form of the file at C{path}.
+    """
+    convert = _ToWire()
+    size = 0
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(CHUNK)
+            if not chunk:
+                break
+            size += len(convert.feed(chunk))
+    return size + len(convert.flush())
+
+
+# Small file helpers.
+
+
+def _fsyncDirectory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _writeAtomically(path: str, data: bytes) -> None:
+    """
+    Replace the file at C{path} with C{data}, durably: write a temporary
+    file beside it, fsync, rename, fsync the directory.
+    """
+    directory = os.path.dirname(path)
+    tmp = f"{path}.{os.getpid()}.{next(_counter)}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+    _fsyncDirectory(directory)
+
+
+def _readText(path: str) -> Optional[str]:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return None
+
+
+def _hostname() -> str:
+    return socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "localhost"
+
+
+def _makeMaildir(path: str) -> None:
+    """
+    Make a Maildir's directories; C{cur} comes last, so a maildir whose
+    C{cur} exists is complete.
+    """
+    os.makedirs(path, exist_ok=True)
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(path, sub), exist_ok=True)
+    _fsyncDirectory(path)
+    _fsyncDirectory(os.path.dirname(path))
+
+
+def _isMaildir(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, "cur"))
+
+
+def _storeError(e: OSError, what: str) -> StoreError:
+    detail = e.strerror or str(e)
+    where = f" ({e.filename})" if e.filename else ""
+    return StoreError(f"Could not {what}: {detail}{where}")
+
+
+def _run(what: str, f: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred:
+    """
+    Run blocking file work and hand back its outcome as a Deferred;
+    C{OSError} becomes L{StoreError}.  The one place to move file work to a
+    thread pool.
+    """
+    try:
+        return defer.succeed(f(*args, **kwargs))
+    except StoreError as e:
+        return defer.fail(e)
+    except OSError as e:
+        return defer.fail(_storeError(e, what))
+    except Exception:
+        return defer.fail()
+
+
+# Messages.
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """
+    What a maildir knows about one message file.
+    """
+
+    uid: int
+    modseq: int
+    internalDate: float
+    size: int
+    subdir: str
+    filename: str
+
+    @property
+    def base(self) -> str:
+        return self.filename.split(":", 1)[0]
+
+    @property
+    def relpath(self) -> str:
+        return self.subdir + "/" + self.filename
+
+
+def _entryLine(entry: _Entry) -> str:
+    """
+    The uidlist line of one message.
+    """
+    return f"{entry.uid} {entry.modseq} {entry.internalDate!r} {entry.size} {entry.relpath}\n"
+
+
+def _infoLetters(filename: str) -> str:
+    _, sep, info = filename.partition(":2,")
+    return info if sep else ""
+
+
+def _wireSizeFromName(filename: str) -> Optional[int]:
+    for field in filename.split(":", 1)[0].split(",")[1:]:
+        if field.startswith("W=") and field[2:].isdigit():
+            return int(field[2:])
+    return None
+
+
+@implementer(IMailbox)
+class MaildirMailbox:
+    """
+    One Maildir (INBOX or a Maildir++ folder).  The store keeps one object
+    per directory, so that listeners hear every change made in the
+    process; changes by other processes are found by re-listing the
+    directories.
+    """
+
+    def __init__(self, name: str, path: str) -> None:
+        self.name = name
+        self.path = path
+        self._listeners = ListenerSet()
+        self._entries: Dict[int, _Entry] = {}
+        self._byBase: Dict[str, int] = {}
+        self._keywords: List[str] = []
+        self._keywordsStamp: Optional[Tuple[int, int, int]] = None
+        self._uidlistStamp: Optional[Tuple[int, int, int]] = None
+        self._dirStamp: Optional[Tuple[int, int]] = None
+        self._listing: Dict[str, Tuple[str, str]] = {}
+        self._deleted = False
+        self._loaded = False
+        self._dirty = False
+        self._logLines = 0
+        self.uidValidity = 0
+        self._uidNext = 1
+        self._highestModseq = 1
+        self._firstRecent = 1
+        self._refreshSync()
+
+    # -- state on disk
+
+    def _join(self, *parts: str) -> str:
+        return os.path.join(self.path, *parts)
+
+    def _stamp(self, path: str) -> Optional[Tuple[int, int, int]]:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _lock(self) -> int:
+        fd = os.open(self._join(UIDLIST_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def _unlock(self, fd: int) -> None:
+        os.close(fd)
+
+    def _loadKeywords(self) -> None:
+        path = self._join(KEYWORDS)
+        stamp = self._stamp(path)
+        if stamp == self._keywordsStamp:
+            return
+        keywords: List[str] = []
+        for line in (_readText(path) or "").splitlines():
+            index, _, keyword = line.partition(" ")
+            if index.isdigit() and keyword and int(index) < _MAX_KEYWORDS:
+                while len(keywords) <= int(index):
+                    keywords.append("")
+                keywords[int(index)] = keyword
+        self._keywords = keywords
+        self._keywordsStamp = stamp
+
+    def _keywordLetter(self, keyword: str) -> str:
+        """
+        The letter of C{keyword}, adding it to C{dovecot-keywords} when new.
+        Called with the uidlist lock held.
+        """
+        if not keyword or any(ch.isspace() or ord(ch) < 0x20 or ch == "\x7f" for ch in keyword):
+            raise StoreError(f"Keyword {keyword!r} cannot be stored: it is empty or holds spaces or control characters")
+        lowered = keyword.lower()
+        for index, known in enumerate(self._keywords):
+            if known.lower() == lowered:
+                return chr(ord("a") + index)
+        if "" in self._keywords:
+            index = self._keywords.index("")
+            self._keywords[index] = keyword
+        elif len(self._keywords) < _MAX_KEYWORDS:
+            index = len(self._keywords)
+            self._keywords.append(keyword)
+        else:
+            raise StoreError(f"Mailbox {self.name} has {_MAX_KEYWORDS} keywords already; cannot add {keyword!r}")
+        data = "".join(f"{i} {k}\n" for i, k in enumerate(self._keywords) if k)
+        _writeAtomically(self._join(KEYWORDS), data.encode("utf-8"))
+        self._keywordsStamp = self._stamp(self._join(KEYWORDS))
+        return chr(ord("a") + index)
+
+    def _flagsOf(self, filename: str) -> FrozenSet[str]:
+        flags = set()
+        for letter in _infoLetters(filename):
+            if letter in _LETTER_FLAGS:
+                flags.add(_LETTER_FLAGS[letter])
+            elif "a" <= letter <= "z":
+                index = ord(letter) - ord("a")
+                if index < len(self._keywords) and self._keywords[index]:
+                    flags.add(self._keywords[index])
+        return frozenset(flags)
+
+    def _lettersFor(self, flags: FrozenSet[str], keep: str = "") -> str:
+        """
+        The info letters for C{flags}, keeping the letters of C{keep} this
+        store does not interpret (such as C{P}, or unknown keywords).
+        """
+        letters = set()
+        for flag in flags:
+            if flag in _FLAG_LETTERS:
+                letters.add(_FLAG_LETTERS[flag])
+            else:
+                letters.add(self._keywordLetter(flag))
+        for letter in keep:
+            if letter in _LETTER_FLAGS:
+                continue
+            if "a" <= letter <= "z":
+                index = ord(letter) - ord("a")
+                if index < len(self._keywords) and self._keywords[index]:
+                    continue
+            letters.add(letter)
+        return "".join(sorted(letters))
+
+    def _readUidlist(self) -> None:
+        """
+        Load C{mailplat-uidlist}, or start one (new UIDVALIDITY) when there
+        is none.
+        """
+        path = self._join(UIDLIST)
+        text = _readText(path)
+        entries: Dict[int, _Entry] = {}
+        torn = False
+        lines = (text or "").splitlines()
+        header = dict((f[0], f[1:]) for f in lines[0].split()[1:] if f[1:].isdigit()) if lines else {}
+        if text is not None and ("V" not in header or "N" not in header):
+            # Start again, as Dovecot does with a broken uidlist: a new
+            # UIDVALIDITY tells clients to forget what they cached.
+            log.warn("{path} is damaged (header {header!r}); giving the messages new UIDs", path=path, header=lines[:1])
+            text = None
+        if text is None:
+            self.uidValidity = newUIDValidity()
+            self._uidNext = self._firstRecent = self._highestModseq = 1
+        else:
+            self.uidValidity = int(header["V"])
+            self._uidNext = int(header["N"])
+            self._highestModseq = int(header.get("M", "1"))
+            self._firstRecent = int(header.get("R", "1"))
+            body = text.split("\n")[1:]
+            # A last line without its newline was torn by a crash: drop it
+            # and have the file written whole again.
+            torn = body.pop() != "" if body else True
+            for line in body:
+                self._readRecord(line, entries)
+            self._logLines = len(body)
+        self._entries = entries
+        self._byBase = {e.base: uid for uid, e in entries.items()}
+        self._uidlistStamp = self._stamp(path)
+        self._loaded = True
+        self._dirty = text is None or torn
+
+    def _readRecord(self, line: str, entries: Dict[int, _Entry]) -> None:
+        """
+        Apply one line of the uidlist after its header: a message's entry
+        (the last line for a UID wins), C{X<uid>} (expunged), C{R<uid>}
+        (first recent UID) or C{M<modseq>} (highest modseq).  A line that
+        cannot be read is dropped: its file, if any, gets a new UID when the
+        directories are listed.
+        """
+        if line[:1] in ("X", "R", "M"):
+            if line[1:].isdigit():
+                value = int(line[1:])
+                if line[0] == "X":
+                    entries.pop(value, None)
+                elif line[0] == "R":
+                    self._firstRecent = value
+                else:
+                    self._highestModseq = max(self._highestModseq, value)
+            return
+        parts = line.split(" ", 4)
+        if len(parts) != 5 or parts[4].partition("/")[0] not in ("new", "cur"):
+            return
+        uid, modseq, date, size, rel = parts
+        subdir, _, filename = rel.partition("/")
+        try:
+            entry = _Entry(int(uid), int(modseq), float(date), int(size), subdir, filename)
+        except ValueError:
+            return
+        entries[entry.uid] = entry
+        self._uidNext = max(self._uidNext, entry.uid + 1)
+        self._highestModseq = max(self._highestModseq, entry.modseq)
+
+    def _writeUidlist(self) -> None:
+        """
+        Write the whole uidlist again, atomically.
+        """
+        lines = [f"1 V{self.uidValidity} N{self._uidNext} M{self._highestModseq} R{self._firstRecent}\n"]
+        lines.extend(_entryLine(self._entries[uid]) for uid in sorted(self._entries))
+        _writeAtomically(self._join(UIDLIST), "".join(lines).encode("utf-8"))
+        self._uidlistStamp = self._stamp(self._join(UIDLIST))
+        self._logLines = len(self._entries)
+        self._dirty = False
+
+    def _logChanges(self, lines: List[str]) -> None:
+        """
+        Record changes durably by appending C{lines} to the uidlist (one
+        fdatasync, no copy of the whole list), or write the list again once
+        the appended lines outnumber the messages.
+        """
+        if self._dirty or self._logLines + len(lines) > 2 * len(self._entries) + 1000:
+            self._writeUidlist()
+            return
+        with open(self._join(UIDLIST), "ab") as f:
+            f.write("".join(lines).encode("utf-8"))
+            f.flush()
+            os.fdatasync(f.fileno())
+        self._uidlistStamp = self._stamp(self._join(UIDLIST))
+        self._logLines += len(lines)
+
+    def _scan(self, force: bool = False) -> bool:
+        """
+        List C{new/} and C{cur/} when they may have changed (or always,
+        with C{force}); return whether they were listed.
+        """
+        stamps = []
+        for sub in ("new", "cur"):
+            try:
+                stamps.append(os.stat(self._join(sub)).st_mtime_ns)
+            except FileNotFoundError:
+                self._deleted = True
+                raise NoSuchMailbox(f"Mailbox {self.name} does not exist any more")
+        stamp = (stamps[0], stamps[1])
+        if not force and stamp == self._dirStamp and time.time() - max(stamps) / 1e9 > _MTIME_SLACK:
+            return False
+        listing: Dict[str, Tuple[str, str]] = {}
+        for sub in ("new", "cur"):
+            for filename in os.listdir(self._join(sub)):
+                if filename.startswith("."):
+                    continue
+                listing[filename.split(":", 1)[0]] = (sub, filename)
+        self._listing = listing
+        self._dirStamp = stamp
+        return True
+
+    def _reconcile(self) -> None:
+        """
+        Bring the entries in line with the files listed; mark the uidlist
+        dirty when anything changed.
+        """
+        for uid, entry in list(self._entries.items()):
+            found = self._listing.get(entry.base)
+            if found is None:
+                del self._entries[uid]
+                self._byBase.pop(entry.base, None)
+                self._highestModseq += 1
+                self._dirty = True
+            elif found != (entry.subdir, entry.filename):
+                modseq = entry.modseq
+                if self._flagsOf(found[1]) != self._flagsOf(entry.filename):
+                    self._highestModseq += 1
+                    modseq = self._highestModseq
+                self._entries[uid] = replace(entry, subdir=found[0], filename=found[1], modseq=modseq)
+                self._dirty = True
+        for base in sorted(set(self._listing) - set(self._byBase)):
+            subdir, filename = self._listing[base]
+            path = self._join(subdir, filename)
+            try:
+                mtime = os.stat(path).st_mtime
+                size = _wireSizeFromName(filename)
+                if size is None:
+                    size = _wireSize(path)
+            except FileNotFoundError:
+                continue
+            uid = self._uidNext
+            self._uidNext += 1
+            self._highestModseq += 1
+            self._entries[uid] = _Entry(uid, self._highestModseq, mtime, size, subdir, filename)
+            self._byBase[base] = uid
+            self._dirty = True
+
+    def _catchUp(self, scan: bool) -> None:
+        """
+        Read what other processes and programs changed: the keywords, the
+        uidlist when its file changed (the directories are then listed
+        again), and the directories when C{scan} and they may have changed.
+        """
+        self._loadKeywords()
+        reread = not self._loaded or self._stamp(self._join(UIDLIST)) != self._uidlistStamp
+        if reread:
+            self._readUidlist()
+        if self._scan(force=reread) if (scan or reread) else False:
+            self._reconcile()
+
+    def _refreshSync(self) -> bool:
+        """
+        See changes made on disk by other processes and programs, writing
+        the uidlist under its lock when new files got UIDs; return whether
+        anything changed.
+        """
+        if self._deleted:
+            raise NoSuchMailbox(f"Mailbox {self.name} does not exist any more")
+        before = (self._uidNext, self._highestModseq, len(self._entries), self._firstRecent)
+        self._catchUp(scan=True)
+        if self._dirty:
+            self._locked(lambda: None)
+        return before != (self._uidNext, self._highestModseq, len(self._entries), self._firstRecent)
+
+    def _locked(self, work: Callable[[], Any], scan: bool = True) -> Any:
+        """
+        Run C{work} with the uidlist lock held and the state caught up with
+        the disk (the directories are listed only with C{scan}, or when
+        another process rewrote the uidlist); the uidlist is written first
+        if catching up changed it.
+        """
+        if self._deleted:
+            raise NoSuchMailbox(f"Mailbox {self.name} does not exist any more")
+        fd = self._lock()
+        try:
+            self._catchUp(scan)
+            if self._dirty:
+                self._writeUidlist()
+            return work()
+        finally:
+            self._unlock(fd)
+
+    def _refreshAndNotify(self) -> None:
+        if self._refreshSync():
+            self._listeners.notify(self)
+
+    def _info(self, entry: _Entry) -> MessageInfo:
+        return MessageInfo(entry.uid, self._flagsOf(entry.filename), entry.internalDate, entry.size, entry.modseq)
+
+    # -- IMailbox
+
+    def status(self) -> defer.Deferred:
+        """
+        Counts of the mailbox (see L{IMailbox.status}).
+        """
+        d = _run(f"read mailbox {self.name}", self._refreshAndNotify)
+
+        def counts(_: None) -> MailboxStatus:
+            entries = self._entries.values()
+            return MailboxStatus(
+                messages=len(self._entries),
+                recent=sum(1 for e in entries if e.uid >= self._firstRecent),
+                unseen=sum(1 for e in entries if "S" not in _infoLetters(e.filename)),
+                uidNext=self._uidNext,
+                uidValidity=self.uidValidity,
+                highestModseq=self._highestModseq,
+                size=sum(e.size for e in entries),
+            )
+
+        return d.addCallback(counts)
+
+    def listMessages(self) -> defer.Deferred:
+        """
+        Every message, in UID order (see L{IMailbox.listMessages}).
+        """
+        d = _run(f"read mailbox {self.name}", self._refreshAndNotify)
+        return d.addCallback(lambda _: [self._info(self._entries[uid]) for uid in sorted(self._entries)])
+
+    def _claimRecentSync(self) -> List[int]:
+        def work() -> List[int]:
+            claimed = sorted(uid for uid in self._entries if uid >= self._firstRecent)
+            moved: List[str] = []
+            for uid in claimed:
+                entry = self._entries[uid]
+                if entry.subdir != "new":
+                    continue
+                filename = entry.base + ":2," + _infoLetters(entry.filename)
+                try:
+                    os.rename(self._join("new", entry.filename), self._join("cur", filename))
+                except FileNotFoundError:
+                    continue
+                self._entries[uid] = replace(entry, subdir="cur", filename=filename)
+                self._listing[entry.base] = ("cur", filename)
+                moved.append(_entryLine(self._entries[uid]))
+            if moved:
+                _fsyncDirectory(self._join("cur"))
+                _fsyncDirectory(self._join("new"))
+            if claimed:
+                self._firstRecent = self._uidNext
+                self._logChanges(moved + [f"R{self._firstRecent}\n"])
+            return claimed
+
+        return self._locked(work)
+
+    def claimRecent(self) -> defer.Deferred:
+        """
+        Claim the \\Recent messages (see L{IMailbox.claimRecent}).
+        """
+        return _run(f"claim new messages in {self.name}", self._claimRecentSync)
+
+    def _openSync(self, uid: int) -> BinaryIO:
+        for attempt in (1, 2):
+            entry = self._entries.get(uid)
+            if entry is None:
+                break
+            try:
+                f = open(self._join(entry.subdir, entry.filename), "rb")
+            except FileNotFoundError:
+                if attempt == 1:
+                    self._refreshSync()
+                    continue
+                break
+            return io.BufferedReader(_WireReader(f), CHUNK)  # type: ignore[return-value]
+        raise NoSuchMessage(f"No message with UID {uid} in {self.name}")
+
+    def openMessage(self, uid: int) -> defer.Deferred:
+        """
+        Open a message in its wire form (see L{IMailbox.openMessage}).
+        """
+        return _run(f"open message {uid} in {self.name}", self._openSync, uid)
+
+    def _writeTmp(self, source: BinaryIO, internalDate: Optional[float]) -> Tuple[str, str, int]:
+        """
+        Copy C{source} into C{tmp/} with LF line ends, durably.
+
+        @return: the temporary path, the file's base name and its wire size.
+        """
+        now = time.time()
+        seconds = int(now)
+        unique = f"{seconds}.M{int((now - seconds) * 1e6)}P{os.getpid()}Q{next(_counter)}.{_hostname()}"
+        tmp = self._join("tmp", unique)
+        toDisk, toWire = _ToDisk(), _ToWire()
+        disk = wire = 0
+        try:
+            with open(tmp, "xb") as f:
+                while True:
+                    chunk = source.read(CHUNK)
+                    if not chunk:
+                        break
+                    data = toDisk.feed(chunk)
+                    f.write(data)
+                    disk += len(data)
+                    wire += len(toWire.feed(data))
+                data = toDisk.flush()
+                f.write(data)
+                disk += len(data)
+                wire += len(toWire.feed(data)) + len(toWire.flush())
+                f.flush()
+                os.fsync(f.fileno())
+            if internalDate is not None:
+                os.utime(tmp, (internalDate, internalDate))
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return tmp, f"{unique},S={disk},W={wire}", wire
+
+    def _appendSync(self, source: BinaryIO, flags: Iterable[str], internalDate: Optional[float]) -> int:
+        if self._deleted:
+            raise NoSuchMailbox(f"Mailbox {self.name} does not exist any more")
+        wanted = applyFlags(frozenset(), flags, "set")
+        tmp, base, wire = self._writeTmp(source, internalDate)
+
+        def work() -> int:
+            if wanted:
+                subdir, filename = "cur", base + ":2," + self._lettersFor(wanted)
+            else:
+                subdir, filename = "new", base
+            target = self._join(subdir, filename)
+            os.rename(tmp, target)
+            _fsyncDirectory(self._join(subdir))
+            mtime = os.stat(target).st_mtime
+            uid = self._uidNext
+            self._uidNext += 1
+            self._highestModseq += 1
+            self._entries[uid] = _Entry(uid, self._highestModseq, mtime, wire, subdir, filename)
+            self._byBase[base] = uid
+            self._listing[base] = (subdir, filename)
+            self._logChanges([_entryLine(self._entries[uid])])
+            return uid
+
+        try:
+            return self._locked(work, scan=False)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def append(self, source: BinaryIO, flags: Iterable[str] = (), internalDate: Optional[float] = None) -> defer.Deferred:
+        """
+        Add a message durably (see L{IMailbox.append}).
+        """
+        d = _run(f"store a message in {self.name}", self._appendSync, source, list(flags), internalDate)
+        return d.addCallback(self._notified)
+
+    def _notified(self, result: Any) -> Any:
+        self._listeners.notify(self)
+        return result
+
+    def _setFlagsSync(self, uids: Iterable[int], flags: List[str], mode: str) -> Tuple[List[MessageInfo], bool]:
+        def work() -> Tuple[List[MessageInfo], bool]:
+            result = []
+            dirs: Set[str] = set()
+            changed: List[str] = []
+            try:
+                for uid in sorted(set(uids)):
+                    before = self._entries.get(uid)
+                    entry = self._retrying(uid, lambda e: self._changeFlags(e, flags, mode, dirs))
+                    if entry is not None:
+                        result.append(self._info(entry))
+                        if entry != before:
+                            changed.append(_entryLine(entry))
+            finally:
+                for sub in sorted(dirs):
+                    _fsyncDirectory(self._join(sub))
+                if changed or self._dirty:
+                    self._logChanges(changed)
+            return result, bool(changed)
+
+        return self._locked(work)
+
+    def _retrying(self, uid: int, change: Callable[[_Entry], Any]) -> Any:
+        """
+        Apply C{change} to the message C{uid}; when its file was renamed by
+        another program meanwhile, list the directories and try once more.
+
+        @return: what C{change} returned, or L{None} when the message is gone.
+        """
+        for attempt in (1, 2):
+            entry = self._entries.get(uid)
+            if entry is None:
+                return None
+            try:
+                return change(entry)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+                self._scan(force=True)
+                self._reconcile()
+        return None
+
+    def _changeFlags(self, entry: _Entry, flags: List[str], mode: str, dirs: Set[str]) -> _Entry:
+        """
+        Give one message new flags by renaming its file into C{cur/};
+        C{dirs} collects the directories to fsync.
+        """
+        current = self._flagsOf(entry.filename)
+        new = applyFlags(current, flags, mode)
+        if new == current:
+            return entry
+        filename = entry.base + ":2," + self._lettersFor(new, _infoLetters(entry.filename))
+        os.rename(self._join(entry.subdir, entry.filename), self._join("cur", filename))
+        dirs.update([entry.subdir, "cur"])
+        self._highestModseq += 1
+        entry = replace(entry, subdir="cur", filename=filename, modseq=self._highestModseq)
+        self._entries[entry.uid] = entry
+        self._listing[entry.base] = ("cur", filename)
+        return entry
+
+    def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str) -> defer.Deferred:
+        """
+        Change flags (see L{IMailbox.setFlags}); flags live in the file names.
+        """
+        if mode not in ("set", "add", "remove"):
+            return defer.fail(ValueError(f"unknown flag mode {mode!r}"))
+        d = _run(f"change flags in {self.name}", self._setFlagsSync, list(uids), list(flags), mode)
+
+        def done(outcome: Tuple[List[MessageInfo], bool]) -> List[MessageInfo]:
+            infos, changed = outcome
+            if changed:
+                self._listeners.notify(self)
+            return infos
+
+        return d.addCallback(done)
+
+    def _expungeSync(self, uids: Optional[List[int]], requireDeleted: bool) -> List[int]:
+        def work() -> List[int]:
+            candidates = sorted(self._entries) if uids is None else sorted(set(uids) & set(self._entries))
+            removed = []
+            dirs: Set[str] = set()
+
+            def remove(entry: _Entry) -> bool:
+                if requireDeleted and "T" not in _infoLetters(entry.filename):
+                    return False
+                os.unlink(self._join(entry.subdir, entry.filename))
+                dirs.add(entry.subdir)
+                del self._entries[entry.uid]
+                self._byBase.pop(entry.base, None)
+                self._listing.pop(entry.base, None)
+                return True
+
+            try:
+                for uid in candidates:
+                    # None: removed meanwhile by another program, gone too.
+                    if self._retrying(uid, remove) in (True, None):
+                        removed.append(uid)
+            finally:
+                for sub in sorted(dirs):
+                    _fsyncDirectory(self._join(sub))
+                if removed:
+                    self._highestModseq += 1
+                if removed or self._dirty:
+                    self._logChanges([f"X{uid}\n" for uid in removed] + [f"M{self._highestModseq}\n"])
+            return removed
+
+        return self._locked(work)
+
+    def expunge(self, uids: Optional[Iterable[int]] = None, requireDeleted: bool = True) -> defer.Deferred:
+        """
+        Remove messages durably (see L{IMailbox.expunge}).
+        """
+        d = _run(f"expunge messages in {self.name}", self._expungeSync, None if uids is None else list(uids), requireDeleted)
+
+        def done(removed: List[int]) -> List[int]:
+            if removed:
+                self._listeners.notify(self)
+            return removed
+
+        return d.addCallback(done)
+
+    @defer.inlineCallbacks
+    def copyTo(self, uids: Iterable[int], target: IMailbox):  # type: ignore[no-untyped-def]
+        """
+        Copy messages into C{target} (see L{IMailbox.copyTo}).
+        """
+        wanted = set(uids)
+        infos = yield self.listMessages()
+        pairs = []
+        for info in infos:
+            if info.uid not in wanted:
+                continue
+            try:
+                f = yield self.openMessage(info.uid)
+            except NoSuchMessage:
+                continue
+            try:
+                newUID = yield target.append(f, info.flags, info.internalDate)
+            finally:
+                f.close()
+            pairs.append((info.uid, newUID))
+        return pairs
+
+    def addListener(self, listener: IMailboxListener) -> None:
+        """
+        Tell C{listener} of every later change (see L{IMailbox.addListener}).
+        """
+        self._listeners.add(listener)
+
+    def removeListener(self, listener: IMailboxListener) -> None:
+        """
+        Stop telling C{listener}.
+        """
+        self._listeners.remove(listener)
+
+    def _lockExclusiveSync(self) -> Callable[[], None]:
+        if self._deleted:
+            raise NoSuchMailbox(f"Mailbox {self.name} does not exist any more")
+        fd = os.open(self._join(POP3_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise MailboxLocked(f"Mailbox {self.name} is locked by another session")
+        except BaseException:
+            os.close(fd)
+            raise
+        held = [fd]
+
+        def release() -> None:
+            if held:
+                os.close(held.pop())
+
+        return release
+
+    def lockExclusive(self) -> defer.Deferred:
+        """
+        Take the POP3 maildrop lock with C{flock} (see L{IMailbox.lockExclusive}).
+        """
+        return _run(f"lock {self.name}", self._lockExclusiveSync)
+
+    # -- for the account
+
+    def _forget(self) -> None:
+        """
+        The mailbox was deleted: drop its state and tell the listeners.
+        """
+        self._deleted = True
+        self._entries.clear()
+        self._byBase.clear()
+        self._listeners.notify(self)
+
+
+# Accounts.
+
+_SUBSCRIPTIONS_V2 = "V\t2\n\n"
+
+
+def _accountPath(root: str, address: str) -> str:
+    """
+    The account directory (holding C{Maildir}) of C{address}, refusing any
+    address that could name a path outside C{root}.
+    """
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise NoSuchAccount(f"No account {address!r}: an account address is local@domain")
+    for part in (local, domain):
+        if "/" in part or "\x00" in part or part.startswith(".") or part in (".", ".."):
+            raise NoSuchAccount(f"No account {address!r}: the address cannot name a mail directory")
+    return os.path.join(root, domain, local)
+
+
+@implementer(IAccount)
+class MaildirAccount:
+    """
+    One account: a Maildir++ tree at C{<root>/<domain>/<localpart>/Maildir}.
+    """
+
+    def __init__(self, store: "MaildirStore", address: str, path: str) -> None:
+        self.address = address
+        self._store = store
+        self.path = path
+
+    def _folderPath(self, name: str) -> str:
+        if name == "INBOX":
+            return self.path
+        directory = folderDirectory(name)
+        if len(directory.encode("ascii")) > 255:
+            raise InvalidMailboxName(f"Mailbox name {name} is too long for a Maildir folder")
+        return os.path.join(self.path, directory)
+
+    # -- files of the account
+
+    def _specialUses(self) -> Dict[str, str]:
+        uses = {}
+        for line in (_readText(os.path.join(self.path, SPECIAL_USE)) or "").splitlines():
+            use, _, name = line.partition(" ")
+            if name:
+                uses[name] = use
+        return uses
+
+    def _writeSpecialUses(self, uses: Dict[str, str]) -> None:
+        data = "".join(f"{use} {name}\n" for name, use in sorted(uses.items()))
+        _writeAtomically(os.path.join(self.path, SPECIAL_USE), data.encode("utf-8"))
+
+    def _subscriptions(self) -> Set[str]:
+        text = _readText(os.path.join(self.path, SUBSCRIPTIONS)) or ""
+        lines = text.split("\n")
+        names = set()
+        candidates = []
+        if text.startswith(_SUBSCRIPTIONS_V2):
+            # Dovecot's version 2: levels separated by tabs.  (Its escapes
+            # only stand for control characters, which no valid name has.)
+            for line in lines[2:]:
+                if line:
+                    candidates.append("/".join(line.split("\t")))
+        else:
+            # Version 1: one name per line, as the client gave it.
+            for line in lines:
+                line = line.rstrip("\r")
+                if not line:
+                    continue
+                try:
+                    candidates.append(decodeMUTF7(line))
+                except ValueError:
+                    candidates.append(line)
+        for candidate in candidates:
+            try:
+                names.add(validateMailboxName(candidate))
+            except MailboxError:
+                continue
+        return names
+
+    def _writeSubscriptions(self, names: Set[str]) -> None:
+        lines = [name.replace("/", "\t") + "\n" for name in sorted(names)]
+        data = _SUBSCRIPTIONS_V2 + "".join(lines)
+        _writeAtomically(os.path.join(self.path, SUBSCRIPTIONS), data.encode("utf-8"))
+
+    def _folders(self) -> Tuple[Dict[str, str], Set[str]]:
+        """
+        The folders on disk: selectable ones mapped to their directory
+        names, and the names kept only as hierarchy (\\Noselect).
+        """
+        selectable: Dict[str, str] = {}
+        noselect: Set[str] = set()
+        for entry in os.scandir(self.path):
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            name = folderName(entry.name)
+            if name is None:
+                continue
+            if _isMaildir(entry.path):
+                selectable[name] = entry.name
+            else:
+                noselect.add(name)
+        return selectable, noselect
+
+    # -- blocking work
+
+    def _checkExists(self) -> None:
+        if not _isMaildir(self.path):
+            raise NoSuchAccount(f"No account {self.address}")
+
+    def _listSync(self) -> List[Any]:
+        self._checkExists()
+        selectable, noselect = self._folders()
+        uses = self._specialUses()
+        mailboxes: Dict[str, Optional[str]] = {"INBOX": uses.get("INBOX")}
+        for name in selectable:
+            mailboxes[name] = uses.get(name)
+        return buildListing(mailboxes, noselect)
+
+    def _getSync(self, name: str) -> MaildirMailbox:
+        name = validateMailboxName(name)
+        self._checkExists()
+        path = self._folderPath(name)
+        if not _isMaildir(path):
+            raise NoSuchMailbox(f"Mailbox {name} does not exist")
+        return self._store._mailboxAt(name, path)
+
+    def _createOne(self, name: str) -> None:
+        path = self._folderPath(name)
+        _makeMaildir(path)
+        marker = os.path.join(path, FOLDER_MARKER)
+        if not os.path.exists(marker):
+            open(marker, "wb").close()
+
+    def _createSync(self, name: str, specialUse: Optional[str]) -> None:
+        name = validateMailboxName(name)
+        self._checkExists()
+        if name == "INBOX" or _isMaildir(self._folderPath(name)):
+            raise MailboxExists(f"Mailbox {name} exists already")
+        for parent in parentNames(name):
+            if parent != "INBOX" and not os.path.isdir(self._folderPath(parent)):
+                self._createOne(parent)
+        self._createOne(name)
+        self._store._mailboxAt(name, self._folderPath(name))
+        if specialUse:
+            uses = self._specialUses()
+            uses[name] = specialUse
+            self._writeSpecialUses(uses)
+
+    def _hasChildren(self, name: str) -> bool:
+        selectable, noselect = self._folders()
+        prefix = name + "/"
+        return any(n.startswith(prefix) for n in list(selectable) + list(noselect))
+
+    def _deleteSync(self, name: str) -> None:
+        name = validateMailboxName(name)
+        self._checkExists()
+        if name == "INBOX":
+            raise MailboxError("INBOX cannot be deleted")
+        path = self._folderPath(name)
+        if not os.path.isdir(path):
+            raise NoSuchMailbox(f"Mailbox {name} does not exist")
+        children = self._hasChildren(name)
+        if not _isMaildir(path):
+            if children:
+                raise MailboxError(f"Mailbox {name} has children and holds no mail")
+            shutil.rmtree(path)
+        else:
+            # Removing cur/ first makes the mailbox unselectable at once.
+            shutil.rmtree(os.path.join(path, "cur"))
+            if children:
+                for entry in os.listdir(path):
+                    full = os.path.join(path, entry)
+                    if os.path.isdir(full) and not os.path.islink(full):
+                        shutil.rmtree(full)
+                    else:
+                        os.unlink(full)
+            else:
+                shutil.rmtree(path)
+        _fsyncDirectory(self.path)
+        uses = self._specialUses()
+        if uses.pop(name, None) is not None:
+            self._writeSpecialUses(uses)
+        self._store._dropMailbox(path)
+
+    def _renameSync(self, old: str, new: str) -> None:
+        old = validateMailboxName(old)
+        new = validateMailboxName(new)
+        self._checkExists()
+        if not os.path.isdir(self._folderPath(old)):
+            raise NoSuchMailbox(f"Mailbox {old} does not exist")
+        if new == "INBOX" or os.path.isdir(self._folderPath(new)):
+            raise MailboxExists(f"Mailbox {new} exists already")
+        if new.startswith(old + "/"):
+            raise MailboxError("A mailbox cannot be moved into itself")
+        if old == "INBOX":
+            self._renameInbox(new)
+            return
+        for parent in parentNames(new):
+            if parent != "INBOX" and not os.path.isdir(self._folderPath(parent)):
+                self._createOne(parent)
+        selectable, noselect = self._folders()
+        moves = []
+        for name in sorted(set(selectable) | noselect):
+            moved = renamedName(name, old, new)
+            if moved is not None:
+                moves.append((name, moved))
+        for name, moved in moves:
+            if os.path.exists(self._folderPath(moved)):
+                raise MailboxExists(f"Mailbox {moved} exists already")
+        for name, moved in moves:
+            os.rename(self._folderPath(name), self._folderPath(moved))
+            self._store._movedMailbox(self._folderPath(name), moved, self._folderPath(moved))
+        _fsyncDirectory(self.path)
+        uses = self._specialUses()
+        renamed = {renamedName(n, old, new) or n: u for n, u in uses.items()}
+        if renamed != uses:
+            self._writeSpecialUses(renamed)
+
+    def _renameInbox(self, new: str) -> None:
+        """
+        Move INBOX's messages into a new mailbox C{new}, keeping their UIDs
+        and flags; INBOX stays, empty, its UIDs still going up.
+        """
+        inbox = self._getSync("INBOX")
+        self._createSync(new, None)
+        target = self._getSync(new)
+
+        def work() -> None:
+            keywords = _readText(inbox._join(KEYWORDS))
+            if keywords is not None:
+                _writeAtomically(target._join(KEYWORDS), keywords.encode("utf-8"))
+            entries = dict(inbox._entries)
+            for entry in entries.values():
+                os.rename(inbox._join(entry.subdir, entry.filename), target._join(entry.subdir, entry.filename))
+            for sub in ("new", "cur"):
+                _fsyncDirectory(target._join(sub))
+                _fsyncDirectory(inbox._join(sub))
+            fd = target._lock()
+            try:
+                target._entries = entries
+                target._byBase = {e.base: uid for uid, e in entries.items()}
+                target._uidNext = inbox._uidNext
+                target._highestModseq = inbox._highestModseq
+                target._firstRecent = inbox._firstRecent
+                target._keywordsStamp = None
+                target._loadKeywords()
+                target._writeUidlist()
+                target._dirStamp = None
+            finally:
+                target._unlock(fd)
+            inbox._entries = {}
+            inbox._byBase = {}
+            inbox._listing = {}
+            inbox._highestModseq += 1
+            inbox._firstRecent = inbox._uidNext
+            inbox._writeUidlist()
+            inbox._dirStamp = None
+
+        inbox._locked(work)
+        inbox._listeners.notify(inbox)
+
+    # -- IAccount
+
+    def listMailboxes(self) -> defer.Deferred:
+        """
+        Every mailbox, sorted (see L{IAccount.listMailboxes}).
+        """
+        return _run(f"list the mailboxes of {self.address}", self._listSync)
+
+    def getMailbox(self, name: str) -> defer.Deferred:
+        """
+        The mailbox named C{name} (see L{IAccount.getMailbox}).
+        """
+        return _run(f"open mailbox {name}", self._getSync, name)
+
+    def createMailbox(self, name: str, specialUse: Optional[str] = None) -> defer.Deferred:
+        """
+        Make a mailbox and its missing superiors (see L{IAccount.createMailbox}).
+        """
+        return _run(f"create mailbox {name}", self._createSync, name, specialUse)
+
+    def deleteMailbox(self, name: str) -> defer.Deferred:
+        """
+        Delete a mailbox (see L{IAccount.deleteMailbox}).
+        """
+        return _run(f"delete mailbox {name}", self._deleteSync, name)
+
+    def renameMailbox(self, old: str, new: str) -> defer.Deferred:
+        """
+        Rename a mailbox with its children (see L{IAccount.renameMailbox}).
+        """
+        return _run(f"rename mailbox {old}", self._renameSync, old, new)
+
+    def _subscribeSync(self, name: str, add: bool) -> None:
+        name = validateMailboxName(name)
+        self._checkExists()
+        names = self._subscriptions()
+        if add:
+            if name in names:
+                return
+            names.add(name)
+        else:
+            if name not in names:
+                raise NoSuchMailbox(f"Not subscribed to {name}")
+            names.discard(name)
+        self._writeSubscriptions(names)
+
+    def subscribe(self, name: str) -> defer.Deferred:
+        """
+        Subscribe to C{name} (see L{IAccount.subscribe}).
+        """
+        return _run(f"subscribe to {name}", self._subscribeSync, name, True)
+
+    def unsubscribe(self, name: str) -> defer.Deferred:
+        """
+        Unsubscribe from C{name} (see L{IAccount.unsubscribe}).
+        """
+        return _run(f"unsubscribe from {name}", self._subscribeSync, name, False)
+
+    def listSubscriptions(self) -> defer.Deferred:
+        """
+        The subscribed names, sorted.
+        """
+        return _run(f"read the subscriptions of {self.address}", lambda: sorted(self._subscriptions()))
+
+
+# The store.
+
+
+@implementer(IStore)
+class MaildirStore:
+    """
+    Accounts kept as Maildir++ trees under one root directory.
+
+    @ivar root: the absolute root directory.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self._mailboxes: Dict[str, MaildirMailbox] = {}
+
+    # -- the mailbox cache: one object per directory
+
+    def _mailboxAt(self, name: str, path: str) -> MaildirMailbox:
+        mailbox = self._mailboxes.get(path)
+        if mailbox is None or mailbox._deleted:
+            mailbox = self._mailboxes[path] = MaildirMailbox(name, path)
+        return mailbox
+
+    def _dropMailbox(self, path: str) -> None:
+        mailbox = self._mailboxes.pop(path, None)
+        if mailbox is not None:
+            mailbox._forget()
+
+    def _movedMailbox(self, oldPath: str, name: str, newPath: str) -> None:
+        mailbox = self._mailboxes.pop(oldPath, None)
+        if mailbox is not None:
+            mailbox.name = name
+            mailbox.path = newPath
+            self._mailboxes[newPath] = mailbox
+
+    def _dropUnder(self, path: str) -> None:
+        prefix = path + os.sep
+        for key in [k for k in self._mailboxes if k == path or k.startswith(prefix)]:
+            self._dropMailbox(key)
+
+    # -- blocking work
+
+    def _getAccountSync(self, address: str, create: bool) -> MaildirAccount:
+        home = _accountPath(self.root, address)
+        account = MaildirAccount(self, address, os.path.join(home, "Maildir"))
+        if _isMaildir(account.path):
+            return account
+        if not create:
+            raise NoSuchAccount(f"No account {address}")
+        for sub in ("tmp", "new"):
+            os.makedirs(os.path.join(account.path, sub), exist_ok=True)
+        for name, use in DEFAULT_MAILBOXES:
+            if not _isMaildir(account._folderPath(name)):
+                account._createOne(name)
+        account._writeSpecialUses(dict((name, use) for name, use in DEFAULT_MAILBOXES))
+        account._writeSubscriptions({"INBOX"} | {name for name, _ in DEFAULT_MAILBOXES})
+        _makeMaildir(account.path)
+        _fsyncDirectory(os.path.dirname(home))
+        return account
+
+    def _listAccountsSync(self) -> List[str]:
+        addresses = []
+        if not os.path.isdir(self.root):
+            return []
+        for domain in os.listdir(self.root):
+            domainPath = os.path.join(self.root, domain)
+            if domain.startswith(".") or not os.path.isdir(domainPath):
+                continue
+            for local in os.listdir(domainPath):
+                if not local.startswith(".") and _isMaildir(os.path.join(domainPath, local, "Maildir")):
+                    addresses.append(f"{local}@{domain}")
+        return sorted(addresses)
+
+    def _deleteAccountSync(self, address: str) -> None:
+        home = _accountPath(self.root, address)
+        if not _isMaildir(os.path.join(home, "Maildir")):
+            raise NoSuchAccount(f"No account {address}")
+        # Renaming first makes the deletion atomic for readers.
+        doomed = os.path.join(os.path.dirname(home), f".deleted.{os.path.basename(home)}.{os.getpid()}.{next(_counter)}")
+        os.rename(home, doomed)
+        _fsyncDirectory(os.path.dirname(home))
+        shutil.rmtree(doomed)
+        self._dropUnder(home)
+        try:
+            os.rmdir(os.path.dirname(home))
+        except OSError:
+            pass
+
+    # -- IStore
+
+    def getAccount(self, address: str, create: bool = False) -> defer.Deferred:
+        """
+        The account of C{address}, made with the default mailboxes when
+        C{create} (see L{IStore.getAccount}).
+        """
+        return _run(f"open the account {address}", self._getAccountSync, address, create)
+
+    def hasAccount(self, address: str) -> defer.Deferred:
+        """
+        Whether C{address} has an account here.
+        """
+
+        def check() -> bool:
+            try:
+                return _isMaildir(os.path.join(_accountPath(self.root, address), "Maildir"))
+            except NoSuchAccount:
+                return False
+
+        return _run(f"look up the account {address}", check)
+
+    def listAccounts(self) -> defer.Deferred:
+        """
+        Every account's address, sorted.
+        """
+        return _run(f"list the accounts in {self.root}", self._listAccountsSync)
+
+    def deleteAccount(self, address: str) -> defer.Deferred:
+        """
+        Remove an account and all its mail (see L{IStore.deleteAccount}).
+        """
+        return _run(f"delete the account {address}", self._deleteAccountSync, address)
+
+    def close(self) -> defer.Deferred:
+        """
+        Forget the cached mailboxes; the store keeps no file open between
+        calls (a lock taken by L{MaildirMailbox.lockExclusive} is released
+        by its own callable).
+        """
+        self._mailboxes.clear()
+        return defer.succeed(None)
+
+
+@implementer(IStoreFactory, IPlugin)
+class MaildirStoreFactory:
+    """
+    The C{maildir} store plugin: C{--store maildir[:ROOT]}.
+    """
+
+    storeName = "maildir"
+    storeHelp = (
+        "Keeps mail in Maildir++ directories, ROOT/<domain>/<localpart>/Maildir,"
+        " that mutt and Dovecot can open too."
+    )
+    argStringFormat = "Optional root directory; <data-dir>/mail when not given."
+
+    def makeStore(self, argstring: str, dataDir: str) -> MaildirStore:
+        """
+        Make the store rooted at C{argstring} or C{<dataDir>/mail}, making
+        the directory if needed.
+
+        @raise ConfigError: the root cannot be made or written.
+        """
+        root = argstring or os.path.join(dataDir, "mail")
+        try:
+            os.makedirs(root, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"store 'maildir': cannot use root directory {root!r}: {e.strerror or e}")
+        if not os.path.isdir(root):
+            raise ConfigError(f"store 'maildir': root {root!r} is not a directory")
+        if not os.access(root, os.R_OK | os.W_OK | os.X_OK):
+            raise ConfigError(f"store 'maildir': root directory {root!r} is not readable and writable by this user")
+        return MaildirStore(root)

@@ -1,0 +1,537 @@
+"""
+The Maildir store: the conformance suite, and what only a store on disk
+has to get right (layout, file names, line ends, other programs touching
+the same directories, the plugin factory).
+"""
+
+import os
+from io import BytesIO
+
+from twisted.internet import defer
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from mailplat.errors import (
+    ConfigError,
+    InvalidMailboxName,
+    MailboxLocked,
+    NoSuchAccount,
+    NoSuchMailbox,
+    NoSuchMessage,
+    StoreError,
+)
+from mailplat.interfaces import IStoreFactory
+from mailplat.store import maildir as maildirModule
+from mailplat.store.maildir import (
+    MaildirStore,
+    MaildirStoreFactory,
+    decodeMUTF7,
+    encodeMUTF7,
+    folderDirectory,
+    folderName,
+)
+from tests.storetests import ALICE, StoreConformanceMixin, message, readFile
+
+
+class MaildirStoreConformanceTests(StoreConformanceMixin, unittest.TestCase):
+    """
+    L{MaildirStore} keeps the store contract, across restarts too.
+    """
+
+    persistent = True
+
+    def makeStore(self) -> MaildirStore:
+        if not hasattr(self, "root"):
+            self.root = self.mktemp()
+            os.makedirs(self.root)
+        return MaildirStore(self.root)
+
+
+class NameEncodingTests(unittest.TestCase):
+    """
+    Folder names on disk: modified UTF-7 per level, C{.} encoded.
+    """
+
+    def test_mutf7(self) -> None:
+        for text, encoded in [
+            ("Entw\u00fcrfe", "Entw&APw-rfe"),
+            ("a&b", "a&-b"),
+            ("\u53f0\u5317", "&U,BTFw-"),
+            ("plain", "plain"),
+        ]:
+            self.assertEqual(encodeMUTF7(text), encoded)
+            self.assertEqual(decodeMUTF7(encoded), text)
+
+    def test_badMUTF7(self) -> None:
+        for bad in ["&", "&U,BTFw", "&!!-", "\u00e9"]:
+            self.assertRaises(ValueError, decodeMUTF7, bad)
+
+    def test_folderDirectory(self) -> None:
+        self.assertEqual(folderDirectory("a/b"), ".a.b")
+        self.assertEqual(folderDirectory("a.b"), ".a&AC4-b")
+        self.assertEqual(folderDirectory("Entw\u00fcrfe/x"), ".Entw&APw-rfe.x")
+        for name in ["a/b", "a.b", "Entw\u00fcrfe/x", "..x/y.", "a & b/c"]:
+            self.assertEqual(folderName(folderDirectory(name)), name)
+
+    def test_foreignDirectories(self) -> None:
+        self.assertIsNone(folderName("."))
+        self.assertIsNone(folderName(".."))
+        self.assertIsNone(folderName(".a..b"))
+        self.assertIsNone(folderName(".&bad"))
+        self.assertIsNone(folderName(".INBOX"))
+        self.assertEqual(folderName(".INBOX.x"), "INBOX/x")
+        self.assertEqual(folderName(".inbox.x"), "INBOX/x")
+
+
+class MaildirTestCase(unittest.TestCase):
+    """
+    A Maildir store in a fresh directory, and helpers to look at its files.
+    """
+
+    def setUp(self) -> None:
+        self.root = self.mktemp()
+        os.makedirs(self.root)
+        self.store = MaildirStore(self.root)
+        self.maildir = os.path.join(self.root, "example.test", "alice", "Maildir")
+
+    @defer.inlineCallbacks
+    def inbox(self):
+        account = yield self.store.getAccount(ALICE, create=True)
+        inbox = yield account.getMailbox("INBOX")
+        return inbox
+
+    def files(self, sub: str, path: str = "") -> list:
+        return sorted(os.listdir(os.path.join(path or self.maildir, sub)))
+
+
+class MaildirLayoutTests(MaildirTestCase):
+    """
+    What the Maildir store leaves on disk, and what it makes of files other
+    programs put there.
+    """
+
+    @defer.inlineCallbacks
+    def test_layout(self):
+        """
+        An account is a Maildir++ tree with the default folders.
+        """
+        account = yield self.store.getAccount(ALICE, create=True)
+        for sub in ("cur", "new", "tmp"):
+            self.assertTrue(os.path.isdir(os.path.join(self.maildir, sub)))
+        for folder in (".Sent", ".Drafts", ".Trash", ".Junk", ".Archive"):
+            self.assertTrue(os.path.isdir(os.path.join(self.maildir, folder, "cur")))
+            self.assertTrue(os.path.exists(os.path.join(self.maildir, folder, "maildirfolder")))
+        yield account.createMailbox("Entw\u00fcrfe/v1.0")
+        self.assertTrue(os.path.isdir(os.path.join(self.maildir, ".Entw&APw-rfe.v1&AC4-0", "cur")))
+        names = [e.name for e in (yield account.listMailboxes())]
+        self.assertIn("Entw\u00fcrfe/v1.0", names)
+        with open(os.path.join(self.maildir, "subscriptions"), "rb") as f:
+            self.assertIn(b"INBOX\n", f.read())
+
+    @defer.inlineCallbacks
+    def test_badAddresses(self):
+        """
+        No address can name a directory outside the root.
+        """
+        for address in ["../x@example.test", "x@..", "x@../etc", "a/b@example.test", "x@a/b",
+                        ".hidden@example.test", "x@.example", "nul\x00@example.test", "noat", "@example.test", "x@"]:
+            yield self.assertFailure(self.store.getAccount(address, create=True), NoSuchAccount)
+            self.assertFalse((yield self.store.hasAccount(address)))
+            yield self.assertFailure(self.store.deleteAccount(address), NoSuchAccount)
+        self.assertEqual(os.listdir(self.root), [])
+
+    @defer.inlineCallbacks
+    def test_fileNames(self):
+        """
+        Messages are stored with LF line ends under Maildir names carrying
+        the disk and wire sizes and the flags; keywords are letters mapped
+        by dovecot-keywords.
+        """
+        inbox = yield self.inbox()
+        data = message(body=b"line one\r\nline two\r\n")
+        yield inbox.append(BytesIO(data))
+        [name] = self.files("new")
+        diskSize = len(data.replace(b"\r\n", b"\n"))
+        self.assertIn(f",S={diskSize},W={len(data)}", name)
+        self.assertNotIn(":", name)
+        with open(os.path.join(self.maildir, "new", name), "rb") as f:
+            self.assertEqual(f.read(), data.replace(b"\r\n", b"\n"))
+        uid = yield inbox.append(BytesIO(data), ["\\Seen", "\\Answered", "$Work", "\\Flagged"])
+        [flagged] = self.files("cur")
+        self.assertTrue(flagged.endswith(":2,FRSa"), flagged)
+        with open(os.path.join(self.maildir, "dovecot-keywords")) as f:
+            self.assertEqual(f.read(), "0 $Work\n")
+        yield inbox.setFlags([uid], ["\\Deleted", "Later"], "add")
+        [flagged] = self.files("cur")
+        self.assertTrue(flagged.endswith(":2,FRSTab"), flagged)
+        self.assertEqual(self.files("tmp"), [])
+
+    @defer.inlineCallbacks
+    def test_claimMovesToCur(self):
+        inbox = yield self.inbox()
+        uid = yield inbox.append(BytesIO(message()))
+        self.assertEqual((yield inbox.claimRecent()), [uid])
+        self.assertEqual(self.files("new"), [])
+        [name] = self.files("cur")
+        self.assertTrue(name.endswith(":2,"))
+
+    @defer.inlineCallbacks
+    def test_foreignDelivery(self):
+        """
+        Files put in new/ by another program get the next UIDs in name
+        order; one with CRLF comes out unchanged; sizes are computed when
+        the name does not carry W=.
+        """
+        inbox = yield self.inbox()
+        first = yield inbox.append(BytesIO(message()))
+        crlf = b"Subject: crlf\r\n\r\nbody\r\n"
+        lf = b"Subject: lf\n\nbody\n"
+        for name, data in [("2000.foreign.b", lf), ("1000.foreign.a", crlf)]:
+            with open(os.path.join(self.maildir, "tmp", name), "wb") as f:
+                f.write(data)
+            os.rename(os.path.join(self.maildir, "tmp", name), os.path.join(self.maildir, "new", name))
+        infos = yield inbox.listMessages()
+        self.assertEqual([i.uid for i in infos], [first, first + 1, first + 2])
+        self.assertEqual(infos[1].size, len(crlf))
+        self.assertEqual(readFile((yield inbox.openMessage(first + 1))), crlf)
+        self.assertEqual(infos[2].size, len(b"Subject: lf\r\n\r\nbody\r\n"))
+        self.assertEqual(readFile((yield inbox.openMessage(first + 2))), b"Subject: lf\r\n\r\nbody\r\n")
+        self.assertEqual((yield inbox.status()).recent, 3)
+
+    @defer.inlineCallbacks
+    def test_foreignFlagChangeAndDelete(self):
+        """
+        A rename by mutt (flags) is seen with a new modseq; a file removed
+        by another program is gone.
+        """
+        inbox = yield self.inbox()
+        a = yield inbox.append(BytesIO(message("a")), ["\\Flagged"])
+        b = yield inbox.append(BytesIO(message("b")), ["\\Flagged"])
+        before = {i.uid: i for i in (yield inbox.listMessages())}
+        names = self.files("cur")
+        os.rename(os.path.join(self.maildir, "cur", names[0]),
+                  os.path.join(self.maildir, "cur", names[0].replace(":2,F", ":2,FS")))
+        os.unlink(os.path.join(self.maildir, "cur", names[1]))
+        after = {i.uid: i for i in (yield inbox.listMessages())}
+        self.assertEqual(list(after), [a])
+        self.assertEqual(after[a].flags, frozenset(["\\Flagged", "\\Seen"]))
+        self.assertGreater(after[a].modseq, before[b].modseq)
+        yield self.assertFailure(inbox.openMessage(b), NoSuchMessage)
+        self.assertEqual(readFile((yield inbox.openMessage(a))), message("a"))
+
+    @defer.inlineCallbacks
+    def test_renamedUnderneath(self):
+        """
+        A message renamed by another program after the last listing still
+        opens.
+        """
+        inbox = yield self.inbox()
+        uid = yield inbox.append(BytesIO(message()))
+        [name] = self.files("new")
+        os.rename(os.path.join(self.maildir, "new", name), os.path.join(self.maildir, "cur", name + ":2,S"))
+        self.assertEqual(readFile((yield inbox.openMessage(uid))), message())
+
+    @defer.inlineCallbacks
+    def test_twoProcesses(self):
+        """
+        Two stores on the same root (as two processes) share UIDs, recent
+        claims and the POP3 lock.
+        """
+        inbox = yield self.inbox()
+        other = MaildirStore(self.root)
+        account = yield other.getAccount(ALICE)
+        otherInbox = yield account.getMailbox("INBOX")
+        self.assertEqual(otherInbox.uidValidity, inbox.uidValidity)
+        a = yield inbox.append(BytesIO(message("a")))
+        b = yield otherInbox.append(BytesIO(message("b")))
+        c = yield inbox.append(BytesIO(message("c")))
+        self.assertEqual(len({a, b, c}), 3)
+        self.assertEqual([i.uid for i in (yield inbox.listMessages())], sorted([a, b, c]))
+        self.assertEqual([i.uid for i in (yield otherInbox.listMessages())], sorted([a, b, c]))
+        self.assertEqual(readFile((yield inbox.openMessage(b))), message("b"))
+        claimed = yield inbox.claimRecent()
+        self.assertEqual(claimed, sorted([a, b, c]))
+        self.assertEqual((yield otherInbox.claimRecent()), [])
+        release = yield inbox.lockExclusive()
+        yield self.assertFailure(otherInbox.lockExclusive(), MailboxLocked)
+        release()
+        (yield otherInbox.lockExclusive())()
+
+    @defer.inlineCallbacks
+    def test_deleteAccountRemovesFiles(self):
+        yield self.inbox()
+        yield self.store.deleteAccount(ALICE)
+        self.assertFalse(os.path.exists(os.path.join(self.root, "example.test")))
+
+    @defer.inlineCallbacks
+    def test_tooLongName(self):
+        account = yield self.store.getAccount(ALICE, create=True)
+        yield self.assertFailure(account.createMailbox("\u00e9" * 200), InvalidMailboxName)
+
+    @defer.inlineCallbacks
+    def test_damagedUidlist(self):
+        """
+        A damaged uidlist is started again with a new UIDVALIDITY; every
+        message is still there.
+        """
+        inbox = yield self.inbox()
+        yield inbox.append(BytesIO(message()))
+        before = inbox.uidValidity
+        with open(os.path.join(self.maildir, "mailplat-uidlist"), "w") as f:
+            f.write("garbage\n")
+        other = MaildirStore(self.root)
+        account = yield other.getAccount(ALICE)
+        again = yield account.getMailbox("INBOX")
+        self.assertNotEqual(again.uidValidity, before)
+        [info] = yield again.listMessages()
+        self.assertEqual(readFile((yield again.openMessage(info.uid))), message())
+        self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
+    def test_renameRace(self):
+        """
+        Flags are changed and messages expunged even when another program
+        renamed the file since the last listing.
+        """
+        inbox = yield self.inbox()
+        a = yield inbox.append(BytesIO(message("a")))
+        b = yield inbox.append(BytesIO(message("b")))
+        # Make the renames invisible to the directory mtime check, as when
+        # they fall in the same clock tick as the last listing.
+        self.patch(maildirModule, "_MTIME_SLACK", -1.0)
+        yield inbox.listMessages()
+        stamps = {sub: os.stat(os.path.join(self.maildir, sub)) for sub in ("new", "cur")}
+        for name in self.files("new"):
+            os.rename(os.path.join(self.maildir, "new", name), os.path.join(self.maildir, "cur", name + ":2,S"))
+        for sub, st in stamps.items():
+            os.utime(os.path.join(self.maildir, sub), ns=(st.st_atime_ns, st.st_mtime_ns))
+        infos = yield inbox.setFlags([a], ["\\Flagged"], "add")
+        self.assertEqual(infos[0].flags, frozenset(["\\Seen", "\\Flagged"]))
+        self.assertEqual((yield inbox.expunge([b], requireDeleted=False)), [b])
+        self.assertEqual(len(self.files("cur")), 1)
+        self.assertEqual([i.uid for i in (yield inbox.listMessages())], [a])
+
+    @defer.inlineCallbacks
+    def test_unreadableIsStoreError(self):
+        """
+        An OSError surfaces as a StoreError with a message, not as OSError.
+        """
+        account = yield self.store.getAccount(ALICE, create=True)
+        os.rename(os.path.join(self.maildir, ".Sent", "tmp"), os.path.join(self.maildir, ".Sent", "gone"))
+        sent = yield account.getMailbox("Sent")
+        failure = yield self.assertFailure(sent.append(BytesIO(message())), StoreError)
+        self.assertIn("store a message in Sent", str(failure))
+
+
+class MaildirBehaviourTests(MaildirTestCase):
+    """
+    Mailbox objects, keywords, subscriptions and other programs' Maildir
+    code (the standard library's C{mailbox.Maildir} stands in for mutt).
+    """
+
+    @defer.inlineCallbacks
+    def test_stdlibReadsOurs(self):
+        """
+        Python's mailbox module reads our messages, flags and folders.
+        """
+        import mailbox
+
+        account = yield self.store.getAccount(ALICE, create=True)
+        yield account.createMailbox("Work/v1.0")
+        inbox = yield account.getMailbox("INBOX")
+        yield inbox.append(BytesIO(message("plain")))
+        yield inbox.append(BytesIO(message("flagged")), ["\\Seen", "\\Flagged"])
+        box = mailbox.Maildir(self.maildir, create=False)
+        got = sorted((m["Subject"], m.get_subdir(), m.get_flags()) for m in box)
+        self.assertEqual(got, [("flagged", "cur", "FS"), ("plain", "new", "")])
+        self.assertIn("Work.v1&AC4-0", box.list_folders())
+        for key in box.keys():
+            self.assertNotIn(b"\r", box.get_bytes(key))
+
+    @defer.inlineCallbacks
+    def test_stdlibDelivers(self):
+        """
+        A message added by Python's mailbox module gets a UID; a flag it
+        sets is seen.
+        """
+        import mailbox
+
+        inbox = yield self.inbox()
+        box = mailbox.Maildir(self.maildir, create=False)
+        key = box.add(b"Subject: from stdlib\n\nhello\n")
+        [info] = yield inbox.listMessages()
+        self.assertEqual(readFile((yield inbox.openMessage(info.uid))), b"Subject: from stdlib\r\n\r\nhello\r\n")
+        msg = box.get_message(key)
+        msg.set_subdir("cur")
+        msg.set_flags("RS")
+        box[key] = msg
+        [after] = yield inbox.listMessages()
+        self.assertEqual(after.uid, info.uid)
+        self.assertEqual(after.flags, frozenset(["\\Seen", "\\Answered"]))
+
+    @defer.inlineCallbacks
+    def test_externalChangeNotifies(self):
+        """
+        A listener hears of a message another program delivered once the
+        mailbox is looked at again.
+        """
+        from tests.storetests import RecordingListener
+
+        inbox = yield self.inbox()
+        listener = RecordingListener()
+        inbox.addListener(listener)
+        with open(os.path.join(self.maildir, "new", "123.other.host"), "wb") as f:
+            f.write(b"Subject: x\n\n")
+        yield inbox.status()
+        self.assertEqual(len(listener.calls), 1)
+        yield inbox.listMessages()
+        self.assertEqual(len(listener.calls), 1)
+
+    @defer.inlineCallbacks
+    def test_keywords(self):
+        """
+        At most 26 keywords fit a maildir; keywords with spaces or
+        control characters are refused; foreign letters are kept.
+        """
+        inbox = yield self.inbox()
+        uid = yield inbox.append(BytesIO(message()))
+        yield inbox.setFlags([uid], [f"k{i}" for i in range(26)], "set")
+        yield self.assertFailure(inbox.setFlags([uid], ["one-too-many"], "add"), StoreError)
+        other = yield inbox.append(BytesIO(message()))
+        yield self.assertFailure(inbox.setFlags([other], ["bad keyword"], "add"), StoreError)
+        [name] = self.files("new")
+        os.rename(os.path.join(self.maildir, "new", name), os.path.join(self.maildir, "cur", name + ":2,P"))
+        infos = yield inbox.setFlags([other], ["\\Seen"], "add")
+        self.assertEqual(infos[0].flags, frozenset(["\\Seen"]))
+        self.assertTrue(any(n.endswith(":2,PS") for n in self.files("cur")))
+
+    @defer.inlineCallbacks
+    def test_deletedMailboxObject(self):
+        """
+        A mailbox object kept after its mailbox was deleted refuses work,
+        and its listeners hear of the deletion.
+        """
+        from tests.storetests import RecordingListener
+
+        account = yield self.store.getAccount(ALICE, create=True)
+        yield account.createMailbox("Temp")
+        temp = yield account.getMailbox("Temp")
+        listener = RecordingListener()
+        temp.addListener(listener)
+        yield account.deleteMailbox("Temp")
+        self.assertEqual(len(listener.calls), 1)
+        yield self.assertFailure(temp.listMessages(), NoSuchMailbox)
+        yield self.assertFailure(temp.append(BytesIO(message())), NoSuchMailbox)
+        yield account.createMailbox("Temp")
+        fresh = yield account.getMailbox("Temp")
+        self.assertIsNot(fresh, temp)
+        self.assertNotEqual(fresh.uidValidity, temp.uidValidity)
+
+    @defer.inlineCallbacks
+    def test_renamedMailboxObject(self):
+        """
+        A mailbox object follows its mailbox through a rename.
+        """
+        account = yield self.store.getAccount(ALICE, create=True)
+        yield account.createMailbox("Before/Child")
+        child = yield account.getMailbox("Before/Child")
+        uid = yield child.append(BytesIO(message()))
+        yield account.renameMailbox("Before", "After")
+        self.assertEqual(child.name, "After/Child")
+        self.assertIs((yield account.getMailbox("After/Child")), child)
+        self.assertEqual(readFile((yield child.openMessage(uid))), message())
+        self.assertGreater((yield child.append(BytesIO(message()))), uid)
+
+    @defer.inlineCallbacks
+    def test_subscriptionFiles(self):
+        """
+        Subscriptions are kept in Dovecot's format; its version 1 is read.
+        """
+        account = yield self.store.getAccount(ALICE, create=True)
+        yield account.subscribe("Entw\u00fcrfe/a b")
+        with open(os.path.join(self.maildir, "subscriptions"), "rb") as f:
+            data = f.read()
+        self.assertTrue(data.startswith(b"V\t2\n\n"))
+        self.assertIn("Entw\u00fcrfe\ta b\n".encode("utf-8"), data)
+        self.assertIn("Entw\u00fcrfe/a b", (yield account.listSubscriptions()))
+        with open(os.path.join(self.maildir, "subscriptions"), "wb") as f:
+            f.write(b"INBOX\nEntw&APw-rfe\nPlain/Name\n")
+        self.assertEqual((yield account.listSubscriptions()), ["Entw\u00fcrfe", "INBOX", "Plain/Name"])
+
+    @defer.inlineCallbacks
+    def test_uidlistLog(self):
+        """
+        Changes are appended to the uidlist, which another store reads
+        back; it is written whole again once the appended lines outnumber
+        the messages.
+        """
+        inbox = yield self.inbox()
+        uid = yield inbox.append(BytesIO(message()))
+        gone = yield inbox.append(BytesIO(message()))
+        yield inbox.setFlags([uid], ["\\Seen"], "add")
+        yield inbox.expunge([gone], requireDeleted=False)
+        yield inbox.claimRecent()
+        path = os.path.join(self.maildir, "mailplat-uidlist")
+        with open(path) as f:
+            header = f.readline().split()
+        self.assertEqual(header[0], "1")
+        self.assertIn(f"V{inbox.uidValidity}", header)
+        other = MaildirStore(self.root)
+        account = yield other.getAccount(ALICE)
+        again = yield account.getMailbox("INBOX")
+        self.assertEqual((yield again.listMessages()), (yield inbox.listMessages()))
+        self.assertEqual((yield again.status()), (yield inbox.status()))
+        for i in range(600):
+            yield inbox.setFlags([uid], ["\\Flagged"], "add" if i % 2 else "remove")
+        with open(path) as f:
+            self.assertLess(len(f.readlines()), 1100)
+
+    @defer.inlineCallbacks
+    def test_tornUidlist(self):
+        """
+        A uidlist whose last line was cut short by a crash is read without
+        that line and written whole again.
+        """
+        inbox = yield self.inbox()
+        uid = yield inbox.append(BytesIO(message()))
+        path = os.path.join(self.maildir, "mailplat-uidlist")
+        with open(path, "a") as f:
+            f.write("99 9")
+        other = MaildirStore(self.root)
+        account = yield other.getAccount(ALICE)
+        again = yield account.getMailbox("INBOX")
+        self.assertEqual([i.uid for i in (yield again.listMessages())], [uid])
+        self.assertGreater((yield again.append(BytesIO(message()))), uid)
+        with open(path) as f:
+            self.assertTrue(f.read().endswith("\n"))
+
+
+class MaildirFactoryTests(unittest.TestCase):
+    """
+    The C{maildir} store plugin.
+    """
+
+    def test_interface(self) -> None:
+        factory = MaildirStoreFactory()
+        self.assertTrue(verifyObject(IStoreFactory, factory))
+        self.assertEqual(factory.storeName, "maildir")
+
+    def test_defaultRoot(self) -> None:
+        dataDir = self.mktemp()
+        store = MaildirStoreFactory().makeStore("", dataDir)
+        self.assertEqual(store.root, os.path.abspath(os.path.join(dataDir, "mail")))
+        self.assertTrue(os.path.isdir(store.root))
+
+    def test_givenRoot(self) -> None:
+        root = self.mktemp()
+        store = MaildirStoreFactory().makeStore(root, "/nonexistent")
+        self.assertEqual(store.root, os.path.abspath(root))
+
+    def test_unusableRoot(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("not a directory")
+        error = self.assertRaises(ConfigError, MaildirStoreFactory().makeStore, path, "/nonexistent")
+        self.assertIn(path, str(error))
+        error = self.assertRaises(ConfigError, MaildirStoreFactory().makeStore, os.path.join(path, "sub"), "/x")
+        self.assertIn("maildir", str(error))
