@@ -31,6 +31,15 @@ class _AddressOptions(usage.Options):
 class _PasswordOptions(_AddressOptions):
     optFlags = [["password-stdin", None, "Read the password from the first line of standard input."]]
 
+    def parseOptions(self, options: Optional[List[str]] = None) -> None:
+        """
+        Accept the flag after the address too (C{user add ADDRESS
+        --password-stdin}, as documented); an address never starts with C{-}.
+        """
+        options = list(sys.argv[1:] if options is None else options)
+        flags = [o for o in options if o.startswith("-")]
+        super().parseOptions(flags + [o for o in options if not o.startswith("-")])
+
 
 class UserAdd(_PasswordOptions):
     synopsis = "ADDRESS [--password-stdin]"

@@ -7,7 +7,8 @@ import os
 from dataclasses import replace
 from typing import Dict, Iterable
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
+from twisted.protocols.policies import WrappingFactory
 
 from mailplat.auth.passwd import PasswordFile
 from mailplat.config import DISABLED, Config
@@ -44,8 +45,13 @@ class LoopbackServer:
         Build the server and listen on ephemeral loopback ports.
         """
         self.server = Server(self.config)
+        self._wrappers = []
         for name, factory in self.server.factories.items():
-            port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+            # Wrapped only to know the open connections, so stop() can
+            # close what a client left open, as a server shutdown does.
+            wrapper = WrappingFactory(factory)
+            self._wrappers.append(wrapper)
+            port = reactor.listenTCP(0, wrapper, interface="127.0.0.1")
             self._listening.append(port)
             self.ports[name] = port.getHost().port
         return self
@@ -58,4 +64,9 @@ class LoopbackServer:
         for port in self._listening:
             yield port.stopListening()
         self._listening = []
+        for wrapper in self._wrappers:
+            for connection in list(wrapper.protocols):
+                connection.transport.abortConnection()
+        while any(wrapper.protocols for wrapper in self._wrappers):
+            yield task.deferLater(reactor, 0.01, lambda: None)
         yield self.server.store.close()
