@@ -22,11 +22,10 @@ from mailplat.errors import (
 )
 from mailplat.interfaces import IStoreFactory
 from mailplat.store import maildir as maildirModule
+from mailplat import mutf7
 from mailplat.store.maildir import (
     MaildirStore,
     MaildirStoreFactory,
-    decodeMUTF7,
-    encodeMUTF7,
     folderDirectory,
     folderName,
 )
@@ -59,12 +58,12 @@ class NameEncodingTests(unittest.TestCase):
             ("\u53f0\u5317", "&U,BTFw-"),
             ("plain", "plain"),
         ]:
-            self.assertEqual(encodeMUTF7(text), encoded)
-            self.assertEqual(decodeMUTF7(encoded), text)
+            self.assertEqual(mutf7.encode(text, alsoEncode=".").decode("ascii"), encoded)
+            self.assertEqual(mutf7.decode(encoded, alsoEncoded="."), text)
 
     def test_badMUTF7(self) -> None:
         for bad in ["&", "&U,BTFw", "&!!-", "\u00e9"]:
-            self.assertRaises(ValueError, decodeMUTF7, bad)
+            self.assertRaises(ValueError, mutf7.decode, bad, ".")
 
     def test_folderDirectory(self) -> None:
         self.assertEqual(folderDirectory("a/b"), ".a.b")

@@ -37,7 +37,7 @@ from mailplat.errors import (
     NoSuchMailbox,
     NoSuchMessage,
 )
-from mailplat.imap import mutf7
+from mailplat import mutf7
 from mailplat.imap.parser import (
     Arguments,
     Atom,

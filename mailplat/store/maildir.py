@@ -46,7 +46,6 @@ helpers they call, and is handed back as an already-fired Deferred; those are
 the calls to move to a thread pool.
 """
 
-import base64
 import fcntl
 import io
 import itertools
@@ -62,6 +61,7 @@ from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
+from mailplat import mutf7
 from mailplat.errors import (
     ConfigError,
     InvalidMailboxName,
@@ -117,74 +117,12 @@ _counter = itertools.count()
 log = Logger()
 
 
-# Modified UTF-7 (RFC 3501 5.1.3), with "." optionally encoded as well.
-
-
-def encodeMUTF7(text: str, encodeDot: bool = False) -> str:
-    """
-    Encode C{text} in IMAP's modified UTF-7.
-
-    @param encodeDot: also encode C{.} (as C{&AC4-}), for Maildir++ folder
-        levels where C{.} is the hierarchy separator.
-    """
-    out: List[str] = []
-    pending: List[str] = []
-
-    def flush() -> None:
-        if pending:
-            raw = "".join(pending).encode("utf-16-be")
-            out.append("&" + base64.b64encode(raw).decode("ascii").rstrip("=").replace("/", ",") + "-")
-            del pending[:]
-
-    for ch in text:
-        if 0x20 <= ord(ch) <= 0x7E and not (encodeDot and ch == "."):
-            flush()
-            out.append("&-" if ch == "&" else ch)
-        else:
-            pending.append(ch)
-    flush()
-    return "".join(out)
-
-
-def decodeMUTF7(text: str) -> str:
-    """
-    Decode modified UTF-7.
-
-    @raise ValueError: C{text} is not valid modified UTF-7.
-    """
-    out: List[str] = []
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch != "&":
-            if not 0x20 <= ord(ch) <= 0x7E:
-                raise ValueError(f"not modified UTF-7: {text!r}")
-            out.append(ch)
-            i += 1
-            continue
-        end = text.find("-", i + 1)
-        if end < 0:
-            raise ValueError(f"unterminated modified UTF-7: {text!r}")
-        chunk = text[i + 1:end]
-        if not chunk:
-            out.append("&")
-        else:
-            b64 = chunk.replace(",", "/")
-            b64 += "=" * (-len(b64) % 4)
-            try:
-                out.append(base64.b64decode(b64, validate=True).decode("utf-16-be"))
-            except (ValueError, UnicodeDecodeError) as e:
-                raise ValueError(f"bad modified UTF-7 in {text!r}") from e
-        i = end + 1
-    return "".join(out)
-
-
 def folderDirectory(name: str) -> str:
     """
     The Maildir++ directory name (C{.a.b}) of a validated folder name
     (C{a/b}); not meant for INBOX itself.
     """
-    return "." + ".".join(encodeMUTF7(level, encodeDot=True) for level in name.split("/"))
+    return "." + ".".join(mutf7.encode(level, alsoEncode=".").decode("ascii") for level in name.split("/"))
 
 
 def folderName(directory: str) -> Optional[str]:
@@ -195,7 +133,7 @@ def folderName(directory: str) -> Optional[str]:
     if not directory.startswith(".") or directory in (".", ".."):
         return None
     try:
-        levels = [decodeMUTF7(level) for level in directory[1:].split(".")]
+        levels = [mutf7.decode(level, alsoEncoded=".") for level in directory[1:].split(".")]
         name = validateMailboxName("/".join(levels))
     except (ValueError, MailboxError):
         return None
@@ -1166,7 +1104,7 @@ class MaildirAccount:
                 if not line:
                     continue
                 try:
-                    candidates.append(decodeMUTF7(line))
+                    candidates.append(mutf7.decode(line))
                 except ValueError:
                     candidates.append(line)
         for candidate in candidates:

@@ -30,7 +30,6 @@ from mailplat.mailbox import (
     MessageInfo,
     applyFlags,
     buildListing,
-    isInbox,
     parentNames,
     renamedName,
     validateMailboxName,

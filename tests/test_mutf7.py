@@ -1,10 +1,10 @@
 """
-Tests for L{mailplat.imap.mutf7}.
+Tests for L{mailplat.mutf7}.
 """
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailplat.imap.mutf7 import MUTF7Error, decode, encode
+from mailplat.mutf7 import MUTF7Error, decode, encode
 
 
 class RoundTripTests(SynchronousTestCase):

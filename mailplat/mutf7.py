@@ -1,6 +1,7 @@
 """
 Modified UTF-7 (RFC 3501 section 5.1.3): the wire form of IMAP mailbox
-names.
+names, and the on-disk form of Maildir++ folder levels (as Dovecot keeps
+them), where C{.} is encoded too.
 
 Printable US-ASCII stands for itself except C{&}, which is C{&-}; any other
 character is written as UTF-16BE in base64 (with C{,} for C{/} and no
@@ -29,17 +30,19 @@ def _encodeRun(run: str) -> bytes:
     return b"&" + base64.b64encode(raw).rstrip(b"=").replace(b"/", b",") + b"-"
 
 
-def encode(name: str) -> bytes:
+def encode(name: str, alsoEncode: str = "") -> bytes:
     """
     The modified UTF-7 form of C{name}.
 
     @param name: a mailbox name (any Unicode text).
+    @param alsoEncode: printable characters to encode as well (Maildir++
+        passes C{"."}, its hierarchy separator, which becomes C{&AC4-}).
     @return: US-ASCII octets.
     """
     out = []
     run = []
     for ch in name:
-        if _isDirect(ch):
+        if _isDirect(ch) and ch not in alsoEncode:
             if run:
                 out.append(_encodeRun("".join(run)))
                 run = []
@@ -54,11 +57,13 @@ def encode(name: str) -> bytes:
 _B64CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,")
 
 
-def decode(data: bytes) -> str:
+def decode(data: bytes, alsoEncoded: str = "") -> str:
     """
     The mailbox name that C{data} encodes.
 
     @param data: modified UTF-7 octets as received.
+    @param alsoEncoded: printable characters allowed inside encoded
+        sections (the counterpart of L{encode}'s C{alsoEncode}).
     @raise MUTF7Error: C{data} has 8-bit or control octets, an
         unterminated or malformed C{&...-} section, an encoded section that
         is not UTF-16, or any form other than the canonical one (printable
@@ -99,7 +104,7 @@ def decode(data: bytes) -> str:
                 text = raw.decode("utf-16-be")
             except UnicodeDecodeError:
                 raise MUTF7Error("mailbox name has invalid UTF-16 in an '&' section")
-            if any(_isDirect(ch) for ch in text):
+            if any(_isDirect(ch) and ch not in alsoEncoded for ch in text):
                 raise MUTF7Error("mailbox name encodes printable ASCII characters")
             if _encodeRun(text) != b"&" + chunk + b"-":
                 raise MUTF7Error("mailbox name is not in canonical modified UTF-7")
