@@ -4,13 +4,16 @@ servers, the same FETCH and SEARCH commands sent to both, the answers
 compared.  Where the two differ the RFC decides, and the differences we keep
 on purpose are listed in L{ACCEPTED} with the reason.
 
-Dovecot runs from Debian's dovecot-imapd (installed by .ci/run) in the
+The same is done for POP3 (STAT, LIST, RETR, TOP).
+
+Dovecot runs from Debian's dovecot-imapd and dovecot-pop3d (installed by .ci/run) in the
 test's scratch directory on a free loopback port; the test is skipped with
 the reason when it is not installed or we are not root (Dovecot's mail
 processes need a non-root user to switch to).
 """
 
 import imaplib
+import poplib
 import os
 import pwd
 import shutil
@@ -25,6 +28,9 @@ from tests.e2e.server import LoopbackServer
 
 DOVECOT = shutil.which("dovecot") or ("/usr/sbin/dovecot" if os.path.exists("/usr/sbin/dovecot") else None)
 USER, PASSWORD = "alice@example.test", "pw"
+
+# The corpus has a 5000-octet line; poplib refuses lines over 2048 by default.
+poplib._MAXLINE = max(poplib._MAXLINE, 100000)
 
 ITEMS = [
     "ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822.SIZE", "BODY.PEEK[HEADER]", "BODY.PEEK[TEXT]", "BODY.PEEK[1]",
@@ -56,7 +62,7 @@ CONFIG = """\
 base_dir = {run}
 state_dir = {dir}/state
 log_path = /dev/stderr
-protocols = imap
+protocols = imap pop3
 listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
@@ -70,6 +76,14 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
+    port = 0
+  }}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {pop3port}
+  }}
+  inet_listener pop3s {{
     port = 0
   }}
 }}
@@ -139,6 +153,25 @@ def fetchAll(port: int, messages: list) -> dict:
         conn.logout()
 
 
+def popAll(port: int) -> dict:
+    """
+    STAT, LIST, and RETR and TOP of every message, over POP3.
+    """
+    conn = poplib.POP3("127.0.0.1", port, timeout=30)
+    answers = {}
+    try:
+        conn.user(USER)
+        conn.pass_(PASSWORD)
+        count, size = answers["STAT"] = conn.stat()
+        answers["LIST"] = conn.list()[1]
+        for n in range(1, count + 1):
+            answers[("RETR", n)] = conn.retr(n)[1]
+            answers[("TOP", n)] = conn.top(n, 1)[1]
+    finally:
+        conn.quit()
+    return answers
+
+
 def normalise(answer: tuple) -> tuple:
     """
     RFC 3501 makes MIME type, subtype, encoding and parameter names
@@ -181,10 +214,10 @@ class DovecotDifferentialTests(TestCase):
         with open(os.path.join(scratch, "users"), "w") as f:
             f.write(f"{USER}:{{PLAIN}}{PASSWORD}\n")
         os.chmod(os.path.join(scratch, "users"), 0o644)
-        port = freePort()
+        port, pop3port = freePort(), freePort()
         config = os.path.join(scratch, "dovecot.conf")
         with open(config, "w") as f:
-            f.write(CONFIG.format(dir=scratch, run=os.path.join(scratch, "run"), port=port))
+            f.write(CONFIG.format(dir=scratch, run=os.path.join(scratch, "run"), port=port, pop3port=pop3port))
         dovecot = Dovecot()
         reactor.spawnProcess(dovecot, DOVECOT, [DOVECOT, "-F", "-c", config], env={"PATH": os.environ.get("PATH", "")})
 
@@ -214,4 +247,9 @@ class DovecotDifferentialTests(TestCase):
                 continue
             if normalise(theirs[key]) != normalise(mine[key]):
                 differences.append(f"{key}:\n  dovecot:  {theirs[key]!r}\n  mailplat: {mine[key]!r}")
+        theirs = yield threads.deferToThread(popAll, pop3port)
+        mine = yield threads.deferToThread(popAll, ours.ports["pop3"])
+        for key in theirs:
+            if theirs[key] != mine[key]:
+                differences.append(f"POP3 {key}:\n  dovecot:  {theirs[key]!r}\n  mailplat: {mine[key]!r}")
         self.assertEqual(differences, [], "\n".join(differences))
