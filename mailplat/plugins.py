@@ -48,13 +48,12 @@ def makeStore(spec: str, dataDir: str, where: str = "--store") -> IStore:
 def makeCheckers(specs: List[str], dataDir: str, where: str = "--auth") -> List[ICredentialsChecker]:
     """
     Make the checkers named by C{specs} (C{NAME[:ARGS]} each, as Twisted's
-    strcred takes them).  mailplat's own checker defaults to
-    C{<dataDir>/passwd}.
+    strcred takes them).  A factory with a C{defaultArguments(dataDir)}
+    method (mailplat's own, C{sql}) says what an empty C{ARGS} means, since
+    strcred's C{generateChecker} is never told the data directory.
 
     @raise ConfigError: unknown name or bad arguments.
     """
-    import os
-
     factories = checkerFactories()
     checkers = []
     for spec in specs:
@@ -62,8 +61,8 @@ def makeCheckers(specs: List[str], dataDir: str, where: str = "--auth") -> List[
         factory = factories.get(name)
         if factory is None:
             raise ConfigError(f"{where}: unknown checker {name!r} (installed: {', '.join(sorted(factories))})")
-        if name == "mailplat" and not args:
-            args = os.path.join(dataDir, "passwd")
+        if not args and hasattr(factory, "defaultArguments"):
+            args = factory.defaultArguments(dataDir)
         try:
             checkers.append(factory.generateChecker(args))
         except ConfigError as e:

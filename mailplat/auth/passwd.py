@@ -177,6 +177,13 @@ class PasswordFileCheckerFactory:
     argStringFormat = "Path to the password file (optional)."
     credentialInterfaces = PasswordFileChecker.credentialInterfaces
 
+    def defaultArguments(self, dataDir: str) -> str:
+        """
+        What an empty argument string means for a server whose data
+        directory is C{dataDir}: C{<dataDir>/passwd}.
+        """
+        return os.path.join(dataDir, "passwd")
+
     def generateChecker(self, argstring: str = "") -> PasswordFileChecker:
         """
         Make the checker for the file C{argstring}.

@@ -9,6 +9,7 @@ from twisted.application.service import ServiceMaker
 from mailplat.auth.passwd import PasswordFileCheckerFactory
 from mailplat.store.maildir import MaildirStoreFactory
 from mailplat.store.memory import MemoryStoreFactory
+from mailplat.store.sql import SQLCheckerFactory, SQLStoreFactory
 
 mailplatServiceMaker = ServiceMaker(
     "mailplat",
@@ -20,3 +21,5 @@ mailplatServiceMaker = ServiceMaker(
 maildirStore = MaildirStoreFactory()
 memoryStore = MemoryStoreFactory()
 mailplatChecker = PasswordFileCheckerFactory()
+sqlStore = SQLStoreFactory()
+sqlChecker = SQLCheckerFactory()
