@@ -248,7 +248,7 @@ class IMAPTests(ClientTestsMixin, TestCase):
 
         before = yield threads.deferToThread(store)
         yield self.server.stop()
-        self.server = LoopbackServer(self.dataDir).start()
+        self.server = LoopbackServer(self.dataDir, store=self.store).start()
 
         def check():
             i = self.imap()
@@ -369,3 +369,69 @@ class IdleTests(ClientTestsMixin, TestCase):
         woken, done = yield threads.deferToThread(finishIdle)
         self.assertEqual(woken[-1], b"* 1 EXISTS\r\n")
         self.assertTrue(done[-1].startswith(b"c OK"), done)
+
+
+# The same end-to-end tests on the other stores: one protocol layer, every
+# store.  PostgreSQL runs where MAILPLAT_TEST_POSTGRES names a database, in
+# a schema of its own per test.
+
+class PostgresSchemaMixin:
+    """
+    Gives each test a fresh PostgreSQL schema, dropped afterwards.
+    """
+
+    @property
+    def store(self) -> str:
+        return self._store
+
+    def setUp(self):
+        dsn = os.environ.get("MAILPLAT_TEST_POSTGRES")
+        if not dsn:
+            raise self.skipTest("MAILPLAT_TEST_POSTGRES is not set (a DSN such as postgresql://postgres@127.0.0.1:5432/test)")
+        import uuid
+
+        import psycopg
+        from psycopg import sql
+
+        schema = "mp_e2e_" + uuid.uuid4().hex[:12]
+        separator = "&" if "?" in dsn else "?"
+        self._store = f"sql:{dsn}{separator}schema={schema}"
+
+        def drop():
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+        self.addCleanup(drop)
+        return super().setUp()
+
+
+class SQLiteRoundTripTests(SMTPToPOPAndIMAPTests):
+    store = "sql"
+
+
+class SQLitePOP3Tests(POP3Tests):
+    store = "sql"
+
+
+class SQLiteIMAPTests(IMAPTests):
+    store = "sql"
+
+
+class SQLiteIdleTests(IdleTests):
+    store = "sql"
+
+
+class PostgresRoundTripTests(PostgresSchemaMixin, SMTPToPOPAndIMAPTests):
+    pass
+
+
+class PostgresPOP3Tests(PostgresSchemaMixin, POP3Tests):
+    pass
+
+
+class PostgresIMAPTests(PostgresSchemaMixin, IMAPTests):
+    pass
+
+
+class PostgresIdleTests(PostgresSchemaMixin, IdleTests):
+    pass
