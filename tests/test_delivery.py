@@ -4,6 +4,7 @@ their mail goes.
 """
 
 import io
+import os
 
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -75,3 +76,152 @@ class DeliveryTests(SynchronousTestCase):
         inbox = self.successResultOf(self.successResultOf(self.store.getAccount("alice@example.test")).getMailbox("INBOX"))
         data = self.successResultOf(inbox.openMessage(1)).read()
         self.assertTrue(data.startswith(b"Return-Path: <>\r\n"))
+
+
+class FakeSession:
+    """
+    The parts of L{mailplat.smtp.server.SMTPSession} delivery reads.
+    """
+
+    def __init__(self, authenticated=None) -> None:
+        self.authenticated = authenticated
+
+
+class PipelineTests(SynchronousTestCase):
+    """
+    L{LocalDelivery} with a directory file, a queue and policies: relaying
+    for authenticated clients, forwards, mixed local and remote delivery.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet import task
+
+        from mailplat.delivery.directory import DirectoryFile
+        from mailplat.queue import Queue
+
+        self.store = MemoryStore()
+        self.successResultOf(self.store.getAccount("alice@example.test", create=True))
+        self.file = DirectoryFile(os.path.join(self.mktemp(), "directory.json"))
+        self.directory = StoreDirectory(self.store, path=self.file.path)
+        self.clock = task.Clock()
+        self.queue = Queue(self.mktemp(), self.clock)
+        self.delivery = LocalDelivery(self.directory, self.store, self.queue)
+
+    def inbox(self) -> list:
+        box = self.successResultOf(self.successResultOf(self.store.getAccount("alice@example.test")).getMailbox("INBOX"))
+        return [self.successResultOf(box.openMessage(i.uid)).read() for i in self.successResultOf(box.listMessages())]
+
+    def test_relayOnlyWhenAuthenticated(self) -> None:
+        reply = self.failureResultOf(self.delivery.validateRecipient(FakeSession(), "bob@far.test"), SMTPReply).value
+        self.assertEqual((reply.code, reply.enhanced), (554, "5.7.1"))
+        self.assertIsNone(self.successResultOf(self.delivery.validateRecipient(FakeSession("alice@example.test"), "bob@far.test")))
+
+    def test_noQueueNoRelay(self) -> None:
+        delivery = LocalDelivery(self.directory, self.store)
+        reply = self.failureResultOf(delivery.validateRecipient(FakeSession("alice@example.test"), "bob@far.test"), SMTPReply).value
+        self.assertEqual(reply.code, 554)
+
+    def test_forward251(self) -> None:
+        """
+        An alias that only forwards elsewhere answers 251 (as a result, not
+        a refusal); one with a local target answers plain success.
+        """
+        self.file.addAlias("fwd@example.test", ["bob@far.test"])
+        reply = self.successResultOf(self.delivery.validateRecipient(FakeSession(), "fwd@example.test"))
+        self.assertEqual((reply.code, reply.enhanced), (251, "2.1.5"))
+        self.file.addAlias("both@example.test", ["bob@far.test", "alice@example.test"])
+        self.assertIsNone(self.successResultOf(self.delivery.validateRecipient(FakeSession(), "both@example.test")))
+
+    def test_aliasLoopRefused(self) -> None:
+        self.file.addAlias("a@example.test", ["b@example.test"])
+        self.file.addAlias("b@example.test", ["a@example.test"])
+        reply = self.failureResultOf(self.delivery.validateRecipient(FakeSession(), "a@example.test"), SMTPReply).value
+        self.assertEqual((reply.code, reply.enhanced), (550, "5.4.6"))
+
+    def test_plusAndCatchAll(self) -> None:
+        self.assertIsNone(self.successResultOf(self.delivery.validateRecipient(None, "alice+tag@example.test")))
+        self.file.addAlias("@example.test", ["alice@example.test"])
+        self.assertIsNone(self.successResultOf(self.delivery.validateRecipient(None, "whoever@example.test")))
+        self.successResultOf(self.delivery.deliver(FakeSession(), "s@far.test", ["whoever@example.test", "alice+x@example.test"], io.BytesIO(b"\r\nx\r\n")))
+        self.assertEqual(len(self.inbox()), 1)
+
+    def test_mixedLocalAndRemote(self) -> None:
+        """
+        Local copies are stored and remote recipients (relayed or
+        forwarded) queued, once each, before the Deferred fires.
+        """
+        self.file.addAlias("fwd@example.test", ["carol@far.test", "alice@example.test"])
+        body = b"Subject: mixed\r\n\r\nHi\r\n"
+        session = FakeSession("alice@example.test")
+        self.successResultOf(
+            self.delivery.deliver(session, "alice@example.test", ["alice@example.test", "bob@far.test", "fwd@example.test"], io.BytesIO(body))
+        )
+        self.assertEqual(self.inbox(), [b"Return-Path: <alice@example.test>\r\n" + body])
+        [entry] = self.queue.list()
+        self.assertEqual(entry.sender, "alice@example.test")
+        self.assertEqual([r.address for r in entry.recipients], ["bob@far.test", "carol@far.test"])
+        with self.queue.openMessage(entry.id) as f:
+            self.assertEqual(f.read(), body)
+
+    def test_unauthenticatedForwardQueued(self) -> None:
+        """
+        An alias forward is relayed even for an unauthenticated client; a
+        remote recipient it gave directly is not.
+        """
+        self.file.addAlias("fwd@example.test", ["carol@far.test"])
+        self.successResultOf(self.delivery.deliver(FakeSession(), "s@far.test", ["fwd@example.test", "bob@far.test"], io.BytesIO(b"\r\n")))
+        [entry] = self.queue.list()
+        self.assertEqual([r.address for r in entry.recipients], ["carol@far.test"])
+
+    def test_inject(self) -> None:
+        """
+        Mail the server makes (DSNs) goes to local users or the queue.
+        """
+        self.successResultOf(self.delivery.inject(None, ["alice@example.test", "x@far.test"], io.BytesIO(b"\r\nbounce\r\n")))
+        self.assertEqual(self.inbox(), [b"Return-Path: <>\r\n\r\nbounce\r\n"])
+        [entry] = self.queue.list()
+        self.assertIsNone(entry.sender)
+
+    def test_policies(self) -> None:
+        from mailplat.delivery.policy import IPolicy, MaxRecipientsPolicy, Verdict
+
+        class Tagger:
+            def checkMessage(self, session, sender, recipients, message):
+                return Verdict.tag(b"X-Checked: yes\r\n")
+
+        self.assertTrue(IPolicy.providedBy(MaxRecipientsPolicy(1)))
+        self.delivery.policies = [Tagger(), MaxRecipientsPolicy(2)]
+        self.successResultOf(self.delivery.deliver(None, "s@far.test", ["alice@example.test"], io.BytesIO(b"\r\nx\r\n")))
+        self.assertEqual(self.inbox(), [b"Return-Path: <s@far.test>\r\nX-Checked: yes\r\n\r\nx\r\n"])
+        self.file.addAlias("b@example.test", ["alice@example.test"])
+        self.file.addAlias("c@example.test", ["alice@example.test"])
+        reply = self.failureResultOf(
+            self.delivery.deliver(None, "s@far.test", ["alice@example.test", "b@example.test", "c@example.test"], io.BytesIO(b"\r\n")),
+            SMTPReply,
+        ).value
+        self.assertEqual((reply.code, reply.enhanced), (552, "5.5.3"))
+        self.assertEqual(len(self.inbox()), 1)
+
+    def test_smtpServerAcceptsForward(self) -> None:
+        """
+        Through the SMTP server, a forwarding alias is accepted (the server
+        answers 250 until it passes a 251 result on) and the message is
+        queued.
+        """
+        from twisted.internet.testing import StringTransport
+
+        from mailplat.smtp.server import SMTPFactory
+
+        self.file.addAlias("fwd@example.test", ["carol@far.test"])
+        factory = SMTPFactory(self.delivery, "mx.example.test", clock=self.clock)
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(b"EHLO c.test\r\nMAIL FROM:<s@far.test>\r\nRCPT TO:<fwd@example.test>\r\nRCPT TO:<x@far.test>\r\n"
+                           b"DATA\r\nSubject: t\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        replies = transport.value().decode().splitlines()
+        self.assertTrue(any(r.startswith("25") and "2.1.5" in r for r in replies), replies)
+        self.assertIn("554 5.7.1 <x@far.test>: Relay access denied", replies)
+        self.assertTrue(any(r.startswith("250 2.0.0 Ok: queued") for r in replies), replies)
+        [entry] = self.queue.list()
+        self.assertEqual([r.address for r in entry.recipients], ["carol@far.test"])

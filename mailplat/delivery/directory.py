@@ -1,34 +1,280 @@
 """
-The default directory: the store's accounts are the addresses that exist.
+The directory: which addresses receive mail here, and where it goes.
+
+Two sources answer it:
+
+ - the store: an address exists when the store has an account for it;
+ - the directory file C{<dataDir>/directory.json} (L{DirectoryFile}),
+   managed with C{mailplat domain ...} and C{mailplat alias ...}: virtual
+   domains, aliases (one address to many, local or remote), catch-alls
+   (the alias C{@domain}).
+
+Resolution of an address of a local domain (L{StoreDirectory.expand}), in
+this order: an alias of exactly that address; the account of that
+address; the address without its plus tag (C{user+tag@d} to C{user@d});
+the domain's catch-all.  Alias targets are resolved the same way in turn
+(an alias naming itself, or a target already being expanded, is the
+account itself when there is one: a loop is never followed twice); a
+target in a domain that is not local is a forward to a remote address,
+delivered through the queue.
 """
 
-from typing import Iterable, List
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from twisted.internet import defer
 from zope.interface import implementer
 
 from mailplat.address import normalizeAddress, splitAddress
+from mailplat.errors import ConfigError
 from mailplat.interfaces import IDirectory, IStore
+
+#: The most alias levels followed from one address.
+MAX_ALIAS_DEPTH = 20
+
+
+class AliasLoop(Exception):
+    """
+    Expanding an address ran into a loop (or too many levels) and found no
+    recipient.
+    """
+
+
+@dataclass
+class Resolution:
+    """
+    Where mail for one address goes.
+
+    @ivar local: account addresses here, each once, in order.
+    @ivar remote: addresses in other domains it is forwarded to.
+    @ivar loop: a loop was met (and cut) while expanding.
+    """
+
+    local: List[str] = field(default_factory=list)
+    remote: List[str] = field(default_factory=list)
+    loop: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.local or self.remote)
+
+
+def _validAddress(address: str, allowCatchAll: bool = False) -> str:
+    normalized = normalizeAddress(address)
+    local, domain = splitAddress(normalized)
+    if not domain or (not local and not allowCatchAll) or any(c in normalized for c in " \t\r\n\x00/<>,"):
+        raise ConfigError(f"{address!r} is not an address of the form user@domain")
+    return normalized
+
+
+def _validDomain(domain: str) -> str:
+    d = domain.strip().lower().rstrip(".")
+    if not d or "@" in d or ".." in d or any(c in d for c in " \t\r\n\x00/"):
+        raise ConfigError(f"{domain!r} is not a domain name")
+    return d
+
+
+class DirectoryFile:
+    """
+    The virtual domains and aliases, kept in one JSON file::
+
+        {"version": 1,
+         "domains": ["example.test"],
+         "aliases": {"postmaster@example.test": ["alice@example.test"],
+                     "@example.test": ["catchall@example.test"]}}
+
+    Every change rewrites the file atomically (temporary file, fsync,
+    rename, directory fsync).  The file is read again whenever it changed
+    on disk, so a running server sees the admin command's changes.
+
+    @ivar path: the file's path; it need not exist.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stamp: Optional[Tuple[int, int, int]] = None
+        self._domains: List[str] = []
+        self._aliases: Dict[str, List[str]] = {}
+
+    # Reading.
+
+    def _load(self) -> None:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            self._stamp = None
+            self._domains, self._aliases = [], {}
+            return
+        stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if stamp == self._stamp:
+            return
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                data = json.load(f)
+            domains = [_validDomain(d) for d in data.get("domains", [])]
+            aliases = {
+                _validAddress(k, allowCatchAll=True): [_validAddress(t) for t in v]
+                for k, v in data.get("aliases", {}).items()
+            }
+        except (ValueError, AttributeError, TypeError, ConfigError) as e:
+            raise ConfigError(f"{self.path}: not a valid directory file: {e}") from None
+        self._domains, self._aliases, self._stamp = domains, aliases, stamp
+
+    def domains(self) -> List[str]:
+        """
+        The virtual domains, sorted.
+        """
+        self._load()
+        return sorted(self._domains)
+
+    def aliases(self) -> Dict[str, List[str]]:
+        """
+        Every alias (C{@domain} for a catch-all) and its targets.
+        """
+        self._load()
+        return {k: list(v) for k, v in self._aliases.items()}
+
+    def lookup(self, key: str) -> Optional[List[str]]:
+        """
+        The targets of alias C{key} (normalised), or L{None}.
+        """
+        self._load()
+        targets = self._aliases.get(key)
+        return list(targets) if targets is not None else None
+
+    # Changing.
+
+    def _save(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        tmp = self.path + ".tmp"
+        data = {"version": 1, "domains": sorted(self._domains), "aliases": {k: self._aliases[k] for k in sorted(self._aliases)}}
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, self.path)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        stat = os.stat(self.path)
+        self._stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+    def addDomain(self, domain: str) -> str:
+        """
+        Make C{domain} a virtual domain of this server.
+
+        @return: the normalised domain.
+        @raise ConfigError: not a domain, or already there.
+        """
+        self._load()
+        d = _validDomain(domain)
+        if d in self._domains:
+            raise ConfigError(f"domain {d} exists already")
+        self._domains.append(d)
+        self._save()
+        return d
+
+    def removeDomain(self, domain: str) -> str:
+        """
+        Remove a virtual domain and every alias in it.
+
+        @raise ConfigError: no such domain.
+        """
+        self._load()
+        d = _validDomain(domain)
+        if d not in self._domains:
+            raise ConfigError(f"{d}: no such domain")
+        self._domains.remove(d)
+        for key in [k for k in self._aliases if splitAddress(k)[1] == d]:
+            del self._aliases[key]
+        self._save()
+        return d
+
+    def listDomains(self) -> List[str]:
+        """
+        Same as L{domains}.
+        """
+        return self.domains()
+
+    def addAlias(self, alias: str, targets: Iterable[str]) -> List[str]:
+        """
+        Add targets to an alias (created when new).  C{@domain} is the
+        domain's catch-all.
+
+        @return: the alias's targets now.
+        @raise ConfigError: a bad address, or no target.
+        """
+        self._load()
+        key = _validAddress(alias, allowCatchAll=True)
+        new = [_validAddress(t) for t in targets]
+        if not new:
+            raise ConfigError(f"alias {key} needs at least one target")
+        current = self._aliases.setdefault(key, [])
+        for t in new:
+            if t not in current:
+                current.append(t)
+        self._save()
+        return list(current)
+
+    def removeAlias(self, alias: str, target: Optional[str] = None) -> None:
+        """
+        Remove one target of an alias (the alias goes with its last
+        target), or the whole alias when C{target} is L{None}.
+
+        @raise ConfigError: no such alias or target.
+        """
+        self._load()
+        key = _validAddress(alias, allowCatchAll=True)
+        if key not in self._aliases:
+            raise ConfigError(f"{key}: no such alias")
+        if target is None:
+            del self._aliases[key]
+        else:
+            t = normalizeAddress(target)
+            if t not in self._aliases[key]:
+                raise ConfigError(f"{key}: {t} is not one of its targets")
+            self._aliases[key].remove(t)
+            if not self._aliases[key]:
+                del self._aliases[key]
+        self._save()
+
+    def listAliases(self) -> List[Tuple[str, List[str]]]:
+        """
+        Every alias with its targets, sorted by alias.
+        """
+        aliases = self.aliases()
+        return [(k, aliases[k]) for k in sorted(aliases)]
 
 
 @implementer(IDirectory)
 class StoreDirectory:
     """
-    An address exists when the store has an account for it.
+    An address exists when the store has an account for it, or when the
+    directory file makes it an alias (see the module docstring).
 
-    Local domains are the configured ones; with none configured, every
-    domain that has at least one account is local (so a fresh install that
-    adds C{alice@example.test} receives mail for example.test and relays
-    nothing).  Aliases, catch-alls and plus-addressing belong to the MTA
-    issue and are not answered here yet.
+    Local domains are the configured ones and the virtual domains of the
+    directory file; with none configured, every domain that has at least
+    one account is local too (so a fresh install that adds
+    C{alice@example.test} receives mail for example.test and relays
+    nothing).
 
     @ivar store: the L{IStore}.
     @ivar domains: the configured domains (lower-case), possibly empty.
+    @ivar file: the L{DirectoryFile}, or L{None} (accounts only).
+    @ivar plusDelimiter: the sub-address delimiter (C{"+"}), or C{""} to
+        turn plus-addressing off.
     """
 
-    def __init__(self, store: IStore, domains: Iterable[str] = ()) -> None:
+    def __init__(self, store: IStore, domains: Iterable[str] = (), path: Optional[str] = None, plusDelimiter: str = "+") -> None:
         self.store = store
         self.domains = frozenset(d.lower().rstrip(".") for d in domains)
+        self.file = DirectoryFile(path) if path is not None else None
+        self.plusDelimiter = plusDelimiter
 
     @defer.inlineCallbacks
     def isLocalDomain(self, domain: str):
@@ -36,20 +282,100 @@ class StoreDirectory:
         See L{IDirectory.isLocalDomain}.
         """
         domain = domain.lower().rstrip(".")
+        if domain in self.domains:
+            return True
+        if self.file is not None and domain in self.file.domains():
+            return True
         if self.domains:
-            return domain in self.domains
+            return False
         accounts = yield self.store.listAccounts()
         return any(splitAddress(a)[1] == domain for a in accounts)
 
     @defer.inlineCallbacks
     def resolve(self, address: str):
         """
-        See L{IDirectory.resolve}.
+        See L{IDirectory.resolve}: the accounts here that receive mail for
+        C{address} (remote forwards are left out: see L{expand}).
+        """
+        try:
+            resolution = yield self.expand(address)
+        except AliasLoop:
+            return []
+        result: List[str] = resolution.local
+        return result
+
+    @defer.inlineCallbacks
+    def expand(self, address: str):
+        """
+        Where mail for C{address} goes: accounts here and remote forwards.
+        An address in a domain that is not local resolves to nothing (the
+        caller decides whether it may be relayed).
+
+        @return: a Deferred firing with a L{Resolution}.
+        @raise AliasLoop: (as a failure) only loops were found.
         """
         address = normalizeAddress(address)
         local, domain = splitAddress(address)
-        if not domain or not (yield self.isLocalDomain(domain)):
-            return []
-        exists = yield self.store.hasAccount(address)
-        result: List[str] = [address] if exists else []
+        result = Resolution()
+        if not local or not domain or not (yield self.isLocalDomain(domain)):
+            return result
+        yield self._expand(address, [], result)
+        if not result and result.loop:
+            raise AliasLoop(address)
         return result
+
+    @defer.inlineCallbacks
+    def _expand(self, address: str, path: List[str], result: Resolution):
+        """
+        Add what C{address} (of a local domain) resolves to into C{result}.
+
+        @param path: the addresses being expanded above this one.
+        """
+        if len(path) > MAX_ALIAS_DEPTH:
+            result.loop = True
+            return
+        local, domain = splitAddress(address)
+        candidates = [address]
+        if self.plusDelimiter and self.plusDelimiter in local:
+            base = local.split(self.plusDelimiter, 1)[0]
+            if base:
+                candidates.append(f"{base}@{domain}")
+        for candidate in candidates:
+            targets = self.file.lookup(candidate) if self.file is not None else None
+            if targets is not None and candidate not in path:
+                yield self._follow(candidate, targets, path, result)
+                return
+            if (yield self.store.hasAccount(candidate)):
+                if candidate not in result.local:
+                    result.local.append(candidate)
+                return
+            if targets is not None:
+                # An alias already being expanded, without an account.
+                result.loop = True
+                return
+        catchAll = self.file.lookup("@" + domain) if self.file is not None else None
+        if catchAll is not None:
+            key = "@" + domain
+            if key in path:
+                result.loop = True
+                return
+            yield self._follow(key, catchAll, path, result)
+
+    @defer.inlineCallbacks
+    def _follow(self, key: str, targets: List[str], path: List[str], result: Resolution):
+        inner = path + [key]
+        for target in targets:
+            tlocal, tdomain = splitAddress(target)
+            if not (yield self.isLocalDomain(tdomain)):
+                if target not in result.remote:
+                    result.remote.append(target)
+                continue
+            if target == key:
+                # "alice: alice, bob" keeps a copy in alice's account.
+                if (yield self.store.hasAccount(target)):
+                    if target not in result.local:
+                        result.local.append(target)
+                else:
+                    result.loop = True
+                continue
+            yield self._expand(target, inner, result)

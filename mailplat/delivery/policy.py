@@ -1,0 +1,98 @@
+"""
+Policies: accept, reject or tag a message before it is delivered.
+
+A policy is any object with a C{checkMessage} method (L{IPolicy}); the
+delivery pipeline asks each in turn, after the recipients are resolved and
+before anything is stored or queued.  The first rejection wins; tags
+(header lines) of every policy are added to the message.  SPF, DKIM,
+DMARC and spam verdicts come as further policies.
+"""
+
+from typing import BinaryIO, List, Optional, Sequence
+
+from twisted.internet import defer
+from zope.interface import Interface, implementer
+
+from mailplat.errors import SMTPReply
+
+ACCEPT = "accept"
+REJECT = "reject"
+TAG = "tag"
+
+
+class Verdict:
+    """
+    A policy's answer about one message.
+
+    @ivar action: L{ACCEPT}, L{REJECT} or L{TAG}.
+    @ivar reply: for L{REJECT}, the L{SMTPReply} given to the client.
+    @ivar headers: for L{TAG}, complete header lines (C{bytes} ending in
+        CRLF) put in front of the message.
+    """
+
+    def __init__(self, action: str, reply: Optional[SMTPReply] = None, headers: Sequence[bytes] = ()) -> None:
+        if action == REJECT and reply is None:
+            raise ValueError("a rejection needs a reply")
+        self.action = action
+        self.reply = reply
+        self.headers = list(headers)
+
+    @classmethod
+    def accept(cls) -> "Verdict":
+        """
+        Accept the message unchanged.
+        """
+        return cls(ACCEPT)
+
+    @classmethod
+    def reject(cls, code: int, enhanced: Optional[str], text: str) -> "Verdict":
+        """
+        Refuse the message with this reply.
+        """
+        return cls(REJECT, SMTPReply(code, enhanced, text))
+
+    @classmethod
+    def tag(cls, *headers: bytes) -> "Verdict":
+        """
+        Accept the message with these header lines added.
+        """
+        return cls(TAG, headers=headers)
+
+
+class IPolicy(Interface):
+    """
+    A decision about whole messages.
+    """
+
+    def checkMessage(session: object, sender: Optional[str], recipients: List[str], message: BinaryIO) -> "defer.Deferred[Verdict]":
+        """
+        Judge one message.
+
+        @param session: the SMTP session (L{None} for mail the server
+            makes itself, such as DSNs).
+        @param recipients: the forward paths as the client gave them.
+        @param message: the wire form, at offset 0; the policy may read it
+            and need not rewind it.
+        @return: a Deferred firing with a L{Verdict} (or the verdict).
+        """
+
+
+@implementer(IPolicy)
+class MaxRecipientsPolicy:
+    """
+    Refuse a message with more than C{limit} recipients
+    (C{552 5.5.3}, RFC 3463 "too many recipients").
+
+    @ivar limit: the most recipients allowed.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def checkMessage(self, session: object, sender: Optional[str], recipients: List[str], message: BinaryIO) -> "defer.Deferred[Verdict]":
+        """
+        See L{IPolicy.checkMessage}.
+        """
+        if len(recipients) > self.limit:
+            return defer.succeed(Verdict.reject(552, "5.5.3", f"Too many recipients (at most {self.limit})"))
+        return defer.succeed(Verdict.accept())

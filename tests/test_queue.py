@@ -1,0 +1,198 @@
+"""
+Tests for L{mailplat.queue}: the durable outbound queue, and the
+C{mailplat queue} admin command.
+"""
+
+import io
+import json
+import os
+import time
+from types import SimpleNamespace
+
+from twisted.internet import task
+from twisted.trial.unittest import SynchronousTestCase
+
+from mailplat.admin import queue_cmd
+from mailplat.errors import ConfigError
+from mailplat.queue import DEFERRED, DELIVERED, FAILED, PENDING, NoSuchEntry, Queue
+
+BODY = b"Subject: hi\r\n\r\nHello\r\n"
+
+
+class QueueTests(SynchronousTestCase):
+    """
+    L{Queue} on a temporary directory with a fake clock.
+    """
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.clock.advance(1000)
+        self.path = self.mktemp()
+        self.queue = Queue(self.path, self.clock)
+
+    def enqueue(self, recipients=("bob@far.test",), sender="alice@example.test") -> str:
+        return self.successResultOf(self.queue.enqueue(sender, list(recipients), io.BytesIO(BODY)))
+
+    def test_enqueueWritesFiles(self) -> None:
+        """
+        The message and its metadata are on disk when the Deferred fires.
+        """
+        queueId = self.enqueue(["bob@far.test", "carol@far.test", "bob@far.test"])
+        with open(os.path.join(self.path, queueId + ".msg"), "rb") as f:
+            self.assertEqual(f.read(), BODY)
+        with open(os.path.join(self.path, queueId + ".json")) as f:
+            meta = json.load(f)
+        self.assertEqual(meta["sender"], "alice@example.test")
+        self.assertEqual([r["address"] for r in meta["recipients"]], ["bob@far.test", "carol@far.test"])
+        self.assertEqual({r["state"] for r in meta["recipients"]}, {PENDING})
+        self.assertEqual(os.listdir(os.path.join(self.path, "tmp")), [])
+        with self.queue.openMessage(queueId) as f:
+            self.assertEqual(f.read(), BODY)
+
+    def test_noRecipients(self) -> None:
+        self.failureResultOf(self.queue.enqueue(None, [], io.BytesIO(BODY)), ValueError)
+
+    def test_restart(self) -> None:
+        """
+        A new queue on the same directory knows every entry and its state.
+        """
+        first = self.enqueue(["a@far.test", "b@far.test"])
+        self.clock.advance(1)
+        second = self.enqueue(sender=None)
+        self.successResultOf(self.queue.markDeferred(first, ["a@far.test"], "451 4.3.0 later", 2000, "mx.far.test"))
+        queue = Queue(self.path, self.clock)
+        self.assertEqual([e.id for e in queue.list()], [first, second])
+        entry = queue.get(first)
+        a, b = entry.recipients
+        self.assertEqual((a.state, a.reply, a.attempts, a.nextAttempt, a.remoteMTA), (DEFERRED, "451 4.3.0 later", 1, 2000, "mx.far.test"))
+        self.assertEqual(b.state, PENDING)
+        self.assertIsNone(queue.get(second).sender)
+
+    def test_due(self) -> None:
+        queueId = self.enqueue(["a@far.test", "b@far.test"])
+        self.assertEqual([e.id for e in self.queue.due()], [queueId])
+        self.successResultOf(self.queue.markDeferred(queueId, ["a@far.test", "b@far.test"], "451 later", 1300))
+        self.assertEqual(self.queue.due(), [])
+        self.assertEqual(self.queue.nextWakeup(), 1300)
+        self.assertEqual([e.id for e in self.queue.due(1300)], [queueId])
+
+    def test_finalStatesStay(self) -> None:
+        """
+        A delivered recipient never goes back to waiting.
+        """
+        queueId = self.enqueue()
+        self.successResultOf(self.queue.markDelivered(queueId, ["bob@far.test"], "250 ok"))
+        self.successResultOf(self.queue.markDeferred(queueId, ["bob@far.test"], "451 later", 0))
+        self.successResultOf(self.queue.markFailed(queueId, ["bob@far.test"], "550 no"))
+        r = self.queue.get(queueId).recipients[0]
+        self.assertEqual((r.state, r.reply, r.attempts), (DELIVERED, "250 ok", 1))
+        self.assertEqual(self.queue.due(), [])
+
+    def test_markAfterDelete(self) -> None:
+        queueId = self.enqueue()
+        self.successResultOf(self.queue.delete(queueId))
+        self.assertIsNone(self.successResultOf(self.queue.markDelivered(queueId, ["bob@far.test"], "250 ok")))
+        self.assertEqual(sorted(os.listdir(self.path)), ["lock", "tmp"])
+        self.assertRaises(NoSuchEntry, self.queue.get, queueId)
+        self.failureResultOf(self.queue.delete(queueId), NoSuchEntry)
+
+    def test_badIds(self) -> None:
+        for bad in ["../x", "", "ABC", "x" * 10]:
+            self.assertRaises(NoSuchEntry, self.queue.get, bad)
+            self.failureResultOf(self.queue.delete(bad), NoSuchEntry)
+
+    def test_holdReleaseFlush(self) -> None:
+        woken = []
+        self.queue.addObserver(lambda: woken.append(1))
+        queueId = self.enqueue()
+        self.assertEqual(len(woken), 1)
+        self.successResultOf(self.queue.hold(queueId))
+        self.assertEqual(self.queue.due(), [])
+        self.assertIsNone(self.queue.nextWakeup())
+        self.assertEqual(self.successResultOf(self.queue.flush()), [])
+        self.successResultOf(self.queue.release(queueId))
+        self.assertEqual(len(woken), 3)
+        self.successResultOf(self.queue.markDeferred(queueId, ["bob@far.test"], "451 later", 5000))
+        self.assertEqual(self.queue.due(), [])
+        self.assertEqual(self.successResultOf(self.queue.flush(queueId)), [queueId])
+        self.assertEqual([e.id for e in self.queue.due()], [queueId])
+
+    def test_otherProcessChanges(self) -> None:
+        """
+        Changes made through another L{Queue} on the same directory (the
+        admin command) are seen.
+        """
+        queueId = self.enqueue()
+        other = Queue(self.path, self.clock)
+        self.successResultOf(other.hold(queueId))
+        self.assertTrue(self.queue.get(queueId).held)
+        self.assertEqual(self.queue.due(), [])
+        self.successResultOf(other.delete(queueId))
+        self.assertEqual(self.queue.list(), [])
+
+    def test_crashLeftovers(self) -> None:
+        """
+        An old message file without metadata (an enqueue that never
+        finished, never acknowledged) and old temporary files are removed
+        at start; an entry is never lost.
+        """
+        queueId = self.enqueue()
+        orphan = os.path.join(self.path, "00000003e8aaaaaaaaaaaa.msg")
+        tmp = os.path.join(self.path, "tmp", "00000003e8bbbbbbbbbbbb.json")
+        for name in (orphan, tmp):
+            with open(name, "wb") as f:
+                f.write(b"x")
+            old = time.time() - 3600
+            os.utime(name, (old, old))
+        queue = Queue(self.path, self.clock)
+        self.assertFalse(os.path.exists(orphan))
+        self.assertFalse(os.path.exists(tmp))
+        self.assertEqual([e.id for e in queue.list()], [queueId])
+
+    def test_failedUntilNotified(self) -> None:
+        queueId = self.enqueue()
+        entry = self.successResultOf(self.queue.markFailed(queueId, ["bob@far.test"], "550 5.1.1 no"))
+        self.assertEqual(entry.recipients[0].state, FAILED)
+        self.assertFalse(entry.isFinished())
+        entry = self.successResultOf(self.queue.markNotified(queueId, ["bob@far.test"], "failed"))
+        self.assertTrue(entry.isFinished())
+
+
+class QueueCommandTests(SynchronousTestCase):
+    """
+    C{mailplat queue ...} through L{queue_cmd.run}.
+    """
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.config = SimpleNamespace(dataDir=self.mktemp())
+        self.queue = Queue(queue_cmd.queuePath(self.config), self.clock)
+        self.queueId = self.successResultOf(self.queue.enqueue("a@example.test", ["b@far.test"], io.BytesIO(BODY)))
+
+    def command(self, *argv: str) -> str:
+        options = queue_cmd.QueueOptions()
+        options.parseOptions(list(argv))
+        out = io.StringIO()
+        self.successResultOf(queue_cmd.run(options, self.config, out, self.clock))
+        return out.getvalue()
+
+    def test_listShow(self) -> None:
+        self.assertIn(self.queueId + " ", self.command("list"))
+        shown = self.command("show", self.queueId)
+        self.assertIn("sender: <a@example.test>", shown)
+        self.assertIn("recipient: b@far.test pending", shown)
+
+    def test_holdReleaseFlushDelete(self) -> None:
+        self.command("hold", self.queueId)
+        self.assertTrue(self.queue.get(self.queueId).held)
+        self.assertIn("HELD", self.command("list"))
+        self.command("release", self.queueId)
+        self.assertFalse(self.queue.get(self.queueId).held)
+        self.assertEqual(self.command("flush"), "flushed 1 message(s)\n")
+        self.command("delete", self.queueId)
+        self.assertEqual(self.queue.list(), [])
+
+    def test_unknown(self) -> None:
+        options = queue_cmd.QueueOptions()
+        options.parseOptions(["show", "0123456789abcdef"])
+        self.failureResultOf(queue_cmd.run(options, self.config, io.StringIO(), self.clock), ConfigError)
