@@ -157,7 +157,7 @@ class GreetingAndCapabilityTests(IMAPTestBase):
         for cap in (b"IDLE", b"UIDPLUS", b"AUTH=PLAIN", b"SASL-IR"):
             self.assertIn(cap, out)
         self.assertNotIn(b"LOGINDISABLED", out)
-        self.assertNotIn(b"LITERAL+", out)
+        self.assertNotIn(b"STARTTLS", out)
         self.assertTagged(out, b"a", b"OK")
 
     def test_loginDisabledOffLoopback(self) -> None:
@@ -449,11 +449,15 @@ class AppendTests(IMAPTestBase):
         self.assertNotIn(b"+ Ready", out)
         self.assertEqual(client.command(b"b NOOP"), b"b OK NOOP completed\r\n")
 
-    def test_nonSyncLiteralRefused(self) -> None:
-        client = self.login()
+    def test_nonSyncLiteralTooBigSkipped(self) -> None:
+        """
+        A LITERAL+ message over the size limit is read and thrown away
+        (RFC 7888 4), answered NO [TOOBIG]; the next command runs.
+        """
+        factory = IMAPFactory(self.portal, "mail.example.test", clock=self.clock, maxLiteralSize=4)
+        client = self.login(self.connect(factory=factory))
         out = client.send(b"a APPEND INBOX {5+}\r\nhello\r\nb NOOP\r\n")
-        self.assertTagged(out, b"a", b"BAD")
-        self.assertTagged(out, b"b", b"OK")
+        self.assertEqual(out, b"a NO [TOOBIG] Message too large\r\nb OK NOOP completed\r\n")
         self.assertEqual(self.successResultOf(self.mailbox().listMessages()), [])
 
     def test_appendNotAuthenticated(self) -> None:
@@ -520,6 +524,7 @@ class SelectTests(IMAPTestBase):
                 b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted",
                 b"* OK [UIDVALIDITY %d] UIDs valid" % v,
                 b"* OK [UIDNEXT 3] Predicted next UID",
+                b"* OK [HIGHESTMODSEQ 3] Highest modseq",
                 b"a OK [READ-WRITE] SELECT completed",
             ],
         )

@@ -591,13 +591,14 @@ class BodySection:
 class FetchAttribute:
     """
     A simple fetch attribute: C{FLAGS}, C{INTERNALDATE}, C{RFC822.SIZE},
-    C{UID}, C{ENVELOPE}, C{BODYSTRUCTURE} or C{BODY} (structure).
+    C{UID}, C{ENVELOPE}, C{BODYSTRUCTURE}, C{BODY} (structure) or
+    C{MODSEQ} (RFC 7162).
     """
 
     name: str
 
 
-_SIMPLE = {"FLAGS", "INTERNALDATE", "RFC822.SIZE", "UID", "ENVELOPE", "BODYSTRUCTURE", "BODY"}
+_SIMPLE = {"FLAGS", "INTERNALDATE", "RFC822.SIZE", "UID", "ENVELOPE", "BODYSTRUCTURE", "BODY", "MODSEQ"}
 _MACROS = {
     "ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
     "FAST": ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],

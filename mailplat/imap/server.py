@@ -1,7 +1,11 @@
 """
 mailplat's IMAP4rev1 server (RFC 3501), with IDLE (RFC 2177), UIDPLUS
-(RFC 4315), SASL-IR (RFC 4959), UNSELECT (RFC 3691) and NAMESPACE
-(RFC 2342), written on C{twisted.internet} and the store contract
+(RFC 4315), SASL-IR (RFC 4959), UNSELECT (RFC 3691), NAMESPACE
+(RFC 2342), STARTTLS (RFC 3501 6.2.1), MOVE (RFC 6851), CHILDREN
+(RFC 3348), SPECIAL-USE and CREATE-SPECIAL-USE (RFC 6154), LIST-EXTENDED
+(RFC 5258), LIST-STATUS (RFC 5819), ENABLE (RFC 5161), CONDSTORE
+(RFC 7162), ESEARCH (RFC 4731), LITERAL+ (RFC 7888), ID (RFC 2971), SORT
+and THREAD=ORDEREDSUBJECT/REFERENCES (RFC 5256), written on C{twisted.internet} and the store contract
 (L{mailplat.interfaces}).
 
 A session is an explicit state machine (not authenticated, authenticated,
@@ -38,6 +42,7 @@ from mailplat.errors import (
     NoSuchMessage,
 )
 from mailplat import mutf7
+from mailplat.imap.cache import MessageCache
 from mailplat.imap.parser import (
     Arguments,
     Atom,
@@ -46,6 +51,7 @@ from mailplat.imap.parser import (
     CommandReady,
     FetchAttribute,
     LineTooLong,
+    Literal,
     LiteralAnnounced,
     LiteralFile,
     LiteralSkipped,
@@ -60,7 +66,7 @@ from mailplat.imap.parser import (
 )
 from mailplat.imap.sequence import SequenceSet
 from mailplat.imap.wire import literal, string
-from mailplat.interfaces import HIERARCHY_DELIMITER, IAccount, IMailbox, IMailboxListener, IMessageInfo
+from mailplat.interfaces import HIERARCHY_DELIMITER, SPECIAL_USE, IAccount, IMailbox, IMailboxListener, IMessageInfo
 from mailplat.mailbox import validateMailboxName
 
 __all__ = ["IMAPServer", "IMAPFactory"]
@@ -78,6 +84,22 @@ STREAM_THRESHOLD = 256 * 1024
 SPOOL_THRESHOLD = 64 * 1024
 # Failed logins before the connection is closed.
 MAX_AUTH_FAILURES = 5
+
+# Capabilities every session advertises (STARTTLS, AUTH=, LOGINDISABLED
+# and COMPRESS depend on the connection and are added by the session).
+BASE_CAPABILITIES = [
+    b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"UIDPLUS", b"UNSELECT",
+    b"NAMESPACE", b"MOVE", b"CHILDREN", b"SPECIAL-USE", b"CREATE-SPECIAL-USE", b"LIST-EXTENDED",
+    b"LIST-STATUS", b"CONDSTORE", b"ESEARCH", b"SORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
+]
+# What ENABLE can turn on (RFC 5161).
+ENABLEABLE = (b"CONDSTORE",)
+# STATUS items (RFC 3501 6.3.10, RFC 7162 3.1.6).
+STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN", b"HIGHESTMODSEQ")
+# RFC 2971 limits on ID parameters.
+ID_MAX_PAIRS = 30
+ID_MAX_FIELD = 30
+ID_MAX_VALUE = 1024
 
 PERMANENT_FLAGS = b"(\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)"
 SYSTEM_FLAG_LIST = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"]
@@ -237,6 +259,9 @@ _AUTH = (AUTHENTICATED, SELECTED)
 _SEL = (SELECTED,)
 _COMMANDS: Dict[bytes, Tuple[Tuple[str, ...], str, bool]] = {
     b"CAPABILITY": (_ANY, "do_CAPABILITY", True),
+    b"STARTTLS": ((NOT_AUTHENTICATED,), "do_STARTTLS", True),
+    b"ID": (_ANY, "do_ID", True),
+    b"ENABLE": ((AUTHENTICATED,), "do_ENABLE", True),
     b"NOOP": (_ANY, "do_NOOP", True),
     b"LOGOUT": (_ANY, "do_LOGOUT", True),
     b"LOGIN": ((NOT_AUTHENTICATED,), "do_LOGIN", True),
@@ -262,6 +287,9 @@ _COMMANDS: Dict[bytes, Tuple[Tuple[str, ...], str, bool]] = {
     b"FETCH": (_SEL, "do_FETCH", False),
     b"STORE": (_SEL, "do_STORE", False),
     b"COPY": (_SEL, "do_COPY", True),
+    b"MOVE": (_SEL, "do_MOVE", True),
+    b"SORT": (_SEL, "do_SORT", False),
+    b"THREAD": (_SEL, "do_THREAD", False),
     b"UID": (_SEL, "do_UID", False),
 }
 
@@ -285,6 +313,8 @@ class IMAPServer(Protocol):
         maxLineLength: int = 65536,
         maxLiteralSize: int = 64 * 1024 * 1024,
         clock: Optional[IReactorTime] = None,
+        contextFactory: Any = None,
+        cache: Optional[MessageCache] = None,
     ) -> None:
         """
         @param portal: the cred portal logins go through (for L{IAccount}).
@@ -294,6 +324,10 @@ class IMAPServer(Protocol):
         @param maxLiteralSize: largest APPEND message accepted.
         @param clock: for the autologout timer; the global reactor if
             L{None}.
+        @param contextFactory: what C{transport.startTLS} accepts; STARTTLS
+            is offered only when this is set.
+        @param cache: where parsed message answers are kept (shared by the
+            factory's sessions); a private one if L{None}.
         """
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[no-redef]
@@ -303,6 +337,8 @@ class IMAPServer(Protocol):
         self.maxLineLength = maxLineLength
         self.maxLiteralSize = maxLiteralSize
         self.clock = clock
+        self.contextFactory = contextFactory
+        self.cache = cache if cache is not None else MessageCache(10000)
         self.state = NOT_AUTHENTICATED
         self.account: Optional[IAccount] = None
         self.view: Optional[SelectedView] = None
@@ -319,11 +355,17 @@ class IMAPServer(Protocol):
         self._timeoutCall: Optional[IDelayedCall] = None
         self._authFailures = 0
         self._producer: Optional[_FileSender] = None
+        self._tls = False
+        self._afterResponse: Optional[Callable[[], None]] = None
+        self._skipReasons: List[bytes] = []
+        self.enabled: Set[bytes] = set()
+        self.condstore = False
 
     # -- connection --------------------------------------------------------
 
     def connectionMade(self) -> None:
         netutil.setNoDelay(self.transport)
+        self._tls = netutil.isEncrypted(self.transport)
         self._timeoutCall = self.clock.callLater(self.timeout, self._autologout)
         self._write(b"* OK [CAPABILITY " + self._capabilities() + b"] mailplat ready")
 
@@ -365,10 +407,31 @@ class IMAPServer(Protocol):
         self.state = LOGOUT
         self.transport.loseConnection()
 
+    def _tlsActive(self) -> bool:
+        """
+        Whether the connection is encrypted (implicit TLS or STARTTLS).
+        """
+        return self._tls or netutil.isEncrypted(self.transport)
+
+    def _cleartextAllowed(self) -> bool:
+        """
+        Whether a password may be sent now: over TLS, or from loopback.
+        """
+        return self._tlsActive() or netutil.cleartextAllowed(self.transport)
+
+    def _canStartTLS(self) -> bool:
+        return (
+            self.contextFactory is not None
+            and not self._tlsActive()
+            and getattr(self.transport, "startTLS", None) is not None
+        )
+
     def _capabilities(self) -> bytes:
-        caps = [b"IMAP4rev1", b"SASL-IR", b"IDLE", b"UIDPLUS", b"UNSELECT", b"NAMESPACE"]
+        caps = list(BASE_CAPABILITIES)
         if self.state == NOT_AUTHENTICATED:
-            if netutil.cleartextAllowed(self.transport):
+            if self._canStartTLS():
+                caps.append(b"STARTTLS")
+            if self._cleartextAllowed():
                 caps.append(b"AUTH=PLAIN")
             else:
                 caps.append(b"LOGINDISABLED")
@@ -429,26 +492,35 @@ class IMAPServer(Protocol):
             self._handleLiteral(event)
         elif isinstance(event, LiteralSkipped):
             prefix = event.tag if event.tag is not None else b"*"
-            self._write(prefix + b" BAD Non-synchronizing literals are not supported")
+            reason = self._skipReasons.pop(0) if self._skipReasons else b"BAD Literal refused"
+            self._write(prefix + b" " + reason)
 
     def _handleLiteral(self, event: LiteralAnnounced) -> None:
+        """
+        Accept or refuse an announced literal.  A refused synchronising
+        literal is answered at once (the client never sends it); a refused
+        non-synchronising one (LITERAL+, RFC 7888 4) is read and thrown
+        away with the rest of its command, and answered then.
+        """
         framer = self._framer
         tag = event.tag
-        if event.nonSync:
+
+        def refuse(reason: bytes) -> None:
             framer.rejectLiteral()
-            return
+            if event.nonSync:
+                self._skipReasons.append(reason)
+            else:
+                self._write((tag if tag is not None else b"*") + b" " + reason)
+
         if tag is None:
-            framer.rejectLiteral()
-            self._write(b"* BAD Invalid tag")
+            refuse(b"BAD Invalid tag")
             return
         if event.command == b"APPEND":
             if self.state not in _AUTH:
-                framer.rejectLiteral()
-                self._write(tag + b" BAD APPEND is not valid in this state")
+                refuse(b"BAD APPEND is not valid in this state")
                 return
             if event.size > self.maxLiteralSize:
-                framer.rejectLiteral()
-                self._write(tag + b" NO [TOOBIG] Message too large")
+                refuse(b"NO [TOOBIG] Message too large")
                 return
             toFile = event.size > SPOOL_THRESHOLD
             if not toFile and not framer.fitsInMemory(event.size):
@@ -456,11 +528,11 @@ class IMAPServer(Protocol):
             framer.acceptLiteral(toFile=toFile)
         else:
             if event.size > self._memoryLiteral or not framer.fitsInMemory(event.size):
-                framer.rejectLiteral()
-                self._write(tag + b" BAD Literal too large")
+                refuse(b"BAD Literal too large")
                 return
             framer.acceptLiteral(toFile=False)
-        self._write(b"+ Ready for literal data")
+        if not event.nonSync:
+            self._write(b"+ Ready for literal data")
 
     def _readLine(self) -> defer.Deferred:
         """
@@ -554,6 +626,9 @@ class IMAPServer(Protocol):
                     return
                 log.failure("IMAP mailbox sync failed")
         self._write(response)
+        after, self._afterResponse = self._afterResponse, None
+        if after is not None:
+            after()
         if self.state == LOGOUT:
             self.transport.loseConnection()
 
@@ -608,8 +683,9 @@ class IMAPServer(Protocol):
                 info = infos[j]
                 if info.modseq != modseqs[i]:
                     modseqs[i] = info.modseq
+                    modseq = b" MODSEQ (%d)" % (info.modseq,) if self.condstore else b""
                     flagLines.append(
-                        b"* %d FETCH (FLAGS %s)" % (i + 1, _flagsWire(info.flags, view.isRecent(uid)))
+                        b"* %d FETCH (FLAGS %s%s)" % (i + 1, _flagsWire(info.flags, view.isRecent(uid)), modseq)
                     )
                 j += 1
             elif uid not in view.ghosts:
@@ -696,14 +772,16 @@ class IMAPServer(Protocol):
         return view
 
     @defer.inlineCallbacks
-    def _currentInfos(self, uids: List[int]) -> Any:
+    def _currentInfos(self, uids: Optional[List[int]]) -> Any:
         """
-        The current L{IMessageInfo} of each of C{uids} (sorted) that still
-        exists, by UID.
+        The current L{IMessageInfo} of each of C{uids} (every message when
+        L{None}) that still exists, by UID.
         """
         view = self.view
         assert view is not None
         infos = yield view.mailbox.listMessages()
+        if uids is None:
+            return {info.uid: info for info in infos}
         wanted = set(uids)
         return {info.uid: info for info in infos if info.uid in wanted}
 
@@ -713,6 +791,32 @@ class IMAPServer(Protocol):
         args.end()
         self._write(b"* CAPABILITY " + self._capabilities())
         return b"CAPABILITY completed"
+
+    def do_ID(self, tag: bytes, args: Arguments) -> bytes:
+        """
+        ID (RFC 2971): check the client's parameter list and answer with
+        ours.
+        """
+        token = args._take("ID parameter list")
+        args.end()
+        if isinstance(token, list):
+            if not token or len(token) % 2 or len(token) > 2 * ID_MAX_PAIRS:
+                raise _bad("ID takes at most 30 field/value pairs")
+            seen = set()
+            for n in range(0, len(token), 2):
+                field, value = token[n], token[n + 1]
+                if not isinstance(field, (QuotedString, Literal)):
+                    raise _bad("ID field names must be strings")
+                if len(field) > ID_MAX_FIELD or bytes(field).lower() in seen:
+                    raise _bad("ID field name too long or repeated")
+                seen.add(bytes(field).lower())
+                isNil = isinstance(value, Atom) and bytes(value).upper() == b"NIL"
+                if not isNil and not (isinstance(value, (QuotedString, Literal)) and len(value) <= ID_MAX_VALUE):
+                    raise _bad("ID values must be strings of at most 1024 octets or NIL")
+        elif not (isinstance(token, Atom) and bytes(token).upper() == b"NIL"):
+            raise _bad("ID takes NIL or a parenthesised list")
+        self._write(b'* ID ("name" "mailplat" "vendor" "mailplat")')
+        return b"ID completed"
 
     def do_NOOP(self, tag: bytes, args: Arguments) -> bytes:
         args.end()
@@ -727,12 +831,32 @@ class IMAPServer(Protocol):
 
     # -- not authenticated -------------------------------------------------
 
+    def do_STARTTLS(self, tag: bytes, args: Arguments) -> bytes:
+        """
+        STARTTLS (RFC 3501 6.2.1): answer OK, then start TLS; input the
+        client pipelined after the command is thrown away (it was sent in
+        the clear and may have been injected).
+        """
+        args.end()
+        if self._tlsActive():
+            raise _bad("TLS is already active")
+        if not self._canStartTLS():
+            raise _bad("STARTTLS is not available")
+        self._afterResponse = self._startTLS
+        return b"Begin TLS negotiation now"
+
+    def _startTLS(self) -> None:
+        self._framer.close()
+        self._skipReasons = []
+        self._tls = True
+        self.transport.startTLS(self.contextFactory)
+
     @defer.inlineCallbacks
     def do_LOGIN(self, tag: bytes, args: Arguments) -> Any:
         user = args.astring("user name")
         password = args.astring("password")
         args.end()
-        if not netutil.cleartextAllowed(self.transport):
+        if not self._cleartextAllowed():
             raise IMAPError("Login over an unencrypted connection is not allowed", b"PRIVACYREQUIRED")
         result = yield self._login(user, password)
         return result
@@ -746,7 +870,7 @@ class IMAPServer(Protocol):
         args.end()
         if mechanism != b"PLAIN":
             raise IMAPError("Unsupported authentication mechanism", b"CANNOT")
-        if not netutil.cleartextAllowed(self.transport):
+        if not self._cleartextAllowed():
             raise IMAPError("Plaintext authentication over an unencrypted connection is not allowed", b"PRIVACYREQUIRED")
         if initial is None:
             self._write(b"+ ")
@@ -809,6 +933,34 @@ class IMAPServer(Protocol):
 
     # -- authenticated -----------------------------------------------------
 
+    def do_ENABLE(self, tag: bytes, args: Arguments) -> bytes:
+        """
+        ENABLE (RFC 5161): turn on the extensions named that we know of;
+        unknown names are ignored.
+        """
+        names = args.rest()
+        if not names:
+            raise _bad("ENABLE needs at least one capability")
+        newly = []
+        for token in names:
+            if not isinstance(token, Atom):
+                raise _bad("ENABLE takes capability names")
+            name = bytes(token).upper()
+            if name in ENABLEABLE and name not in self.enabled:
+                self.enabled.add(name)
+                newly.append(name)
+        if b"CONDSTORE" in self.enabled:
+            self.condstore = True
+        self._write(b"* ENABLED" + b"".join(b" " + n for n in newly))
+        return b"ENABLE completed"
+
+    def _enableCondstore(self) -> None:
+        """
+        A CONDSTORE-enabling command was used (RFC 7162 3.1).
+        """
+        self.condstore = True
+        self.enabled.add(b"CONDSTORE")
+
     def do_SELECT(self, tag: bytes, args: Arguments) -> defer.Deferred:
         return self._select(args, readOnly=False)
 
@@ -818,6 +970,12 @@ class IMAPServer(Protocol):
     @defer.inlineCallbacks
     def _select(self, args: Arguments, readOnly: bool) -> Any:
         name = self._mailboxName(args)
+        if len(args):
+            for param in args.parenList("select parameters"):
+                if isinstance(param, Atom) and bytes(param).upper() == b"CONDSTORE":
+                    self._enableCondstore()
+                else:
+                    raise _bad("Unknown SELECT parameter")
         args.end()
         self._deselect()
         account = self.account
@@ -866,6 +1024,8 @@ class IMAPServer(Protocol):
         if infos and infos[-1].uid >= uidNext:
             uidNext = infos[-1].uid + 1
         self._write(b"* OK [UIDNEXT %d] Predicted next UID" % (uidNext,))
+        highest = max([status.highestModseq] + [i.modseq for i in infos[-1:]])
+        self._write(b"* OK [HIGHESTMODSEQ %d] Highest modseq" % (highest,))
         if readOnly:
             return b"[READ-ONLY] EXAMINE completed"
         return b"[READ-WRITE] SELECT completed"
@@ -873,8 +1033,24 @@ class IMAPServer(Protocol):
     @defer.inlineCallbacks
     def do_CREATE(self, tag: bytes, args: Arguments) -> Any:
         name = self._mailboxName(args, create=True)
+        use: Optional[str] = None
+        if len(args):
+            params = args.parenList("create parameters")
+            if len(params) != 2 or not isinstance(params[0], Atom) or bytes(params[0]).upper() != b"USE":
+                raise _bad("Unknown CREATE parameter")
+            if not isinstance(params[1], list) or not all(isinstance(t, Atom) for t in params[1]):
+                raise _bad("USE takes a list of special-use attributes")
+            uses = []
+            for token in params[1]:
+                known = [a for a in SPECIAL_USE if a.lower() == bytes(token).decode("ascii", "replace").lower()]
+                if not known:
+                    raise IMAPError("Unsupported special-use attribute", b"USEATTR")
+                uses.append(known[0])
+            if len(set(uses)) > 1:
+                raise IMAPError("A mailbox takes one special-use attribute here", b"USEATTR")
+            use = uses[0] if uses else None
         args.end()
-        yield self.account.createMailbox(name)  # type: ignore[union-attr]
+        yield self.account.createMailbox(name, use) if use else self.account.createMailbox(name)  # type: ignore[union-attr]
         return b"CREATE completed"
 
     @defer.inlineCallbacks
@@ -916,21 +1092,125 @@ class IMAPServer(Protocol):
         args.end()
         return reference, pattern
 
+    def _listPatterns(self, args: Arguments) -> List[str]:
+        """
+        One LIST pattern or a parenthesised list of them (RFC 5258).
+        """
+        if not isinstance(args.peek(), list):
+            return [self._decodeName(args.listMailbox())]
+        tokens = args.parenList("mailbox patterns")
+        if not tokens:
+            raise _bad("Empty list of mailbox patterns")
+        patterns = []
+        for token in tokens:
+            if not isinstance(token, (Atom, QuotedString, Literal)):
+                raise _bad("Invalid mailbox pattern")
+            patterns.append(self._decodeName(bytes(token)))
+        return patterns
+
     @defer.inlineCallbacks
     def do_LIST(self, tag: bytes, args: Arguments) -> Any:
-        reference, pattern = self._listArgs(args)
-        if not pattern:
+        """
+        LIST, with the selection options SUBSCRIBED, REMOTE,
+        RECURSIVEMATCH and SPECIAL-USE, several patterns, and the return
+        options CHILDREN, SUBSCRIBED, SPECIAL-USE and STATUS
+        (RFC 5258, RFC 6154, RFC 5819).
+
+        Child and special-use attributes are always returned (the store
+        knows them).  With RECURSIVEMATCH a matching name gets
+        C{("CHILDINFO" (...))} when a descendant that the patterns do not
+        match meets the selection criteria.
+        """
+        selection: Set[bytes] = set()
+        if isinstance(args.peek(), list):
+            for token in args.parenList("selection options"):
+                option = bytes(token).upper() if isinstance(token, Atom) else b""
+                if option not in (b"SUBSCRIBED", b"REMOTE", b"RECURSIVEMATCH", b"SPECIAL-USE"):
+                    raise _bad("Unknown LIST selection option")
+                selection.add(option)
+            if b"RECURSIVEMATCH" in selection and not selection - {b"REMOTE", b"RECURSIVEMATCH"}:
+                raise _bad("RECURSIVEMATCH needs another selection option")
+        reference = self._decodeName(args.astring("reference"))
+        patterns = self._listPatterns(args)
+        returns: Set[bytes] = set()
+        statusItems: Optional[List[bytes]] = None
+        if len(args):
+            if args.atom("RETURN").upper() != b"RETURN":
+                raise _bad("Expected RETURN")
+            options = args.parenList("return options")
+            i = 0
+            while i < len(options):
+                option = bytes(options[i]).upper() if isinstance(options[i], Atom) else b""
+                if option == b"STATUS" and statusItems is None and i + 1 < len(options) and isinstance(options[i + 1], list):
+                    statusItems = self._statusItems(options[i + 1])
+                    i += 2
+                    continue
+                if option not in (b"CHILDREN", b"SUBSCRIBED", b"SPECIAL-USE"):
+                    raise _bad("Unknown LIST return option")
+                returns.add(option)
+                i += 1
+        args.end()
+        if patterns == [""] and not selection:
             root = reference.split(HIERARCHY_DELIMITER, 1)[0] + HIERARCHY_DELIMITER if HIERARCHY_DELIMITER in reference else ""
             self._write(b'* LIST (\\Noselect) "/" ' + _mailboxWire(root))
             return b"LIST completed"
-        matcher = _patternMatcher(reference + pattern)
-        entries = yield self.account.listMailboxes()  # type: ignore[union-attr]
-        for entry in entries:
-            if matcher(entry.name):
-                attrs = sorted(entry.attributes, key=str.lower)
-                self._write(
-                    b"* LIST (" + " ".join(attrs).encode("ascii", "replace") + b') "/" ' + _mailboxWire(entry.name)
-                )
+        matchers = [_patternMatcher(reference + p) for p in patterns if p]
+
+        def matches(name: str) -> bool:
+            return any(m(name) for m in matchers)
+
+        account = self.account
+        assert account is not None
+        entries = yield account.listMailboxes()
+        attrsOf = {e.name: set(e.attributes) for e in entries}
+        wantSubscribed = b"SUBSCRIBED" in selection or b"SUBSCRIBED" in returns
+        subs: Set[str] = set()
+        if wantSubscribed:
+            subs = set((yield account.listSubscriptions()))
+        criteria = [c for c in (b"SUBSCRIBED", b"SPECIAL-USE") if c in selection]
+
+        def meets(name: str) -> bool:
+            if b"SUBSCRIBED" in selection and name not in subs:
+                return False
+            if b"SPECIAL-USE" in selection and not attrsOf.get(name, set()) & SPECIAL_USE:
+                return False
+            return True
+
+        names = set(attrsOf) | (subs if b"SUBSCRIBED" in selection else set())
+        found: Dict[str, bool] = {}
+        for name in names:
+            if meets(name):
+                if matches(name):
+                    found.setdefault(name, False)
+                elif b"RECURSIVEMATCH" in selection:
+                    parts = name.split(HIERARCHY_DELIMITER)
+                    for k in range(1, len(parts)):
+                        prefix = HIERARCHY_DELIMITER.join(parts[:k])
+                        if matches(prefix):
+                            found[prefix] = True
+        ordered = sorted(found, key=lambda n: (n != "INBOX", n))
+        for name in ordered:
+            attrs = attrsOf.get(name)
+            if attrs is None:
+                attrs = {"\\NonExistent"}
+            else:
+                attrs = set(attrs)
+            if wantSubscribed and name in subs:
+                attrs.add("\\Subscribed")
+            line = (
+                b"* LIST (" + " ".join(sorted(attrs, key=str.lower)).encode("ascii", "replace")
+                + b') "/" ' + _mailboxWire(name)
+            )
+            if found[name]:
+                line += b' ("CHILDINFO" (' + b" ".join(b'"' + c + b'"' for c in criteria) + b"))"
+            self._write(line)
+            if statusItems is not None and not attrs & {"\\Noselect", "\\NonExistent"}:
+                try:
+                    mailbox = yield account.getMailbox(name)
+                    status = yield self._statusLine(name, mailbox, statusItems)
+                except (NoSuchMailbox, MailboxError):
+                    continue
+                self._write(status)
         return b"LIST completed"
 
     @defer.inlineCallbacks
@@ -966,19 +1246,36 @@ class IMAPServer(Protocol):
     @defer.inlineCallbacks
     def do_STATUS(self, tag: bytes, args: Arguments) -> Any:
         name = self._mailboxName(args)
-        items = args.parenList("status items")
+        wanted = self._statusItems(args.parenList("status items"))
         args.end()
+        mailbox = yield self.account.getMailbox(name)  # type: ignore[union-attr]
+        line = yield self._statusLine(name, mailbox, wanted)
+        self._write(line)
+        return b"STATUS completed"
+
+    def _statusItems(self, items: list) -> List[bytes]:
+        """
+        The upper-cased STATUS items of a list, checked.
+        """
         wanted = []
         for item in items:
             if not isinstance(item, Atom):
                 raise _bad("Invalid status item")
             upper = bytes(item).upper()
-            if upper not in (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN"):
+            if upper not in STATUS_ITEMS:
                 raise _bad(f"Unknown status item {upper.decode('ascii', 'replace')}")
+            if upper == b"HIGHESTMODSEQ":
+                self._enableCondstore()
             wanted.append(upper)
         if not wanted:
             raise _bad("Empty status item list")
-        mailbox = yield self.account.getMailbox(name)  # type: ignore[union-attr]
+        return wanted
+
+    @defer.inlineCallbacks
+    def _statusLine(self, name: str, mailbox: IMailbox, wanted: List[bytes]) -> Any:
+        """
+        The C{* STATUS} line of a mailbox.
+        """
         status = yield mailbox.status()
         values = {
             b"MESSAGES": status.messages,
@@ -986,10 +1283,10 @@ class IMAPServer(Protocol):
             b"UIDNEXT": status.uidNext,
             b"UIDVALIDITY": status.uidValidity,
             b"UNSEEN": status.unseen,
+            b"HIGHESTMODSEQ": status.highestModseq,
         }
         body = b" ".join(b"%s %d" % (item, values[item]) for item in wanted)
-        self._write(b"* STATUS " + _mailboxWire(name) + b" (" + body + b")")
-        return b"STATUS completed"
+        return b"* STATUS " + _mailboxWire(name) + b" (" + body + b")"
 
     @defer.inlineCallbacks
     def do_APPEND(self, tag: bytes, args: Arguments) -> Any:
@@ -1067,9 +1364,15 @@ class IMAPServer(Protocol):
         if sub == b"STORE":
             return self._store(args, uid=True)
         if sub == b"SEARCH":
-            return self._search(args, uid=True)
+            return self._search(tag, args, uid=True)
         if sub == b"COPY":
             return self._copy(args, uid=True)
+        if sub == b"MOVE":
+            return self._move(args, uid=True)
+        if sub == b"SORT":
+            return self._sort(args, uid=True)
+        if sub == b"THREAD":
+            return self._thread(args, uid=True)
         if sub == b"EXPUNGE":
             return self._uidExpunge(args)
         raise _bad("Unknown UID command")
@@ -1112,12 +1415,51 @@ class IMAPServer(Protocol):
         dest = _compressUIDs([p[1] for p in pairs])
         return b"[COPYUID %d %s %s] COPY completed" % (target.uidValidity, source, dest)
 
+    def do_MOVE(self, tag: bytes, args: Arguments) -> defer.Deferred:
+        return self._move(args, uid=False)
+
+    @defer.inlineCallbacks
+    def _move(self, args: Arguments, uid: bool) -> Any:
+        """
+        MOVE and UID MOVE (RFC 6851): copy, then expunge the originals;
+        C{COPYUID} goes in an untagged OK before the EXPUNGE responses.
+        """
+        seqset = args.sequenceSet()
+        name = self._mailboxName(args)
+        args.end()
+        view = self._requireWritable()
+        uids = [view.uids[i] for i in self._resolve(seqset, uid)]
+        uids = [u for u in uids if u not in view.ghosts]
+        try:
+            target = yield self.account.getMailbox(name)  # type: ignore[union-attr]
+        except NoSuchMailbox:
+            raise IMAPError("Mailbox does not exist", b"TRYCREATE")
+        if not uids:
+            return b"MOVE completed"
+        pairs = yield view.mailbox.copyTo(uids, target)
+        if not pairs:
+            return b"MOVE completed"
+        source = _compressUIDs([p[0] for p in pairs])
+        dest = _compressUIDs([p[1] for p in pairs])
+        self._write(b"* OK [COPYUID %d %s %s] Moved" % (target.uidValidity, source, dest))
+        yield view.mailbox.expunge([p[0] for p in pairs], requireDeleted=False)
+        view.dirty = True
+        yield self._sync(True)
+        return b"MOVE completed"
+
     def do_STORE(self, tag: bytes, args: Arguments) -> defer.Deferred:
         return self._store(args, uid=False)
 
     @defer.inlineCallbacks
     def _store(self, args: Arguments, uid: bool) -> Any:
         seqset = args.sequenceSet()
+        unchangedSince: Optional[int] = None
+        if isinstance(args.peek(), list):
+            modifiers = args.parenList("store modifiers")
+            if len(modifiers) != 2 or not isinstance(modifiers[0], Atom) or bytes(modifiers[0]).upper() != b"UNCHANGEDSINCE":
+                raise _bad("Unknown STORE modifier")
+            unchangedSince = _modseqValue(modifiers[1])
+            self._enableCondstore()
         item = args.atom("store item").upper()
         silent = item.endswith(b".SILENT")
         if silent:
@@ -1133,9 +1475,18 @@ class IMAPServer(Protocol):
         view = self._requireWritable()
         indexes = self._resolve(seqset, uid)
         uids = [view.uids[i] for i in indexes if view.uids[i] not in view.ghosts]
-        if not uids:
-            return b"STORE completed"
-        updated = yield view.mailbox.setFlags(uids, flags, modes[item])
+        failed: List[int] = []
+        if unchangedSince is not None and uids:
+            # The store has no conditional update: check, then set, with
+            # nothing yielding to another session in between for a store
+            # that answers synchronously.
+            current = yield self._currentInfos(uids)
+            failed = [u for u in uids if u in current and current[u].modseq > unchangedSince]
+            refused = set(failed)
+            uids = [u for u in uids if u in current and u not in refused]
+        updated = []
+        if uids:
+            updated = yield view.mailbox.setFlags(uids, flags, modes[item])
         if self.view is not view:
             return b"STORE completed"
         for info in updated:
@@ -1143,11 +1494,19 @@ class IMAPServer(Protocol):
             if index < 0:
                 continue
             view.modseqs[index] = info.modseq
+            extra = b" UID %d" % (info.uid,) if uid else b""
+            modseq = b" MODSEQ (%d)" % (info.modseq,) if self.condstore else b""
             if not silent:
-                extra = b" UID %d" % (info.uid,) if uid else b""
                 self._write(
-                    b"* %d FETCH (FLAGS %s%s)" % (index + 1, _flagsWire(info.flags, view.isRecent(info.uid)), extra)
+                    b"* %d FETCH (FLAGS %s%s%s)"
+                    % (index + 1, _flagsWire(info.flags, view.isRecent(info.uid)), extra, modseq)
                 )
+            elif self.condstore:
+                # RFC 7162 3.1.3: sent even with .SILENT, for the modseq.
+                self._write(b"* %d FETCH (%s)" % (index + 1, (extra + modseq).strip()))
+        if failed:
+            numbers = failed if uid else [view.indexOf(u) + 1 for u in failed]
+            return b"[MODIFIED " + _compressUIDs(sorted(numbers)) + b"] Conditional STORE failed"
         return b"STORE completed"
 
     def do_FETCH(self, tag: bytes, args: Arguments) -> defer.Deferred:
@@ -1156,7 +1515,20 @@ class IMAPServer(Protocol):
     @defer.inlineCallbacks
     def _fetch(self, args: Arguments, uid: bool) -> Any:
         seqset = args.sequenceSet()
-        atts = parseFetchAttributes(args.rest())
+        rest = args.rest()
+        changedSince: Optional[int] = None
+        if len(rest) == 2 and isinstance(rest[1], list):
+            modifiers = rest[1]
+            if len(modifiers) != 2 or not isinstance(modifiers[0], Atom) or bytes(modifiers[0]).upper() != b"CHANGEDSINCE":
+                raise _bad("Unknown FETCH modifier")
+            changedSince = _modseqValue(modifiers[1])
+            rest = rest[:1]
+        atts = parseFetchAttributes(rest)
+        hasModseq = any(isinstance(a, FetchAttribute) and a.name == "MODSEQ" for a in atts)
+        if changedSince is not None or hasModseq:
+            self._enableCondstore()
+        if changedSince is not None and not hasModseq:
+            atts.append(FetchAttribute("MODSEQ"))
         if uid and not any(isinstance(a, FetchAttribute) and a.name == "UID" for a in atts):
             atts.insert(0, FetchAttribute("UID"))
         view = self.view
@@ -1166,6 +1538,8 @@ class IMAPServer(Protocol):
         infos = yield self._currentInfos([u for _, u in wanted])
         if self.view is not view:
             return b"FETCH completed"
+        if changedSince is not None:
+            wanted = [(i, u) for i, u in wanted if u in infos and infos[u].modseq > changedSince]
         setSeen = not view.readOnly and any(isinstance(a, BodySection) and not a.peek for a in atts)
         flagsChanged: Set[int] = set()
         if setSeen:
@@ -1202,10 +1576,12 @@ class IMAPServer(Protocol):
         Send one message's FETCH response.  Returns False if the message
         turned out to be gone.
         """
-        needsFile = any(
-            isinstance(a, BodySection) or (isinstance(a, FetchAttribute) and a.name in ("ENVELOPE", "BODYSTRUCTURE", "BODY"))
-            for a in atts
-        )
+        from mailplat.imap.cache import summarize
+
+        structural = any(isinstance(a, FetchAttribute) and a.name in ("ENVELOPE", "BODYSTRUCTURE", "BODY") for a in atts)
+        key = self._cacheKey(view, info.uid)
+        summaryHolder = [self.cache.get(key) if structural else None]
+        needsFile = any(isinstance(a, BodySection) for a in atts) or (structural and summaryHolder[0] is None)
         source: Optional[IO[bytes]] = None
         if needsFile:
             try:
@@ -1239,6 +1615,12 @@ class IMAPServer(Protocol):
                     parsedHolder.append(parseMessage(data()))
                 return parsedHolder[0]
 
+            def summary() -> Any:
+                if summaryHolder[0] is None:
+                    summaryHolder[0] = summarize(parsed())
+                    self.cache.put(key, summaryHolder[0])
+                return summaryHolder[0]
+
             items: List[Union[bytes, Tuple[bytes, int, int]]] = []
             recent = view.isRecent(info.uid)
             for att in atts:
@@ -1252,12 +1634,14 @@ class IMAPServer(Protocol):
                         items.append(b"INTERNALDATE " + formatDateTime(info.internalDate))
                     elif name == "RFC822.SIZE":
                         items.append(b"RFC822.SIZE %d" % (info.size,))
+                    elif name == "MODSEQ":
+                        items.append(b"MODSEQ (%d)" % (info.modseq,))
                     elif name == "ENVELOPE":
-                        items.append(b"ENVELOPE " + parsed().envelope())
+                        items.append(b"ENVELOPE " + summary().envelope)
                     elif name == "BODYSTRUCTURE":
-                        items.append(b"BODYSTRUCTURE " + parsed().bodyStructure(True))
+                        items.append(b"BODYSTRUCTURE " + summary().bodyStructure)
                     elif name == "BODY":
-                        items.append(b"BODY " + parsed().bodyStructure(False))
+                        items.append(b"BODY " + summary().body)
                 else:
                     if streamIt:
                         start, length = 0, info.size
@@ -1275,6 +1659,8 @@ class IMAPServer(Protocol):
                     items.append(att.responseName + b" " + literal(body))
             if addFlags:
                 items.append(b"FLAGS " + _flagsWire(info.flags, recent))
+                if self.condstore and not any(isinstance(a, FetchAttribute) and a.name == "MODSEQ" for a in atts):
+                    items.append(b"MODSEQ (%d)" % (info.modseq,))
             line = b"* %d FETCH (" % (index + 1,)
             pending = [line]
             for n, item in enumerate(items):
@@ -1302,37 +1688,25 @@ class IMAPServer(Protocol):
             if source is not None:
                 source.close()
 
-    def do_SEARCH(self, tag: bytes, args: Arguments) -> defer.Deferred:
-        return self._search(args, uid=False)
-
     @defer.inlineCallbacks
-    def _search(self, args: Arguments, uid: bool) -> Any:
-        from mailplat.imap.search import BadCharset, SearchContext, SearchSyntaxError, parseSearch
+    def _matching(self, view: SelectedView, query: Any) -> Any:
+        """
+        The messages of C{view} that match a parsed search program, as
+        C{(index, uid, info)} in sequence order; L{None} if the view was
+        closed meanwhile.
+        """
+        from mailplat.imap.search import SearchContext
         from mailplat.imap.structure import parseMessage
 
-        charset = "US-ASCII"
-        first = args.peek()
-        if isinstance(first, Atom) and bytes(first).upper() == b"CHARSET":
-            args.atom()
-            charset = args.astring("charset").decode("ascii", "replace")
-        try:
-            query = parseSearch(args.rest(), charset)
-        except SearchSyntaxError as e:
-            raise _bad(f"Invalid search: {e}")
-        except BadCharset:
-            raise IMAPError("Unsupported charset", b"BADCHARSET (UTF-8 US-ASCII)")
-        view = self.view
-        assert view is not None
-        infos = yield view.mailbox.listMessages()
+        infos = yield self._currentInfos(None)
         if self.view is not view:
-            return b"SEARCH completed"
-        byUid = {info.uid: info for info in infos}
+            return None
         maxSeq = len(view.uids)
         maxUid = view.uids[-1] if maxSeq else 0
-        results = []
+        matched = []
         for index in range(len(view.uids)):
             u = view.uids[index]
-            info = byUid.get(u)
+            info = infos.get(u)
             if info is None or u in view.ghosts:
                 continue
             loader = None
@@ -1354,11 +1728,190 @@ class IMAPServer(Protocol):
                 maxSeq=maxSeq, maxUid=maxUid, message=loader,
             )
             if query.matches(ctx):
-                results.append(u if uid else index + 1)
+                matched.append((index, u, info))
             if self.view is not view:
-                return b"SEARCH completed"
-        self._write(b"* SEARCH" + b"".join(b" %d" % n for n in results))
+                return None
+        return matched
+
+    def _parseProgram(self, args: Arguments, charset: str) -> Any:
+        """
+        The search program of SEARCH, SORT or THREAD, parsed.
+        """
+        from mailplat.imap.search import BadCharset, SearchSyntaxError, parseSearch
+
+        try:
+            query = parseSearch(args.rest(), charset)
+        except SearchSyntaxError as e:
+            raise _bad(f"Invalid search: {e}")
+        except BadCharset:
+            raise IMAPError("Unsupported charset", b"BADCHARSET (UTF-8 US-ASCII)")
+        if query.usesModseq:
+            self._enableCondstore()
+        return query
+
+    def _cacheKey(self, view: SelectedView, uid: int) -> Tuple[str, str, int, int]:
+        account = self.account
+        return (getattr(account, "address", ""), view.mailbox.name, view.mailbox.uidValidity, uid)
+
+    @defer.inlineCallbacks
+    def _summaries(self, view: SelectedView, uids: Iterable[int]) -> Any:
+        """
+        The L{MessageSummary} of each of C{uids} still there, by UID, from
+        the cache or parsed (and cached) once.
+        """
+        from mailplat.imap.cache import summarize
+        from mailplat.imap.structure import parseMessage
+
+        out = {}
+        for u in uids:
+            key = self._cacheKey(view, u)
+            summary = self.cache.get(key)
+            if summary is None:
+                try:
+                    source = yield view.mailbox.openMessage(u)
+                except NoSuchMessage:
+                    continue
+                try:
+                    data = source.read()
+                finally:
+                    source.close()
+                summary = summarize(parseMessage(data))
+                self.cache.put(key, summary)
+            out[u] = summary
+        return out
+
+    def do_SORT(self, tag: bytes, args: Arguments) -> defer.Deferred:
+        return self._sort(args, uid=False)
+
+    @defer.inlineCallbacks
+    def _sort(self, args: Arguments, uid: bool) -> Any:
+        """
+        SORT and UID SORT (RFC 5256).
+        """
+        from mailplat.imap.thread import SORT_KEYS, Item, sortItems
+
+        tokens = args.parenList("sort criteria")
+        criteria: List[Tuple[str, bool]] = []
+        reverse = False
+        for token in tokens:
+            name = bytes(token).upper().decode("ascii", "replace") if isinstance(token, Atom) else ""
+            if name == "REVERSE" and not reverse:
+                reverse = True
+                continue
+            if name not in SORT_KEYS:
+                raise _bad("Invalid sort criterion")
+            criteria.append((name, reverse))
+            reverse = False
+        if not criteria or reverse:
+            raise _bad("Invalid sort criteria")
+        charset = args.astring("charset").decode("ascii", "replace")
+        query = self._parseProgram(args, charset)
+        view = self.view
+        assert view is not None
+        matched = yield self._matching(view, query)
+        if matched is None:
+            return b"SORT completed"
+        summaries = yield self._summaries(view, [u for _, u, _ in matched])
+        items = [
+            Item(u if uid else index + 1, index + 1, info.internalDate, info.size, summaries[u])
+            for index, u, info in matched if u in summaries
+        ]
+        ordered = sortItems(items, criteria)
+        self._write(b"* SORT" + b"".join(b" %d" % i.number for i in ordered))
+        return b"SORT completed"
+
+    def do_THREAD(self, tag: bytes, args: Arguments) -> defer.Deferred:
+        return self._thread(args, uid=False)
+
+    @defer.inlineCallbacks
+    def _thread(self, args: Arguments, uid: bool) -> Any:
+        """
+        THREAD and UID THREAD (RFC 5256): ORDEREDSUBJECT and REFERENCES.
+        """
+        from mailplat.imap.thread import Item, formatThreads, threadOrderedSubject, threadReferences
+
+        algorithm = args.atom("threading algorithm").upper()
+        if algorithm not in (b"ORDEREDSUBJECT", b"REFERENCES"):
+            raise _bad("Unsupported threading algorithm")
+        charset = args.astring("charset").decode("ascii", "replace")
+        query = self._parseProgram(args, charset)
+        view = self.view
+        assert view is not None
+        matched = yield self._matching(view, query)
+        if matched is None:
+            return b"THREAD completed"
+        summaries = yield self._summaries(view, [u for _, u, _ in matched])
+        items = [
+            Item(u if uid else index + 1, index + 1, info.internalDate, info.size, summaries[u])
+            for index, u, info in matched if u in summaries
+        ]
+        roots = threadOrderedSubject(items) if algorithm == b"ORDEREDSUBJECT" else threadReferences(items)
+        threads = formatThreads(roots)
+        self._write(b"* THREAD" + (b" " + threads if threads else b""))
+        return b"THREAD completed"
+
+    def do_SEARCH(self, tag: bytes, args: Arguments) -> defer.Deferred:
+        return self._search(tag, args, uid=False)
+
+    @defer.inlineCallbacks
+    def _search(self, tag: bytes, args: Arguments, uid: bool) -> Any:
+        returns: Optional[List[bytes]] = None
+        first = args.peek()
+        if isinstance(first, Atom) and bytes(first).upper() == b"RETURN":
+            args.atom()
+            returns = []
+            for token in args.parenList("search return options"):
+                option = bytes(token).upper() if isinstance(token, Atom) else b""
+                if option not in (b"MIN", b"MAX", b"COUNT", b"ALL"):
+                    raise _bad("Unknown SEARCH return option")
+                if option not in returns:
+                    returns.append(option)
+            if not returns:
+                returns = [b"ALL"]
+        charset = "US-ASCII"
+        first = args.peek()
+        if isinstance(first, Atom) and bytes(first).upper() == b"CHARSET":
+            args.atom()
+            charset = args.astring("charset").decode("ascii", "replace")
+        query = self._parseProgram(args, charset)
+        view = self.view
+        assert view is not None
+        matched = yield self._matching(view, query)
+        if matched is None:
+            return b"SEARCH completed"
+        results = [u if uid else index + 1 for index, u, _ in matched]
+        highest = max((info.modseq for _, _, info in matched), default=0)
+        modseq = b" MODSEQ %d" % (highest,) if query.usesModseq and results else b""
+        if returns is None:
+            line = b"* SEARCH" + b"".join(b" %d" % n for n in results)
+            if modseq:
+                line += b" (" + modseq.strip() + b")"
+            self._write(line)
+            return b"SEARCH completed"
+        line = b'* ESEARCH (TAG "' + tag + b'")' + (b" UID" if uid else b"")
+        if results and b"MIN" in returns:
+            line += b" MIN %d" % (results[0],)
+        if results and b"MAX" in returns:
+            line += b" MAX %d" % (results[-1],)
+        if b"COUNT" in returns:
+            line += b" COUNT %d" % (len(results),)
+        if results and b"ALL" in returns:
+            line += b" ALL " + _compressUIDs(results)
+        self._write(line + modseq)
         return b"SEARCH completed"
+
+
+def _modseqValue(token: Any) -> int:
+    """
+    A mod-sequence value argument (RFC 7162: 1 to 2**63-1; 0 is allowed
+    where C{mod-sequence-valzer} is, as in UNCHANGEDSINCE and CHANGEDSINCE).
+    """
+    if not isinstance(token, Atom) or not bytes(token).isdigit() or len(token) > 19:
+        raise _bad("Invalid mod-sequence value")
+    value = int(bytes(token))
+    if value >= 2**63:
+        raise _bad("Invalid mod-sequence value")
+    return value
 
 
 def _skip(source: IO[bytes], count: int) -> None:
@@ -1401,6 +1954,8 @@ class IMAPFactory(Factory):
         maxLineLength: int = 65536,
         maxLiteralSize: int = 64 * 1024 * 1024,
         clock: Optional[IReactorTime] = None,
+        contextFactory: Any = None,
+        cache: Optional[MessageCache] = None,
     ) -> None:
         """
         @param portal: the cred portal logins go through.
@@ -1409,6 +1964,11 @@ class IMAPFactory(Factory):
         @param maxLineLength: longest command line accepted.
         @param maxLiteralSize: largest APPEND message accepted.
         @param clock: for autologout timers; the global reactor if L{None}.
+        @param contextFactory: anything C{transport.startTLS} accepts (a
+            pyOpenSSL context factory or L{twisted.internet.ssl}
+            options); STARTTLS is offered only when it is set.
+        @param cache: the L{MessageCache} of parsed message answers its
+            sessions share; a new one of 100,000 entries if L{None}.
         """
         self.portal = portal
         self.hostname = hostname
@@ -1416,6 +1976,8 @@ class IMAPFactory(Factory):
         self.maxLineLength = maxLineLength
         self.maxLiteralSize = maxLiteralSize
         self.clock = clock
+        self.contextFactory = contextFactory
+        self.cache = cache if cache is not None else MessageCache()
 
     def buildProtocol(self, addr: Any) -> IMAPServer:
         p = IMAPServer(
@@ -1425,6 +1987,8 @@ class IMAPFactory(Factory):
             maxLineLength=self.maxLineLength,
             maxLiteralSize=self.maxLiteralSize,
             clock=self.clock,
+            contextFactory=self.contextFactory,
+            cache=self.cache,
         )
         p.factory = self
         return p

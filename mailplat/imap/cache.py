@@ -1,0 +1,197 @@
+"""
+What FETCH, SORT and THREAD need from a message, computed once per
+message and kept in a bounded LRU shared by every session of a factory,
+so that repeated C{FETCH 1:* (ENVELOPE)} or SORT on a big mailbox does not
+re-read and re-parse every message (DESIGN.md, "Parse once").
+
+Entries are keyed by C{(account address, mailbox name, UIDVALIDITY, UID)}:
+a message's content never changes under one key (UIDs are never reused
+within a UIDVALIDITY), so entries never go stale; flags and modseq are not
+cached here (they come from the store's L{IMessageInfo}).
+"""
+
+import email.utils
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from mailplat.imap.structure import ParsedMessage, _parseAddresses, decodeHeaderText
+
+__all__ = ["MessageSummary", "MessageCache", "summarize", "baseSubject"]
+
+CacheKey = Tuple[str, str, int, int]
+
+_MSGID = re.compile(r"<([^<>\s]+)>")
+
+
+@dataclass(frozen=True)
+class MessageSummary:
+    """
+    The parsed answers about one message.
+
+    @ivar envelope: ENVELOPE in wire form.
+    @ivar bodyStructure: BODYSTRUCTURE in wire form.
+    @ivar body: BODY (non-extensible structure) in wire form.
+    @ivar baseSubject: the RFC 5256 base subject, case-folded.
+    @ivar isReply: the subject had a reply/forward leader or trailer.
+    @ivar sentDate: the Date: field as a POSIX timestamp, L{None} when
+        absent or unparseable.
+    @ivar fromMailbox: local part of the first From address, case-folded
+        (RFC 5256 FROM sort key); C{""} when there is none.
+    @ivar toMailbox: likewise for To.
+    @ivar ccMailbox: likewise for Cc.
+    @ivar messageId: the Message-ID without brackets, or L{None}.
+    @ivar references: the References ids (or the first In-Reply-To id).
+    """
+
+    envelope: bytes
+    bodyStructure: bytes
+    body: bytes
+    baseSubject: str
+    isReply: bool
+    sentDate: Optional[float]
+    fromMailbox: str
+    toMailbox: str
+    ccMailbox: str
+    messageId: Optional[str]
+    references: Tuple[str, ...]
+
+
+_TRAILER = re.compile(r"(?:\s|\(fwd\))+\Z", re.IGNORECASE)
+_BLOB = r"\[[^\[\]]*\]\s*"
+_LEADER = re.compile(r"\A(?:" + _BLOB + r")*(?:re|fwd?)\s*(?:" + _BLOB + r")?:\s*", re.IGNORECASE)
+_LEADING_BLOB = re.compile(r"\A" + _BLOB)
+
+
+def baseSubject(subject: str) -> Tuple[str, bool]:
+    """
+    The base subject of RFC 5256 2.1 and whether the subject was a reply
+    or forward (a leader or trailer was removed).
+
+    @param subject: the decoded Subject: value.
+    @return: C{(base, isReply)}; C{base} is case-folded for comparison.
+    """
+    text = re.sub(r"\s+", " ", subject).strip()
+    isReply = False
+    while True:
+        # (2) trailers, repeatedly.
+        stripped = _TRAILER.sub("", text)
+        if stripped != text:
+            isReply = isReply or "(fwd)" in text[len(stripped):].lower()
+            text = stripped
+        # (3)-(4) leaders and blobs, repeatedly.
+        while True:
+            m = _LEADER.match(text)
+            if m is not None:
+                text = text[m.end():]
+                isReply = True
+                continue
+            m = _LEADING_BLOB.match(text)
+            if m is not None and text[m.end():]:
+                text = text[m.end():]
+                continue
+            break
+        # (6) [fwd: ...] wrappers.
+        if text[:5].lower() == "[fwd:" and text.endswith("]"):
+            text = text[5:-1].strip()
+            isReply = True
+            continue
+        break
+    return text.casefold(), isReply
+
+
+def _firstMailbox(raw: Optional[bytes]) -> str:
+    if raw is None:
+        return ""
+    for address in _parseAddresses(raw):
+        if address.mailbox is not None and address.host is not None:
+            return address.mailbox.casefold()
+    return ""
+
+
+def _ids(raw: Optional[bytes]) -> Tuple[str, ...]:
+    if raw is None:
+        return ()
+    return tuple(_MSGID.findall(raw.decode("latin-1")))
+
+
+def summarize(parsed: ParsedMessage) -> MessageSummary:
+    """
+    Compute a message's L{MessageSummary} from its parse.
+    """
+    root = parsed._root
+    subjectRaw = root.fieldValue("subject")
+    subject = decodeHeaderText(subjectRaw.decode("utf-8", errors="replace")) if subjectRaw else ""
+    base, isReply = baseSubject(subject)
+    sent: Optional[float] = None
+    date = root.fieldValue("date")
+    if date is not None:
+        try:
+            parts = email.utils.parsedate_tz(date.decode("latin-1"))
+            if parts is not None:
+                sent = float(email.utils.mktime_tz(parts))
+        except (ValueError, TypeError, IndexError, OverflowError):
+            sent = None
+    ids = _ids(root.fieldValue("message-id"))
+    references = _ids(root.fieldValue("references"))
+    if not references:
+        references = _ids(root.fieldValue("in-reply-to"))[:1]
+    return MessageSummary(
+        envelope=parsed.envelope(),
+        bodyStructure=parsed.bodyStructure(True),
+        body=parsed.bodyStructure(False),
+        baseSubject=base,
+        isReply=isReply,
+        sentDate=sent,
+        fromMailbox=_firstMailbox(root.fieldValue("from")),
+        toMailbox=_firstMailbox(root.fieldValue("to")),
+        ccMailbox=_firstMailbox(root.fieldValue("cc")),
+        messageId=ids[0] if ids else None,
+        references=references,
+    )
+
+
+class MessageCache:
+    """
+    A bounded least-recently-used map from L{CacheKey} to
+    L{MessageSummary}.
+
+    @ivar maxEntries: how many summaries are kept.
+    @ivar hits: lookups answered.
+    @ivar misses: lookups not answered.
+    """
+
+    def __init__(self, maxEntries: int = 100000) -> None:
+        """
+        @param maxEntries: the bound; a summary is a few hundred octets, so
+            the default holds about 100,000 messages in some tens of MB.
+        """
+        self.maxEntries = maxEntries
+        self._entries: "OrderedDict[CacheKey, MessageSummary]" = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: CacheKey) -> Optional[MessageSummary]:
+        """
+        The summary kept for C{key}, or L{None}.
+        """
+        summary = self._entries.get(key)
+        if summary is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return summary
+
+    def put(self, key: CacheKey, summary: MessageSummary) -> None:
+        """
+        Keep C{summary}, dropping the least recently used beyond the bound.
+        """
+        self._entries[key] = summary
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.maxEntries:
+            self._entries.popitem(last=False)
