@@ -371,6 +371,8 @@ class SectionTests(unittest.TestCase):
         self.assertEqual(parsed.section((1,), ""), b"Hi Bob,\r\nHow are you?\r\n")
         self.assertEqual(parsed.section((1,), "MIME"), parsed.section((), "HEADER"))
         self.assertEqual(parsed.section((2,), ""), b"")
+        # The implicit part 1 of a non-multipart message has no parts of
+        # its own (what Dovecot answers too).
         self.assertEqual(parsed.section((1, 1), ""), b"")
         self.assertEqual(parsed.section((1,), "TEXT"), b"")
 
@@ -396,6 +398,10 @@ class SectionTests(unittest.TestCase):
     def test_multipartSections(self) -> None:
         parsed = parseMessage(ALTERNATIVE)
         self.assertEqual(parsed.section((1,), ""), b"caf=C3=A9\r\nline two")
+        # A part of a multipart that is not itself multipart "only has a
+        # part 1", itself (RFC 3501 6.4.5; Dovecot answers the same).
+        self.assertEqual(parsed.section((1, 1), ""), parsed.section((1,), ""))
+        self.assertEqual(parsed.section((1, 2), ""), b"")
         self.assertEqual(
             parsed.section((1,), "MIME"),
             b"Content-Type: text/plain; charset=utf-8\r\n"
@@ -435,7 +441,9 @@ class SectionTests(unittest.TestCase):
         self.assertEqual(parsed.section((2, 1), "MIME"), b"Content-Type: text/plain\r\n\r\n")
         self.assertEqual(parsed.section((2, 2), ""), b"<b>inner</b>")
         self.assertEqual(parsed.section((2, 3), ""), b"")
-        self.assertEqual(parsed.section((2, 1, 1), ""), b"")
+        # 2.1 is a text part inside a multipart: its part 1 is itself.
+        self.assertEqual(parsed.section((2, 1, 1), ""), b"inner text")
+        self.assertEqual(parsed.section((2, 1, 2), ""), b"")
         self.assertEqual(parsed.section((3,), ""), b"JVBERi0xLjQK")
         self.assertEqual(parsed.section((3,), "HEADER"), b"")
         self.assertEqual(parsed.section((4,), "MIME"), b"")

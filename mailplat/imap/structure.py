@@ -821,17 +821,29 @@ class ParsedMessage:
     def _resolve(self, path: Tuple[int, ...]) -> Optional[_Part]:
         part = self._root
         isRoot = True
+        # Whether ``part`` was reached as the implicit part 1 of a
+        # non-multipart (top-level or encapsulated) message.
+        implicit = False
         for number in path:
             if not isRoot:
                 if part.isMessage and part.message is not None:
                     part, isRoot = part.message, True
                 elif part.children is None:
+                    # A non-multipart part "only has a part 1" (RFC 3501
+                    # 6.4.5), which is itself: 1.1 of a text part inside a
+                    # multipart is that part, as Dovecot answers; the
+                    # implicit part 1 of a non-multipart message has none.
+                    if number == 1 and not implicit:
+                        continue
                     return None
             if part.children is not None:
                 if not 1 <= number <= len(part.children):
                     return None
                 part = part.children[number - 1]
-            elif not (isRoot and number == 1):
+                implicit = False
+            elif isRoot and number == 1:
+                implicit = True
+            else:
                 return None
             isRoot = False
         return part
