@@ -21,9 +21,16 @@ from mailplat.errors import ConfigError
 # unprivileged ports on 127.0.0.1 so a newcomer needs no root).
 DEFAULT_LISTENERS: Dict[str, str] = {
     "smtp": "tcp:2525:interface=127.0.0.1",
+    "submission": "tcp:2587:interface=127.0.0.1",
+    "smtps": "tcp:2465:interface=127.0.0.1",
     "pop3": "tcp:1110:interface=127.0.0.1",
+    "pop3s": "tcp:1995:interface=127.0.0.1",
     "imap": "tcp:1143:interface=127.0.0.1",
+    "imaps": "tcp:1993:interface=127.0.0.1",
 }
+
+#: The listeners that speak TLS from the first octet (implicit TLS).
+IMPLICIT_TLS_LISTENERS = ("smtps", "pop3s", "imaps")
 
 # Listener endpoint strings may be set to this to turn a listener off.
 DISABLED = "none"
@@ -47,6 +54,14 @@ class Config:
     @ivar smtpTimeout: idle timeout of an SMTP session, seconds.
     @ivar pop3Timeout: idle timeout of a POP3 session, seconds.
     @ivar imapTimeout: IMAP autologout timer, seconds.
+    @ivar tlsCert: PEM file with the server's certificate (its chain may
+        follow it), or None for a self-signed one made in the data
+        directory.
+    @ivar tlsKey: PEM file with the certificate's private key, or None.
+    @ivar tlsSNI: server name (lower case, C{*.} wildcard allowed) to
+        C{(cert, key)} paths, chosen by the name a client asks for (SNI).
+    @ivar allowPlaintext: allow passwords over unencrypted connections from
+        any address (by default only from loopback).
     """
 
     source: Optional[str] = None
@@ -60,6 +75,10 @@ class Config:
     smtpTimeout: float = 300.0
     pop3Timeout: float = 600.0
     imapTimeout: float = 1800.0
+    tlsCert: Optional[str] = None
+    tlsKey: Optional[str] = None
+    tlsSNI: Dict[str, Tuple[str, str]] = field(default_factory=dict)
+    allowPlaintext: bool = False
 
 
 def _domain(where: str, value: Any) -> str:
@@ -111,6 +130,32 @@ def _stringList(where: str, value: Any) -> List[str]:
     return list(value)
 
 
+def _boolean(where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    return value
+
+
+def _sniName(where: str, value: str) -> str:
+    name = value.strip().lower().rstrip(".")
+    if name.startswith("*."):
+        return "*." + _domain(where, name[2:])
+    return _domain(where, name)
+
+
+def _sni(where: str, value: Any) -> Dict[str, Tuple[str, str]]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a table of host names, such as sni = {{\"mail.example.test\" = {{cert = \"a.pem\", key = \"a.key\"}}}}")
+    result = {}
+    for host, entry in value.items():
+        here = f"{where}.{host!r}"
+        name = _sniName(here, host)
+        if not isinstance(entry, dict) or set(entry) != {"cert", "key"}:
+            raise ConfigError(f"{here}: expected {{cert = \"PEM file\", key = \"PEM file\"}}, got {entry!r}")
+        result[name] = (_string(f"{here}.cert", entry["cert"]), _string(f"{here}.key", entry["key"]))
+    return result
+
+
 # The file's keys: table -> key -> (Config field, converter).
 _SCHEMA: Dict[str, Dict[str, Tuple[str, Any]]] = {
     "server": {
@@ -121,6 +166,14 @@ _SCHEMA: Dict[str, Dict[str, Tuple[str, Any]]] = {
         "auth": ("auth", lambda w, v: tuple(_stringList(w, v))),
     },
     "listen": {name: (name, _endpoint) for name in DEFAULT_LISTENERS},
+    "tls": {
+        "cert": ("tlsCert", _string),
+        "key": ("tlsKey", _string),
+        "sni": ("tlsSNI", _sni),
+    },
+    "auth": {
+        "allow_plaintext": ("allowPlaintext", _boolean),
+    },
     "limits": {
         "max_message_size": ("maxMessageSize", lambda w, v: _positive(w, v, int)),
         "smtp_timeout": ("smtpTimeout", lambda w, v: _positive(w, v, float)),
@@ -165,13 +218,35 @@ def loadFile(path: str, base: Optional[Config] = None) -> Config:
             else:
                 changes[attr] = converted
     changes["listeners"] = listeners
+    # Relative paths in a file are relative to the file, not to the
+    # directory the server happens to be started from.
+    here = os.path.dirname(os.path.abspath(path))
+
+    def relative(p: str) -> str:
+        return p if os.path.isabs(p) else os.path.join(here, p)
+
+    for attr in ("dataDir", "tlsCert", "tlsKey"):
+        if attr in changes:
+            changes[attr] = relative(changes[attr])
+    if "tlsSNI" in changes:
+        changes["tlsSNI"] = {name: (relative(c), relative(k)) for name, (c, k) in changes["tlsSNI"].items()}
     config = replace(config, **changes)
-    if config.source and not os.path.isabs(config.dataDir) and "dataDir" in changes:
-        # A relative data_dir in a file is relative to the file, not to the
-        # directory the server happens to be started from.
-        changes2 = {"dataDir": os.path.join(os.path.dirname(os.path.abspath(path)), config.dataDir)}
-        config = replace(config, **changes2)
+    checkTLS(config, path)
     return config
+
+
+def checkTLS(config: Config, where: str) -> None:
+    """
+    A certificate needs its key and the other way round.
+
+    @param where: the file or C{"command line"}, for the message.
+    @raise ConfigError: one of the two is missing.
+    """
+    if bool(config.tlsCert) != bool(config.tlsKey):
+        given, missing = ("cert", "key") if config.tlsCert else ("key", "cert")
+        raise ConfigError(
+            f"{where}: tls.{given} is set but tls.{missing} is not (--tls-cert and --tls-key go together)"
+        )
 
 
 class ConfigOptions(usage.Options):
@@ -196,7 +271,9 @@ class ConfigOptions(usage.Options):
             config = loadFile(self["config"], config)
         if self["data-dir"]:
             config = replace(config, dataDir=self["data-dir"])
-        return self.applyCommandLine(config)
+        config = self.applyCommandLine(config)
+        checkTLS(config, config.source or "command line")
+        return config
 
     def applyCommandLine(self, config: Config) -> Config:
         """

@@ -6,8 +6,10 @@ loopback, whether a connection is encrypted.
 import ipaddress
 import socket
 
-from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import ISSLTransport
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 
 def setNoDelay(transport: object) -> None:
@@ -41,16 +43,33 @@ def isLoopback(address: object) -> bool:
 
 def isEncrypted(transport: object) -> bool:
     """
-    Whether the connection runs over TLS (implicit or after STARTTLS).
+    Whether the connection runs over TLS: implicit TLS (the protocol's
+    transport is a L{TLSMemoryBIOProtocol}), or after STARTTLS (Twisted
+    marks the TCP transport L{ISSLTransport}).  Protocol wrappers in
+    between (C{WrappingFactory}, policies) are looked through.
     """
-    return ISSLTransport.providedBy(transport)
+    for _ in range(8):
+        if transport is None:
+            return False
+        if ISSLTransport.providedBy(transport) or isinstance(transport, TLSMemoryBIOProtocol):
+            return True
+        if not isinstance(transport, ProtocolWrapper):
+            return False
+        transport = transport.transport
+    return False
 
 
-def cleartextAllowed(transport: object) -> bool:
+def cleartextAllowed(transport: object, allowPlaintext: bool = False) -> bool:
     """
     Whether a password may be sent in the clear on this connection: over TLS,
-    or from loopback (DESIGN.md: secure by default).
+    or from loopback (DESIGN.md: secure by default), or anywhere when the
+    administrator said so (C{auth.allow_plaintext}).
+
+    @param allowPlaintext: the server's C{auth.allow_plaintext}; protocols
+        pass their factory's C{allowPlaintext} attribute.
     """
+    if allowPlaintext:
+        return True
     return isEncrypted(transport) or isLoopback(transport.getPeer())  # type: ignore[attr-defined]
 
 

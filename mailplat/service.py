@@ -4,22 +4,28 @@ the delivery pipeline and one listening service per protocol.  The twistd
 plugin only calls L{makeService}.
 """
 
+import inspect
 import os
+import signal
 import sys
+import threading
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable, Dict
 
 from twisted.application import service, strports
 from twisted.cred.portal import Portal
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailplat.auth.realm import MailRealm
-from mailplat.config import DEFAULT_LISTENERS, DISABLED, Config, ConfigOptions
+from mailplat.config import DEFAULT_LISTENERS, DISABLED, IMPLICIT_TLS_LISTENERS, Config, ConfigOptions
 from mailplat.delivery.directory import StoreDirectory
 from mailplat.delivery.local import LocalDelivery
 from mailplat.errors import ConfigError
 from mailplat.interfaces import IStore
 from mailplat.plugins import makeCheckers, makeStore
+from mailplat.tls import ServerTLSContext, contextForConfig
 
 log = Logger()
 
@@ -38,8 +44,14 @@ class ServerOptions(ConfigOptions):
         ["hostname", None, None, "Host name to greet with and put in headers [server.hostname]."],
         ["store", None, None, "Mailbox store, NAME[:ARGS] (maildir, memory, or a plugin's) [server.store]."],
         ["smtp", None, None, "SMTP (MX) listener endpoint, or 'none' [listen.smtp]. Default " + DEFAULT_LISTENERS["smtp"]],
+        ["submission", None, None, "Submission (STARTTLS, AUTH required) listener endpoint, or 'none' [listen.submission]. Default " + DEFAULT_LISTENERS["submission"]],
+        ["smtps", None, None, "Submission over implicit TLS listener endpoint, or 'none' [listen.smtps]. Default " + DEFAULT_LISTENERS["smtps"]],
         ["pop3", None, None, "POP3 listener endpoint, or 'none' [listen.pop3]. Default " + DEFAULT_LISTENERS["pop3"]],
+        ["pop3s", None, None, "POP3 over implicit TLS listener endpoint, or 'none' [listen.pop3s]. Default " + DEFAULT_LISTENERS["pop3s"]],
         ["imap", None, None, "IMAP listener endpoint, or 'none' [listen.imap]. Default " + DEFAULT_LISTENERS["imap"]],
+        ["imaps", None, None, "IMAP over implicit TLS listener endpoint, or 'none' [listen.imaps]. Default " + DEFAULT_LISTENERS["imaps"]],
+        ["tls-cert", None, None, "TLS certificate, PEM, chain after it [tls.cert]. Default: self-signed in <data-dir>/tls/"],
+        ["tls-key", None, None, "The certificate's private key, PEM [tls.key]."],
     ]
 
     def __init__(self) -> None:
@@ -103,6 +115,9 @@ class ServerOptions(ConfigOptions):
             changes["store"] = self["store"]
         if self["auth"]:
             changes["auth"] = tuple(self["auth"])
+        for option, attr in (("tls-cert", "tlsCert"), ("tls-key", "tlsKey")):
+            if self[option]:
+                changes[attr] = os.path.abspath(self[option])
         listeners = dict(config.listeners)
         for name in DEFAULT_LISTENERS:
             if self[name]:
@@ -124,6 +139,67 @@ class StoreService(service.Service):
         return self.store.close()
 
 
+class TLSReloadService(service.Service):
+    """
+    Reads the TLS certificates again on SIGHUP, without dropping a
+    connection; a broken file is logged and the old certificates stay.
+
+    @ivar context: the L{ServerTLSContext} to reload.
+    """
+
+    def __init__(self, context: ServerTLSContext) -> None:
+        self.context = context
+        self._previous: Any = None
+        self._installed = False
+
+    def reload(self) -> bool:
+        """
+        Reload now; whether it worked (a failure is logged).
+        """
+        try:
+            self.context.reload()
+        except ConfigError as e:
+            log.error("TLS reload failed, still using the previous certificates: {error}", error=str(e))
+            return False
+        log.info("TLS certificates reloaded from {cert}", cert=self.context.certPath)
+        return True
+
+    def _onSignal(self, signum: int, frame: Any) -> None:
+        from twisted.internet import reactor
+
+        reactor.callFromThread(self.reload)  # type: ignore[attr-defined]
+
+    def startService(self) -> None:
+        """
+        Install the SIGHUP handler (when there is SIGHUP and we are the main
+        thread).
+        """
+        service.Service.startService(self)
+        if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGHUP, self._onSignal)
+            self._installed = True
+
+    def stopService(self) -> Any:
+        """
+        Put back the handler that was there before.
+        """
+        if self._installed:
+            signal.signal(signal.SIGHUP, self._previous if self._previous is not None else signal.SIG_DFL)
+            self._installed = False
+        return service.Service.stopService(self)
+
+
+def _accepts(factoryClass: type, keyword: str) -> bool:
+    """
+    Whether C{factoryClass(...)} takes the keyword argument C{keyword}.
+    """
+    try:
+        parameters = inspect.signature(factoryClass).parameters
+    except (TypeError, ValueError):
+        return False
+    return keyword in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
 class Server:
     """
     The parts of one server, wired together from a L{Config}: the store, the
@@ -134,7 +210,11 @@ class Server:
     @ivar store: the L{IStore}.
     @ivar portal: the cred L{Portal} (L{MailRealm} and the checkers).
     @ivar delivery: the SMTP L{IDelivery}.
-    @ivar factories: protocol name (C{smtp}, C{pop3}, C{imap}) to factory.
+    @ivar tls: the L{ServerTLSContext} every listener shares.
+    @ivar factories: listener name (C{smtp}, C{submission}, C{smtps},
+        C{pop3}, C{pop3s}, C{imap}, C{imaps}) to the factory to listen
+        with; the implicit-TLS ones are wrapped in a
+        L{TLSMemoryBIOFactory}.
     """
 
     def __init__(self, config: Config) -> None:
@@ -152,11 +232,48 @@ class Server:
         checkers = makeCheckers(list(config.auth), config.dataDir, f"{where}: server.auth")
         self.portal = Portal(MailRealm(self.store), checkers)
         self.delivery = LocalDelivery(StoreDirectory(self.store, config.domains), self.store)
-        self.factories = {
-            "smtp": SMTPFactory(self.delivery, config.hostname, maxMessageSize=config.maxMessageSize, timeout=config.smtpTimeout),
-            "pop3": POP3Factory(self.portal, config.hostname, timeout=config.pop3Timeout),
-            "imap": IMAPFactory(self.portal, config.hostname, timeout=config.imapTimeout, maxLiteralSize=config.maxMessageSize),
+        self.tls = contextForConfig(
+            config.dataDir, config.hostname, config.tlsCert, config.tlsKey, config.tlsSNI, where=f"{where}: tls"
+        )
+        tls = self.tls
+        plain = config.allowPlaintext
+
+        def smtp(role: str) -> Factory:
+            return SMTPFactory(
+                self.delivery, config.hostname, maxMessageSize=config.maxMessageSize, timeout=config.smtpTimeout,
+                portal=self.portal, contextFactory=tls, role=role, allowPlaintext=plain,
+            )
+
+        def pop3() -> Factory:
+            return POP3Factory(self.portal, config.hostname, timeout=config.pop3Timeout,
+                               contextFactory=tls, allowPlaintext=plain)
+
+        def imap() -> Factory:
+            extra: Dict[str, Any] = {}
+            for keyword, value in (("contextFactory", tls), ("allowPlaintext", plain)):
+                if _accepts(IMAPFactory, keyword):
+                    extra[keyword] = value
+            factory = IMAPFactory(self.portal, config.hostname, timeout=config.imapTimeout,
+                                  maxLiteralSize=config.maxMessageSize, **extra)
+            # netutil.cleartextAllowed(transport, factory.allowPlaintext)
+            factory.allowPlaintext = plain
+            return factory
+
+        makers: Dict[str, Callable[[], Factory]] = {
+            "smtp": lambda: smtp("mx"),
+            "submission": lambda: smtp("submission"),
+            "smtps": lambda: smtp("smtps"),
+            "pop3": pop3,
+            "pop3s": pop3,
+            "imap": imap,
+            "imaps": imap,
         }
+        self.factories: Dict[str, Factory] = {}
+        for name, make in makers.items():
+            factory = make()
+            if name in IMPLICIT_TLS_LISTENERS:
+                factory = TLSMemoryBIOFactory(tls, False, factory)
+            self.factories[name] = factory
 
     def service(self) -> service.MultiService:
         """
@@ -165,6 +282,7 @@ class Server:
         """
         top = service.MultiService()
         StoreService(self.store).setServiceParent(top)
+        TLSReloadService(self.tls).setServiceParent(top)
         for name, factory in self.factories.items():
             endpoint = self.config.listeners.get(name, DISABLED)
             if endpoint == DISABLED:

@@ -94,3 +94,64 @@ class PluginLookupTests(SynchronousTestCase):
     def test_unknownChecker(self) -> None:
         error = self.assertRaises(ConfigError, makeCheckers, ["ldapp:x"], self.mktemp())
         self.assertIn("ldapp", str(error))
+
+
+class SMTPAvatarTests(SynchronousTestCase):
+    """
+    The realm gives SMTP an L{ISMTPAvatar} with the normalised address.
+    """
+
+    def test_smtpAvatar(self) -> None:
+        from mailplat.interfaces import ISMTPAvatar
+
+        store = MemoryStore()
+        portal = Portal(MailRealm(store), [InMemoryUsernamePasswordDatabaseDontUse(**{"Alice@Example.TEST": b"pw"})])
+        iface, avatar, logout = self.successResultOf(
+            portal.login(UsernamePassword(b"Alice@Example.TEST", b"pw"), None, ISMTPAvatar)
+        )
+        self.assertIs(iface, ISMTPAvatar)
+        verifyObject(ISMTPAvatar, avatar)
+        self.assertEqual(avatar.address, "alice@example.test")
+        logout()
+        # An SMTP login makes no mail storage.
+        self.assertFalse(self.successResultOf(store.hasAccount("alice@example.test")))
+
+    def test_unknownInterface(self) -> None:
+        from zope.interface import Interface
+
+        class IOther(Interface):
+            pass
+
+        self.assertRaises(NotImplementedError, MailRealm(MemoryStore()).requestAvatar, b"a@b.test", None, IOther)
+
+
+class CramMD5Tests(SynchronousTestCase):
+    """
+    L{CramMD5Credentials} (RFC 2195).
+    """
+
+    def test_check(self) -> None:
+        import hmac
+
+        from mailplat.auth.credentials import CramMD5Credentials
+
+        challenge = b"<1896.697170952@postoffice.reston.mci.net>"
+        # RFC 2195's example: user tim, secret tanstaaftanstaaf.
+        creds = CramMD5Credentials(b"tim", challenge, b"b913a602c7eda7a495b4e6e7334d3890")
+        self.assertTrue(creds.checkPassword(b"tanstaaftanstaaf"))
+        self.assertTrue(creds.checkPassword("tanstaaftanstaaf"))
+        self.assertFalse(creds.checkPassword(b"wrong"))
+        digest = hmac.new(b"pw", b"x", hashlib.md5).hexdigest().upper().encode()
+        self.assertTrue(CramMD5Credentials(b"u", b"x", digest).checkPassword(b"pw"))
+
+    def test_throughPortal(self) -> None:
+        import hmac
+
+        from mailplat.auth.credentials import CramMD5Credentials
+        from mailplat.interfaces import ISMTPAvatar
+
+        portal = Portal(MailRealm(MemoryStore()), [InMemoryUsernamePasswordDatabaseDontUse(**{"a@b.test": b"pw"})])
+        good = hmac.new(b"pw", b"<c>", hashlib.md5).hexdigest().encode()
+        _, avatar, _ = self.successResultOf(portal.login(CramMD5Credentials(b"a@b.test", b"<c>", good), None, ISMTPAvatar))
+        self.assertEqual(avatar.address, "a@b.test")
+        self.failureResultOf(portal.login(CramMD5Credentials(b"a@b.test", b"<c>", b"00"), None, ISMTPAvatar), UnauthorizedLogin)

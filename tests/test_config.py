@@ -128,3 +128,100 @@ class ServerOptionsTests(SynchronousTestCase):
         options.parseOptions(["--smtp", "tcp:nope"])
         error = self.assertRaises(ConfigError, options.resolveConfig)
         self.assertIn("--smtp", str(error))
+
+
+class TLSConfigTests(SynchronousTestCase):
+    """
+    C{[tls]}, C{[auth]}, the TLS listeners and their options.
+    """
+
+    def write(self, text: str) -> str:
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_defaults(self) -> None:
+        config = Config()
+        self.assertIsNone(config.tlsCert)
+        self.assertEqual(config.tlsSNI, {})
+        self.assertFalse(config.allowPlaintext)
+        self.assertEqual(config.listeners["submission"], "tcp:2587:interface=127.0.0.1")
+        self.assertEqual(config.listeners["smtps"], "tcp:2465:interface=127.0.0.1")
+        self.assertEqual(config.listeners["pop3s"], "tcp:1995:interface=127.0.0.1")
+        self.assertEqual(config.listeners["imaps"], "tcp:1993:interface=127.0.0.1")
+
+    def test_values(self) -> None:
+        """
+        Paths are relative to the file; SNI names are normalised.
+        """
+        path = self.write(
+            '[tls]\ncert = "c.pem"\nkey = "/etc/k.pem"\n'
+            'sni = {"Other.Example.TEST" = {cert = "o.pem", key = "o.key"}, "*.example.org" = {cert = "w.pem", key = "w.key"}}\n'
+            '[auth]\nallow_plaintext = true\n[listen]\nsubmission = "tcp:587"\nimaps = "none"\n'
+        )
+        here = os.path.dirname(path)
+        config = loadFile(path)
+        self.assertEqual(config.tlsCert, os.path.join(here, "c.pem"))
+        self.assertEqual(config.tlsKey, "/etc/k.pem")
+        self.assertEqual(config.tlsSNI, {
+            "other.example.test": (os.path.join(here, "o.pem"), os.path.join(here, "o.key")),
+            "*.example.org": (os.path.join(here, "w.pem"), os.path.join(here, "w.key")),
+        })
+        self.assertTrue(config.allowPlaintext)
+        self.assertEqual(config.listeners["submission"], "tcp:587")
+        self.assertEqual(config.listeners["imaps"], "none")
+
+    def test_errors(self) -> None:
+        for text, fragments in [
+            ('[tls]\ncert = "c.pem"\n', ("tls.cert is set but tls.key is not",)),
+            ('[tls]\nkey = "k.pem"\n', ("tls.key is set but tls.cert is not",)),
+            ('[tls]\ncert = 3\nkey = "k"\n', ("tls.cert", "non-empty string")),
+            ('[tls]\nsni = "x"\n', ("tls.sni", "table of host names")),
+            ('[tls]\nsni = {"a.test" = {cert = "x"}}\n', ("tls.sni", "a.test")),
+            ('[tls]\nsni = {"bad name" = {cert = "x", key = "y"}}\n', ("not a valid domain name",)),
+            ('[auth]\nallow_plaintext = "yes"\n', ("auth.allow_plaintext", "true or false")),
+            ('[listen]\nsmtps = "tcp:nonsense"\n', ("listen.smtps",)),
+        ]:
+            path = self.write(text)
+            error = self.assertRaises(ConfigError, loadFile, path)
+            self.assertIn(path, str(error))
+            for fragment in fragments:
+                self.assertIn(fragment, str(error), text)
+
+    def test_options(self) -> None:
+        """
+        --tls-cert, --tls-key and the new listener options win over the file.
+        """
+        path = self.write('[tls]\ncert = "c.pem"\nkey = "k.pem"\n')
+        options = ServerOptions()
+        options.parseOptions(["--config", path, "--tls-cert", "/x/cert.pem", "--tls-key", "/x/key.pem",
+                              "--submission", "tcp:10587", "--smtps", "none", "--pop3s", "tcp:10995",
+                              "--imaps", "tcp:10993"])
+        config = options.resolveConfig()
+        self.assertEqual((config.tlsCert, config.tlsKey), ("/x/cert.pem", "/x/key.pem"))
+        self.assertEqual(config.listeners["submission"], "tcp:10587")
+        self.assertEqual(config.listeners["smtps"], "none")
+        self.assertEqual(config.listeners["pop3s"], "tcp:10995")
+        self.assertEqual(config.listeners["imaps"], "tcp:10993")
+
+    def test_certWithoutKeyOption(self) -> None:
+        options = ServerOptions()
+        options.parseOptions(["--tls-cert", "/x/cert.pem"])
+        error = self.assertRaises(ConfigError, options.resolveConfig)
+        self.assertIn("--tls-key", str(error))
+
+    def test_serverBadCert(self) -> None:
+        """
+        Building the server with a missing certificate stops with one line
+        naming the file.
+        """
+        from dataclasses import replace
+
+        from mailplat.service import Server
+
+        config = replace(Config(), dataDir=self.mktemp(), store="memory", tlsCert="/nonexistent/c.pem",
+                         tlsKey="/nonexistent/k.pem")
+        error = self.assertRaises(ConfigError, Server, config)
+        self.assertIn("/nonexistent/c.pem", str(error))
+        self.assertIn("not found", str(error))

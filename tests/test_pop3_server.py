@@ -1194,3 +1194,96 @@ class LoopbackTests(POP3TestsMixin, TestCase):
             self.assertEqual(after, (3, len(MSG2 + MSG3 + self.big)))
 
         return threads.deferToThread(client).addCallback(check)
+
+
+class STLSTransport(StringTransport):
+    """
+    A StringTransport that fakes C{startTLS} and then says it is TLS.
+    """
+
+    tlsContext = None
+
+    def startTLS(self, contextFactory) -> None:
+        self.tlsContext = contextFactory
+        alsoProvides(self, ISSLTransport)
+
+
+class STLSTests(POP3TestsMixin, SynchronousTestCase):
+    """
+    C{STLS} (RFC 2595) and the cleartext rule with C{allow_plaintext}.
+    """
+
+    context = object()
+
+    def tlsSession(self, peer=REMOTE, allowPlaintext: bool = False):
+        factory = POP3Factory(self.portal, "pop.example.test", clock=self.clock, contextFactory=self.context,
+                              allowPlaintext=allowPlaintext)
+        proto = factory.buildProtocol(peer)
+        transport = STLSTransport(peerAddress=peer)
+        proto.makeConnection(transport)
+        transport.clear()
+        return proto, transport
+
+    def test_capaAndStls(self) -> None:
+        """
+        Off loopback CAPA offers STLS and no passwords; after STLS it offers
+        USER and SASL PLAIN but no STLS, and logins work.
+        """
+        proto, transport = self.tlsSession()
+        capa = self.send(proto, transport, b"CAPA\r\n")
+        self.assertIn(b"\r\nSTLS\r\n", capa)
+        self.assertNotIn(b"\r\nUSER\r\n", capa)
+        self.assertEqual(self.send(proto, transport, b"USER " + ALICE.encode() + b"\r\n"),
+                         server._PLAINTEXT_REFUSED + b"\r\n")
+        self.assertEqual(self.send(proto, transport, b"STLS\r\n"), b"+OK Begin TLS negotiation\r\n")
+        self.assertIs(transport.tlsContext, self.context)
+        self.assertTrue(proto.tls)
+        capa = self.send(proto, transport, b"CAPA\r\n")
+        self.assertNotIn(b"\r\nSTLS\r\n", capa)
+        self.assertIn(b"\r\nUSER\r\n", capa)
+        self.assertEqual(self.send(proto, transport, b"STLS\r\n"), b"-ERR Command not permitted when TLS active\r\n")
+        reply = self.send(proto, transport, b"USER " + ALICE.encode() + b"\r\nPASS " + PASSWORD + b"\r\n")
+        self.assertTrue(reply.startswith(b"+OK\r\n+OK Logged in"), reply)
+        self.assertEqual(self.send(proto, transport, b"STLS\r\n"), b"-ERR STLS is not valid in the TRANSACTION state\r\n")
+        self.assertNotIn(b"STLS", self.send(proto, transport, b"CAPA\r\n"))
+
+    def test_pipelinedAfterStlsDropped(self) -> None:
+        """
+        Commands sent with STLS in one packet are discarded, and the USER
+        given before it is forgotten.
+        """
+        proto, transport = self.tlsSession(peer=LOOPBACK)
+        self.send(proto, transport, b"USER " + ALICE.encode() + b"\r\n")
+        self.assertEqual(
+            self.send(proto, transport, b"STLS\r\nPASS " + PASSWORD + b"\r\n"),
+            b"+OK Begin TLS negotiation\r\n",
+        )
+        self.assertEqual(proto.state, server.AUTHORIZATION)
+        self.assertEqual(self.send(proto, transport, b"PASS " + PASSWORD + b"\r\n"), b"-ERR USER first\r\n")
+
+    def test_noContext(self) -> None:
+        """
+        Without a context STLS is neither offered nor listed in HELP.
+        """
+        proto, transport = self.connect()
+        self.assertNotIn(b"STLS", self.send(proto, transport, b"CAPA\r\n"))
+        self.assertNotIn(b"STLS", self.send(proto, transport, b"HELP\r\n"))
+        self.assertEqual(self.send(proto, transport, b"STLS\r\n"), b"-ERR STLS is not available\r\n")
+        proto, transport = self.tlsSession()
+        self.assertIn(b"\r\nSTLS\r\n", self.send(proto, transport, b"HELP\r\n"))
+        self.assertEqual(self.send(proto, transport, b"STLS x\r\n"), b"-ERR STLS takes no argument\r\n")
+
+    def test_transportWithoutTLS(self) -> None:
+        factory = POP3Factory(self.portal, "pop.example.test", clock=self.clock, contextFactory=self.context)
+        proto, transport = self.connect(peer=REMOTE, portal=self.portal)
+        proto.contextFactory = factory.contextFactory
+        self.assertEqual(self.send(proto, transport, b"STLS\r\n"), b"-ERR [SYS/TEMP] TLS not available\r\n")
+
+    def test_allowPlaintext(self) -> None:
+        """
+        With C{allow_plaintext} passwords work off loopback without TLS.
+        """
+        proto, transport = self.tlsSession(allowPlaintext=True)
+        self.assertIn(b"\r\nUSER\r\n", self.send(proto, transport, b"CAPA\r\n"))
+        reply = self.send(proto, transport, b"USER " + ALICE.encode() + b"\r\nPASS " + PASSWORD + b"\r\n")
+        self.assertTrue(reply.startswith(b"+OK\r\n+OK Logged in"), reply)

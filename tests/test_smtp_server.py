@@ -1127,3 +1127,402 @@ class FactoryTests(SynchronousTestCase):
         self.assertEqual(factory.timeout, 300.0)
         self.assertEqual(factory.maxRecipients, 1000)
         self.assertIsInstance(factory.buildProtocol(PEER), SMTPServer)
+
+
+# STARTTLS, AUTH and listener roles.
+
+import base64  # noqa: E402
+import hmac  # noqa: E402
+
+from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse  # noqa: E402
+from twisted.cred.credentials import IUsernamePassword  # noqa: E402
+from twisted.cred.portal import Portal  # noqa: E402
+from twisted.internet.interfaces import ISSLTransport  # noqa: E402
+from zope.interface import alsoProvides  # noqa: E402
+
+from mailplat.auth.realm import MailRealm  # noqa: E402
+from mailplat.store.memory import MemoryStore  # noqa: E402
+
+LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40001)
+ALICE = "alice@example.test"
+SECRET = b"s3cret pass"
+
+
+class TLSTransport(NoDelayTransport):
+    """
+    A StringTransport that fakes C{startTLS}: it records the context
+    factory and what had been written before, and then says it is TLS.
+    """
+
+    tlsContext: Any = None
+    writtenBeforeTLS: bytes = b""
+
+    def startTLS(self, contextFactory: Any) -> None:
+        self.tlsContext = contextFactory
+        self.writtenBeforeTLS = self.value()
+        alsoProvides(self, ISSLTransport)
+
+
+@implementer(ICredentialsChecker)
+class PlainOnlyChecker:
+    """
+    Like mailplat's argon2 checker: cannot verify CRAM-MD5.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self) -> None:
+        self._db = InMemoryUsernamePasswordDatabaseDontUse(**{ALICE: SECRET})
+
+    def requestAvatarId(self, credentials: Any) -> Any:
+        return self._db.requestAvatarId(credentials)
+
+
+def b64(data: bytes) -> bytes:
+    return base64.b64encode(data)
+
+
+class TLSAuthTests(ServerTestsMixin, SynchronousTestCase):
+    """
+    STARTTLS (RFC 3207), AUTH (RFC 4954) and the mx/submission roles.
+    """
+
+    context = object()
+
+    def setUp(self) -> None:
+        self.open()
+
+    def open(self, peer: Any = PEER, role: str = "mx", plainOnly: bool = False, context: Any = context,
+             allowPlaintext: bool = False) -> None:
+        self.clock = Clock()
+        self.delivery = FakeDelivery()
+        checker = PlainOnlyChecker() if plainOnly else InMemoryUsernamePasswordDatabaseDontUse(**{ALICE: SECRET})
+        self.portal = Portal(MailRealm(MemoryStore()), [checker])
+        self.factory = SMTPFactory(
+            self.delivery, HOST, clock=self.clock, portal=self.portal, contextFactory=context, role=role,
+            allowPlaintext=allowPlaintext,
+        )
+        self.proto = self.factory.buildProtocol(peer)
+        self.transport = TLSTransport(peerAddress=peer)
+        self.proto.makeConnection(self.transport)
+        self.replies()
+
+    def ehloKeywords(self) -> List[str]:
+        lines = self.send(b"EHLO client.example.test\r\n")
+        return [line[4:] for line in lines[1:]]
+
+    def starttls(self) -> None:
+        self.assertIn("STARTTLS", self.ehloKeywords())
+        self.assertEqual(self.send(b"STARTTLS\r\n"), ["220 2.0.0 Ready to start TLS"])
+
+    def plain(self, user: str = ALICE, password: bytes = SECRET, authzid: bytes = b"") -> bytes:
+        return b"AUTH PLAIN " + b64(authzid + b"\0" + user.encode() + b"\0" + password) + b"\r\n"
+
+    def test_mxRemoteBeforeTLS(self) -> None:
+        """
+        Off loopback without TLS, the MX offers STARTTLS and no AUTH;
+        AUTH is answered 538.
+        """
+        keywords = self.ehloKeywords()
+        self.assertIn("STARTTLS", keywords)
+        self.assertFalse([k for k in keywords if k.startswith("AUTH")])
+        self.assertEqual(self.send(self.plain()), ["538 5.7.11 Encryption required for requested authentication mechanism"])
+        self.assertIsNone(self.proto.session.authenticated)
+
+    def test_loopbackOffersAuth(self) -> None:
+        """
+        On loopback AUTH is offered at once; CRAM-MD5 only when a checker
+        can verify it.
+        """
+        self.open(peer=LOOPBACK)
+        self.assertIn("AUTH PLAIN LOGIN CRAM-MD5", self.ehloKeywords())
+        self.open(peer=LOOPBACK, plainOnly=True)
+        self.assertIn("AUTH PLAIN LOGIN", self.ehloKeywords())
+
+    def test_noContextNoPortal(self) -> None:
+        """
+        Without a context STARTTLS is neither offered nor accepted; without
+        a portal AUTH is neither.
+        """
+        self.connect()
+        self.replies()
+        self.assertEqual(self.send(b"EHLO c.example\r\n")[-1], "250 ENHANCEDSTATUSCODES")
+        self.assertEqual(self.send(b"STARTTLS\r\n"), ["502 5.5.1 Command not implemented"])
+        self.assertEqual(self.send(b"AUTH PLAIN\r\n"), ["502 5.5.1 Command not implemented"])
+
+    def test_starttls(self) -> None:
+        """
+        STARTTLS replies 220 in the clear, starts TLS with the factory's
+        context, forgets the EHLO, and drops commands pipelined after it.
+        """
+        self.starttls()
+        self.assertIs(self.transport.tlsContext, self.context)
+        self.assertTrue(self.transport.writtenBeforeTLS.endswith(b"220 2.0.0 Ready to start TLS\r\n"))
+        self.assertTrue(self.proto.session.tls)
+        self.assertIsNone(self.proto.session.helo)
+        self.assertEqual(self.send(b"MAIL FROM:<a@example.org>\r\n"), ["503 5.5.1 Send HELO/EHLO first"])
+        keywords = self.ehloKeywords()
+        self.assertNotIn("STARTTLS", keywords)
+        self.assertIn("AUTH PLAIN LOGIN CRAM-MD5", keywords)
+        self.assertEqual(self.send(b"STARTTLS\r\n"), ["503 5.5.1 TLS already active"])
+
+    def test_starttlsInjection(self) -> None:
+        """
+        Commands sent in the same packet as STARTTLS are discarded (the
+        CVE-2011-0411 plaintext injection).
+        """
+        self.send(b"EHLO client.example.test\r\n")
+        self.assertEqual(
+            self.send(b"STARTTLS\r\nMAIL FROM:<evil@example.org>\r\nRCPT TO:<bob@example.test>\r\n"),
+            ["220 2.0.0 Ready to start TLS"],
+        )
+        self.assertEqual(self.delivery.calls, [])
+        self.send(b"EHLO client.example.test\r\n")
+        self.assertEqual(self.send(b"MAIL FROM:<a@example.org>\r\n"), ["250 2.1.0 Sender OK"])
+        self.assertEqual(self.delivery.calls, [("sender", "a@example.org")])
+
+    def test_starttlsRefusals(self) -> None:
+        """
+        STARTTLS takes no argument and is refused inside a transaction.
+        """
+        self.send(b"EHLO client.example.test\r\n")
+        self.assertEqual(self.send(b"STARTTLS now\r\n"), ["501 5.5.4 Syntax: STARTTLS"])
+        self.send(b"MAIL FROM:<a@example.org>\r\n")
+        self.assertEqual(self.send(b"STARTTLS\r\n"), ["503 5.5.1 STARTTLS not permitted during a mail transaction"])
+
+    def test_starttlsNotSupportedByTransport(self) -> None:
+        """
+        A transport that cannot start TLS gets a temporary refusal.
+        """
+        self.proto = self.factory.buildProtocol(PEER)
+        self.transport = NoDelayTransport(peerAddress=PEER)
+        self.proto.makeConnection(self.transport)
+        self.replies()
+        self.assertEqual(self.send(b"STARTTLS\r\n"), ["454 4.7.0 TLS not available due to temporary reason"])
+
+    def test_starttlsForgetsLogin(self) -> None:
+        """
+        A login made before STARTTLS (on loopback) is forgotten.
+        """
+        self.open(peer=LOOPBACK)
+        self.send(b"EHLO client.example.test\r\n")
+        self.assertEqual(self.send(self.plain()), ["235 2.7.0 Authentication successful"])
+        self.assertEqual(self.proto.session.authenticated, ALICE)
+        self.assertEqual(self.send(b"STARTTLS\r\n"), ["220 2.0.0 Ready to start TLS"])
+        self.assertIsNone(self.proto.session.authenticated)
+
+    def test_authPlain(self) -> None:
+        """
+        AUTH PLAIN with an initial response, after STARTTLS.
+        """
+        self.starttls()
+        self.send(b"EHLO client.example.test\r\n")
+        self.assertEqual(self.send(self.plain("Alice@Example.TEST")), ["235 2.7.0 Authentication successful"])
+        self.assertEqual(self.proto.session.authenticated, ALICE)
+        self.assertEqual(self.send(self.plain()), ["503 5.5.1 Already authenticated"])
+
+    def test_authPlainChallenge(self) -> None:
+        """
+        AUTH PLAIN without an initial response gets an empty challenge.
+        """
+        self.open(peer=LOOPBACK)
+        self.send(b"EHLO client.example.test\r\n")
+        self.assertEqual(self.send(b"AUTH PLAIN\r\n"), ["334 "])
+        self.assertEqual(self.send(b64(b"\0" + ALICE.encode() + b"\0" + SECRET) + b"\r\n"),
+                         ["235 2.7.0 Authentication successful"])
+
+    def test_authPlainAuthzid(self) -> None:
+        """
+        Logging in as someone else (authzid) is refused.
+        """
+        self.open(peer=LOOPBACK)
+        self.send(b"EHLO client.example.test\r\n")
+        self.assertEqual(self.send(self.plain(authzid=b"bob@example.test")), ["535 5.7.8 Authentication credentials invalid"])
+        self.assertEqual(self.send(self.plain(authzid=ALICE.encode())), ["235 2.7.0 Authentication successful"])
+
+    def test_authLogin(self) -> None:
+        """
+        AUTH LOGIN asks for the user name and the password.
+        """
+        self.open(peer=LOOPBACK)
+        self.send(b"EHLO client.example.test\r\n")
+        self.assertEqual(self.send(b"AUTH LOGIN\r\n"), ["334 VXNlcm5hbWU6"])
+        self.assertEqual(self.send(b64(ALICE.encode()) + b"\r\n"), ["334 UGFzc3dvcmQ6"])
+        self.assertEqual(self.send(b64(SECRET) + b"\r\n"), ["235 2.7.0 Authentication successful"])
+        self.assertEqual(self.proto.session.authenticated, ALICE)
+
+    def test_authLoginInitial(self) -> None:
+        self.open(peer=LOOPBACK)
+        self.send(b"EHLO client.example.test\r\n")
+        self.assertEqual(self.send(b"AUTH LOGIN " + b64(ALICE.encode()) + b"\r\n"), ["334 UGFzc3dvcmQ6"])
+        self.assertEqual(self.send(b64(b"wrong") + b"\r\n"), ["535 5.7.8 Authentication credentials invalid"])
+
+    def test_authCramMD5(self) -> None:
+        """
+        CRAM-MD5: the digest of the challenge with the secret logs in.
+        """
+        self.open(peer=LOOPBACK)
+        self.send(b"EHLO client.example.test\r\n")
+        reply = self.send(b"AUTH CRAM-MD5\r\n")
+        self.assertEqual(len(reply), 1)
+        self.assertTrue(reply[0].startswith("334 "))
+        challenge = base64.b64decode(reply[0][4:])
+        self.assertTrue(challenge.startswith(b"<") and challenge.endswith(b"@" + HOST.encode() + b">"))
+        digest = hmac.new(SECRET, challenge, hashlib.md5).hexdigest().encode()
+        self.assertEqual(self.send(b64(ALICE.encode() + b" " + digest) + b"\r\n"), ["235 2.7.0 Authentication successful"])
+        self.assertEqual(self.proto.session.authenticated, ALICE)
+
+    def test_authCramMD5Wrong(self) -> None:
+        self.open(peer=LOOPBACK)
+        self.send(b"EHLO client.example.test\r\n")
+        challenge = base64.b64decode(self.send(b"AUTH CRAM-MD5\r\n")[0][4:])
+        digest = hmac.new(b"wrong", challenge, hashlib.md5).hexdigest().encode()
+        self.assertEqual(self.send(b64(ALICE.encode() + b" " + digest) + b"\r\n"), ["535 5.7.8 Authentication credentials invalid"])
+
+    def test_cramMD5NotOffered(self) -> None:
+        """
+        CRAM-MD5 is refused when no checker can verify it.
+        """
+        self.open(peer=LOOPBACK, plainOnly=True)
+        self.send(b"EHLO client.example.test\r\n")
+        self.assertEqual(self.send(b"AUTH CRAM-MD5\r\n"), ["504 5.5.4 Unrecognized authentication type"])
+
+    def test_authFailedCounts(self) -> None:
+        """
+        A wrong password is 535 5.7.8 and counts towards the error limit.
+        """
+        self.open(peer=LOOPBACK)
+        self.send(b"EHLO client.example.test\r\n")
+        for _ in range(self.factory.maxErrors - 1):
+            self.assertEqual(self.send(self.plain(password=b"wrong")), ["535 5.7.8 Authentication credentials invalid"])
+        self.assertEqual(
+            self.send(self.plain(password=b"wrong")),
+            ["535 5.7.8 Authentication credentials invalid", "421 4.7.0 mx.example.test Too many errors, closing connection"],
+        )
+        self.assertTrue(self.transport.disconnecting)
+        self.assertIsNone(self.proto.session.authenticated)
+
+    def test_authSyntax(self) -> None:
+        """
+        Cancelled, undecodable, out-of-order and unknown AUTH commands.
+        """
+        self.open(peer=LOOPBACK)
+        self.assertEqual(self.send(self.plain()), ["503 5.5.1 Send EHLO first"])
+        self.send(b"EHLO client.example.test\r\n")
+        self.assertEqual(self.send(b"AUTH\r\n"), ["501 5.5.4 Syntax: AUTH mechanism [initial-response]"])
+        self.assertEqual(self.send(b"AUTH GSSAPI\r\n"), ["504 5.5.4 Unrecognized authentication type"])
+        self.assertEqual(self.send(b"AUTH PLAIN !!!\r\n"), ["501 5.5.2 Cannot decode response"])
+        self.assertEqual(self.send(b"AUTH LOGIN\r\n"), ["334 VXNlcm5hbWU6"])
+        self.assertEqual(self.send(b"*\r\n"), ["501 5.0.0 Authentication cancelled"])
+        self.assertEqual(self.send(b"AUTH PLAIN\r\n"), ["334 "])
+        self.assertEqual(self.send(b"x" * 20000 + b"\r\n"), ["500 5.5.6 Authentication exchange line is too long"])
+        self.assertEqual(self.send(b"NOOP\r\n"), ["250 2.0.0 Ok"])
+        self.send(b"MAIL FROM:<a@example.org>\r\n")
+        self.assertEqual(self.send(self.plain()), ["503 5.5.1 AUTH not permitted during a mail transaction"])
+
+    def test_authLongResponseAllowed(self) -> None:
+        """
+        An AUTH response may be longer than a command line (RFC 4954: up to
+        12288 octets).
+        """
+        self.open(peer=LOOPBACK)
+        self.send(b"EHLO client.example.test\r\n")
+        self.send(b"AUTH PLAIN\r\n")
+        response = b64(b"\0" + ALICE.encode() + b"\0" + b"p" * 2000)
+        self.assertEqual(self.send(response + b"\r\n"), ["535 5.7.8 Authentication credentials invalid"])
+
+    def test_allowPlaintext(self) -> None:
+        """
+        With C{allow_plaintext} AUTH works off loopback without TLS.
+        """
+        self.open(allowPlaintext=True)
+        self.assertIn("AUTH PLAIN LOGIN CRAM-MD5", self.ehloKeywords())
+        self.assertEqual(self.send(self.plain()), ["235 2.7.0 Authentication successful"])
+
+    def test_mailAuthParameter(self) -> None:
+        """
+        RFC 4954 5: C{MAIL FROM:<...> AUTH=<>} is accepted where AUTH is
+        offered.
+        """
+        self.open(peer=LOOPBACK)
+        self.send(b"EHLO client.example.test\r\n")
+        self.assertEqual(self.send(b"MAIL FROM:<a@example.org> AUTH=<>\r\n"), ["250 2.1.0 Sender OK"])
+
+    def test_submissionRequiresAuth(self) -> None:
+        """
+        The submission role refuses MAIL before AUTH, and AUTH before TLS
+        off loopback.
+        """
+        self.open(role="submission")
+        keywords = self.ehloKeywords()
+        self.assertIn("STARTTLS", keywords)
+        self.assertFalse([k for k in keywords if k.startswith("AUTH")])
+        self.assertEqual(self.send(b"MAIL FROM:<alice@example.test>\r\n"), ["530 5.7.0 Authentication required"])
+        self.assertEqual(self.send(self.plain()), ["538 5.7.11 Encryption required for requested authentication mechanism"])
+        self.assertEqual(self.delivery.calls, [])
+
+    def test_submissionOwnAddressOnly(self) -> None:
+        """
+        An authenticated submission client may use only its own address
+        (or the null sender) in MAIL FROM.
+        """
+        self.open(role="submission")
+        self.starttls()
+        self.send(b"EHLO client.example.test\r\n")
+        self.assertEqual(self.send(self.plain()), ["235 2.7.0 Authentication successful"])
+        self.assertEqual(
+            self.send(b"MAIL FROM:<bob@example.test>\r\n"),
+            ["553 5.7.1 Sender address rejected: not owned by user"],
+        )
+        self.assertEqual(self.send(b"MAIL FROM:<Alice@EXAMPLE.test>\r\n"), ["250 2.1.0 Sender OK"])
+        self.assertEqual(self.delivery.sessions[-1].authenticated, ALICE)
+        self.assertEqual(self.delivery.sessions[-1].role, "submission")
+        self.send(b"RSET\r\n")
+        self.assertEqual(self.send(b"MAIL FROM:<>\r\n"), ["250 2.1.0 Sender OK"])
+
+    def test_smtpsRole(self) -> None:
+        """
+        On an implicit-TLS (smtps) connection AUTH is offered at once,
+        STARTTLS is not, and MAIL needs AUTH.
+        """
+        self.clock = Clock()
+        self.delivery = FakeDelivery()
+        self.factory = SMTPFactory(self.delivery, HOST, clock=self.clock, portal=self.portal,
+                                   contextFactory=self.context, role="smtps")
+        self.proto = self.factory.buildProtocol(PEER)
+        self.transport = NoDelayTransport(peerAddress=PEER)
+        alsoProvides(self.transport, ISSLTransport)
+        self.proto.makeConnection(self.transport)
+        self.replies()
+        keywords = self.ehloKeywords()
+        self.assertNotIn("STARTTLS", keywords)
+        self.assertIn("AUTH PLAIN LOGIN CRAM-MD5", keywords)
+        self.assertEqual(self.send(b"MAIL FROM:<alice@example.test>\r\n"), ["530 5.7.0 Authentication required"])
+        self.assertEqual(self.send(self.plain()), ["235 2.7.0 Authentication successful"])
+        self.assertEqual(self.send(b"MAIL FROM:<alice@example.test>\r\n"), ["250 2.1.0 Sender OK"])
+
+    def test_receivedHeaderSaysESMTPSA(self) -> None:
+        """
+        The trace header records TLS and authentication (RFC 3848).
+        """
+        self.starttls()
+        self.send(b"EHLO client.example.test\r\n")
+        self.send(self.plain())
+        self.send(b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+        self.send(b"Subject: x\r\n\r\nhi\r\n.\r\n")
+        self.assertIn(b"with ESMTPSA id", self.delivery.messages[-1][2])
+
+    def test_unknownRole(self) -> None:
+        self.assertRaises(ValueError, SMTPFactory, FakeDelivery(), HOST, role="relay")
+
+    def test_logoutOnDisconnect(self) -> None:
+        """
+        The avatar's logout runs when the connection ends.
+        """
+        calls = []
+        self.open(peer=LOOPBACK)
+        self.send(b"EHLO client.example.test\r\n")
+        self.send(self.plain())
+        self.proto._logout = lambda: calls.append(1)
+        self.proto.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(calls, [1])

@@ -6,6 +6,7 @@ The C{mailplat} admin command: users and configuration checks.
     mailplat ... user del ADDRESS
     mailplat ... user list
     mailplat ... check-config
+    mailplat ... cert selfsigned [--hostname NAME]
 """
 
 import getpass
@@ -80,6 +81,24 @@ class CheckConfig(usage.Options):
     description = "Load the configuration, the store and the checkers, and say whether all is well."
 
 
+class CertSelfSigned(usage.Options):
+    synopsis = "[--hostname NAME]"
+    description = (
+        "Make a new self-signed certificate and key in <data-dir>/tls/ (replacing the one for that name); "
+        "the server uses it when tls.cert is not set."
+    )
+    optParameters = [["hostname", None, None, "The name to certify. Default: server.hostname."]]
+
+
+class CertOptions(usage.Options):
+    synopsis = "selfsigned [--hostname NAME]"
+    subCommands = [["selfsigned", None, CertSelfSigned, CertSelfSigned.description]]
+
+    def postOptions(self) -> None:
+        if not self.subCommand:
+            raise usage.UsageError("cert needs: selfsigned")
+
+
 class AdminOptions(ConfigOptions):
     """
     The C{mailplat} command's options.
@@ -89,11 +108,12 @@ class AdminOptions(ConfigOptions):
     subCommands = [
         ["user", None, UserOptions, "Manage accounts: add, passwd, del, list."],
         ["check-config", None, CheckConfig, CheckConfig.description],
+        ["cert", None, CertOptions, "TLS certificates: selfsigned."],
     ]
 
     def postOptions(self) -> None:
         if not self.subCommand:
-            raise usage.UsageError("a command is needed: user or check-config")
+            raise usage.UsageError("a command is needed: user, check-config or cert")
 
 
 def readPassword(fromStdin: bool) -> str:
@@ -133,6 +153,9 @@ def run(options: AdminOptions, config: Config, out: Any = sys.stdout):
     """
     Carry out the parsed command against the configured store.
     """
+    if options.subCommand == "cert":
+        makeCertificate(config, options.subOptions.subOptions["hostname"], out)
+        return
     store = makeStore(config.store, config.dataDir, f"{config.source or 'command line'}: server.store")
     passwords = PasswordFile(os.path.join(config.dataDir, "passwd"))
     try:
@@ -173,6 +196,23 @@ def run(options: AdminOptions, config: Config, out: Any = sys.stdout):
             out.write(f"deleted {address}\n")
     finally:
         yield store.close()
+
+
+def makeCertificate(config: Config, hostname: Optional[str], out: Any) -> None:
+    """
+    C{cert selfsigned}: a new self-signed certificate for C{hostname} (the
+    configured host name when L{None}) in the data directory.
+
+    @raise ConfigError: a bad host name, or the files cannot be written.
+    """
+    from mailplat.config import _domain
+    from mailplat.tls import selfSignedFiles
+
+    name = _domain("--hostname", hostname) if hostname else config.hostname
+    cert, key = selfSignedFiles(config.dataDir, name, force=True)
+    out.write(f"self-signed certificate for {name}: {cert} (key {key})\n")
+    if config.tlsCert:
+        out.write(f"note: tls.cert is set ({config.tlsCert}), so the server uses that one, not this\n")
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -1,6 +1,10 @@
 """
 mailplat's POP3 server: RFC 1939, with RFC 2449 CAPA and response codes,
-RFC 1725 LAST and RFC 5034 C{AUTH PLAIN}.
+RFC 1725 LAST, RFC 5034 C{AUTH PLAIN} and RFC 2595 C{STLS}.
+
+Passwords (C{USER}/C{PASS}, C{AUTH PLAIN}) are accepted only over TLS or
+from loopback, unless the server allows plaintext everywhere
+(C{auth.allow_plaintext}).
 
 The maildrop is the account's INBOX seen through the store contract
 (L{mailplat.interfaces.IMailbox}).  A session takes the mailbox's exclusive
@@ -25,11 +29,11 @@ from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
 from twisted.cred.error import LoginFailed
 from twisted.cred.portal import Portal
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from mailplat import netutil
 from mailplat.address import normalizeAddress
@@ -262,12 +266,19 @@ class POP3Server(Protocol):
     paused.  An unterminated line never grows past L{MAX_LINE}.
 
     @ivar state: L{AUTHORIZATION}, L{TRANSACTION} or L{UPDATE}.
+    @ivar contextFactory: the TLS context source for C{STLS}, or L{None}.
+    @ivar allowPlaintext: accept passwords without TLS from anywhere.
+    @ivar tls: whether the session is encrypted (implicit TLS or STLS).
     """
 
     def __init__(self, portal: Portal, hostname: str, timeout: float = 600.0,
-                 clock: Optional[IReactorTime] = None) -> None:
+                 clock: Optional[IReactorTime] = None, contextFactory: Optional[Any] = None,
+                 allowPlaintext: bool = False) -> None:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.contextFactory = contextFactory
+        self.allowPlaintext = allowPlaintext
+        self.tls = False
         self.portal = portal
         self.hostname = hostname
         self.timeout = timeout
@@ -306,6 +317,7 @@ class POP3Server(Protocol):
         timestamp when a checker can verify APOP.
         """
         netutil.setNoDelay(self.transport)
+        self.tls = netutil.isEncrypted(self.transport)
         self._resetTimeout()
         greeting = b"+OK mailplat ready."
         if IUsernameHashedPassword in self.portal.listCredentialsInterfaces():
@@ -523,7 +535,42 @@ class POP3Server(Protocol):
     # AUTHORIZATION
 
     def _cleartextAllowed(self) -> bool:
-        return netutil.cleartextAllowed(self.transport)
+        return self.tls or netutil.cleartextAllowed(self.transport, self.allowPlaintext)
+
+    def _stlsAvailable(self) -> bool:
+        return self.contextFactory is not None and not self.tls
+
+    def do_STLS(self, argument: bytes) -> None:
+        """
+        C{STLS} (RFC 2595 section 4): start TLS in the AUTHORIZATION state.
+        Lines the client sent after the command, before the handshake, are
+        dropped (they could be an attacker's injection).
+        """
+        if self.contextFactory is None:
+            raise _BadCommand("STLS is not available")
+        if argument.strip():
+            raise _BadCommand("STLS takes no argument")
+        if self.tls:
+            raise _BadCommand("Command not permitted when TLS active")
+        startTLS = getattr(self.transport, "startTLS", None)
+        if startTLS is None:
+            self._send(b"-ERR [SYS/TEMP] TLS not available")
+            return
+        self._send(b"+OK Begin TLS negotiation")
+        self._lines.clear()
+        self._buffer = b""
+        self._discarding = False
+        self._user = None
+        try:
+            startTLS(self.contextFactory)
+        except Exception:
+            log.failure("POP3 STLS failed for {peer}", peer=netutil.peerHost(self.transport))
+            self._close()
+            return
+        self.tls = True
+        if not netutil.isEncrypted(self.transport):
+            # A wrapper between us and the TCP transport: mark it.
+            alsoProvides(self.transport, ISSLTransport)
 
     def do_USER(self, argument: bytes) -> None:
         """
@@ -870,6 +917,8 @@ class POP3Server(Protocol):
         The RFC 2449 capabilities this session offers now.
         """
         caps = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
+        if self.state == AUTHORIZATION and self._stlsAvailable():
+            caps.append(b"STLS")
         if self._cleartextAllowed():
             caps += [b"USER", b"SASL PLAIN"]
         caps += [b"EXPIRE NEVER", b"IMPLEMENTATION mailplat"]
@@ -888,6 +937,8 @@ class POP3Server(Protocol):
         names = sorted(n for n, (states, _) in _COMMANDS.items() if self.state in states)
         if self._challenge is None and "APOP" in names:
             names.remove("APOP")
+        if not self._stlsAvailable() and "STLS" in names:
+            names.remove("STLS")
         self._sendMulti(b"+OK Commands follow", [n.encode("ascii") for n in names])
 
 
@@ -897,6 +948,7 @@ _COMMANDS = {
     "PASS": ((AUTHORIZATION,), POP3Server.do_PASS),
     "APOP": ((AUTHORIZATION,), POP3Server.do_APOP),
     "AUTH": ((AUTHORIZATION,), POP3Server.do_AUTH),
+    "STLS": ((AUTHORIZATION,), POP3Server.do_STLS),
     "STAT": ((TRANSACTION,), POP3Server.do_STAT),
     "LIST": ((TRANSACTION,), POP3Server.do_LIST),
     "RETR": ((TRANSACTION,), POP3Server.do_RETR),
@@ -920,14 +972,20 @@ class POP3Factory(ServerFactory):
     @ivar hostname: the name in the APOP timestamp.
     @ivar timeout: idle seconds before a session is closed (no UPDATE).
     @ivar clock: what schedules the idle timeout (the reactor by default).
+    @ivar contextFactory: the TLS context source for C{STLS}
+        (L{mailplat.tls.ServerTLSContext}), or L{None} (no STLS).
+    @ivar allowPlaintext: accept passwords without TLS from any address.
     """
 
     protocol = POP3Server  # type: ignore[assignment]
 
     def __init__(self, portal: Portal, hostname: str, timeout: float = 600.0,
-                 clock: Optional[IReactorTime] = None) -> None:
+                 clock: Optional[IReactorTime] = None, contextFactory: Optional[Any] = None,
+                 allowPlaintext: bool = False) -> None:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.contextFactory = contextFactory
+        self.allowPlaintext = allowPlaintext
         self.portal = portal
         self.hostname = hostname
         self.timeout = timeout
@@ -937,6 +995,7 @@ class POP3Factory(ServerFactory):
         """
         A new session for a connection from C{addr}.
         """
-        p = POP3Server(self.portal, self.hostname, self.timeout, self.clock)
+        p = POP3Server(self.portal, self.hostname, self.timeout, self.clock,
+                       contextFactory=self.contextFactory, allowPlaintext=self.allowPlaintext)
         p.factory = self
         return p

@@ -7,9 +7,17 @@ of an L{mailplat.interfaces.IDelivery} into replies.  Every decision about
 senders, recipients and where mail goes belongs to the delivery object.
 
 Extensions advertised in reply to C{EHLO}: PIPELINING (RFC 2920), SIZE
-(RFC 1870), 8BITMIME (RFC 6152) and ENHANCEDSTATUSCODES (RFC 2034 and
-3463).  Every reply except the greeting and the C{HELO}/C{EHLO} lines
-carries an enhanced status code.
+(RFC 1870), 8BITMIME (RFC 6152), ENHANCEDSTATUSCODES (RFC 2034 and
+3463), STARTTLS (RFC 3207) when the factory has a TLS context and the
+connection is not encrypted yet, and AUTH (RFC 4954: PLAIN, LOGIN, and
+CRAM-MD5 when a checker can verify it) when the factory has a portal and
+passwords may be sent on this connection (over TLS, from loopback, or
+anywhere with C{allow_plaintext}).  Every reply except the greeting and the
+C{HELO}/C{EHLO} lines carries an enhanced status code.
+
+A factory has a role: C{"mx"} (mail from anywhere; AUTH optional),
+C{"submission"} (AUTH required before C{MAIL}, and only for a sender
+address the user owns) or C{"smtps"} (submission over implicit TLS).
 
 Input is handled without C{LineReceiver}: the command and text line limits
 of RFC 5321 4.5.3.1 are checked before anything is buffered, and the end of
@@ -18,23 +26,31 @@ bare CR or LF never ends it, and a message containing one is refused), so
 that SMTP smuggling through this server is impossible.
 """
 
+import base64
+import binascii
 import email.utils
+import os
 import secrets
 import tempfile
 from datetime import datetime, timezone
 from typing import IO, Any, Callable, List, Optional
 
+from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
+from twisted.cred.error import LoginFailed
+from twisted.cred.portal import Portal
 from twisted.internet import protocol
-from twisted.internet.defer import maybeDeferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime, ISSLTransport
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import alsoProvides
 
 from mailplat import netutil
 from mailplat.address import normalizeAddress
+from mailplat.auth.credentials import CramMD5Credentials
 from mailplat.errors import SMTPReply
-from mailplat.interfaces import IDelivery
+from mailplat.interfaces import IDelivery, ISMTPAvatar
 from mailplat.smtp.syntax import (
     PathSyntaxError,
     parseParameters,
@@ -47,10 +63,15 @@ MAX_COMMAND_LINE = 512
 # RFC 5321 4.5.3.1.6: a text line is at most 1000 octets with its CRLF, not
 # counting a leading dot added for transparency.
 MAX_TEXT_LINE = 1000
+# RFC 4954 4: a line of an AUTH exchange is at most 12288 octets with CRLF.
+MAX_SASL_LINE = 12288
 # Message data up to this size stays in memory; larger spills to disk.
 SPOOL_THRESHOLD = 64 * 1024
 
 _ERROR_LIMIT = 20
+
+#: The listener roles (see the module docstring).
+ROLES = ("mx", "submission", "smtps")
 
 _CRLF = b"\r\n"
 _END_OF_DATA = b"\r\n.\r\n"
@@ -73,8 +94,10 @@ class SMTPSession:
     @ivar peerHost: the client's host as text (C{"192.0.2.1"}), for logs
         and headers.
     @ivar tls: C{True} when the connection is encrypted.
-    @ivar authenticated: the address of the authenticated client, or
-        L{None} (always L{None} until SMTP AUTH exists).
+    @ivar authenticated: the address the client logged in as with
+        C{AUTH} (C{str}, normalised), or L{None}.
+    @ivar role: the listener's role, C{"mx"}, C{"submission"} or
+        C{"smtps"}.
     """
 
     def __init__(
@@ -83,8 +106,10 @@ class SMTPSession:
         peer: Any,
         peerHost: str,
         tls: bool = False,
+        role: str = "mx",
     ) -> None:
         self.hostname = hostname
+        self.role = role
         self.helo: Optional[str] = None
         self.esmtp = False
         self.peer = peer
@@ -150,6 +175,8 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
         self._closing = False
         self._disconnected = False
         self._errors = 0
+        self._logout: Optional[Callable[[], None]] = None
+        self._sasl: Optional[Callable[[bytes], None]] = None
         self._resetTransaction()
 
     # Connection life.
@@ -171,6 +198,7 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
             self.transport.getPeer(),
             netutil.peerHost(self.transport),
             netutil.isEncrypted(self.transport),
+            self.factory.role,
         )
         self.setTimeout(self.factory.timeout)
         self.transport.write(f"220 {self.factory.hostname} ESMTP mailplat\r\n".encode("ascii"))
@@ -183,6 +211,7 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
         self.setTimeout(None)
         self._closeFile()
         self._buffer = bytearray()
+        self._endLogin()
 
     def timeoutConnection(self) -> None:
         """
@@ -280,32 +309,47 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
         """
         buf = self._buffer
         end = buf.find(b"\n")
+        limit = MAX_SASL_LINE if self._mode == "auth" else MAX_COMMAND_LINE
         if self._skipLine:
             if end == -1:
                 del buf[:]
                 return False
             del buf[: end + 1]
             self._skipLine = False
-            self._reply(_Reply(500, "5.5.2", "Line too long"))
+            self._lineTooLong()
             return True
         if end == -1:
-            if len(buf) >= MAX_COMMAND_LINE:
+            if len(buf) >= limit:
                 # The line can no longer fit, whatever follows: drop what we
                 # have and everything up to its end, and answer then.
                 del buf[:]
                 self._skipLine = True
             return False
-        if end + 1 > MAX_COMMAND_LINE:
+        if end + 1 > limit:
             del buf[: end + 1]
-            self._reply(_Reply(500, "5.5.2", "Line too long"))
+            self._lineTooLong()
             return True
         raw = bytes(buf[:end])
         del buf[: end + 1]
         if not raw.endswith(b"\r") or b"\r" in raw[:-1]:
+            if self._mode == "auth":
+                self._endSASL()
             self._reply(_Reply(500, "5.5.2", "Bare CR or LF not allowed, lines end with CRLF"))
             return True
-        self._command(raw[:-1].decode("latin-1"))
+        if self._mode == "auth":
+            step = self._sasl
+            assert step is not None
+            step(raw[:-1])
+        else:
+            self._command(raw[:-1].decode("latin-1"))
         return True
+
+    def _lineTooLong(self) -> None:
+        if self._mode == "auth":
+            self._endSASL()
+            self._reply(_Reply(500, "5.5.6", "Authentication exchange line is too long"))
+        else:
+            self._reply(_Reply(500, "5.5.2", "Line too long"))
 
     def _command(self, line: str) -> None:
         verb, _, arg = line.partition(" ")
@@ -392,15 +436,263 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
     def extensions(self) -> List[str]:
         """
         The EHLO keywords (with their parameters) this session offers, in
-        the order they are listed.  A subclass adding a verb (C{STARTTLS},
-        C{AUTH}) extends this list.
+        the order they are listed.  A subclass adding a verb extends this
+        list.
         """
-        return [
+        keywords = [
             "PIPELINING",
             f"SIZE {self.factory.maxMessageSize}",
             "8BITMIME",
             "ENHANCEDSTATUSCODES",
         ]
+        if self._startTLSAvailable():
+            keywords.append("STARTTLS")
+        mechanisms = self.mechanisms()
+        if mechanisms and self._authAllowed():
+            keywords.append("AUTH " + " ".join(mechanisms))
+        return keywords
+
+    # TLS and authentication.
+
+    def _startTLSAvailable(self) -> bool:
+        return self.factory.contextFactory is not None and not self.session.tls
+
+    def _authAllowed(self) -> bool:
+        """
+        Whether a password may be sent now: over TLS, from loopback, or
+        anywhere when C{allow_plaintext} is set.
+        """
+        return self.session.tls or netutil.cleartextAllowed(self.transport, self.factory.allowPlaintext)
+
+    def mechanisms(self) -> List[str]:
+        """
+        The SASL mechanisms this server can verify: none without a portal;
+        PLAIN and LOGIN; CRAM-MD5 when a checker takes hashed credentials.
+        """
+        portal = self.factory.portal
+        if portal is None:
+            return []
+        mechanisms = ["PLAIN", "LOGIN"]
+        if IUsernameHashedPassword in portal.listCredentialsInterfaces():
+            mechanisms.append("CRAM-MD5")
+        return mechanisms
+
+    def do_STARTTLS(self, arg: str) -> None:
+        """
+        C{STARTTLS} (RFC 3207): reply, forget everything the client said,
+        drop whatever it pipelined after the command (the plaintext
+        injection attack), then negotiate TLS; the client must EHLO again.
+        """
+        if self.factory.contextFactory is None:
+            self._reply(_Reply(502, "5.5.1", "Command not implemented"))
+            return
+        if arg:
+            self._reply(_Reply(501, "5.5.4", "Syntax: STARTTLS"))
+            return
+        if self.session.tls:
+            self._reply(_Reply(503, "5.5.1", "TLS already active"))
+            return
+        if self._inTransaction:
+            self._reply(_Reply(503, "5.5.1", "STARTTLS not permitted during a mail transaction"))
+            return
+        startTLS = getattr(self.transport, "startTLS", None)
+        if startTLS is None:
+            self._reply(_Reply(454, "4.7.0", "TLS not available due to temporary reason"))
+            return
+        self._reply(_Reply(220, "2.0.0", "Ready to start TLS"))
+        # RFC 3207 4.2: discard any knowledge obtained from the client.
+        del self._buffer[:]
+        self._skipLine = False
+        self._resetTransaction()
+        self._endLogin()
+        self.session.helo = None
+        self.session.esmtp = False
+        self.session.authenticated = None
+        try:
+            startTLS(self.factory.contextFactory)
+        except Exception:
+            self._log.failure("SMTP STARTTLS failed for {peer}", peer=self.session.peerHost)
+            self._close()
+            return
+        self.session.tls = True
+        if not netutil.isEncrypted(self.transport):
+            # A wrapper between us and the TCP transport: say it is TLS now,
+            # so that netutil.cleartextAllowed sees it.
+            alsoProvides(self.transport, ISSLTransport)
+
+    def do_AUTH(self, arg: str) -> None:
+        """
+        C{AUTH mechanism [initial-response]} (RFC 4954).
+        """
+        mechanisms = self.mechanisms()
+        if not mechanisms:
+            self._reply(_Reply(502, "5.5.1", "Command not implemented"))
+            return
+        if not self.session.esmtp:
+            self._reply(_Reply(503, "5.5.1", "Send EHLO first"))
+            return
+        if self.session.authenticated is not None:
+            self._reply(_Reply(503, "5.5.1", "Already authenticated"))
+            return
+        if self._inTransaction:
+            self._reply(_Reply(503, "5.5.1", "AUTH not permitted during a mail transaction"))
+            return
+        parts = arg.split()
+        if not parts or len(parts) > 2:
+            self._reply(_Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]"))
+            return
+        mechanism = parts[0].upper()
+        if mechanism not in mechanisms:
+            self._reply(_Reply(504, "5.5.4", "Unrecognized authentication type"))
+            return
+        if not self._authAllowed():
+            self._reply(_Reply(538, "5.7.11", "Encryption required for requested authentication mechanism"))
+            return
+        initial: Optional[bytes] = None
+        if len(parts) == 2:
+            initial = self._decode(parts[1].encode("latin-1"), initial=True)
+            if initial is None:
+                return
+        if mechanism == "PLAIN":
+            if initial is None:
+                self._challenge(b"", self._plainResponse)
+            else:
+                self._plainResponse(initial)
+        elif mechanism == "LOGIN":
+            if initial is None:
+                self._challenge(b"Username:", self._loginUser)
+            else:
+                self._loginUser(initial)
+        else:
+            if initial is not None:
+                self._reply(_Reply(501, "5.5.4", "CRAM-MD5 takes no initial response"))
+                return
+            challenge = b"<%d.%s.%d@%s>" % (
+                os.getpid(), secrets.token_hex(8).encode("ascii"), int(self.factory.clock.seconds()),
+                self.factory.hostname.encode("utf-8"),
+            )
+            self._challenge(challenge, lambda response: self._cramResponse(challenge, response))
+
+    def _challenge(self, challenge: bytes, then: Callable[[bytes], None]) -> None:
+        """
+        Send a C{334} challenge and hand the client's decoded answer to
+        C{then}.
+        """
+        self._mode = "auth"
+
+        def step(line: bytes) -> None:
+            self._endSASL()
+            if line == b"*":
+                self._reply(_Reply(501, "5.0.0", "Authentication cancelled"))
+                return
+            decoded = self._decode(line)
+            if decoded is not None:
+                then(decoded)
+
+        self._sasl = step
+        self._write(_Reply(334, None, base64.b64encode(challenge).decode("ascii")))
+
+    def _endSASL(self) -> None:
+        self._mode = "command"
+        self._sasl = None
+
+    def _decode(self, data: bytes, initial: bool = False) -> Optional[bytes]:
+        """
+        Base64 of an AUTH response (C{=} alone: empty); L{None} after
+        replying when it is not base64.
+        """
+        if initial and data == b"=":
+            return b""
+        try:
+            return base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            self._reply(_Reply(501, "5.5.2", "Cannot decode response"))
+            return None
+
+    def _user(self, raw: bytes) -> Optional[str]:
+        try:
+            name = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if not name or "\x00" in name:
+            return None
+        return normalizeAddress(name)
+
+    def _plainResponse(self, response: bytes) -> None:
+        fields = response.split(b"\0")
+        if len(fields) != 3:
+            self._reply(_Reply(501, "5.5.2", "Invalid PLAIN response"))
+            return
+        authzid, authcid, password = fields
+        user = self._user(authcid)
+        if user is None or (authzid and self._user(authzid) != user):
+            self._authFailed()
+            return
+        self._login(UsernamePassword(user.encode("utf-8"), password))
+
+    def _loginUser(self, username: bytes) -> None:
+        user = self._user(username)
+
+        def password(secret: bytes) -> None:
+            if user is None:
+                self._authFailed()
+                return
+            self._login(UsernamePassword(user.encode("utf-8"), secret))
+
+        self._challenge(b"Password:", password)
+
+    def _cramResponse(self, challenge: bytes, response: bytes) -> None:
+        name, _, digest = response.rpartition(b" ")
+        user = self._user(name)
+        if user is None or not digest:
+            self._authFailed()
+            return
+        self._login(CramMD5Credentials(user.encode("utf-8"), challenge, digest))
+
+    def _authFailed(self) -> None:
+        self._log.info("SMTP authentication failed from {peer}", peer=self.session.peerHost)
+        self._reply(_Reply(535, "5.7.8", "Authentication credentials invalid"))
+
+    def _login(self, credentials: Any) -> None:
+        """
+        Ask the portal for an L{ISMTPAvatar}; 235 and
+        C{session.authenticated} on success, 535 on refusal, 454 when the
+        checker failed.
+        """
+        portal = self.factory.portal
+        assert portal is not None
+
+        def call() -> Deferred:
+            d = portal.login(credentials, None, ISMTPAvatar)
+
+            def refused(failure: Failure) -> Any:
+                if failure.check(LoginFailed):
+                    self._log.info("SMTP authentication failed from {peer}", peer=self.session.peerHost)
+                    raise SMTPReply(535, "5.7.8", "Authentication credentials invalid")
+                self._log.failure("SMTP authentication error for {peer}", failure, peer=self.session.peerHost)
+                raise SMTPReply(454, "4.7.0", "Temporary authentication failure")
+
+            return d.addErrback(refused)
+
+        def loggedIn(result: Any) -> _Reply:
+            _, avatar, logout = result
+            if self._disconnected:
+                logout()
+                return _Reply(235, "2.7.0", "Authentication successful")
+            self._logout = logout
+            self.session.authenticated = avatar.address
+            self._log.info("SMTP login {address} from {peer}", address=avatar.address, peer=self.session.peerHost)
+            return _Reply(235, "2.7.0", "Authentication successful")
+
+        self._await(call, (), loggedIn)
+
+    def _endLogin(self) -> None:
+        logout, self._logout = self._logout, None
+        if logout is not None:
+            try:
+                logout()
+            except Exception:
+                self._log.failure("SMTP avatar logout failed")
 
     def do_HELO(self, arg: str) -> None:
         """
@@ -441,6 +733,10 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
         if self._inTransaction:
             self._reply(_Reply(503, "5.5.1", "Sender already specified"))
             return
+        submission = self.factory.role != "mx"
+        if submission and self.session.authenticated is None:
+            self._reply(_Reply(530, "5.7.0", "Authentication required"))
+            return
         if arg[:5].upper() != "FROM:":
             self._reply(_Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>"))
             return
@@ -461,6 +757,11 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
             return
         if sender is not None:
             sender = normalizeAddress(sender)
+            if submission and sender != self.session.authenticated:
+                # An authenticated user may send only as themselves (the
+                # null sender of a notification is allowed).
+                self._reply(_Reply(553, "5.7.1", "Sender address rejected: not owned by user"))
+                return
 
         def accepted(result: object) -> _Reply:
             self._inTransaction = True
@@ -491,6 +792,11 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
             elif key == "BODY":
                 if value is None or value.upper() not in ("7BIT", "8BITMIME"):
                     return _Reply(555, "5.5.4", "Unsupported BODY parameter")
+            elif key == "AUTH" and self.mechanisms():
+                # RFC 4954 5: accepted, and not trusted (we relay nothing on
+                # another server's word).
+                if value is None:
+                    return _Reply(501, "5.5.4", "Syntax error in AUTH parameter")
             else:
                 return _Reply(555, "5.5.4", f"Unsupported parameter {key}")
         return None
@@ -601,11 +907,16 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
         """
         C{HELP [topic]}: list the verbs.
         """
+        verbs = "HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN"
+        if self._startTLSAvailable():
+            verbs += " STARTTLS"
+        if self.mechanisms():
+            verbs += " AUTH"
         self._reply(_Reply(
             214,
             "2.0.0",
             "Commands supported:",
-            "HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN",
+            verbs,
             "See RFC 5321",
         ))
 
@@ -800,7 +1111,8 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
 
 class SMTPFactory(protocol.ServerFactory):
     """
-    Makes L{SMTPServer} protocols for inbound (MX) SMTP.
+    Makes L{SMTPServer} protocols for one listener: inbound (MX) SMTP or
+    submission.
 
     @ivar delivery: the L{IDelivery} every decision is asked of.
     @ivar hostname: our host name for the greeting and C{Received} headers.
@@ -811,6 +1123,13 @@ class SMTPFactory(protocol.ServerFactory):
     @ivar clock: the L{IReactorTime} for timeouts and dates.
     @ivar maxErrors: after this many 5xx replies without a delivered message
         the connection is closed with 421.
+    @ivar portal: the cred L{Portal} for C{AUTH}, or L{None} (no AUTH).
+    @ivar contextFactory: the server TLS context source for C{STARTTLS}
+        (L{mailplat.tls.ServerTLSContext}), or L{None} (no STARTTLS).
+    @ivar role: C{"mx"}, C{"submission"} or C{"smtps"} (see the module
+        docstring).
+    @ivar allowPlaintext: accept passwords without TLS from any address,
+        not only from loopback.
     """
 
     protocol = SMTPServer
@@ -824,11 +1143,21 @@ class SMTPFactory(protocol.ServerFactory):
         timeout: float = 300.0,
         maxRecipients: int = 1000,
         clock: Optional[IReactorTime] = None,
+        portal: Optional[Portal] = None,
+        contextFactory: Optional[Any] = None,
+        role: str = "mx",
+        allowPlaintext: bool = False,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
 
             clock = reactor  # type: ignore[assignment]
+        if role not in ROLES:
+            raise ValueError(f"unknown SMTP listener role {role!r} (known: {', '.join(ROLES)})")
+        self.portal = portal
+        self.contextFactory = contextFactory
+        self.role = role
+        self.allowPlaintext = allowPlaintext
         self.delivery = delivery
         self.hostname = hostname
         self.maxMessageSize = maxMessageSize

@@ -1,6 +1,11 @@
 """
 A real mailplat server on loopback for end-to-end tests: the wiring of
 L{mailplat.service.Server}, listening on ephemeral ports of 127.0.0.1.
+
+Every listener the server makes is served: C{smtp}, C{submission},
+C{smtps}, C{pop3}, C{pop3s}, C{imap} and C{imaps} (the implicit-TLS ones
+speak TLS with the server's certificate, self-signed in the data directory
+unless the overrides name one).
 """
 
 import os
@@ -11,7 +16,7 @@ from twisted.internet import defer, reactor, task
 from twisted.protocols.policies import WrappingFactory
 
 from mailplat.auth.passwd import PasswordFile
-from mailplat.config import DISABLED, Config
+from mailplat.config import DEFAULT_LISTENERS, DISABLED, Config
 from mailplat.service import Server
 
 
@@ -20,14 +25,14 @@ class LoopbackServer:
     One running server.  L{start} listens; L{stop} closes the listeners
     and the store, as twistd would at shutdown.
 
-    @ivar ports: protocol name to the TCP port number it listens on.
+    @ivar ports: listener name to the TCP port number it listens on.
     """
 
     def __init__(self, dataDir: str, **overrides: object) -> None:
         config = Config(
             hostname="mail.example.test",
             dataDir=dataDir,
-            listeners={"smtp": DISABLED, "pop3": DISABLED, "imap": DISABLED},
+            listeners={name: DISABLED for name in DEFAULT_LISTENERS},
         )
         self.config = replace(config, **overrides)
         self.ports: Dict[str, int] = {}
