@@ -467,6 +467,24 @@ class StoreConformanceMixin:
             yield self.assertRoundTrip(inbox, b"S: x\r\n\r\n" + b"z" * (pad - 8) + b"\r\nend\r\n")
 
     @defer.inlineCallbacks
+    def test_openMessageExactLooksLikeMetadata(self):
+        """
+        A message whose headers and body look like the metadata or
+        separators a store keeps on disk (mbox C{From } lines, C{Status},
+        C{X-UID}, C{Content-Length}) reads back exactly, with no flags.
+        """
+        inbox = yield self.mailbox()
+        data = (
+            b"Status: RO\r\nX-Status: AFD\r\nX-UID: 7\r\nX-Keywords: junk\r\n"
+            b"X-IMAPbase: 1 2\r\nContent-Length: 1\r\nSubject: tricky\r\n\r\n"
+            b"From the body\r\n>From quoted\r\n>>From twice\r\n\r\nFrom x Mon Jan  1 00:00:00 2024\r\n"
+        )
+        yield self.assertRoundTrip(inbox, data)
+        infos = yield inbox.listMessages()
+        self.assertEqual([i.flags for i in infos], [frozenset()])
+        self.assertEqual(len(infos), 1)
+
+    @defer.inlineCallbacks
     def test_bigMessage(self):
         """
         A 5 MB message comes back whole.

@@ -8,6 +8,7 @@ from twisted.application.service import ServiceMaker
 
 from mailplat.auth.passwd import PasswordFileCheckerFactory
 from mailplat.store.maildir import MaildirStoreFactory
+from mailplat.store.mbox import MboxStoreFactory
 from mailplat.store.memory import MemoryStoreFactory
 from mailplat.store.sql import SQLCheckerFactory, SQLStoreFactory
 
@@ -20,6 +21,7 @@ mailplatServiceMaker = ServiceMaker(
 
 maildirStore = MaildirStoreFactory()
 memoryStore = MemoryStoreFactory()
+mboxStore = MboxStoreFactory()
 mailplatChecker = PasswordFileCheckerFactory()
 sqlStore = SQLStoreFactory()
 sqlChecker = SQLCheckerFactory()
