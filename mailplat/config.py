@@ -79,6 +79,19 @@ class Config:
     tlsKey: Optional[str] = None
     tlsSNI: Dict[str, Tuple[str, str]] = field(default_factory=dict)
     allowPlaintext: bool = False
+    relaySmarthost: Optional[str] = None
+    relayUser: Optional[str] = None
+    relayPassword: Optional[str] = None
+    relayVerifyTLS: bool = False
+    relayConcurrency: int = 20
+    relayRetryBase: float = 300.0
+    relayRetryMax: float = 4 * 3600.0
+    relayLifetime: float = 5 * 86400.0
+    relayDelayWarning: float = 4 * 3600.0
+    relayConnectTimeout: float = 30.0
+    relayCommandTimeout: float = 300.0
+    maxRecipientsPerMessage: int = 1000
+    plusDelimiter: str = "+"
 
 
 def _domain(where: str, value: Any) -> str:
@@ -156,6 +169,29 @@ def _sni(where: str, value: Any) -> Dict[str, Tuple[str, str]]:
     return result
 
 
+def _hostPort(where: str, value: Any) -> str:
+    from mailplat.relay import parseHostPort
+
+    value = _string(where, value)
+    try:
+        parseHostPort(value)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {value!r} is not host[:port] ({e})") from None
+    return value
+
+
+def _nonNegative(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"{where}: expected a number of seconds (0 turns it off), got {value!r}")
+    return float(value)
+
+
+def _delimiter(where: str, value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 1 or (value and value in "@\\\""):
+        raise ConfigError(f"{where}: expected one character such as '+' (or '' to turn it off), got {value!r}")
+    return value
+
+
 # The file's keys: table -> key -> (Config field, converter).
 _SCHEMA: Dict[str, Dict[str, Tuple[str, Any]]] = {
     "server": {
@@ -173,6 +209,23 @@ _SCHEMA: Dict[str, Dict[str, Tuple[str, Any]]] = {
     },
     "auth": {
         "allow_plaintext": ("allowPlaintext", _boolean),
+    },
+    "relay": {
+        "smarthost": ("relaySmarthost", lambda w, v: _hostPort(w, v)),
+        "smarthost_user": ("relayUser", _string),
+        "smarthost_password": ("relayPassword", _string),
+        "verify_tls": ("relayVerifyTLS", _boolean),
+        "concurrency": ("relayConcurrency", lambda w, v: _positive(w, v, int)),
+        "retry_base": ("relayRetryBase", lambda w, v: _positive(w, v, float)),
+        "retry_max": ("relayRetryMax", lambda w, v: _positive(w, v, float)),
+        "lifetime": ("relayLifetime", lambda w, v: _positive(w, v, float)),
+        "delay_warning": ("relayDelayWarning", lambda w, v: _nonNegative(w, v)),
+        "connect_timeout": ("relayConnectTimeout", lambda w, v: _positive(w, v, float)),
+        "command_timeout": ("relayCommandTimeout", lambda w, v: _positive(w, v, float)),
+    },
+    "delivery": {
+        "max_recipients_per_message": ("maxRecipientsPerMessage", lambda w, v: _positive(w, v, int)),
+        "plus_delimiter": ("plusDelimiter", lambda w, v: _delimiter(w, v)),
     },
     "limits": {
         "max_message_size": ("maxMessageSize", lambda w, v: _positive(w, v, int)),

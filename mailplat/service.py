@@ -4,7 +4,6 @@ the delivery pipeline and one listening service per protocol.  The twistd
 plugin only calls L{makeService}.
 """
 
-import inspect
 import os
 import signal
 import sys
@@ -14,6 +13,8 @@ from typing import Any, Callable, Dict
 
 from twisted.application import service, strports
 from twisted.cred.portal import Portal
+from twisted.internet import reactor
+from twisted.names import client as dnsclient
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -22,9 +23,13 @@ from mailplat.auth.realm import MailRealm
 from mailplat.config import DEFAULT_LISTENERS, DISABLED, IMPLICIT_TLS_LISTENERS, Config, ConfigOptions
 from mailplat.delivery.directory import StoreDirectory
 from mailplat.delivery.local import LocalDelivery
+from mailplat.delivery.policy import MaxRecipientsPolicy
 from mailplat.errors import ConfigError
 from mailplat.interfaces import IStore
 from mailplat.plugins import makeCheckers, makeStore
+from mailplat.queue import Queue
+from mailplat.relay import Relay, parseHostPort
+from mailplat.relay.runner import QueueRunner
 from mailplat.tls import ServerTLSContext, contextForConfig
 
 log = Logger()
@@ -189,15 +194,20 @@ class TLSReloadService(service.Service):
         return service.Service.stopService(self)
 
 
-def _accepts(factoryClass: type, keyword: str) -> bool:
+class _SystemResolver:
     """
-    Whether C{factoryClass(...)} takes the keyword argument C{keyword}.
+    The system's DNS resolver (C{/etc/resolv.conf}), made at the first
+    lookup: Twisted's resolver starts a timer to re-read its config the
+    moment it exists, which a server that never relays does not need.
     """
-    try:
-        parameters = inspect.signature(factoryClass).parameters
-    except (TypeError, ValueError):
-        return False
-    return keyword in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+    def __init__(self) -> None:
+        self._resolver: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._resolver is None:
+            self._resolver = dnsclient.createResolver()
+        return getattr(self._resolver, name)
 
 
 class Server:
@@ -231,7 +241,30 @@ class Server:
         self.store = makeStore(config.store, config.dataDir, f"{where}: server.store")
         checkers = makeCheckers(list(config.auth), config.dataDir, f"{where}: server.auth")
         self.portal = Portal(MailRealm(self.store), checkers)
-        self.delivery = LocalDelivery(StoreDirectory(self.store, config.domains), self.store)
+        self.queue = Queue(os.path.join(config.dataDir, "queue"), reactor)
+        self.directory = StoreDirectory(
+            self.store, config.domains, path=os.path.join(config.dataDir, "directory.json"),
+            plusDelimiter=config.plusDelimiter,
+        )
+        self.delivery = LocalDelivery(
+            self.directory, self.store, self.queue, policies=[MaxRecipientsPolicy(config.maxRecipientsPerMessage)]
+        )
+        credentials = None
+        if config.relayUser is not None or config.relayPassword is not None:
+            if not (config.relayUser and config.relayPassword and config.relaySmarthost):
+                raise ConfigError(f"{where}: relay.smarthost_user and relay.smarthost_password go together, with relay.smarthost")
+            credentials = (config.relayUser, config.relayPassword)
+        self.relay = Relay(
+            config.hostname, _SystemResolver(), reactor,
+            smarthost=parseHostPort(config.relaySmarthost) if config.relaySmarthost else None,
+            credentials=credentials, verifyTLS=config.relayVerifyTLS,
+            connectTimeout=config.relayConnectTimeout, commandTimeout=config.relayCommandTimeout,
+        )
+        self.runner = QueueRunner(
+            self.queue, self.relay, reactor, config.hostname, bounce=self.delivery.inject,
+            concurrency=config.relayConcurrency, retryBase=config.relayRetryBase, retryMax=config.relayRetryMax,
+            lifetime=config.relayLifetime, delayWarning=config.relayDelayWarning or None,
+        )
         self.tls = contextForConfig(
             config.dataDir, config.hostname, config.tlsCert, config.tlsKey, config.tlsSNI, where=f"{where}: tls"
         )
@@ -249,13 +282,9 @@ class Server:
                                contextFactory=tls, allowPlaintext=plain)
 
         def imap() -> Factory:
-            extra: Dict[str, Any] = {}
-            for keyword, value in (("contextFactory", tls), ("allowPlaintext", plain)):
-                if _accepts(IMAPFactory, keyword):
-                    extra[keyword] = value
             factory = IMAPFactory(self.portal, config.hostname, timeout=config.imapTimeout,
-                                  maxLiteralSize=config.maxMessageSize, **extra)
-            # netutil.cleartextAllowed(transport, factory.allowPlaintext)
+                                  maxLiteralSize=config.maxMessageSize, contextFactory=tls)
+            # The IMAP server asks netutil.cleartextAllowed with this.
             factory.allowPlaintext = plain
             return factory
 
@@ -283,6 +312,7 @@ class Server:
         top = service.MultiService()
         StoreService(self.store).setServiceParent(top)
         TLSReloadService(self.tls).setServiceParent(top)
+        self.runner.setServiceParent(top)
         for name, factory in self.factories.items():
             endpoint = self.config.listeners.get(name, DISABLED)
             if endpoint == DISABLED:

@@ -1,5 +1,6 @@
 """
-The C{mailplat} admin command: users and configuration checks.
+The C{mailplat} admin command: users, domains and aliases, the outbound
+queue, certificates and configuration checks.
 
     mailplat [--config FILE] [--data-dir DIR] user add ADDRESS [--password-stdin]
     mailplat ... user passwd ADDRESS [--password-stdin]
@@ -7,6 +8,9 @@ The C{mailplat} admin command: users and configuration checks.
     mailplat ... user list
     mailplat ... check-config
     mailplat ... cert selfsigned [--hostname NAME]
+    mailplat ... domain add|remove DOMAIN | domain list
+    mailplat ... alias add ALIAS TARGET... | alias remove ALIAS [TARGET] | alias list
+    mailplat ... queue list | show ID | flush [ID] | delete ID | hold ID | release ID
 """
 
 import getpass
@@ -17,6 +21,7 @@ from typing import Any, List, Optional
 from twisted.internet import defer, task
 from twisted.python import usage
 
+from mailplat.admin import directory_cmd, queue_cmd
 from mailplat.address import normalizeAddress, splitAddress
 from mailplat.auth.passwd import PasswordFile
 from mailplat.config import Config, ConfigOptions
@@ -109,11 +114,14 @@ class AdminOptions(ConfigOptions):
         ["user", None, UserOptions, "Manage accounts: add, passwd, del, list."],
         ["check-config", None, CheckConfig, CheckConfig.description],
         ["cert", None, CertOptions, "TLS certificates: selfsigned."],
+        ["domain", None, directory_cmd.DomainOptions, "Domains mail is received for: add, remove, list."],
+        ["alias", None, directory_cmd.AliasOptions, "Aliases and forwards: add, remove, list."],
+        ["queue", None, queue_cmd.QueueOptions, "The outbound queue: list, show, flush, delete, hold, release."],
     ]
 
     def postOptions(self) -> None:
         if not self.subCommand:
-            raise usage.UsageError("a command is needed: user, check-config or cert")
+            raise usage.UsageError("a command is needed: user, check-config, cert, domain, alias or queue")
 
 
 def readPassword(fromStdin: bool) -> str:
@@ -155,6 +163,12 @@ def run(options: AdminOptions, config: Config, out: Any = sys.stdout):
     """
     if options.subCommand == "cert":
         makeCertificate(config, options.subOptions.subOptions["hostname"], out)
+        return
+    if options.subCommand in ("domain", "alias"):
+        yield directory_cmd.run(options.subOptions, config, out)
+        return
+    if options.subCommand == "queue":
+        yield queue_cmd.run(options.subOptions, config, out)
         return
     store = makeStore(config.store, config.dataDir, f"{config.source or 'command line'}: server.store")
     passwords = PasswordFile(os.path.join(config.dataDir, "passwd"))

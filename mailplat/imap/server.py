@@ -415,9 +415,11 @@ class IMAPServer(Protocol):
 
     def _cleartextAllowed(self) -> bool:
         """
-        Whether a password may be sent now: over TLS, or from loopback.
+        Whether a password may be sent now: over TLS, from loopback, or
+        anywhere when the config says C{auth.allow_plaintext}.
         """
-        return self._tlsActive() or netutil.cleartextAllowed(self.transport)
+        allow = getattr(getattr(self, "factory", None), "allowPlaintext", False)
+        return self._tlsActive() or netutil.cleartextAllowed(self.transport, allow)
 
     def _canStartTLS(self) -> bool:
         return (

@@ -843,6 +843,10 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
         def accepted(result: object) -> _Reply:
             if recipient not in self._recipients:
                 self._recipients.append(recipient)
+            if isinstance(result, SMTPReply) and 200 <= result.code < 300:
+                # The delivery accepts with its own words, such as
+                # "251 2.1.5 User not local; will forward".
+                return _Reply(result.code, result.enhanced, result.text)
             return _Reply(250, "2.1.5", "Recipient OK")
 
         self._await(self.factory.delivery.validateRecipient, (self.session, recipient), accepted)

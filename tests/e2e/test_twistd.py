@@ -82,7 +82,8 @@ class TwistdTests(TestCase):
         server = spawn(
             TWISTD + ["--data-dir", dataDir, "--hostname", "mx.example.test",
                       "--smtp", f"tcp:{smtpPort}:interface=127.0.0.1", "--imap", f"tcp:{imapPort}:interface=127.0.0.1",
-                      "--pop3", f"tcp:{pop3Port}:interface=127.0.0.1"],
+                      "--pop3", f"tcp:{pop3Port}:interface=127.0.0.1",
+                      "--submission", "none", "--smtps", "none", "--pop3s", "none", "--imaps", "none"],
             Child(listeners=3),
         )
 
