@@ -14,7 +14,7 @@ import email.utils
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from mailplat.imap.structure import ParsedMessage, _parseAddresses, decodeHeaderText
 
@@ -43,6 +43,11 @@ class MessageSummary:
     @ivar ccMailbox: likewise for Cc.
     @ivar messageId: the Message-ID without brackets, or L{None}.
     @ivar references: the References ids (or the first In-Reply-To id).
+    @ivar headers: the top-level header fields as C{(lower-case name,
+        unfolded RFC 2047-decoded value)} pairs in order, for header
+        SEARCH without reading the message; when the header is larger than
+        L{HEADER_BUDGET} only the fields of L{SEARCH_FIELDS} are kept.
+    @ivar allHeaders: whether C{headers} holds every field.
     """
 
     envelope: bytes
@@ -56,6 +61,41 @@ class MessageSummary:
     ccMailbox: str
     messageId: Optional[str]
     references: Tuple[str, ...]
+    headers: Tuple[Tuple[str, str], ...] = ()
+    allHeaders: bool = False
+
+    def headerValues(self, name: str) -> Optional[List[str]]:
+        """
+        The decoded values of the fields C{name} (lower-case), as
+        L{ParsedMessage.headerValues} gives them, or L{None} when this
+        summary did not keep that field (the caller reads the message).
+        """
+        if not self.allHeaders and name not in SEARCH_FIELDS:
+            return None
+        return [value for field, value in self.headers if field == name]
+
+
+# The fields SEARCH FROM/TO/CC/BCC/SUBJECT look at, always kept.
+SEARCH_FIELDS = frozenset(["from", "to", "cc", "bcc", "subject"])
+# Decoded header text (octets of UTF-8) kept whole per summary; above
+# this only SEARCH_FIELDS are kept, so one message with a huge header
+# does not crowd the cache.
+HEADER_BUDGET = 1024
+
+
+def _decodedHeaders(parsed: ParsedMessage) -> Tuple[Tuple[Tuple[str, str], ...], bool]:
+    """
+    The decoded top-level fields of C{parsed} and whether all were kept.
+    """
+    fields = []
+    total = 0
+    for f in parsed._root.fields:
+        value = decodeHeaderText(f.value().decode("utf-8", errors="replace"))
+        fields.append((f.name, value))
+        total += len(f.name) + len(value)
+    if total <= HEADER_BUDGET:
+        return tuple(fields), True
+    return tuple((n, v) for n, v in fields if n in SEARCH_FIELDS), False
 
 
 _TRAILER = re.compile(r"(?:\s|\(fwd\))+\Z", re.IGNORECASE)
@@ -137,6 +177,7 @@ def summarize(parsed: ParsedMessage) -> MessageSummary:
     references = _ids(root.fieldValue("references"))
     if not references:
         references = _ids(root.fieldValue("in-reply-to"))[:1]
+    headers, allHeaders = _decodedHeaders(parsed)
     return MessageSummary(
         envelope=parsed.envelope(),
         bodyStructure=parsed.bodyStructure(True),
@@ -149,6 +190,8 @@ def summarize(parsed: ParsedMessage) -> MessageSummary:
         ccMailbox=_firstMailbox(root.fieldValue("cc")),
         messageId=ids[0] if ids else None,
         references=references,
+        headers=headers,
+        allHeaders=allHeaders,
     )
 
 

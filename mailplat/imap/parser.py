@@ -234,6 +234,17 @@ class CommandFramer:
         """
         return len(self._buffer)
 
+    def takeBuffered(self) -> bytes:
+        """
+        Remove and return the octets received and not yet consumed, when
+        the stream changes form between commands (COMPRESS, RFC 4978: what
+        follows the command was sent compressed and is fed again once
+        inflated).
+        """
+        data = bytes(self._buffer)
+        del self._buffer[:]
+        return data
+
     @property
     def inCommand(self) -> bool:
         """

@@ -56,6 +56,10 @@ class SearchContext:
     @ivar message: returns the parsed message; only called when the query
         L{needs it<SearchQuery.needsMessage>}, and at most once per context
         (the result is kept).
+    @ivar headers: when given, returns the decoded values of a top-level
+        header field (lower-case name) from the message's cached summary,
+        or L{None} when the summary does not hold that field; header keys
+        ask it first and parse the message only when it cannot answer.
     """
 
     seq: int
@@ -65,6 +69,7 @@ class SearchContext:
     maxSeq: int
     maxUid: int
     message: Optional[Callable[[], ParsedMessage]] = None
+    headers: Optional[Callable[[str], Optional[List[str]]]] = None
 
     def __post_init__(self) -> None:
         loader = self.message
@@ -86,6 +91,8 @@ class _Key(abc.ABC):
     """
 
     needsMessage = False
+    # Needs more of the message than its decoded header fields.
+    needsText = False
     usesModseq = False
 
     @abc.abstractmethod
@@ -160,6 +167,7 @@ class _InternalDate(_Key):
 
 class _SentDate(_Key):
     needsMessage = True
+    needsText = True
 
     def __init__(self, date: datetime.date, op: str) -> None:
         self.date = date
@@ -189,13 +197,16 @@ class _Header(_Key):
         self.needle = needle.casefold()
 
     def matches(self, ctx: SearchContext) -> bool:
-        assert ctx.message is not None
-        values = ctx.message().headerValues(self.name)
+        values = ctx.headers(self.name) if ctx.headers is not None else None
+        if values is None:
+            assert ctx.message is not None
+            values = ctx.message().headerValues(self.name)
         return any(self.needle in v.casefold() for v in values)
 
 
 class _Body(_Key):
     needsMessage = True
+    needsText = True
 
     def __init__(self, needle: str, text: bool) -> None:
         self.needle = needle
@@ -228,6 +239,7 @@ class _Not(_Key):
     def __init__(self, key: _Key) -> None:
         self.key = key
         self.needsMessage = key.needsMessage
+        self.needsText = key.needsText
         self.usesModseq = key.usesModseq
 
     def matches(self, ctx: SearchContext) -> bool:
@@ -239,6 +251,7 @@ class _Or(_Key):
         self.left = left
         self.right = right
         self.needsMessage = left.needsMessage or right.needsMessage
+        self.needsText = left.needsText or right.needsText
         self.usesModseq = left.usesModseq or right.usesModseq
 
     def matches(self, ctx: SearchContext) -> bool:
@@ -252,6 +265,7 @@ class _And(_Key):
         # Keys that need no message first: they may spare opening it.
         self.keys = sorted(keys, key=lambda k: k.needsMessage)
         self.needsMessage = any(k.needsMessage for k in keys)
+        self.needsText = any(k.needsText for k in keys)
         self.usesModseq = any(k.usesModseq for k in keys)
 
     def matches(self, ctx: SearchContext) -> bool:
@@ -264,11 +278,15 @@ class SearchQuery:
 
     @ivar needsMessage: whether matching needs the message's text or
         headers (so the server opens and parses messages only then).
+    @ivar needsText: whether it needs more than the decoded header fields
+        (BODY, TEXT, SENT*): without it a cached summary's
+        L{headers<SearchContext.headers>} may answer.
     """
 
     def __init__(self, root: _Key) -> None:
         self._root = root
         self.needsMessage: bool = root.needsMessage
+        self.needsText: bool = root.needsText
         self.usesModseq: bool = root.usesModseq
 
     def matches(self, ctx: SearchContext) -> bool:

@@ -5,7 +5,8 @@ mailplat's IMAP4rev1 server (RFC 3501), with IDLE (RFC 2177), UIDPLUS
 (RFC 3348), SPECIAL-USE and CREATE-SPECIAL-USE (RFC 6154), LIST-EXTENDED
 (RFC 5258), LIST-STATUS (RFC 5819), ENABLE (RFC 5161), CONDSTORE
 (RFC 7162), ESEARCH (RFC 4731), LITERAL+ (RFC 7888), ID (RFC 2971), SORT
-and THREAD=ORDEREDSUBJECT/REFERENCES (RFC 5256), written on C{twisted.internet} and the store contract
+and THREAD=ORDEREDSUBJECT/REFERENCES (RFC 5256), COMPRESS=DEFLATE
+(RFC 4978) and QUOTA (RFC 9208, when a quota is configured), written on C{twisted.internet} and the store contract
 (L{mailplat.interfaces}).
 
 A session is an explicit state machine (not authenticated, authenticated,
@@ -18,6 +19,7 @@ import base64
 import binascii
 import bisect
 import re
+import zlib
 from array import array
 from io import BytesIO
 from typing import IO, Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
@@ -95,7 +97,9 @@ BASE_CAPABILITIES = [
 # What ENABLE can turn on (RFC 5161).
 ENABLEABLE = (b"CONDSTORE",)
 # STATUS items (RFC 3501 6.3.10, RFC 7162 3.1.6).
-STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN", b"HIGHESTMODSEQ")
+STATUS_ITEMS = (
+    b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN", b"HIGHESTMODSEQ", b"DELETED", b"DELETED-STORAGE",
+)
 # RFC 2971 limits on ID parameters.
 ID_MAX_PAIRS = 30
 ID_MAX_FIELD = 30
@@ -173,6 +177,10 @@ class SelectedView:
         (RFC 3501 7.4.1 defers EXPUNGE responses during FETCH, STORE and
         SEARCH).
     @ivar dirty: a change notification arrived since the last sync.
+    @ivar generation: bumped by every change notification (and by this
+        session's own expunges); the last listing of the mailbox is reused
+        for FETCH, STORE and SEARCH while it is unchanged, so a command on
+        an unchanged big mailbox does not list it again.
     """
 
     def __init__(self, mailbox: IMailbox, readOnly: bool, infos: List[IMessageInfo], recent: Set[int]) -> None:
@@ -183,6 +191,72 @@ class SelectedView:
         self.recent = recent
         self.ghosts: Set[int] = set()
         self.dirty = False
+        self.generation = 0
+        self._listing: Optional[List[IMessageInfo]] = None
+        self._listingUids = array("I")
+        self._listingGeneration = -1
+
+    def changed(self) -> None:
+        """
+        The mailbox changed: report at the next sync, list again before the
+        next use.
+        """
+        self.dirty = True
+        self.generation += 1
+
+    def keepListing(self, infos: List[IMessageInfo], generation: int) -> None:
+        """
+        Keep C{infos} (a L{IMailbox.listMessages} result started at
+        C{generation}) for reuse until the next change.
+        """
+        if generation != self.generation:
+            return
+        self._listing = infos
+        self._listingUids = array("I", [i.uid for i in infos])
+        self._listingGeneration = generation
+
+    def listing(self) -> Optional[List[IMessageInfo]]:
+        """
+        The kept listing when nothing changed since it was taken, else
+        L{None}.
+        """
+        if self._listing is not None and self._listingGeneration == self.generation:
+            return self._listing
+        return None
+
+    def infosByUid(self, uids: Optional[List[int]]) -> Dict[int, IMessageInfo]:
+        """
+        From the kept (current) listing: the info of each of C{uids} still
+        there (every message when L{None}), by UID.
+        """
+        listing = self._listing
+        assert listing is not None
+        listingUids = self._listingUids
+        if uids is None:
+            return dict(zip(listingUids, listing))
+        if len(uids) * 8 > len(listing):
+            every = dict(zip(listingUids, listing))
+            return {u: every[u] for u in uids if u in every}
+        out = {}
+        for u in uids:
+            i = bisect.bisect_left(listingUids, u)
+            if i < len(listingUids) and listingUids[i] == u:
+                out[u] = listing[i]
+        return out
+
+    def patchListing(self, infos: Iterable[IMessageInfo]) -> None:
+        """
+        Put the new infos this session's own flag change returned into the
+        kept listing, so it stays right until the store's notification
+        (which may come later) makes it list again.
+        """
+        listing = self._listing
+        if listing is None:
+            return
+        for info in infos:
+            i = bisect.bisect_left(self._listingUids, info.uid)
+            if i < len(self._listingUids) and self._listingUids[i] == info.uid:
+                listing[i] = info
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -247,6 +321,28 @@ class _FileSender:
             self.deferred.errback(ConnectionAborted())
 
 
+class _DeflatingTransport:
+    """
+    The transport of a session after COMPRESS DEFLATE: what the session
+    writes is deflated (raw, RFC 1951) and flushed to a byte boundary at
+    each write, so every response leaves at once; everything else goes to
+    the wrapped transport.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self.wrapped = transport
+        self._deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
+
+    def write(self, data: bytes) -> None:
+        self.wrapped.write(self._deflater.compress(data) + self._deflater.flush(zlib.Z_SYNC_FLUSH))
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+
 class ConnectionAborted(Exception):
     """
     The connection went away while a command was running.
@@ -278,6 +374,10 @@ _COMMANDS: Dict[bytes, Tuple[Tuple[str, ...], str, bool]] = {
     b"NAMESPACE": (_AUTH, "do_NAMESPACE", True),
     b"STATUS": (_AUTH, "do_STATUS", True),
     b"APPEND": (_AUTH, "do_APPEND", True),
+    b"COMPRESS": (_AUTH, "do_COMPRESS", True),
+    b"GETQUOTA": (_AUTH, "do_GETQUOTA", True),
+    b"GETQUOTAROOT": (_AUTH, "do_GETQUOTAROOT", True),
+    b"SETQUOTA": (_AUTH, "do_SETQUOTA", True),
     b"IDLE": (_AUTH, "do_IDLE", True),
     b"CHECK": (_SEL, "do_CHECK", True),
     b"CLOSE": (_SEL, "do_CLOSE", True),
@@ -315,6 +415,8 @@ class IMAPServer(Protocol):
         clock: Optional[IReactorTime] = None,
         contextFactory: Any = None,
         cache: Optional[MessageCache] = None,
+        quotaBytes: int = 0,
+        quotaMessages: int = 0,
     ) -> None:
         """
         @param portal: the cred portal logins go through (for L{IAccount}).
@@ -328,6 +430,10 @@ class IMAPServer(Protocol):
             is offered only when this is set.
         @param cache: where parsed message answers are kept (shared by the
             factory's sessions); a private one if L{None}.
+        @param quotaBytes: each account's storage quota in octets (RFC 9208
+            STORAGE); 0 for none.
+        @param quotaMessages: each account's limit on messages (RFC 9208
+            MESSAGE); 0 for none.
         """
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[no-redef]
@@ -339,6 +445,8 @@ class IMAPServer(Protocol):
         self.clock = clock
         self.contextFactory = contextFactory
         self.cache = cache if cache is not None else MessageCache(10000)
+        self.quotaBytes = max(0, quotaBytes)
+        self.quotaMessages = max(0, quotaMessages)
         self.state = NOT_AUTHENTICATED
         self.account: Optional[IAccount] = None
         self.view: Optional[SelectedView] = None
@@ -360,6 +468,7 @@ class IMAPServer(Protocol):
         self._skipReasons: List[bytes] = []
         self.enabled: Set[bytes] = set()
         self.condstore = False
+        self._inflater: Any = None
 
     # -- connection --------------------------------------------------------
 
@@ -437,6 +546,15 @@ class IMAPServer(Protocol):
                 caps.append(b"AUTH=PLAIN")
             else:
                 caps.append(b"LOGINDISABLED")
+        elif self.state != LOGOUT:
+            if self._inflater is None:
+                caps.append(b"COMPRESS=DEFLATE")
+            if self.quotaBytes or self.quotaMessages:
+                caps.append(b"QUOTA")
+                if self.quotaBytes:
+                    caps.append(b"QUOTA=RES-STORAGE")
+                if self.quotaMessages:
+                    caps.append(b"QUOTA=RES-MESSAGE")
         return b" ".join(caps)
 
     # -- input -------------------------------------------------------------
@@ -445,6 +563,14 @@ class IMAPServer(Protocol):
         if self.state == LOGOUT:
             return
         self._resetTimeout()
+        if self._inflater is not None:
+            try:
+                data = self._inflater.decompress(data)
+            except zlib.error:
+                self._write(b"* BYE Invalid compressed data")
+                self.state = LOGOUT
+                self.transport.loseConnection()
+                return
         self._framer.feed(data)
         self._pump()
 
@@ -645,7 +771,7 @@ class IMAPServer(Protocol):
             view = self.view
             if view is None or view.mailbox is not mailbox:
                 return
-            view.dirty = True
+            view.changed()
             if self._idling:
                 self._sync(True).addErrback(self._syncFailed)
         except Exception:
@@ -670,9 +796,11 @@ class IMAPServer(Protocol):
         if not view.dirty and not (allowExpunge and view.ghosts):
             return
         view.dirty = False
+        generation = view.generation
         infos = yield view.mailbox.listMessages()
         if self.view is not view or self._closed:
             return
+        view.keepListing(list(infos), generation)
         oldCount = len(view.uids)
         uids, modseqs = view.uids, view.modseqs
         j = 0
@@ -781,11 +909,18 @@ class IMAPServer(Protocol):
         """
         view = self.view
         assert view is not None
-        infos = yield view.mailbox.listMessages()
-        if uids is None:
-            return {info.uid: info for info in infos}
-        wanted = set(uids)
-        return {info.uid: info for info in infos if info.uid in wanted}
+        if view.listing() is None:
+            generation = view.generation
+            infos = yield view.mailbox.listMessages()
+            if view.listing() is None:
+                view.keepListing(list(infos), generation)
+            if view.listing() is None:
+                # Changed while listing: answer from this listing anyway.
+                if uids is None:
+                    return {info.uid: info for info in infos}
+                wanted = set(uids)
+                return {info.uid: info for info in infos if info.uid in wanted}
+        return view.infosByUid(uids)
 
     # -- any state ---------------------------------------------------------
 
@@ -846,6 +981,31 @@ class IMAPServer(Protocol):
             raise _bad("STARTTLS is not available")
         self._afterResponse = self._startTLS
         return b"Begin TLS negotiation now"
+
+    def do_COMPRESS(self, tag: bytes, args: Arguments) -> bytes:
+        """
+        COMPRESS DEFLATE (RFC 4978): after the tagged OK both directions
+        are raw deflate (RFC 1951, no zlib header), inside TLS when TLS is
+        active; once per connection.
+        """
+        mechanism = args.atom("compression mechanism").upper()
+        args.end()
+        if self._inflater is not None:
+            raise IMAPError("Compression is already active", b"COMPRESSIONACTIVE")
+        if mechanism != b"DEFLATE":
+            raise _bad("Unknown compression mechanism")
+        self._afterResponse = self._startCompression
+        return b"DEFLATE active"
+
+    def _startCompression(self) -> None:
+        if self._closed:
+            return
+        self._inflater = zlib.decompressobj(-15)
+        self.transport = _DeflatingTransport(self.transport)
+        pending = self._framer.takeBuffered()
+        if pending:
+            # Sent right after COMPRESS, so already compressed.
+            self.dataReceived(pending)
 
     def _startTLS(self) -> None:
         self._framer.close()
@@ -989,7 +1149,9 @@ class IMAPServer(Protocol):
         self.view = view
         mailbox.addListener(self)
         try:
+            generation = view.generation
             infos = yield mailbox.listMessages()
+            view.keepListing(list(infos), generation)
             recent: Set[int] = set()
             if not readOnly:
                 recent = set((yield mailbox.claimRecent()))
@@ -1279,7 +1441,17 @@ class IMAPServer(Protocol):
         The C{* STATUS} line of a mailbox.
         """
         status = yield mailbox.status()
+        deleted = deletedStorage = 0
+        if b"DELETED" in wanted or b"DELETED-STORAGE" in wanted:
+            # RFC 9208 4.2.x: what an EXPUNGE would remove / reclaim (KB).
+            infos = yield mailbox.listMessages()
+            for info in infos:
+                if "\\Deleted" in info.flags:
+                    deleted += 1
+                    deletedStorage += info.size
         values = {
+            b"DELETED": deleted,
+            b"DELETED-STORAGE": (deletedStorage + 1023) // 1024,
             b"MESSAGES": status.messages,
             b"RECENT": status.recent,
             b"UIDNEXT": status.uidNext,
@@ -1310,10 +1482,91 @@ class IMAPServer(Protocol):
             mailbox = yield self.account.getMailbox(name)  # type: ignore[union-attr]
         except NoSuchMailbox:
             raise IMAPError("Mailbox does not exist", b"TRYCREATE")
+        yield self._checkQuota(size, 1)
         source = message.file if isinstance(message, LiteralFile) else BytesIO(message)
         source.seek(0)
         uid = yield mailbox.append(source, flags, date)
+        if not isinstance(message, LiteralFile):
+            self._remember(mailbox, uid, bytes(message))
         return b"[APPENDUID %d %d] APPEND completed" % (mailbox.uidValidity, uid)
+
+    @defer.inlineCallbacks
+    def _checkQuota(self, octets: int, messages: int) -> Any:
+        """
+        Refuse with C{NO [OVERQUOTA]} (RFC 9208 4.3) when adding
+        C{messages} messages of C{octets} octets would pass a quota.
+        """
+        if not (self.quotaBytes or self.quotaMessages):
+            return
+        from mailplat.quota import OverQuota, checkQuota
+
+        try:
+            yield checkQuota(self.account, self.quotaBytes, octets, self.quotaMessages, messages)  # type: ignore[arg-type]
+        except OverQuota:
+            raise IMAPError("Quota exceeded", b"OVERQUOTA")
+
+    def _quotaRoot(self, args: Arguments) -> bytes:
+        root = args.astring("quota root")
+        if root != b"" or not (self.quotaBytes or self.quotaMessages):
+            raise IMAPError("No such quota root", b"NONEXISTENT")
+        return root
+
+    @defer.inlineCallbacks
+    def _quotaLine(self) -> Any:
+        """
+        The C{* QUOTA ""} response of the account's one quota root.
+        """
+        from mailplat.quota import quotaUsage
+
+        octets, messages = yield quotaUsage(self.account)  # type: ignore[arg-type]
+        resources = []
+        if self.quotaBytes:
+            resources.append(b"STORAGE %d %d" % ((octets + 1023) // 1024, self.quotaBytes // 1024))
+        if self.quotaMessages:
+            resources.append(b"MESSAGE %d %d" % (messages, self.quotaMessages))
+        return b'* QUOTA "" (' + b" ".join(resources) + b")"
+
+    @defer.inlineCallbacks
+    def do_GETQUOTA(self, tag: bytes, args: Arguments) -> Any:
+        """
+        GETQUOTA (RFC 9208 4.2.1): the only root is C{""}, the account.
+        """
+        self._quotaRoot(args)
+        args.end()
+        line = yield self._quotaLine()
+        self._write(line)
+        return b"GETQUOTA completed"
+
+    @defer.inlineCallbacks
+    def do_GETQUOTAROOT(self, tag: bytes, args: Arguments) -> Any:
+        """
+        GETQUOTAROOT (RFC 9208 4.2.2): every mailbox is under root C{""}.
+        """
+        name = self._mailboxName(args)
+        args.end()
+        yield self.account.getMailbox(name)  # type: ignore[union-attr]
+        if not (self.quotaBytes or self.quotaMessages):
+            self._write(b"* QUOTAROOT " + _mailboxWire(name))
+            return b"GETQUOTAROOT completed"
+        self._write(b"* QUOTAROOT " + _mailboxWire(name) + b' ""')
+        line = yield self._quotaLine()
+        self._write(line)
+        return b"GETQUOTAROOT completed"
+
+    def do_SETQUOTA(self, tag: bytes, args: Arguments) -> bytes:
+        """
+        SETQUOTA (RFC 9208 4.2.3): limits come from the configuration, so
+        a well-formed request is refused.
+        """
+        args.astring("quota root")
+        limits = args.parenList("resource limits")
+        args.end()
+        if len(limits) % 2 or not all(isinstance(t, Atom) for t in limits):
+            raise _bad("SETQUOTA takes resource name and limit pairs")
+        for n in range(1, len(limits), 2):
+            if not bytes(limits[n]).isdigit():
+                raise _bad("Invalid resource limit")
+        raise IMAPError("Quotas are set by the server's configuration", b"NOPERM")
 
     @defer.inlineCallbacks
     def do_IDLE(self, tag: bytes, args: Arguments) -> Any:
@@ -1356,7 +1609,7 @@ class IMAPServer(Protocol):
         args.end()
         view = self._requireWritable()
         yield view.mailbox.expunge()
-        view.dirty = True
+        view.changed()
         return b"EXPUNGE completed"
 
     def do_UID(self, tag: bytes, args: Arguments) -> Any:
@@ -1387,7 +1640,7 @@ class IMAPServer(Protocol):
         uids = [view.uids[i] for i in self._resolve(seqset, uid=True)]
         if uids:
             yield view.mailbox.expunge(uids)
-        view.dirty = True
+        view.changed()
         # UID EXPUNGE may report its own expunges (RFC 4315).
         yield self._sync(True)
         return b"UID EXPUNGE completed"
@@ -1410,6 +1663,9 @@ class IMAPServer(Protocol):
             raise IMAPError("Mailbox does not exist", b"TRYCREATE")
         if not uids:
             return b"COPY completed"
+        if self.quotaBytes or self.quotaMessages:
+            infos = yield self._currentInfos(uids)
+            yield self._checkQuota(sum(i.size for i in infos.values()), len(infos))
         pairs = yield view.mailbox.copyTo(uids, target)
         if not pairs:
             return b"COPY completed"
@@ -1445,7 +1701,7 @@ class IMAPServer(Protocol):
         dest = _compressUIDs([p[1] for p in pairs])
         self._write(b"* OK [COPYUID %d %s %s] Moved" % (target.uidValidity, source, dest))
         yield view.mailbox.expunge([p[0] for p in pairs], requireDeleted=False)
-        view.dirty = True
+        view.changed()
         yield self._sync(True)
         return b"MOVE completed"
 
@@ -1491,6 +1747,7 @@ class IMAPServer(Protocol):
             updated = yield view.mailbox.setFlags(uids, flags, modes[item])
         if self.view is not view:
             return b"STORE completed"
+        view.patchListing(updated)
         for info in updated:
             index = view.indexOf(info.uid)
             if index < 0:
@@ -1548,6 +1805,7 @@ class IMAPServer(Protocol):
             unseen = [u for _, u in wanted if u in infos and "\\Seen" not in infos[u].flags]
             if unseen:
                 updated = yield view.mailbox.setFlags(unseen, ["\\Seen"], "add")
+                view.patchListing(updated)
                 for info in updated:
                     infos[info.uid] = info
                     flagsChanged.add(info.uid)
@@ -1556,19 +1814,82 @@ class IMAPServer(Protocol):
                         view.modseqs[index] = info.modseq
         hasFlags = any(isinstance(a, FetchAttribute) and a.name == "FLAGS" for a in atts)
         missing = False
+        quick = not any(isinstance(a, BodySection) for a in atts)
+        pending: List[bytes] = []
+        pendingSize = 0
         for index, u in wanted:
             info = infos.get(u)
             if info is None or u in view.ghosts:
                 missing = True
                 continue
-            ok = yield self._fetchOne(view, index, info, atts, addFlags=(u in flagsChanged and not hasFlags))
+            addFlags = u in flagsChanged and not hasFlags
+            if quick:
+                line = self._fetchQuick(view, index, info, atts, addFlags)
+                if line is not None:
+                    pending.append(line)
+                    pendingSize += len(line)
+                    if pendingSize >= 65536:
+                        self._writeRaw(b"".join(pending))
+                        pending, pendingSize = [], 0
+                    continue
+            if pending:
+                self._writeRaw(b"".join(pending))
+                pending, pendingSize = [], 0
+            ok = yield self._fetchOne(view, index, info, atts, addFlags=addFlags)
             if not ok:
                 missing = True
             if self._closed:
                 return b""
+        if pending:
+            self._writeRaw(b"".join(pending))
         if missing:
             raise IMAPError("Some of the requested messages no longer exist", b"EXPUNGEISSUED")
         return b"FETCH completed"
+
+    def _fetchQuick(
+        self, view: SelectedView, index: int, info: IMessageInfo, atts: List[Any], addFlags: bool
+    ) -> Optional[bytes]:
+        """
+        One message's FETCH response built without opening the message:
+        for items the store's info answers and structure items found in
+        the cache.  L{None} when the message must be read (a body section,
+        or a structure item not cached yet).
+        """
+        summary = None
+        items = []
+        recent = view.isRecent(info.uid)
+        for att in atts:
+            if not isinstance(att, FetchAttribute):
+                return None
+            name = att.name
+            if name == "FLAGS":
+                items.append(b"FLAGS " + _flagsWire(info.flags, recent))
+            elif name == "UID":
+                items.append(b"UID %d" % (info.uid,))
+            elif name == "INTERNALDATE":
+                items.append(b"INTERNALDATE " + formatDateTime(info.internalDate))
+            elif name == "RFC822.SIZE":
+                items.append(b"RFC822.SIZE %d" % (info.size,))
+            elif name == "MODSEQ":
+                items.append(b"MODSEQ (%d)" % (info.modseq,))
+            else:
+                if summary is None:
+                    summary = self.cache.get(self._cacheKey(view, info.uid))
+                    if summary is None:
+                        return None
+                if name == "ENVELOPE":
+                    items.append(b"ENVELOPE " + summary.envelope)
+                elif name == "BODYSTRUCTURE":
+                    items.append(b"BODYSTRUCTURE " + summary.bodyStructure)
+                elif name == "BODY":
+                    items.append(b"BODY " + summary.body)
+                else:
+                    return None
+        if addFlags:
+            items.append(b"FLAGS " + _flagsWire(info.flags, recent))
+            if self.condstore and not any(isinstance(a, FetchAttribute) and a.name == "MODSEQ" for a in atts):
+                items.append(b"MODSEQ (%d)" % (info.modseq,))
+        return b"* %d FETCH (%s)\r\n" % (index + 1, b" ".join(items))
 
     @defer.inlineCallbacks
     def _fetchOne(
@@ -1705,6 +2026,9 @@ class IMAPServer(Protocol):
             return None
         maxSeq = len(view.uids)
         maxUid = view.uids[-1] if maxSeq else 0
+        from mailplat.imap.cache import summarize
+
+        headersOnly = query.needsMessage and not query.needsText
         matched = []
         for index in range(len(view.uids)):
             u = view.uids[index]
@@ -1712,6 +2036,18 @@ class IMAPServer(Protocol):
             if info is None or u in view.ghosts:
                 continue
             loader = None
+            summary = self.cache.get(self._cacheKey(view, u)) if headersOnly else None
+            if summary is not None:
+                ctx = SearchContext(
+                    seq=index + 1, uid=u, info=info, recent=view.isRecent(u),
+                    maxSeq=maxSeq, maxUid=maxUid, message=_needMessage, headers=summary.headerValues,
+                )
+                try:
+                    if query.matches(ctx):
+                        matched.append((index, u, info))
+                    continue
+                except _NeedMessage:
+                    pass
             if query.needsMessage:
                 try:
                     source = yield view.mailbox.openMessage(u)
@@ -1722,8 +2058,12 @@ class IMAPServer(Protocol):
                 finally:
                     source.close()
 
-                def loader(content: bytes = content) -> Any:
-                    return parseMessage(content)
+                def loader(content: bytes = content, key: Any = self._cacheKey(view, u)) -> Any:
+                    parsed = parseMessage(content)
+                    if headersOnly:
+                        # Fill the cache so the next header search is warm.
+                        self.cache.put(key, summarize(parsed))
+                    return parsed
 
             ctx = SearchContext(
                 seq=index + 1, uid=u, info=info, recent=view.isRecent(u),
@@ -1752,8 +2092,27 @@ class IMAPServer(Protocol):
         return query
 
     def _cacheKey(self, view: SelectedView, uid: int) -> Tuple[str, str, int, int]:
+        return self._mailboxKey(view.mailbox, uid)
+
+    def _mailboxKey(self, mailbox: IMailbox, uid: int) -> Tuple[str, str, int, int]:
         account = self.account
-        return (getattr(account, "address", ""), view.mailbox.name, view.mailbox.uidValidity, uid)
+        return (getattr(account, "address", ""), mailbox.name, mailbox.uidValidity, uid)
+
+    def _remember(self, mailbox: IMailbox, uid: int, content: bytes) -> None:
+        """
+        Parse a message this session just APPENDed (while its octets are
+        in memory) and keep its summary, so FETCH ENVELOPE and header
+        SEARCH never read it back (DESIGN.md, "Parse once").
+        """
+        from mailplat.imap.cache import summarize
+        from mailplat.imap.structure import parseMessage
+
+        try:
+            summary = summarize(parseMessage(content))
+        except Exception:
+            log.failure("IMAP could not parse an appended message")
+            return
+        self.cache.put(self._mailboxKey(mailbox, uid), summary)
 
     @defer.inlineCallbacks
     def _summaries(self, view: SelectedView, uids: Iterable[int]) -> Any:
@@ -1903,6 +2262,17 @@ class IMAPServer(Protocol):
         return b"SEARCH completed"
 
 
+class _NeedMessage(Exception):
+    """
+    A search key asked for more of a message than its cached summary
+    holds; the message is read and the key asked again.
+    """
+
+
+def _needMessage() -> Any:
+    raise _NeedMessage()
+
+
 def _modseqValue(token: Any) -> int:
     """
     A mod-sequence value argument (RFC 7162: 1 to 2**63-1; 0 is allowed
@@ -1958,6 +2328,8 @@ class IMAPFactory(Factory):
         clock: Optional[IReactorTime] = None,
         contextFactory: Any = None,
         cache: Optional[MessageCache] = None,
+        quotaBytes: int = 0,
+        quotaMessages: int = 0,
     ) -> None:
         """
         @param portal: the cred portal logins go through.
@@ -1971,6 +2343,11 @@ class IMAPFactory(Factory):
             options); STARTTLS is offered only when it is set.
         @param cache: the L{MessageCache} of parsed message answers its
             sessions share; a new one of 100,000 entries if L{None}.
+        @param quotaBytes: each account's storage quota in octets
+            (C{[limits] quota}); 0 for none.  APPEND and COPY over it are
+            refused with C{NO [OVERQUOTA]}, and QUOTA (RFC 9208) is
+            advertised.
+        @param quotaMessages: each account's limit on messages; 0 for none.
         """
         self.portal = portal
         self.hostname = hostname
@@ -1980,6 +2357,8 @@ class IMAPFactory(Factory):
         self.clock = clock
         self.contextFactory = contextFactory
         self.cache = cache if cache is not None else MessageCache()
+        self.quotaBytes = quotaBytes
+        self.quotaMessages = quotaMessages
 
     def buildProtocol(self, addr: Any) -> IMAPServer:
         p = IMAPServer(
@@ -1991,6 +2370,8 @@ class IMAPFactory(Factory):
             clock=self.clock,
             contextFactory=self.contextFactory,
             cache=self.cache,
+            quotaBytes=self.quotaBytes,
+            quotaMessages=self.quotaMessages,
         )
         p.factory = self
         return p
