@@ -96,3 +96,46 @@ class MaxRecipientsPolicy:
         if len(recipients) > self.limit:
             return defer.succeed(Verdict.reject(552, "5.5.3", f"Too many recipients (at most {self.limit})"))
         return defer.succeed(Verdict.accept())
+
+
+def readMessage(message: BinaryIO) -> bytes:
+    """
+    The whole message as C{bytes}, for a policy that needs it at once (a
+    DKIM verifier, a spam scanner).  Messages are bounded by the SMTP size
+    limit, so this holds at most that much in memory for the time of the
+    check.
+
+    @param message: the wire form, read from its current position.
+    """
+    return message.read()
+
+
+def clientAddress(session: object) -> Optional[str]:
+    """
+    The client's IP address as text for a session (C{"192.0.2.1"},
+    C{"2001:db8::1"}), or L{None} when there is none (mail the server
+    makes itself, a UNIX socket).
+    """
+    if session is None:
+        return None
+    peer = getattr(session, "peer", None)
+    host = getattr(peer, "host", None)
+    if not isinstance(host, str) or not host:
+        host = getattr(session, "peerHost", None)
+    if not isinstance(host, str) or not host:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host.lower().startswith("ipv6:"):
+        host = host[5:]
+    return host
+
+
+def isAuthenticated(session: object) -> bool:
+    """
+    Whether the session is trusted mail submission: a client that logged
+    in with C{AUTH}, or the server itself (C{session} L{None}).  Inbound
+    checks (SPF, DKIM verification, DMARC, DNSBL, spam, greylisting) skip
+    such mail.
+    """
+    return session is None or bool(getattr(session, "authenticated", None))
