@@ -225,3 +225,124 @@ class PipelineTests(SynchronousTestCase):
         self.assertTrue(any(r.startswith("250 2.0.0 Ok: queued") for r in replies), replies)
         [entry] = self.queue.list()
         self.assertEqual([r.address for r in entry.recipients], ["carol@far.test"])
+
+
+class EnvelopeParameterTests(SynchronousTestCase):
+    """
+    DSN and SMTPUTF8 parameters through the pipeline, and moved
+    addresses (with the set-up of L{PipelineTests}).
+    """
+
+    setUp = PipelineTests.setUp
+    inbox = PipelineTests.inbox
+
+    def envelope(self, **kw: object):
+        from mailplat.smtp.envelope import Envelope
+
+        return Envelope(**kw)  # type: ignore[arg-type]
+
+    def test_moved551(self) -> None:
+        self.file.addDomain("example.test")
+        self.file.setMoved("carol@example.test", "carol@new.example")
+        reply = self.failureResultOf(self.delivery.validateRecipient(FakeSession(), "Carol@example.test"), SMTPReply).value
+        self.assertEqual((reply.code, reply.enhanced, str(reply.text)), (551, "5.1.6", "User not local; please try <carol@new.example>"))
+
+    def test_movedOverSMTP(self) -> None:
+        from twisted.internet.testing import StringTransport
+
+        from mailplat.smtp.server import SMTPFactory
+
+        self.file.addDomain("example.test")
+        self.file.setMoved("carol@example.test", "carol@new.example")
+        proto = SMTPFactory(self.delivery, "mx.example.test", clock=self.clock).buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(b"EHLO c.test\r\nMAIL FROM:<s@far.test>\r\nRCPT TO:<carol@example.test>\r\n")
+        self.assertIn("551 5.1.6 User not local; please try <carol@new.example>", transport.value().decode().splitlines())
+
+    def test_queueGetsParameters(self) -> None:
+        """
+        RET, ENVID, SMTPUTF8 and each recipient's NOTIFY and ORCPT reach the
+        queue entry; an alias forward keeps its recipient's NOTIFY and gets
+        an ORCPT naming the alias.
+        """
+        from mailplat.smtp.envelope import RecipientParameters
+
+        self.file.addAlias("fwd@example.test", ["carol@far.test"])
+        session = FakeSession("alice@example.test")
+        session.transaction = self.envelope(
+            ret="HDRS", envid="id 1", smtputf8=True,
+            recipients={
+                "bob@far.test": RecipientParameters(["SUCCESS"], "rfc822;Bob@Far.test"),
+                "fwd@example.test": RecipientParameters(["NEVER"]),
+            },
+        )
+        self.successResultOf(self.delivery.deliver(session, "alice@example.test", ["bob@far.test", "fwd@example.test", "dan@far.test"], io.BytesIO(b"\r\nx\r\n")))
+        [entry] = self.queue.list()
+        self.assertEqual((entry.ret, entry.envid, entry.smtputf8), ("HDRS", "id 1", True))
+        bob, carol, dan = entry.recipients
+        self.assertEqual((bob.notify, bob.orcpt), (["SUCCESS"], "rfc822;Bob@Far.test"))
+        self.assertEqual((carol.notify, carol.orcpt), (["NEVER"], "rfc822;fwd@example.test"))
+        self.assertEqual((dan.notify, dan.orcpt), (None, None))
+        self.assertFalse(carol.wants("FAILURE"))
+
+    def test_explicitEnvelopeArgument(self) -> None:
+        self.successResultOf(
+            self.delivery.deliver(None, "s@example.test", ["x@far.test"], io.BytesIO(b"\r\n"), envelope=self.envelope(ret="FULL"))
+        )
+        [entry] = self.queue.list()
+        self.assertEqual(entry.ret, "FULL")
+
+    def test_successDSN(self) -> None:
+        """
+        A local recipient with NOTIFY=SUCCESS makes a "delivered" DSN to the
+        sender (queued here, the sender being remote), with the envelope
+        id, the original recipient, and only the headers under RET=HDRS.
+        """
+        from mailplat.smtp.envelope import RecipientParameters
+
+        session = FakeSession()
+        session.transaction = self.envelope(
+            ret="HDRS", envid="E1", recipients={"alice@example.test": RecipientParameters(["SUCCESS", "FAILURE"], "rfc822;Alice@Example.test")}
+        )
+        self.successResultOf(
+            self.delivery.deliver(session, "s@far.test", ["alice@example.test"], io.BytesIO(b"Subject: t\r\n\r\nsecret body\r\n"))
+        )
+        self.assertEqual(len(self.inbox()), 1)
+        [entry] = self.queue.list()
+        self.assertIsNone(entry.sender)
+        self.assertEqual([r.address for r in entry.recipients], ["s@far.test"])
+        with self.queue.openMessage(entry.id) as f:
+            dsn = f.read()
+        self.assertIn(b"Action: delivered\r\n", dsn)
+        self.assertIn(b"Status: 2.0.0\r\n", dsn)
+        self.assertIn(b"Original-Envelope-Id: E1\r\n", dsn)
+        self.assertIn(b"Original-Recipient: rfc822; Alice@Example.test\r\n", dsn)
+        self.assertIn(b"Subject: t\r\n", dsn)
+        self.assertNotIn(b"secret body", dsn)
+
+    def test_noSuccessDSNByDefault(self) -> None:
+        session = FakeSession()
+        session.transaction = self.envelope()
+        self.successResultOf(self.delivery.deliver(session, "s@far.test", ["alice@example.test"], io.BytesIO(b"\r\nx\r\n")))
+        self.assertEqual(self.queue.list(), [])
+
+    def test_noSuccessDSNToNullSender(self) -> None:
+        from mailplat.smtp.envelope import RecipientParameters
+
+        session = FakeSession()
+        session.transaction = self.envelope(recipients={"alice@example.test": RecipientParameters(["SUCCESS"])})
+        self.successResultOf(self.delivery.deliver(session, None, ["alice@example.test"], io.BytesIO(b"\r\nx\r\n")))
+        self.assertEqual(self.queue.list(), [])
+
+    def test_successDSNFull(self) -> None:
+        from mailplat.smtp.envelope import RecipientParameters
+
+        session = FakeSession()
+        session.transaction = self.envelope(ret="FULL", recipients={"alice@example.test": RecipientParameters(["SUCCESS"])})
+        self.successResultOf(
+            self.delivery.deliver(session, "s@far.test", ["alice@example.test"], io.BytesIO(b"Subject: t\r\n\r\nwhole body\r\n"))
+        )
+        [entry] = self.queue.list()
+        with self.queue.openMessage(entry.id) as f:
+            self.assertIn(b"whole body", f.read())

@@ -215,3 +215,44 @@ class CommandTests(SynchronousTestCase):
         from twisted.python import usage
 
         self.assertRaises(usage.UsageError, directory_cmd.AliasOptions().parseOptions, ["add", "a@example.test"])
+
+
+class MovedTests(SynchronousTestCase):
+    """
+    Addresses marked as moved in the directory file (RFC 5321 3.4, 551).
+    """
+
+    def setUp(self) -> None:
+        self.store = MemoryStore()
+        self.successResultOf(self.store.getAccount("alice@example.test", create=True))
+        self.file = DirectoryFile(os.path.join(self.mktemp(), "directory.json"))
+        self.file.addDomain("example.test")
+        self.directory = StoreDirectory(self.store, path=self.file.path)
+
+    def test_setAndRead(self) -> None:
+        self.assertEqual(self.file.setMoved("Carol@Example.test", "carol@new.example"), "carol@new.example")
+        self.assertEqual(self.successResultOf(self.directory.movedTo("CAROL@example.test")), "carol@new.example")
+        self.assertIsNone(self.successResultOf(self.directory.movedTo("alice@example.test")))
+        # Persisted in the file, and read back by another instance.
+        with open(self.file.path, encoding="utf-8") as f:
+            self.assertEqual(json.load(f)["moved"], {"carol@example.test": "carol@new.example"})
+        self.assertEqual(DirectoryFile(self.file.path).listMoved(), [("carol@example.test", "carol@new.example")])
+
+    def test_remove(self) -> None:
+        self.file.setMoved("carol@example.test", "carol@new.example")
+        self.file.removeMoved("carol@example.test")
+        self.assertIsNone(self.file.movedTo("carol@example.test"))
+        self.assertRaises(ConfigError, self.file.removeMoved, "carol@example.test")
+
+    def test_errors(self) -> None:
+        self.assertRaises(ConfigError, self.file.setMoved, "carol@example.test", "not an address")
+        self.assertRaises(ConfigError, self.file.setMoved, "carol@example.test", "Carol@example.test")
+        self.assertEqual(self.file.listMoved(), [])
+
+    def test_badFile(self) -> None:
+        with open(self.file.path, "w", encoding="utf-8") as f:
+            json.dump({"version": 1, "moved": {"carol@example.test": "nowhere"}}, f)
+        self.assertRaises(ConfigError, self.file.movedTo, "carol@example.test")
+
+    def test_noFile(self) -> None:
+        self.assertIsNone(self.successResultOf(StoreDirectory(self.store).movedTo("carol@example.test")))

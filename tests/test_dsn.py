@@ -99,3 +99,30 @@ class DSNTests(SynchronousTestCase):
     def test_readHeaders(self) -> None:
         self.assertEqual(readHeaders(io.BytesIO(ORIGINAL)), b"From: alice@example.test\r\nTo: bob@far.test\r\nSubject: report\r\n")
         self.assertEqual(readHeaders(io.BytesIO(b"Subject: x")), b"Subject: x\r\n")
+
+
+class SuccessDSNTests(SynchronousTestCase):
+    """
+    "delivered" and "relayed" DSNs (RFC 3461 6.2).
+    """
+
+    def test_delivered(self) -> None:
+        from mailplat.delivery.dsn import DELIVERED, RELAYED
+
+        original = io.BytesIO(b"Subject: hi\r\n\r\nbody\r\n")
+        for action in (DELIVERED, RELAYED):
+            dsn = makeDSN(
+                "mx.example.test", "a@example.test",
+                [RecipientReport("b@example.test", action, "2.0.0", orcpt="rfc822;B@Example.test")],
+                original, 0.0, envid="X",
+            )
+            message = email.message_from_bytes(dsn, policy=email.policy.default)
+            self.assertEqual(message["Subject"], "Successful Mail Delivery Report")
+            self.assertIn(f"Action: {action}\r\n".encode(), dsn)
+            self.assertIn(b"Original-Recipient: rfc822; B@Example.test\r\n", dsn)
+            self.assertIn(b"Original-Envelope-Id: X\r\n", dsn)
+            self.assertNotIn(b"body", dsn.split(b"text/rfc822-headers")[1])
+
+    def test_bareOrcpt(self) -> None:
+        dsn = makeDSN("mx.test", "a@x.test", [RecipientReport("b@y.test", FAILED, "5.1.1", orcpt="B@y.test")], io.BytesIO(b"\r\n"), 0.0)
+        self.assertIn(b"Original-Recipient: rfc822; B@y.test\r\n", dsn)

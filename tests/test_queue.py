@@ -196,3 +196,40 @@ class QueueCommandTests(SynchronousTestCase):
         options = queue_cmd.QueueOptions()
         options.parseOptions(["show", "0123456789abcdef"])
         self.failureResultOf(queue_cmd.run(options, self.config, io.StringIO(), self.clock), ConfigError)
+
+
+class EnvelopeParameterQueueTests(SynchronousTestCase):
+    """
+    DSN parameters and the SMTPUTF8 flag are kept with an entry.
+    """
+
+    def test_roundTrip(self) -> None:
+        from mailplat.smtp.envelope import RecipientParameters
+
+        clock = task.Clock()
+        path = self.mktemp()
+        queue = Queue(path, clock)
+        entryId = self.successResultOf(
+            queue.enqueue(
+                "a@example.test",
+                ["b@far.test", "c@far.test"],
+                io.BytesIO(b"\r\nx\r\n"),
+                envid="E",
+                ret="FULL",
+                parameters={"b@far.test": RecipientParameters(["SUCCESS", "FAILURE"], "rfc822;B@far.test")},
+                smtputf8=True,
+            )
+        )
+        entry = Queue(path, clock).get(entryId)
+        self.assertEqual((entry.envid, entry.ret, entry.smtputf8), ("E", "FULL", True))
+        b, c = entry.recipients
+        self.assertEqual((b.notify, b.orcpt), (["SUCCESS", "FAILURE"], "rfc822;B@far.test"))
+        self.assertTrue(b.wants("SUCCESS"))
+        self.assertEqual((c.notify, c.orcpt), (None, None))
+        self.assertFalse(c.wants("SUCCESS"))
+
+    def test_oldRecordWithoutFlag(self) -> None:
+        from mailplat.queue import QueueEntry
+
+        entry = QueueEntry.fromJSON({"id": "0123456789ab", "sender": None, "created": 1.0, "recipients": [{"address": "x@y"}]})
+        self.assertFalse(entry.smtputf8)

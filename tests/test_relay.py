@@ -89,6 +89,7 @@ class ScriptedDelivery:
         self.rcptReplies: Dict[str, List[SMTPReply]] = {}
         self.dataReplies: List[SMTPReply] = []
         self.messages: List[tuple] = []
+        self.envelopes: List[object] = []
 
     def validateSender(self, session: object, sender: Optional[str]) -> defer.Deferred:
         return defer.succeed(None)
@@ -103,6 +104,7 @@ class ScriptedDelivery:
         if self.dataReplies:
             return defer.fail(self.dataReplies.pop(0))
         self.messages.append((session, sender, list(recipients), message.read()))
+        self.envelopes.append(session.transaction)
         return defer.succeed(None)
 
 
@@ -687,3 +689,138 @@ class BrokenTLSTests(RelayTestMixin, TestCase):
         r = self.queue.get(queueId).recipients[0]
         self.assertEqual(r.state, DEFERRED)
         self.assertIn("4.7.5", r.reply)
+
+
+class WithoutExtensionServer(SMTPServer):
+    """
+    Our server, not advertising (nor accepting) the extensions named in
+    C{withhold}.
+    """
+
+    withhold: Tuple[str, ...] = ()
+
+    def extensions(self) -> List[str]:
+        return [k for k in super().extensions() if k not in self.withhold]
+
+    def do_MAIL(self, arg: str) -> None:
+        for keyword in self.withhold:
+            if keyword in arg.upper().split()[1:] or any(p.startswith(keyword + "=") for p in arg.upper().split()[1:]):
+                self.sendReply(555, "5.5.4", f"Unsupported parameter {keyword}")
+                return
+        super().do_MAIL(arg)
+
+
+class NoDSNServer(WithoutExtensionServer):
+    withhold = ("DSN",)
+
+
+class NoUTF8Server(WithoutExtensionServer):
+    withhold = ("SMTPUTF8",)
+
+
+class EnvelopeRelayTests(RelayTestMixin, TestCase):
+    """
+    DSN parameters passed to a next hop that offers DSN (RFC 3461), and
+    SMTPUTF8 messages (RFC 6531).
+    """
+
+    def enqueueWith(self, recipients: List[str], params: Dict[str, object], **kw: object) -> str:
+        return self.successResultOf(
+            self.queue.enqueue("alice@example.test", recipients, io.BytesIO(MESSAGE), parameters=params, **kw)  # type: ignore[arg-type]
+        )
+
+    @defer.inlineCallbacks
+    def test_dsnPassedOn(self):
+        from mailplat.smtp.envelope import RecipientParameters
+
+        self.enqueueWith(
+            ["bob@remote.test", "carol@remote.test"],
+            {"bob@remote.test": RecipientParameters(["SUCCESS", "DELAY"], "rfc822;Bob+1@Example.test")},
+            envid="env id=1", ret="HDRS",
+        )
+        yield self.runner.runOnce()
+        [envelope] = self.remote.envelopes
+        self.assertEqual((envelope.ret, envelope.envid), ("HDRS", "env id=1"))
+        self.assertEqual(envelope.recipient("bob@remote.test").notify, ["SUCCESS", "DELAY"])
+        self.assertEqual(envelope.recipient("bob@remote.test").orcpt, "rfc822;Bob+1@Example.test")
+        self.assertNotIn("carol@remote.test", envelope.recipients)
+        # The next hop reports success itself: no DSN from us.
+        self.assertEqual(self.inbox(), [])
+
+    @defer.inlineCallbacks
+    def test_relayedDSN(self):
+        """
+        A next hop without DSN gets no parameters, and a NOTIFY=SUCCESS
+        recipient earns a "relayed" DSN.
+        """
+        from mailplat.smtp.envelope import RecipientParameters
+
+        self.factory.protocol = NoDSNServer
+        self.enqueueWith(
+            ["bob@remote.test", "carol@remote.test"],
+            {"bob@remote.test": RecipientParameters(["SUCCESS"])},
+            envid="E2",
+        )
+        yield self.runner.runOnce()
+        self.assertEqual(len(self.remote.messages), 1)
+        self.assertIsNone(self.remote.envelopes[0].envid)
+        [dsn] = self.inbox()
+        self.assertIn(b"Action: relayed\r\n", dsn)
+        self.assertIn(b"Final-Recipient: rfc822; bob@remote.test\r\n", dsn)
+        self.assertNotIn(b"carol@remote.test", dsn)
+        self.assertIn(b"Original-Envelope-Id: E2\r\n", dsn)
+        self.assertEqual(self.queue.list(), [])
+
+    @defer.inlineCallbacks
+    def test_notifyNever(self):
+        """
+        A failed NOTIFY=NEVER recipient is not bounced; a NOTIFY=FAILURE
+        one is, and the bounce follows RET=FULL.
+        """
+        from mailplat.smtp.envelope import RecipientParameters
+
+        self.remote.rcptReplies["bob@remote.test"] = [SMTPReply(550, "5.1.1", "No such user")]
+        self.remote.rcptReplies["carol@remote.test"] = [SMTPReply(550, "5.1.1", "No such user")]
+        self.enqueueWith(
+            ["bob@remote.test", "carol@remote.test"],
+            {"bob@remote.test": RecipientParameters(["NEVER"]), "carol@remote.test": RecipientParameters(["FAILURE"])},
+            ret="FULL",
+        )
+        yield self.runner.runOnce()
+        [dsn] = self.inbox()
+        self.assertIn(b"carol@remote.test", dsn)
+        self.assertNotIn(b"bob@remote.test", dsn)
+        self.assertIn(b"message/rfc822", dsn)
+        self.assertIn(b"..two dots", dsn)
+        self.assertEqual(self.queue.list(), [])
+
+    @defer.inlineCallbacks
+    def test_smtputf8Sent(self):
+        self.enqueueWith(["bö@remote.test"], {}, smtputf8=True)
+        yield self.runner.runOnce()
+        [(_, _, recipients, _)] = self.remote.messages
+        self.assertEqual(recipients, ["bö@remote.test"])
+        self.assertTrue(self.remote.envelopes[0].smtputf8)
+
+    @defer.inlineCallbacks
+    def test_smtputf8RefusedNonASCII(self):
+        """
+        A next hop without SMTPUTF8 never gets the message; it bounces with
+        5.6.7 when an address is not ASCII.
+        """
+        self.factory.protocol = NoUTF8Server
+        self.enqueueWith(["bö@remote.test"], {}, smtputf8=True)
+        yield self.runner.runOnce()
+        self.assertEqual(self.remote.messages, [])
+        [dsn] = self.inbox()
+        self.assertIn(b"Status: 5.6.7\r\n", dsn)
+        self.assertEqual(self.queue.list(), [])
+
+    @defer.inlineCallbacks
+    def test_smtputf8RefusedASCII(self):
+        self.factory.protocol = NoUTF8Server
+        self.enqueueWith(["bob@remote.test"], {}, smtputf8=True)
+        yield self.runner.runOnce()
+        self.assertEqual(self.remote.messages, [])
+        [dsn] = self.inbox()
+        self.assertIn(b"Status: 5.6.9\r\n", dsn)

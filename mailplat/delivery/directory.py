@@ -7,7 +7,10 @@ Two sources answer it:
  - the directory file C{<dataDir>/directory.json} (L{DirectoryFile}),
    managed with C{mailplat domain ...} and C{mailplat alias ...}: virtual
    domains, aliases (one address to many, local or remote), catch-alls
-   (the alias C{@domain}).
+   (the alias C{@domain}), and moved addresses (C{"moved": {"old@d":
+   "new@elsewhere"}}): mail to a moved address is refused with
+   C{551 5.1.6 User not local; please try <new@elsewhere>} (RFC 5321 3.4)
+   instead of being delivered or forwarded.
 
 Resolution of an address of a local domain (L{StoreDirectory.expand}), in
 this order: an alias of exactly that address; the account of that
@@ -82,7 +85,11 @@ class DirectoryFile:
         {"version": 1,
          "domains": ["example.test"],
          "aliases": {"postmaster@example.test": ["alice@example.test"],
-                     "@example.test": ["catchall@example.test"]}}
+                     "@example.test": ["catchall@example.test"]},
+         "moved": {"carol@example.test": "carol@new.example"}}
+
+    C{moved} is optional: an address that has moved to C{new}; the SMTP
+    server answers C{551 5.1.6 User not local; please try <new>} for it.
 
     Every change rewrites the file atomically (temporary file, fsync,
     rename, directory fsync).  The file is read again whenever it changed
@@ -96,6 +103,7 @@ class DirectoryFile:
         self._stamp: Optional[Tuple[int, int, int]] = None
         self._domains: List[str] = []
         self._aliases: Dict[str, List[str]] = {}
+        self._moved: Dict[str, str] = {}
 
     # Reading.
 
@@ -104,7 +112,7 @@ class DirectoryFile:
             stat = os.stat(self.path)
         except FileNotFoundError:
             self._stamp = None
-            self._domains, self._aliases = [], {}
+            self._domains, self._aliases, self._moved = [], {}, {}
             return
         stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         if stamp == self._stamp:
@@ -117,9 +125,10 @@ class DirectoryFile:
                 _validAddress(k, allowCatchAll=True): [_validAddress(t) for t in v]
                 for k, v in data.get("aliases", {}).items()
             }
+            moved = {_validAddress(k): _validAddress(v) for k, v in data.get("moved", {}).items()}
         except (ValueError, AttributeError, TypeError, ConfigError) as e:
             raise ConfigError(f"{self.path}: not a valid directory file: {e}") from None
-        self._domains, self._aliases, self._stamp = domains, aliases, stamp
+        self._domains, self._aliases, self._moved, self._stamp = domains, aliases, moved, stamp
 
     def domains(self) -> List[str]:
         """
@@ -143,13 +152,34 @@ class DirectoryFile:
         targets = self._aliases.get(key)
         return list(targets) if targets is not None else None
 
+    def movedTo(self, address: str) -> Optional[str]:
+        """
+        The new address of C{address} (normalised) when it has moved, else
+        L{None}.
+        """
+        self._load()
+        return self._moved.get(address)
+
+    def listMoved(self) -> List[Tuple[str, str]]:
+        """
+        Every moved address with its new address, sorted.
+        """
+        self._load()
+        return sorted(self._moved.items())
+
     # Changing.
 
     def _save(self) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
         tmp = self.path + ".tmp"
-        data = {"version": 1, "domains": sorted(self._domains), "aliases": {k: self._aliases[k] for k in sorted(self._aliases)}}
+        data: Dict[str, object] = {
+            "version": 1,
+            "domains": sorted(self._domains),
+            "aliases": {k: self._aliases[k] for k in sorted(self._aliases)},
+        }
+        if self._moved:
+            data["moved"] = {k: self._moved[k] for k in sorted(self._moved)}
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2)
             f.write("\n")
@@ -243,6 +273,36 @@ class DirectoryFile:
                 del self._aliases[key]
         self._save()
 
+    def setMoved(self, address: str, newAddress: str) -> str:
+        """
+        Mark C{address} as moved to C{newAddress} (replacing an earlier
+        setting).
+
+        @return: the normalised new address.
+        @raise ConfigError: a bad address, or an address moved to itself.
+        """
+        self._load()
+        key = _validAddress(address)
+        target = _validAddress(newAddress)
+        if key == target:
+            raise ConfigError(f"{key} cannot move to itself")
+        self._moved[key] = target
+        self._save()
+        return target
+
+    def removeMoved(self, address: str) -> None:
+        """
+        Forget that C{address} moved.
+
+        @raise ConfigError: it is not marked as moved.
+        """
+        self._load()
+        key = _validAddress(address)
+        if key not in self._moved:
+            raise ConfigError(f"{key}: not marked as moved")
+        del self._moved[key]
+        self._save()
+
     def listAliases(self) -> List[Tuple[str, List[str]]]:
         """
         Every alias with its targets, sorted by alias.
@@ -290,6 +350,15 @@ class StoreDirectory:
             return False
         accounts = yield self.store.listAccounts()
         return any(splitAddress(a)[1] == domain for a in accounts)
+
+    def movedTo(self, address: str) -> "defer.Deferred[Optional[str]]":
+        """
+        The new address of C{address} when the directory file marks it as
+        moved, else L{None} (see L{DirectoryFile.movedTo}).
+        """
+        if self.file is None:
+            return defer.succeed(None)
+        return defer.succeed(self.file.movedTo(normalizeAddress(address)))
 
     @defer.inlineCallbacks
     def resolve(self, address: str):

@@ -22,6 +22,10 @@ from typing import BinaryIO, List, Optional, Sequence
 
 FAILED = "failed"
 DELAYED = "delayed"
+#: Success DSNs (RFC 3464 2.3.3): delivered here (a local mailbox), or
+#: relayed to a next hop that does not offer DSN (RFC 3461 6.2.1).
+DELIVERED = "delivered"
+RELAYED = "relayed"
 
 _ENHANCED = re.compile(r"^([245])\d\d[ -]([245]\.\d{1,3}\.\d{1,3})\b")
 _BASIC = re.compile(r"^([245])\d\d\b")
@@ -34,14 +38,17 @@ class RecipientReport:
     What a DSN says about one recipient.
 
     @ivar address: the final recipient (forward path as relayed).
-    @ivar action: C{"failed"} or C{"delayed"}.
+    @ivar action: C{"failed"}, C{"delayed"}, C{"delivered"} or
+        C{"relayed"}.
     @ivar status: the RFC 3463 status code (C{"5.1.1"}).
     @ivar diagnostic: the remote server's reply (C{"550 5.1.1 No such
         user"}) or our own explanation, or L{None}.
     @ivar remoteMTA: the host that gave C{diagnostic}, or L{None}.
     @ivar lastAttempt: POSIX time of the last attempt, or L{None}.
     @ivar willRetryUntil: for a delay, when the relay gives up; or L{None}.
-    @ivar orcpt: the original recipient (RFC 3461 C{ORCPT}), or L{None}.
+    @ivar orcpt: the original recipient (RFC 3461 C{ORCPT}) as
+        C{"addr-type;address"} (a bare address is taken as C{rfc822}), or
+        L{None}.
     """
 
     address: str
@@ -121,7 +128,8 @@ def makeDSN(
         the same action.
     @param original: the original message, wire form.
     @param now: POSIX time used for C{Date}.
-    @param ret: C{"FULL"} to return the whole message, else the headers.
+    @param ret: C{"FULL"} to return the whole message, else the headers
+        (RFC 3461 4.3: C{HDRS}, or not given).
     @param envid: the original envelope id (C{Original-Envelope-Id}).
     @param arrivalDate: when the original message arrived.
     @param boundary: the MIME boundary (random when L{None}).
@@ -138,6 +146,21 @@ def makeDSN(
             "",
             "I'm sorry to have to inform you that your message could not",
             "be delivered to one or more recipients. It's attached below.",
+            "",
+        ]
+    elif action in (DELIVERED, RELAYED):
+        subject = "Successful Mail Delivery Report"
+        human = [
+            f"This is the mail system at host {reportingMTA}.",
+            "",
+            "Your message was successfully delivered to the destination(s)",
+            "listed below."
+            + (
+                " The next mail system does not send delivery reports, so"
+                " this is the last one you will get for it."
+                if action == RELAYED
+                else ""
+            ),
             "",
         ]
     else:
@@ -182,7 +205,10 @@ def makeDSN(
     for r in reports:
         status.append("")
         if r.orcpt:
-            status.append(f"Original-Recipient: rfc822; {_clean(r.orcpt)}")
+            kind, semi, address = r.orcpt.partition(";")
+            if not semi:
+                kind, address = "rfc822", r.orcpt
+            status.append(f"Original-Recipient: {_clean(kind)}; {_clean(address.strip())}")
         status.append(f"Final-Recipient: rfc822; {_clean(r.address)}")
         status.append(f"Action: {r.action}")
         status.append(f"Status: {r.status}")

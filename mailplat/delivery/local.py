@@ -7,10 +7,29 @@ plus-addressing, catch-alls, forwards), ask the policies, then store a copy
 in the INBOX of each local account and put the remote recipients (relayed
 for an authenticated client, or forwarded by an alias) in the outbound
 queue.  The SMTP C{250} comes only once every part is durable.
+
+The transaction's ESMTP parameters (an L{Envelope}: DSN C{RET}, C{ENVID},
+C{NOTIFY}, C{ORCPT}, and C{SMTPUTF8}) are read from C{session.transaction}
+(set by L{mailplat.smtp.server.SMTPServer}), or given to L{LocalDelivery.deliver}
+as its optional C{envelope} argument; callers that know nothing of them
+(L{LocalDelivery.inject}, older callers of L{IDelivery}) keep working and
+get the defaults.  They go into the queue entry of the remote recipients
+(an alias expansion keeps the original recipient's parameters, and gets
+an C{ORCPT} naming the original address when the client gave none); a
+local recipient with C{NOTIFY=SUCCESS} gets a "delivered" DSN once the
+message is stored (RFC 3461 6.2).
+
+With a L{SieveFilter <mailplat.sieve.SieveFilter>}, each local account's
+Sieve script (C{<dataDir>/sieve/<address>.sieve}) decides, after the
+policies and before the store, which mailboxes receive the message and
+what else happens (redirect, reject, vacation); see L{mailplat.sieve}.
 """
 
 import io
-from typing import BinaryIO, List, Optional, Sequence, Tuple
+import shutil
+import tempfile
+import time
+from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -18,9 +37,14 @@ from zope.interface import implementer
 
 from mailplat.address import normalizeAddress, splitAddress
 from mailplat.delivery.directory import AliasLoop, Resolution
+from mailplat.delivery.dsn import DELIVERED, FAILED, RecipientReport, makeDSN, readHeaders
 from mailplat.delivery.policy import REJECT, IPolicy
-from mailplat.errors import SMTPReply
+from mailplat.errors import NoSuchMailbox, SMTPReply
 from mailplat.interfaces import IDelivery, IDirectory, IStore
+from mailplat.smtp.envelope import Envelope, RecipientParameters
+
+#: The header a Sieve redirect adds (kept in step with mailplat.sieve).
+REDIRECT_HEADER = "X-Mailplat-Sieve-Redirected"
 
 
 class PrefixedReader(io.RawIOBase):
@@ -61,6 +85,10 @@ class LocalDelivery:
     @ivar queue: the outbound L{Queue <mailplat.queue.Queue>}, or L{None}
         (then nothing is relayed or forwarded).
     @ivar policies: the L{IPolicy} objects asked about each message.
+    @ivar hostname: our host name, for the DSNs this pipeline makes.
+    @ivar clock: gives the time for DSN dates (anything with C{seconds()}).
+    @ivar sieve: the L{SieveFilter <mailplat.sieve.SieveFilter>} running
+        each account's script, or L{None} (everything goes to INBOX).
     """
 
     _log = Logger()
@@ -71,11 +99,17 @@ class LocalDelivery:
         store: IStore,
         queue: Optional[object] = None,
         policies: Sequence[IPolicy] = (),
+        hostname: str = "localhost",
+        clock: Optional[object] = None,
+        sieve: Optional[Any] = None,
     ) -> None:
+        self.sieve = sieve
         self.directory = directory
         self.store = store
         self.queue = queue
         self.policies = list(policies)
+        self.hostname = hostname
+        self.clock = clock
 
     def validateSender(self, session: object, sender: Optional[str]) -> "defer.Deferred[None]":
         """
@@ -111,7 +145,8 @@ class LocalDelivery:
     @defer.inlineCallbacks
     def validateRecipient(self, session: object, recipient: str):
         """
-        For a local domain: C{550 5.1.1} for an unknown user, C{550 5.4.6}
+        For a local domain: C{551 5.1.6} for an address the directory
+        marks as moved (naming the new one), C{550 5.1.1} for an unknown user, C{550 5.4.6}
         for an alias loop, success for a known one, and a C{251 2.1.5}
         L{SMTPReply} as the I{result} (not raised) when the address only
         forwards to other domains.  For another domain: accepted for an
@@ -120,6 +155,13 @@ class LocalDelivery:
         """
         local, domain = splitAddress(recipient)
         if domain and local and (yield self.directory.isLocalDomain(domain)):
+            movedTo = getattr(self.directory, "movedTo", None)
+            if movedTo is not None:
+                target = yield movedTo(recipient)
+                if target:
+                    # RFC 5321 3.4: the user has moved; the client is told
+                    # where, and nothing is forwarded.
+                    raise SMTPReply(551, "5.1.6", f"User not local; please try <{target}>")
             try:
                 resolution = yield self._expand(recipient)
             except AliasLoop:
@@ -138,10 +180,13 @@ class LocalDelivery:
         """
         Split the recipients into local accounts and remote addresses.
 
-        @return: a Deferred firing with C{(accounts, remote)}.
+        @return: a Deferred firing with C{(accounts, remote, origin)}:
+            C{origin} maps each account and remote address to the first
+            recipient (of C{recipients}) that led to it.
         """
         accounts: List[str] = []
         remote: List[str] = []
+        origin: Dict[str, str] = {}
         for recipient in recipients:
             recipient = normalizeAddress(recipient)
             local, domain = splitAddress(recipient)
@@ -159,7 +204,8 @@ class LocalDelivery:
                 for address in addresses:
                     if address not in into:
                         into.append(address)
-        return accounts, remote
+                    origin.setdefault(address, recipient)
+        return accounts, remote, origin
 
     @defer.inlineCallbacks
     def _judge(self, session: object, sender: Optional[str], recipients: List[str], message: BinaryIO):
@@ -178,29 +224,204 @@ class LocalDelivery:
         message.seek(0)
         return b"".join(headers)
 
+    @staticmethod
+    def _parametersFor(envelope: Envelope, address: str, original: str) -> RecipientParameters:
+        """
+        The DSN parameters of C{address}, reached from the recipient
+        C{original}: the original's, with C{ORCPT} naming the original
+        address when it was expanded and the client gave none.
+        """
+        given = envelope.recipient(original)
+        orcpt = given.orcpt
+        if orcpt is None and address != original:
+            orcpt = f"rfc822;{original}"
+        return RecipientParameters(notify=given.notify, orcpt=orcpt)
+
     @defer.inlineCallbacks
-    def deliver(self, session: object, sender: Optional[str], recipients: List[str], message: BinaryIO):
+    def deliver(
+        self,
+        session: object,
+        sender: Optional[str],
+        recipients: List[str],
+        message: BinaryIO,
+        envelope: Optional[Envelope] = None,
+    ):
         """
         Queue the message for its remote recipients, then append it to the
         INBOX of every account the recipients resolve to (each account
         once, with a C{Return-Path} header); fires when every part is
         durable.
+
+        @param envelope: the transaction's ESMTP parameters; by default
+            C{session.transaction}, or none at all.
         """
-        accounts, remote = yield self._route(session, recipients)
+        if envelope is None:
+            envelope = getattr(session, "transaction", None) or Envelope()
+        accounts, remote, origin = yield self._route(session, recipients)
         if not accounts and not remote:
             raise SMTPReply(550, "5.1.1", "No recipient exists any more")
         tags = yield self._judge(session, sender, recipients, message)
         if remote:
             message.seek(0)
             source = io.BufferedReader(PrefixedReader(tags, message), 65536) if tags else message
-            queueId = yield self.queue.enqueue(sender, remote, source)  # type: ignore[union-attr]
+            parameters = {a: self._parametersFor(envelope, a, origin[a]) for a in remote}
+            queueId = yield self.queue.enqueue(  # type: ignore[union-attr]
+                sender, remote, source, envid=envelope.envid, ret=envelope.ret,
+                parameters=parameters, smtputf8=envelope.smtputf8,
+            )
             self._log.info("queued {id} from <{sender}> for {remote}", id=queueId, sender=sender or "", remote=remote)
         returnPath = b"Return-Path: <" + (sender or "").encode("utf-8") + b">\r\n"
         for address in accounts:
-            account = yield self.store.getAccount(address)
-            inbox = yield account.getMailbox("INBOX")
+            yield self._store(address, sender, message, returnPath + tags)
+        yield self._successReports(sender, envelope, accounts, origin, message)
+
+    @defer.inlineCallbacks
+    def _store(self, address: str, sender: Optional[str], message: BinaryIO, prefix: bytes):
+        """
+        Store the message in the account of C{address}: in INBOX, or where
+        the account's Sieve script says (and do the script's other
+        actions).
+        """
+        account = yield self.store.getAccount(address)
+        targets: List[Tuple[str, bool]] = [("INBOX", False)]
+        actions = None
+        if self.sieve is not None:
+            message.seek(0, io.SEEK_END)
+            size = message.tell()
             message.seek(0)
-            yield inbox.append(io.BufferedReader(PrefixedReader(returnPath + tags, message), 65536))
+            actions = self.sieve.evaluate(address, sender, message, size)
+        if actions is not None:
+            targets = []
+            for action in actions:
+                if action.name in ("keep", "fileinto"):
+                    target = (action.mailbox or "INBOX", action.create)
+                    if target not in targets:
+                        targets.append(target)
+                elif action.name == "redirect":
+                    if not (yield self._redirect(address, sender, message, action.address)):
+                        if ("INBOX", False) not in targets:
+                            targets.append(("INBOX", False))
+                elif action.name == "reject":
+                    yield self._reject(address, sender, message, action.reason or "")
+                elif action.name == "vacation":
+                    yield self._vacation(address, sender, message, action)
+        for name, create in targets:
+            mailbox = yield self._mailbox(account, address, name, create)
+            message.seek(0)
+            yield mailbox.append(io.BufferedReader(PrefixedReader(prefix, message), 65536))
+
+    @defer.inlineCallbacks
+    def _mailbox(self, account: Any, address: str, name: str, create: bool):
+        """
+        The mailbox C{name} of C{account}; created when missing with
+        C{create}, else INBOX (logged).
+        """
+        try:
+            return (yield account.getMailbox(name))
+        except NoSuchMailbox:
+            pass
+        except Exception:
+            self._log.failure("sieve: mailbox {name!r} of {address} unusable; filing into INBOX", name=name, address=address)
+            return (yield account.getMailbox("INBOX"))
+        if create:
+            try:
+                yield account.createMailbox(name)
+                return (yield account.getMailbox(name))
+            except Exception:
+                self._log.failure("sieve: could not create {name!r} for {address}; filing into INBOX", name=name, address=address)
+        else:
+            self._log.warn("sieve: fileinto {name!r} for {address}: no such mailbox; filed into INBOX", name=name, address=address)
+        return (yield account.getMailbox("INBOX"))
+
+    @defer.inlineCallbacks
+    def _redirect(self, address: str, sender: Optional[str], message: BinaryIO, target: Optional[str]):
+        """
+        Send the message on to C{target} (through the queue for another
+        domain) with the original sender, marked as redirected by
+        C{address}.
+
+        @return: a Deferred firing with whether it was sent; not when the
+            message was already redirected by this account (a loop) or
+            sending failed.
+        """
+        if not target:
+            return False
+        marker = f"{REDIRECT_HEADER}: {address}".lower().encode("utf-8")
+        message.seek(0)
+        headers = readHeaders(message).lower().replace(b"\r\n", b"\n")
+        if any(line.strip() == marker for line in headers.split(b"\n")):
+            self._log.warn("sieve: redirect loop for {address} to {target}; kept in INBOX", address=address, target=target)
+            return False
+        message.seek(0)
+        copy = tempfile.SpooledTemporaryFile(max_size=65536)
+        try:
+            copy.write(f"{REDIRECT_HEADER}: {address}\r\n".encode("utf-8"))
+            shutil.copyfileobj(message, copy)
+            copy.seek(0)
+            yield self.deliver(None, sender, [normalizeAddress(target)], copy, envelope=Envelope())  # type: ignore[arg-type]
+        except Exception:
+            self._log.failure("sieve: redirect of mail for {address} to {target} failed; kept in INBOX", address=address, target=target)
+            return False
+        finally:
+            copy.close()
+        return True
+
+    @defer.inlineCallbacks
+    def _reject(self, address: str, sender: Optional[str], message: BinaryIO, reason: str):
+        """
+        RFC 5429 C{reject}: a refusal in DSN form to the sender (never to
+        C{<>}).
+        """
+        if sender is None:
+            return
+        report = RecipientReport(address=address, action=FAILED, status="5.7.1", diagnostic=f"550 5.7.1 {reason}".strip())
+        dsn = makeDSN(self.hostname, sender, [report], message, self._now())
+        try:
+            yield self.inject(None, [sender], io.BytesIO(dsn))
+        except Exception:
+            self._log.failure("sieve: could not send the rejection of mail for {address} to <{to}>", address=address, to=sender)
+
+    @defer.inlineCallbacks
+    def _vacation(self, address: str, sender: Optional[str], message: BinaryIO, action: Any):
+        """
+        RFC 5230 C{vacation}: the auto-reply, sent from C{<>} when due.
+        """
+        try:
+            reply = self.sieve.vacationReply(address, sender, message, action)  # type: ignore[union-attr]
+            if reply is not None:
+                yield self.inject(None, [sender], io.BytesIO(reply))  # type: ignore[list-item]
+        except Exception:
+            self._log.failure("sieve: vacation reply of {address} to <{to}> failed", address=address, to=sender)
+
+    def _now(self) -> float:
+        seconds = getattr(self.clock, "seconds", None)
+        return seconds() if seconds is not None else time.time()
+
+    @defer.inlineCallbacks
+    def _successReports(
+        self, sender: Optional[str], envelope: Envelope, accounts: List[str], origin: Dict[str, str], message: BinaryIO
+    ):
+        """
+        Send one "delivered" DSN (RFC 3461 6.2) for the local accounts
+        whose recipient asked for C{NOTIFY=SUCCESS}; never to the null
+        sender.  The message is already stored: a DSN that cannot be sent
+        is logged, never a failure of the delivery.
+        """
+        if sender is None:
+            return
+        reports = []
+        for address in accounts:
+            parameters = self._parametersFor(envelope, address, origin[address])
+            if parameters.wants("SUCCESS"):
+                reports.append(RecipientReport(address=address, action=DELIVERED, status="2.0.0", orcpt=parameters.orcpt))
+        if not reports:
+            return
+        now = self._now()
+        dsn = makeDSN(self.hostname, sender, reports, message, now, ret=envelope.ret, envid=envelope.envid, arrivalDate=now)
+        try:
+            yield self.inject(None, [sender], io.BytesIO(dsn))
+        except Exception:
+            self._log.failure("could not send the delivery DSN to <{to}>", to=sender)
 
     def inject(self, sender: Optional[str], recipients: List[str], message: BinaryIO) -> "defer.Deferred[None]":
         """

@@ -40,7 +40,7 @@ import re
 import secrets
 import time
 from dataclasses import asdict, dataclass
-from typing import BinaryIO, Callable, Dict, Iterable, List, Optional
+from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Mapping, Optional
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -122,6 +122,8 @@ class QueueEntry:
     @ivar envid: the DSN envelope id (RFC 3461 C{ENVID}), or L{None}.
     @ivar ret: the DSN C{RET} parameter (C{"FULL"} or C{"HDRS"}), or L{None}.
     @ivar recipients: the L{RecipientStatus} of each recipient.
+    @ivar smtputf8: the message was received with C{SMTPUTF8} (RFC 6531):
+        it may only be relayed to a next hop that offers SMTPUTF8.
     """
 
     id: str
@@ -131,6 +133,7 @@ class QueueEntry:
     held: bool = False
     envid: Optional[str] = None
     ret: Optional[str] = None
+    smtputf8: bool = False
 
     def active(self) -> List[RecipientStatus]:
         """
@@ -177,7 +180,12 @@ class QueueEntry:
             held=data.get("held", False),
             envid=data.get("envid"),
             ret=data.get("ret"),
+            smtputf8=data.get("smtputf8", False),
         )
+
+
+def _copyList(value: Optional[List[str]]) -> Optional[List[str]]:
+    return list(value) if value is not None else None
 
 
 def _fsyncDirectory(path: str) -> None:
@@ -245,6 +253,8 @@ class Queue:
         messageFile: BinaryIO,
         envid: Optional[str] = None,
         ret: Optional[str] = None,
+        parameters: Optional[Mapping[str, Any]] = None,
+        smtputf8: bool = False,
     ) -> "defer.Deferred[str]":
         """
         Queue a message for C{recipients} (each once, in order).
@@ -252,9 +262,17 @@ class Queue:
         @param messageFile: a binary file holding the wire form; read from
             offset 0 (from where it stands when it cannot seek) to its end,
             not closed.
+        @param envid: the DSN envelope id (RFC 3461 C{ENVID}, decoded).
+        @param ret: the DSN C{RET} value, C{"FULL"} or C{"HDRS"}.
+        @param parameters: recipient address to an object with C{notify}
+            and C{orcpt} attributes (a
+            L{mailplat.smtp.envelope.RecipientParameters}); recipients not
+            in it get the defaults.
+        @param smtputf8: the message needs a next hop with SMTPUTF8.
         @return: a Deferred firing with the new queue id once the entry is
             durable.
         """
+        params = dict(parameters or {})
         addresses: List[str] = []
         for r in recipients:
             if r not in addresses:
@@ -267,9 +285,18 @@ class Queue:
             id=entryId,
             sender=sender,
             created=now,
-            recipients=[RecipientStatus(address=a, nextAttempt=now) for a in addresses],
+            recipients=[
+                RecipientStatus(
+                    address=a,
+                    nextAttempt=now,
+                    notify=_copyList(getattr(params.get(a), "notify", None)) if params else None,
+                    orcpt=getattr(params.get(a), "orcpt", None) if params else None,
+                )
+                for a in addresses
+            ],
             envid=envid,
             ret=ret,
+            smtputf8=smtputf8,
         )
         try:
             self._writeFile(entryId + ".msg", messageFile)

@@ -10,6 +10,15 @@ opportunistic C{STARTTLS}, C{AUTH PLAIN}/C{LOGIN} to a smarthost, then
 C{MAIL}/C{RCPT}/C{DATA} for each message.  Every recipient comes back
 as delivered, deferred (4xx, connection trouble) or failed (5xx).
 
+To a next hop that offers DSN (RFC 3461) the message's C{RET} and
+C{ENVID} go with C{MAIL} and each recipient's C{NOTIFY} and C{ORCPT} with
+C{RCPT}; a L{Result} says whether they were passed on, so that the queue
+runner sends a "relayed" DSN for a C{NOTIFY=SUCCESS} recipient otherwise.
+A message received with SMTPUTF8 (RFC 6531) is sent with C{MAIL ...
+SMTPUTF8}, and never to a next hop that does not offer it: its recipients
+fail (C{553 5.6.7} when an envelope address is not ASCII, else C{554
+5.6.9}) and are bounced.
+
 L{mailplat.relay.runner.QueueRunner} decides when to call it and what to
 do with the results.
 """
@@ -18,7 +27,7 @@ import base64
 import ipaddress
 import random
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet import defer, endpoints, ssl
@@ -28,6 +37,7 @@ from twisted.names import error as dnserror
 
 from mailplat import netutil
 from mailplat.relay.client import Reply, SMTPClientProtocol
+from mailplat.smtp.syntax import encodeXtext
 
 DELIVERED = "delivered"
 DEFERRED = "deferred"
@@ -42,11 +52,14 @@ class Result:
     @ivar kind: L{DELIVERED}, L{DEFERRED} or L{FAILED}.
     @ivar reply: the reply text (C{"550 5.1.1 No such user"}).
     @ivar remoteMTA: the host that answered, or L{None} when none did.
+    @ivar dsn: the next hop offers DSN, so the recipient's DSN parameters
+        were passed on and reporting is its job from now on.
     """
 
     kind: str
     reply: str
     remoteMTA: Optional[str] = None
+    dsn: bool = False
 
 
 @dataclass
@@ -59,12 +72,23 @@ class Job:
     @ivar recipients: the forward paths.
     @ivar openMessage: returns the message file (wire form); the relay
         closes it.
+    @ivar envid: the DSN C{ENVID} (decoded), or L{None}.
+    @ivar ret: the DSN C{RET} (C{"FULL"}, C{"HDRS"}), or L{None}.
+    @ivar notify: recipient to its C{NOTIFY} list, for those that have one.
+    @ivar orcpt: recipient to its C{ORCPT} (C{"type;address"}, decoded),
+        for those that have one.
+    @ivar smtputf8: the message needs SMTPUTF8 (RFC 6531).
     """
 
     entryId: str
     sender: Optional[str]
     recipients: List[str]
     openMessage: Callable[[], BinaryIO]
+    envid: Optional[str] = None
+    ret: Optional[str] = None
+    notify: Dict[str, List[str]] = field(default_factory=dict)
+    orcpt: Dict[str, str] = field(default_factory=dict)
+    smtputf8: bool = False
 
 
 class DestinationError(Exception):
@@ -435,19 +459,46 @@ class Relay:
         @raise _HostError: (as a failure) the server closed (421).
         """
         results: Dict[str, Result] = {}
+        extensions = conn.extensions
+        dsn = "DSN" in extensions
 
         def settle(recipients: List[str], reply: Reply) -> None:
             for r in recipients:
-                results[r] = Result(_kind(reply.code), reply.text, name)
+                results[r] = Result(_kind(reply.code), reply.text, name, dsn)
 
-        reply = yield conn.command(f"MAIL FROM:<{job.sender or ''}>")
+        mail = f"MAIL FROM:<{job.sender or ''}>"
+        if job.smtputf8:
+            if "SMTPUTF8" not in extensions:
+                # RFC 6531 3.2: never downgrade; the message is bounced.
+                addresses = [job.sender or ""] + job.recipients
+                if all(a.isascii() for a in addresses):
+                    text = f"554 5.6.9 {name} does not support SMTPUTF8, needed by this UTF-8 message"
+                else:
+                    text = f"553 5.6.7 {name} does not support SMTPUTF8, needed for a non-ASCII address"
+                for r in job.recipients:
+                    results[r] = Result(FAILED, text, name)
+                return results
+            mail += " SMTPUTF8"
+        if dsn:
+            if job.ret:
+                mail += f" RET={job.ret}"
+            if job.envid:
+                mail += f" ENVID={encodeXtext(job.envid)}"
+        reply = yield conn.command(mail)
         if reply.code != 250:
             settle(job.recipients, reply)
             yield self._abort(conn, reply)
             return results
         accepted: List[str] = []
         for recipient in job.recipients:
-            reply = yield conn.command(f"RCPT TO:<{recipient}>")
+            rcpt = f"RCPT TO:<{recipient}>"
+            if dsn:
+                if recipient in job.notify:
+                    rcpt += " NOTIFY=" + ",".join(job.notify[recipient])
+                if recipient in job.orcpt:
+                    kind, _, address = job.orcpt[recipient].partition(";")
+                    rcpt += f" ORCPT={kind};{encodeXtext(address)}"
+            reply = yield conn.command(rcpt)
             if reply.code in (250, 251):
                 accepted.append(recipient)
             else:

@@ -9,6 +9,11 @@ end of its lifetime.  A recipient still deferred when the message is older
 than C{lifetime} (5 days) fails for good (status 4.4.7 in the bounce).  A
 recipient still deferred after C{delayWarning} (4 hours) gets one delay
 warning DSN.
+
+DSN requests (RFC 3461) are honoured: a recipient with C{NOTIFY=NEVER}
+is never reported, C{NOTIFY=SUCCESS} gets a "relayed" DSN when the next
+hop does not offer DSN itself (one that does is passed the parameters and
+reports in our place), C{RET} and C{ENVID} shape every DSN.
 """
 
 import io
@@ -20,7 +25,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from mailplat.delivery.dsn import DELAYED, FAILED, RecipientReport, makeDSN, statusFromReply
+from mailplat.delivery.dsn import DELAYED, FAILED, RELAYED, RecipientReport, makeDSN, statusFromReply
 from mailplat.errors import SMTPReply
 from mailplat.queue import DEFERRED, NoSuchEntry, Queue, QueueEntry, RecipientStatus
 from mailplat.queue import FAILED as QFAILED
@@ -170,9 +175,7 @@ class QueueRunner(service.Service):
             self._busy.add(entry.id)
             entries.append(entry.id)
             for destination, recipients in byDestination.items():
-                batches.setdefault(destination, []).append(
-                    Job(entry.id, entry.sender, recipients, self._opener(entry.id))
-                )
+                batches.setdefault(destination, []).append(self._job(entry, recipients))
         try:
             work = [
                 self._semaphore.run(self.relay.deliver, destination, jobs, self._report)
@@ -188,6 +191,31 @@ class QueueRunner(service.Service):
                     self._log.failure("queue runner could not finish {id}", id=entryId)
         finally:
             self._busy.difference_update(entries)
+
+    def _job(self, entry: QueueEntry, recipients: List[str]) -> Job:
+        """
+        The relay's L{Job} for C{recipients} of C{entry}, with its DSN and
+        SMTPUTF8 parameters.
+        """
+        notify: Dict[str, List[str]] = {}
+        orcpt: Dict[str, str] = {}
+        for address in recipients:
+            status = entry.recipient(address)
+            if status.notify is not None:
+                notify[address] = list(status.notify)
+            if status.orcpt is not None:
+                orcpt[address] = status.orcpt
+        return Job(
+            entry.id,
+            entry.sender,
+            recipients,
+            self._opener(entry.id),
+            envid=entry.envid,
+            ret=entry.ret,
+            notify=notify,
+            orcpt=orcpt,
+            smtputf8=entry.smtputf8,
+        )
 
     def _opener(self, entryId: str) -> Callable[[], BinaryIO]:
         return lambda: self.queue.openMessage(entryId)
@@ -206,11 +234,17 @@ class QueueRunner(service.Service):
             return
         groups: Dict[tuple, List[str]] = OrderedDict()
         for address, result in results.items():
-            groups.setdefault((result.kind, result.reply, result.remoteMTA), []).append(address)
-        for (kind, reply, remoteMTA), addresses in groups.items():
+            groups.setdefault((result.kind, result.reply, result.remoteMTA, result.dsn), []).append(address)
+        for (kind, reply, remoteMTA, dsn), addresses in groups.items():
             if kind == RDELIVERED:
-                yield self.queue.markDelivered(job.entryId, addresses, reply, remoteMTA)
+                updated = yield self.queue.markDelivered(job.entryId, addresses, reply, remoteMTA)
                 self._log.info("{id}: delivered to {to} via {mta}: {reply}", id=job.entryId, to=addresses, mta=remoteMTA, reply=reply)
+                if not dsn and updated is not None:
+                    # RFC 3461 6.2.1: the next hop will not report success,
+                    # so say now that the message was relayed.
+                    wanting = [updated.recipient(a) for a in addresses if updated.recipient(a).wants("SUCCESS")]
+                    if wanting:
+                        yield self._notify(updated, wanting, RELAYED)
             elif kind == RFAILED:
                 yield self.queue.markFailed(job.entryId, addresses, reply, remoteMTA)
                 self._log.info("{id}: failed for {to}: {reply}", id=job.entryId, to=addresses, reply=reply)
@@ -282,6 +316,8 @@ class QueueRunner(service.Service):
         for r in recipients:
             if action == FAILED and r.reply and r.reply[:1] == "4":
                 status = "4.4.7"  # still temporary, but out of time
+            elif action == RELAYED:
+                status = "2.0.0"
             else:
                 status = statusFromReply(r.reply, permanent=action == FAILED)
             reports.append(

@@ -8,7 +8,9 @@ senders, recipients and where mail goes belongs to the delivery object.
 
 Extensions advertised in reply to C{EHLO}: PIPELINING (RFC 2920), SIZE
 (RFC 1870), 8BITMIME (RFC 6152), ENHANCEDSTATUSCODES (RFC 2034 and
-3463), STARTTLS (RFC 3207) when the factory has a TLS context and the
+3463), DSN (RFC 3461: C{RET}, C{ENVID}, C{NOTIFY}, C{ORCPT}), SMTPUTF8
+(RFC 6531: UTF-8 addresses in a transaction whose C{MAIL} says so),
+CHUNKING (RFC 3030: C{BDAT}; BINARYMIME is not offered), STARTTLS (RFC 3207) when the factory has a TLS context and the
 connection is not encrypted yet, and AUTH (RFC 4954: PLAIN, LOGIN, and
 CRAM-MD5 when a checker can verify it) when the factory has a portal and
 passwords may be sent on this connection (over TLS, from loopback, or
@@ -23,7 +25,13 @@ Input is handled without C{LineReceiver}: the command and text line limits
 of RFC 5321 4.5.3.1 are checked before anything is buffered, and the end of
 message data is recognised only as the exact sequence CR LF "." CR LF (a
 bare CR or LF never ends it, and a message containing one is refused), so
-that SMTP smuggling through this server is impossible.
+that SMTP smuggling through this server is impossible.  C{BDAT} chunks are
+read by exact octet count, so their content is never looked at for an end
+marker (bare CR and LF are accepted there, RFC 3030 2).
+
+The envelope parameters of the current transaction (DSN, SMTPUTF8, BODY)
+are kept in C{session.transaction}, an L{Envelope}, which the delivery
+reads during L{IDelivery.deliver}.
 """
 
 import base64
@@ -51,8 +59,13 @@ from mailplat.address import normalizeAddress
 from mailplat.auth.credentials import CramMD5Credentials
 from mailplat.errors import SMTPReply
 from mailplat.interfaces import IDelivery, ISMTPAvatar
+from mailplat.smtp.envelope import Envelope, RecipientParameters
 from mailplat.smtp.syntax import (
     PathSyntaxError,
+    addressToASCIIDomain,
+    decodeXtext,
+    parseNotify,
+    parseOrcpt,
     parseParameters,
     parsePath,
     validHeloArgument,
@@ -98,6 +111,11 @@ class SMTPSession:
         C{AUTH} (C{str}, normalised), or L{None}.
     @ivar role: the listener's role, C{"mx"}, C{"submission"} or
         C{"smtps"}.
+    @ivar transaction: the L{Envelope} of the current transaction (its
+        DSN, SMTPUTF8 and BODY parameters) from an accepted C{MAIL} until
+        the transaction ends (after C{deliver} answered, or C{RSET}), else
+        L{None}.  A delivery reads it in C{validateRecipient} and
+        C{deliver}.
     """
 
     def __init__(
@@ -116,6 +134,7 @@ class SMTPSession:
         self.peerHost = peerHost
         self.tls = tls
         self.authenticated: Optional[str] = None
+        self.transaction: Optional[Envelope] = None
 
     def __repr__(self) -> str:
         return f"<SMTPSession peer={self.peerHost!r} helo={self.helo!r}>"
@@ -177,6 +196,7 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
         self._errors = 0
         self._logout: Optional[Callable[[], None]] = None
         self._sasl: Optional[Callable[[bytes], None]] = None
+        self._badUTF8 = False
         self._resetTransaction()
 
     # Connection life.
@@ -293,6 +313,8 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
             while not (self._busy or self._closing or self._disconnected):
                 if self._mode == "data":
                     progressed = self._dataStep()
+                elif self._mode == "bdat":
+                    progressed = self._bdatStep()
                 else:
                     progressed = self._commandStep()
                 if not progressed:
@@ -341,7 +363,16 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
             assert step is not None
             step(raw[:-1])
         else:
-            self._command(raw[:-1].decode("latin-1"))
+            line = raw[:-1]
+            try:
+                text = line.decode("utf-8")
+                self._badUTF8 = False
+            except UnicodeDecodeError:
+                # Kept readable for the verbs that ignore their argument;
+                # MAIL and RCPT refuse it (501 5.6.7).
+                text = line.decode("latin-1")
+                self._badUTF8 = True
+            self._command(text)
         return True
 
     def _lineTooLong(self) -> None:
@@ -423,6 +454,14 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
         self._sender: Optional[str] = None
         self._recipients: List[str] = []
         self._rcptAttempted = False
+        self._envelope = Envelope()
+        self._bdat = False  # a BDAT was accepted in this transaction
+        self._bdatRemaining = 0
+        self._bdatLast = False
+        self._bdatRefusal: Optional[_Reply] = None
+        session = getattr(self, "session", None)
+        if session is not None:
+            session.transaction = None
         self._closeFile()
 
     def _closeFile(self) -> None:
@@ -444,6 +483,9 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
             f"SIZE {self.factory.maxMessageSize}",
             "8BITMIME",
             "ENHANCEDSTATUSCODES",
+            "DSN",
+            "SMTPUTF8",
+            "CHUNKING",
         ]
         if self._startTLSAvailable():
             keywords.append("STARTTLS")
@@ -743,18 +785,29 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
         rest = arg[5:]
         if rest.startswith(" "):
             rest = rest[1:]
-        if not rest.isascii():
-            self._reply(_Reply(501, "5.1.7", "Non-ASCII sender address not allowed"))
+        if self._badUTF8:
+            self._reply(_Reply(501, "5.6.7", "Sender address is not valid UTF-8"))
             return
         try:
-            sender, rest = parsePath(rest, allowNull=True)
+            sender, rest = parsePath(rest, allowNull=True, utf8=True)
         except PathSyntaxError as e:
             self._reply(_Reply(501, "5.1.7", f"Bad sender address: {e}"))
             return
-        refusal = self._checkMailParameters(rest)
+        envelope = Envelope()
+        refusal = self._checkMailParameters(rest, envelope)
         if refusal is not None:
             self._reply(refusal)
             return
+        if sender is not None and not sender.isascii():
+            if not envelope.smtputf8:
+                # RFC 6531 3.5.
+                self._reply(_Reply(553, "5.6.7", "Non-ASCII addresses not permitted for that sender"))
+                return
+            try:
+                sender = addressToASCIIDomain(sender)
+            except ValueError as e:
+                self._reply(_Reply(501, "5.1.7", f"Bad sender address: {e}"))
+                return
         if sender is not None:
             sender = normalizeAddress(sender)
             if submission and sender != self.session.authenticated:
@@ -768,14 +821,16 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
             self._sender = sender
             self._recipients = []
             self._rcptAttempted = False
+            self._envelope = envelope
+            self.session.transaction = envelope
             return _Reply(250, "2.1.0", "Sender OK")
 
         self._await(self.factory.delivery.validateSender, (self.session, sender), accepted)
 
-    def _checkMailParameters(self, text: str) -> Optional[_Reply]:
+    def _checkMailParameters(self, text: str, envelope: Envelope) -> Optional[_Reply]:
         """
-        Check the ESMTP parameters of C{MAIL}; the refusal, or L{None} when
-        they are acceptable.
+        Check the ESMTP parameters of C{MAIL} and record them in
+        C{envelope}; the refusal, or L{None} when they are acceptable.
         """
         try:
             params = parseParameters(text)
@@ -792,6 +847,24 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
             elif key == "BODY":
                 if value is None or value.upper() not in ("7BIT", "8BITMIME"):
                     return _Reply(555, "5.5.4", "Unsupported BODY parameter")
+                envelope.body = value.upper()
+            elif key == "RET":
+                # RFC 3461 4.3.
+                if value is None or value.upper() not in ("FULL", "HDRS"):
+                    return _Reply(501, "5.5.4", "RET is FULL or HDRS")
+                envelope.ret = value.upper()
+            elif key == "ENVID":
+                # RFC 3461 4.4: xtext, at most 100 characters.
+                if value is None or len(value) > 100:
+                    return _Reply(501, "5.5.4", "Syntax error in ENVID parameter")
+                try:
+                    envelope.envid = decodeXtext(value)
+                except ValueError:
+                    return _Reply(501, "5.5.4", "ENVID is not valid xtext")
+            elif key == "SMTPUTF8":
+                if value is not None:
+                    return _Reply(501, "5.5.4", "SMTPUTF8 takes no value")
+                envelope.smtputf8 = True
             elif key == "AUTH" and self.mechanisms():
                 # RFC 4954 5: accepted, and not trusted (we relay nothing on
                 # another server's word).
@@ -814,24 +887,33 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
         rest = arg[3:]
         if rest.startswith(" "):
             rest = rest[1:]
-        if not rest.isascii():
-            self._reply(_Reply(501, "5.1.3", "Non-ASCII recipient address not allowed"))
+        if self._badUTF8:
+            self._reply(_Reply(501, "5.6.7", "Recipient address is not valid UTF-8"))
             return
         try:
-            recipient, rest = parsePath(rest, allowPostmaster=True)
+            recipient, rest = parsePath(rest, allowPostmaster=True, utf8=True)
         except PathSyntaxError as e:
             self._reply(_Reply(501, "5.1.3", f"Bad recipient address: {e}"))
             return
-        try:
-            params = parseParameters(rest)
-        except ValueError as e:
-            self._reply(_Reply(501, "5.5.4", str(e)))
-            return
-        if params:
-            self._reply(_Reply(555, "5.5.4", f"Unsupported parameter {next(iter(params))}"))
+        parameters = RecipientParameters()
+        refusal = self._checkRcptParameters(rest, parameters)
+        if refusal is not None:
+            self._reply(refusal)
             return
         assert recipient is not None
+        if not recipient.isascii():
+            if not self._envelope.smtputf8:
+                # RFC 6531 3.5.
+                self._reply(_Reply(553, "5.6.7", "Non-ASCII addresses not permitted for that recipient"))
+                return
+            try:
+                recipient = addressToASCIIDomain(recipient)
+            except ValueError as e:
+                self._reply(_Reply(501, "5.1.3", f"Bad recipient address: {e}"))
+                return
         recipient = normalizeAddress(recipient)
+        if parameters.notify is not None or parameters.orcpt is not None:
+            self._envelope.recipients[recipient] = parameters
         self._rcptAttempted = True
         if recipient in self._recipients:
             self._reply(_Reply(250, "2.1.5", "Recipient OK"))
@@ -851,6 +933,35 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
 
         self._await(self.factory.delivery.validateRecipient, (self.session, recipient), accepted)
 
+    def _checkRcptParameters(self, text: str, parameters: RecipientParameters) -> Optional[_Reply]:
+        """
+        Check the ESMTP parameters of C{RCPT} (RFC 3461 C{NOTIFY} and
+        C{ORCPT}) and record them in C{parameters}; the refusal, or
+        L{None}.
+        """
+        try:
+            params = parseParameters(text)
+        except ValueError as e:
+            return _Reply(501, "5.5.4", str(e))
+        if params and not self.session.esmtp:
+            return _Reply(555, "5.5.4", "Parameters not allowed after HELO")
+        for key, value in params.items():
+            if key == "NOTIFY":
+                try:
+                    parameters.notify = parseNotify(value)
+                except ValueError as e:
+                    return _Reply(501, "5.5.4", str(e))
+            elif key == "ORCPT":
+                if value is None or len(value) > 500:
+                    return _Reply(501, "5.5.4", "Syntax error in ORCPT parameter")
+                try:
+                    parameters.orcpt = parseOrcpt(value)
+                except ValueError:
+                    return _Reply(501, "5.5.4", "ORCPT is addr-type;xtext")
+            else:
+                return _Reply(555, "5.5.4", f"Unsupported parameter {key}")
+        return None
+
     def do_DATA(self, arg: str) -> None:
         """
         C{DATA}: receive the message into a temporary file.
@@ -867,6 +978,10 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
             return
         if arg:
             self._reply(_Reply(501, "5.5.4", "Syntax: DATA"))
+            return
+        if self._bdat:
+            # RFC 3030 2: no DATA in a transaction that used BDAT.
+            self._reply(_Reply(503, "5.5.1", "DATA not allowed after BDAT in a transaction"))
             return
         self._messageId = secrets.token_hex(8).upper()
         self._file = tempfile.SpooledTemporaryFile(max_size=SPOOL_THRESHOLD)
@@ -911,7 +1026,7 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
         """
         C{HELP [topic]}: list the verbs.
         """
-        verbs = "HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY EXPN"
+        verbs = "HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY EXPN"
         if self._startTLSAvailable():
             verbs += " STARTTLS"
         if self.mechanisms():
@@ -946,8 +1061,105 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
     #: Verbs answered with 502 (known to RFC 5321 or its extensions, not
     #: offered here); a subclass that defines C{do_<VERB>} takes precedence.
     notImplemented = frozenset(
-        ["TURN", "SEND", "SOML", "SAML", "ETRN", "ATRN", "BDAT", "STARTTLS", "AUTH"]
+        ["TURN", "SEND", "SOML", "SAML", "ETRN", "ATRN", "STARTTLS", "AUTH"]
     )
+
+    def do_BDAT(self, arg: str) -> None:
+        """
+        C{BDAT chunk-size [LAST]} (RFC 3030): the next C{chunk-size} octets
+        are message data, taken exactly, whatever they contain.  They are
+        always read, even when the command is refused, so that they are
+        never taken for commands.
+        """
+        parts = arg.split(" ")
+        if (
+            not 1 <= len(parts) <= 2
+            or not parts[0].isascii()
+            or not parts[0].isdigit()
+            or len(parts[0]) > 20
+            or (len(parts) == 2 and parts[1].upper() != "LAST")
+        ):
+            self._reply(_Reply(501, "5.5.4", "Syntax: BDAT chunk-size [LAST]"))
+            return
+        refusal: Optional[_Reply] = None
+        if not self._inTransaction:
+            refusal = _Reply(503, "5.5.1", "Need MAIL command")
+        elif not self._recipients:
+            refusal = _Reply(503, "5.5.1", "Need RCPT command")
+        elif not self._bdat:
+            self._bdat = True
+            self._messageId = secrets.token_hex(8).upper()
+            self._file = tempfile.SpooledTemporaryFile(max_size=SPOOL_THRESHOLD)
+            self._file.write(self._receivedHeader())
+            self._size = 0
+            self._tooBig = False
+            self._ioError = False
+        self._bdatRemaining = int(parts[0])
+        self._bdatLast = len(parts) == 2
+        self._bdatRefusal = refusal
+        self._mode = "bdat"
+
+    def _bdatStep(self) -> bool:
+        """
+        Consume the octets of the current C{BDAT} chunk from the buffer;
+        answer once the chunk is complete.
+
+        @return: whether anything was consumed or finished.
+        """
+        buf = self._buffer
+        take = min(self._bdatRemaining, len(buf))
+        if take:
+            chunk = bytes(buf[:take])
+            del buf[:take]
+            self._bdatRemaining -= take
+            if self._bdatRefusal is None:
+                self._bdatWrite(chunk)
+        if self._bdatRemaining:
+            return False
+        self._mode = "command"
+        self._bdatEnd()
+        return True
+
+    def _bdatWrite(self, chunk: bytes) -> None:
+        """
+        Spool part of a chunk, unless the message has already failed.
+        """
+        self._size += len(chunk)
+        if self._file is None:
+            return
+        if self._size > self.factory.maxMessageSize:
+            self._tooBig = True
+            self._closeFile()
+            return
+        try:
+            self._file.write(chunk)
+        except OSError:
+            self._log.failure("SMTP could not spool message data from {peer}", peer=self.session.peerHost)
+            self._ioError = True
+            self._closeFile()
+
+    def _bdatEnd(self) -> None:
+        """
+        A chunk was read whole: refuse it, acknowledge it, or (C{LAST})
+        hand the message over.  A chunk refused for the message's sake
+        (size, spool trouble) ends the transaction.
+        """
+        if self._bdatRefusal is not None:
+            refusal, self._bdatRefusal = self._bdatRefusal, None
+            self._reply(refusal)
+            return
+        if self._tooBig:
+            self._resetTransaction()
+            self._reply(_Reply(552, "5.3.4", "Message size exceeds fixed maximum message size"))
+            return
+        if self._ioError:
+            self._resetTransaction()
+            self._reply(_Reply(451, "4.3.0", "Temporary failure, please try again later"))
+            return
+        if not self._bdatLast:
+            self._reply(_Reply(250, "2.0.0", f"{self._size} octets received"))
+            return
+        self._handOver()
 
     # Message data.
 
@@ -1087,6 +1299,13 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
             self._resetTransaction()
             self._reply(refusal)
             return
+        self._handOver()
+
+    def _handOver(self) -> None:
+        """
+        The whole message is spooled: hand it to the delivery, and reply
+        with its answer.
+        """
         # The file now belongs to the delivery call until it answers; it is
         # closed then, even if the client has gone meanwhile.
         message = self._file
@@ -1096,6 +1315,7 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
         messageId = self._messageId
         sender = self._sender
         recipients = list(self._recipients)
+        self.session.transaction = self._envelope
 
         def delivered(result: object) -> _Reply:
             self._errors = 0

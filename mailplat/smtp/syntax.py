@@ -8,7 +8,12 @@ stays a thin layer of states and replies.
 
 import ipaddress
 import re
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
+
+try:
+    import idna as _idna
+except ImportError:  # pragma: no cover - the stdlib codec is the fallback
+    _idna = None  # type: ignore[assignment]
 
 # RFC 5321 4.5.3.1 size limits, in octets.
 MAX_LOCAL_PART = 64
@@ -24,6 +29,18 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*\.?"
 _ADDRESS_LITERAL = r"\[[^\[\]\\\x00-\x20\x7f-\xff]+\]"
 _AT_DOMAIN = rf"@(?:{_DOMAIN}|{_ADDRESS_LITERAL})"
+
+# RFC 6531 3.3: atext and sub-domains extended with UTF8-non-ascii (here any
+# character from U+00A0 up: C1 controls are not allowed).
+_UTEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u00a0-\U0010ffff-]"
+_UDOT_STRING = rf"{_UTEXT}+(?:\.{_UTEXT}+)*"
+_ULABEL = r"[A-Za-z0-9\u00a0-\U0010ffff](?:[A-Za-z0-9\u00a0-\U0010ffff-]*[A-Za-z0-9\u00a0-\U0010ffff])?"
+_UDOMAIN = rf"{_ULABEL}(?:\.{_ULABEL})*\.?"
+_UPATH = re.compile(
+    rf"<(?:{_AT_DOMAIN}(?:,{_AT_DOMAIN})*:)?"
+    rf"(?P<local>{_UDOT_STRING}|{_QUOTED_STRING})"
+    rf"@(?P<domain>{_UDOMAIN}|{_ADDRESS_LITERAL})>"
+)
 
 _PATH = re.compile(
     rf"<(?:{_AT_DOMAIN}(?:,{_AT_DOMAIN})*:)?"
@@ -89,7 +106,9 @@ def validHeloArgument(argument: str) -> bool:
     return _HELO_DOMAIN.fullmatch(argument) is not None
 
 
-def parsePath(text: str, allowNull: bool = False, allowPostmaster: bool = False) -> Tuple[Optional[str], str]:
+def parsePath(
+    text: str, allowNull: bool = False, allowPostmaster: bool = False, utf8: bool = False
+) -> Tuple[Optional[str], str]:
     """
     Parse the path at the start of C{text}.
 
@@ -101,6 +120,9 @@ def parsePath(text: str, allowNull: bool = False, allowPostmaster: bool = False)
     @param allowNull: accept C{<>} (reverse paths only).
     @param allowPostmaster: accept C{<postmaster>} without a domain
         (forward paths only, RFC 5321 4.1.1.3).
+    @param utf8: accept UTF-8 local parts and U-label domains (RFC 6531);
+        the domain is returned as given (see L{domainToASCII}).  Size
+        limits are counted in octets of UTF-8.
     @return: C{(address, rest)}: the mailbox (C{local@domain}, not yet
         normalised; C{None} for C{<>}; C{"postmaster"} for C{<postmaster>})
         and the text after the closing bracket.
@@ -114,16 +136,16 @@ def parsePath(text: str, allowNull: bool = False, allowPostmaster: bool = False)
         match = _POSTMASTER.match(text)
         if match is not None:
             return "postmaster", text[match.end():]
-    match = _PATH.match(text)
+    match = (_UPATH if utf8 else _PATH).match(text)
     if match is None:
         raise PathSyntaxError("Syntax error in mailbox address")
-    if match.end() > MAX_PATH:
+    if len(text[: match.end()].encode("utf-8")) > MAX_PATH:
         raise PathSyntaxError("Path too long")
     local = match.group("local")
     domain = match.group("domain")
-    if len(local) > MAX_LOCAL_PART:
+    if len(local.encode("utf-8")) > MAX_LOCAL_PART:
         raise PathSyntaxError("Local part too long")
-    if len(domain) > MAX_DOMAIN:
+    if len(domain.encode("utf-8")) > MAX_DOMAIN:
         raise PathSyntaxError("Domain too long")
     if domain.startswith("[") and not validAddressLiteral(domain):
         raise PathSyntaxError("Invalid address literal")
@@ -154,3 +176,118 @@ def parseParameters(text: str) -> Dict[str, Optional[str]]:
             raise ValueError(f"Duplicate {key} parameter")
         params[key] = match.group("value")
     return params
+
+
+# RFC 3461 4: xtext = *( xchar / hexchar ), xchar is "!".."~" except "+"
+# and "=", hexchar is "+" and two upper-case hex digits.
+_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
+_XTEXT_HEX = re.compile(r"\+([0-9A-F]{2})")
+
+#: The values of RCPT C{NOTIFY=} (RFC 3461 4.1).
+NOTIFY_VALUES = ("SUCCESS", "FAILURE", "DELAY")
+
+
+def validXtext(text: str) -> bool:
+    """
+    Whether C{text} is well-formed RFC 3461 xtext.
+    """
+    return _XTEXT.fullmatch(text) is not None
+
+
+def decodeXtext(text: str) -> str:
+    """
+    Decode RFC 3461 xtext (C{"a+2Bb"} to C{"a+b"}); octets that are not
+    UTF-8 are kept as Latin-1 characters.
+
+    @raise ValueError: not well-formed xtext.
+    """
+    if not validXtext(text):
+        raise ValueError(f"not xtext: {text!r}")
+    raw = _XTEXT_HEX.sub(lambda m: chr(int(m.group(1), 16)), text).encode("latin-1")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def encodeXtext(text: str) -> str:
+    """
+    Encode C{text} as RFC 3461 xtext: C{+}, C{=}, controls, space and every
+    octet of a non-ASCII character as C{+XX}.
+    """
+    out = []
+    for octet in text.encode("utf-8"):
+        if 0x21 <= octet <= 0x7E and octet not in (0x2B, 0x3D):
+            out.append(chr(octet))
+        else:
+            out.append(f"+{octet:02X}")
+    return "".join(out)
+
+
+def parseNotify(value: Optional[str]) -> List[str]:
+    """
+    The list of a C{NOTIFY=} value (RFC 3461 4.1): C{["NEVER"]}, or some of
+    C{SUCCESS}, C{FAILURE}, C{DELAY}, each once, upper-cased.
+
+    @raise ValueError: empty, unknown keyword, repeated keyword, or NEVER
+        with another keyword.
+    """
+    if not value:
+        raise ValueError("NOTIFY needs a value")
+    words = [w.upper() for w in value.split(",")]
+    if words == ["NEVER"]:
+        return words
+    if len(set(words)) != len(words) or any(w not in NOTIFY_VALUES for w in words):
+        raise ValueError("NOTIFY is NEVER or a list of SUCCESS, FAILURE, DELAY")
+    return words
+
+
+def parseOrcpt(value: Optional[str]) -> str:
+    """
+    Check and decode an C{ORCPT=addr-type;xtext} value (RFC 3461 4.2).
+
+    @return: C{"type;address"} with the address decoded (C{"rfc822;
+        bob@example.test"} without the space), the type as given.
+    @raise ValueError: malformed.
+    """
+    if not value or ";" not in value:
+        raise ValueError("ORCPT is addr-type;xtext")
+    kind, _, address = value.partition(";")
+    if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9-]*)", kind) or not address:
+        raise ValueError("ORCPT is addr-type;xtext")
+    return f"{kind};{decodeXtext(address)}"
+
+
+def domainToASCII(domain: str) -> str:
+    """
+    A domain with U-labels converted to A-labels (IDNA: the C{idna}
+    package's IDNA 2008 when installed, else the stdlib codec), lower-cased;
+    an address literal or an ASCII domain is returned lower-cased.
+
+    @raise ValueError: a U-label IDNA refuses.
+    """
+    if domain.isascii() or domain.startswith("["):
+        return domain.lower()
+    trailing = domain.endswith(".")
+    name = domain.rstrip(".")
+    try:
+        if _idna is not None:
+            ascii_ = _idna.encode(name, uts46=True).decode("ascii")
+        else:  # pragma: no cover
+            ascii_ = name.encode("idna").decode("ascii")
+    except (UnicodeError, ValueError) as e:
+        raise ValueError(f"invalid internationalized domain name: {e}") from None
+    return ascii_.lower() + ("." if trailing else "")
+
+
+def addressToASCIIDomain(address: str) -> str:
+    """
+    C{local@domain} with its domain converted by L{domainToASCII} (the
+    local part is kept as is).
+
+    @raise ValueError: see L{domainToASCII}.
+    """
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return address
+    return f"{local}@{domainToASCII(domain)}"
