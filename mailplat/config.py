@@ -62,6 +62,11 @@ class Config:
         C{(cert, key)} paths, chosen by the name a client asks for (SNI).
     @ivar allowPlaintext: allow passwords over unencrypted connections from
         any address (by default only from loopback).
+    @ivar workers: processes serving the listeners (the twistd process and
+        C{workers - 1} children sharing its sockets); None means one per
+        CPU core.
+    @ivar metricsListener: endpoint of the Prometheus metrics page, or
+        L{DISABLED}.
     """
 
     source: Optional[str] = None
@@ -92,6 +97,8 @@ class Config:
     relayCommandTimeout: float = 300.0
     maxRecipientsPerMessage: int = 1000
     plusDelimiter: str = "+"
+    workers: Optional[int] = None
+    metricsListener: str = DISABLED
 
 
 def _domain(where: str, value: Any) -> str:
@@ -200,8 +207,9 @@ _SCHEMA: Dict[str, Dict[str, Tuple[str, Any]]] = {
         "domains": ("domains", lambda w, v: tuple(_domain(w, d) for d in _stringList(w, v))),
         "store": ("store", _string),
         "auth": ("auth", lambda w, v: tuple(_stringList(w, v))),
+        "workers": ("workers", lambda w, v: _positive(w, v, int)),
     },
-    "listen": {name: (name, _endpoint) for name in DEFAULT_LISTENERS},
+    "listen": {**{name: (name, _endpoint) for name in DEFAULT_LISTENERS}, "metrics": ("metricsListener", _endpoint)},
     "tls": {
         "cert": ("tlsCert", _string),
         "key": ("tlsKey", _string),
@@ -266,7 +274,7 @@ def loadFile(path: str, base: Optional[Config] = None) -> Config:
                 raise ConfigError(f"{path}: unknown key '{table}.{key}' (known: {', '.join(sorted(schema))})")
             attr, convert = schema[key]
             converted = convert(f"{path}: {table}.{key}", value)
-            if table == "listen":
+            if table == "listen" and key in DEFAULT_LISTENERS:
                 listeners[attr] = converted
             else:
                 changes[attr] = converted
@@ -286,6 +294,18 @@ def loadFile(path: str, base: Optional[Config] = None) -> Config:
     config = replace(config, **changes)
     checkTLS(config, path)
     return config
+
+
+def workerCount(config: Config) -> int:
+    """
+    How many processes serve: C{config.workers}, or one per CPU core.
+    """
+    if config.workers is not None:
+        return config.workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def checkTLS(config: Config, where: str) -> None:

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 from dataclasses import replace
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List
 
 from twisted.application import service, strports
 from twisted.cred.portal import Portal
@@ -20,12 +20,13 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailplat.auth.realm import MailRealm
-from mailplat.config import DEFAULT_LISTENERS, DISABLED, IMPLICIT_TLS_LISTENERS, Config, ConfigOptions
+from mailplat.config import DEFAULT_LISTENERS, DISABLED, IMPLICIT_TLS_LISTENERS, Config, ConfigOptions, workerCount
 from mailplat.delivery.directory import StoreDirectory
 from mailplat.delivery.local import LocalDelivery
 from mailplat.delivery.policy import MaxRecipientsPolicy
 from mailplat.errors import ConfigError
 from mailplat.interfaces import IStore
+from mailplat.metrics import CountingPortal, Metrics, countDeliveries, instrumentFactory, metricsSite
 from mailplat.plugins import makeCheckers, makeStore
 from mailplat.queue import Queue
 from mailplat.relay import Relay, parseHostPort
@@ -57,6 +58,8 @@ class ServerOptions(ConfigOptions):
         ["imaps", None, None, "IMAP over implicit TLS listener endpoint, or 'none' [listen.imaps]. Default " + DEFAULT_LISTENERS["imaps"]],
         ["tls-cert", None, None, "TLS certificate, PEM, chain after it [tls.cert]. Default: self-signed in <data-dir>/tls/"],
         ["tls-key", None, None, "The certificate's private key, PEM [tls.key]."],
+        ["workers", None, None, "Processes serving the listeners, sharing their sockets; 1 is a single process [server.workers]. Default: one per CPU core."],
+        ["metrics", None, None, "Prometheus metrics page endpoint (GET /metrics), or 'none' [listen.metrics]. Default none."],
     ]
 
     def __init__(self) -> None:
@@ -123,6 +126,14 @@ class ServerOptions(ConfigOptions):
         for option, attr in (("tls-cert", "tlsCert"), ("tls-key", "tlsKey")):
             if self[option]:
                 changes[attr] = os.path.abspath(self[option])
+        if self["workers"]:
+            try:
+                workers = int(self["workers"])
+            except ValueError:
+                raise ConfigError(f"--workers: expected a positive whole number, got {self['workers']!r}") from None
+            changes["workers"] = _SCHEMA["server"]["workers"][1]("--workers", workers)
+        if self["metrics"]:
+            changes["metricsListener"] = _SCHEMA["listen"]["metrics"][1]("--metrics", self["metrics"])
         listeners = dict(config.listeners)
         for name in DEFAULT_LISTENERS:
             if self[name]:
@@ -156,6 +167,7 @@ class TLSReloadService(service.Service):
         self.context = context
         self._previous: Any = None
         self._installed = False
+        self.onReload: List[Callable[[], None]] = []
 
     def reload(self) -> bool:
         """
@@ -173,6 +185,8 @@ class TLSReloadService(service.Service):
         from twisted.internet import reactor
 
         reactor.callFromThread(self.reload)  # type: ignore[attr-defined]
+        for call in self.onReload:
+            reactor.callFromThread(call)  # type: ignore[attr-defined]
 
     def startService(self) -> None:
         """
@@ -225,6 +239,8 @@ class Server:
         C{pop3}, C{pop3s}, C{imap}, C{imaps}) to the factory to listen
         with; the implicit-TLS ones are wrapped in a
         L{TLSMemoryBIOFactory}.
+    @ivar metrics: this process's L{Metrics}; the listeners' factories are
+        wrapped to count into it when they listen.
     """
 
     def __init__(self, config: Config) -> None:
@@ -241,6 +257,11 @@ class Server:
         self.store = makeStore(config.store, config.dataDir, f"{where}: server.store")
         checkers = makeCheckers(list(config.auth), config.dataDir, f"{where}: server.auth")
         self.portal = Portal(MailRealm(self.store), checkers)
+        self.metrics = Metrics()
+        portals = {
+            name: CountingPortal(self.portal.realm, self.portal.checkers.values(), name, self.metrics)
+            for name in ("smtp", "pop3", "imap")
+        }
         self.queue = Queue(os.path.join(config.dataDir, "queue"), reactor)
         self.directory = StoreDirectory(
             self.store, config.domains, path=os.path.join(config.dataDir, "directory.json"),
@@ -249,6 +270,8 @@ class Server:
         self.delivery = LocalDelivery(
             self.directory, self.store, self.queue, policies=[MaxRecipientsPolicy(config.maxRecipientsPerMessage)]
         )
+        countDeliveries(self.delivery, self.metrics)
+        self.metrics.gaugeFunction("mailplat_queue_depth", lambda: len(self.queue.list()))
         credentials = None
         if config.relayUser is not None or config.relayPassword is not None:
             if not (config.relayUser and config.relayPassword and config.relaySmarthost):
@@ -274,15 +297,15 @@ class Server:
         def smtp(role: str) -> Factory:
             return SMTPFactory(
                 self.delivery, config.hostname, maxMessageSize=config.maxMessageSize, timeout=config.smtpTimeout,
-                portal=self.portal, contextFactory=tls, role=role, allowPlaintext=plain,
+                portal=portals["smtp"], contextFactory=tls, role=role, allowPlaintext=plain,
             )
 
         def pop3() -> Factory:
-            return POP3Factory(self.portal, config.hostname, timeout=config.pop3Timeout,
+            return POP3Factory(portals["pop3"], config.hostname, timeout=config.pop3Timeout,
                                contextFactory=tls, allowPlaintext=plain)
 
         def imap() -> Factory:
-            factory = IMAPFactory(self.portal, config.hostname, timeout=config.imapTimeout,
+            factory = IMAPFactory(portals["imap"], config.hostname, timeout=config.imapTimeout,
                                   maxLiteralSize=config.maxMessageSize, contextFactory=tls)
             # The IMAP server asks netutil.cleartextAllowed with this.
             factory.allowPlaintext = plain
@@ -304,23 +327,108 @@ class Server:
                 factory = TLSMemoryBIOFactory(tls, False, factory)
             self.factories[name] = factory
 
-    def service(self) -> service.MultiService:
+    def listening(self) -> Dict[str, Factory]:
+        """
+        The configured listeners' factories, wrapped to count connections
+        and commands into L{metrics}.
+        """
+        return {
+            name: instrumentFactory(factory, name, self.metrics)
+            for name, factory in self.factories.items()
+            if self.config.listeners.get(name, DISABLED) != DISABLED
+        }
+
+    def service(self, workers: int = 1) -> service.MultiService:
         """
         The services twistd runs: one listener per configured endpoint,
-        and the store's shutdown.
+        the queue runner, the metrics page when configured, and the store's
+        shutdown.  With C{workers} above 1 the listeners are bound at once
+        and shared with C{workers - 1} child processes (L{WorkerPool}).
         """
+        from mailplat.workers import WorkerPool, listen, shareable
+
         top = service.MultiService()
         StoreService(self.store).setServiceParent(top)
-        TLSReloadService(self.tls).setServiceParent(top)
+        reloader = TLSReloadService(self.tls)
+        reloader.setServiceParent(top)
         self.runner.setServiceParent(top)
-        for name, factory in self.factories.items():
-            endpoint = self.config.listeners.get(name, DISABLED)
-            if endpoint == DISABLED:
+        if self.config.metricsListener != DISABLED:
+            metrics = strports.service(self.config.metricsListener, metricsSite(self.metrics))
+            metrics.setName("metrics")
+            metrics.setServiceParent(top)
+        sockets = {}
+        for name, factory in self.listening().items():
+            endpoint = self.config.listeners[name]
+            if workers > 1:
+                try:
+                    port = listen(reactor, endpoint, factory)
+                except Exception as e:
+                    raise ConfigError(f"listener {name} ({endpoint}): cannot listen ({e})") from None
+                shared = shareable(port, factory)
+                if shared is None:
+                    log.warn("listener {name} ({endpoint}) is served by the main process only", name=name, endpoint=endpoint)
+                else:
+                    sockets[name] = shared
+                _PortService(port).setServiceParent(top)
                 continue
             listener = strports.service(endpoint, factory)
             listener.setName(name)
             listener.setServiceParent(top)
+        if workers > 1:
+            pool = WorkerPool(reactor, self.config, workers - 1, sockets, self.runner.wake)
+            pool.setServiceParent(top)
+            reloader.onReload.append(lambda: pool.signalAll("HUP"))
         return top
+
+    def workerService(self, sockets: Dict[str, Any]) -> "service.MultiService":
+        """
+        A worker process's services: the listeners adopted from the
+        parent's sockets (C{name: (descriptor, address family)}) and the
+        store's shutdown; no queue runner and no metrics page.
+        """
+        top = service.MultiService()
+        StoreService(self.store).setServiceParent(top)
+        TLSReloadService(self.tls).setServiceParent(top)
+        factories = self.listening()
+        for name, (fd, family) in sockets.items():
+            _AdoptedService(fd, family, factories[name]).setServiceParent(top)
+        return top
+
+
+class _PortService(service.Service):
+    """
+    Stops listening on a port bound before the services started.
+    """
+
+    def __init__(self, port: Any) -> None:
+        self.port = port
+
+    def stopService(self) -> Any:
+        service.Service.stopService(self)
+        return self.port.stopListening()
+
+
+class _AdoptedService(service.Service):
+    """
+    Serves a listening socket inherited from the parent process.
+    """
+
+    def __init__(self, fd: int, family: int, factory: Factory) -> None:
+        self.fd = fd
+        self.family = family
+        self.factory = factory
+        self.port: Any = None
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self.port = reactor.adoptStreamPort(self.fd, self.family, self.factory)  # type: ignore[attr-defined]
+        os.close(self.fd)
+
+    def stopService(self) -> Any:
+        service.Service.stopService(self)
+        if self.port is not None:
+            return self.port.stopListening()
+        return None
 
 
 def buildService(config: Config) -> service.MultiService:
@@ -329,11 +437,12 @@ def buildService(config: Config) -> service.MultiService:
 
     @raise ConfigError: the store, a checker or a listener cannot be made.
     """
-    top = Server(config).service()
+    workers = workerCount(config)
+    top = Server(config).service(workers)
     log.info(
-        "mailplat on {hostname}: data in {dataDir}, store {store}, listeners {listeners}",
+        "mailplat on {hostname}: data in {dataDir}, store {store}, listeners {listeners}, {workers} process(es)",
         hostname=config.hostname, dataDir=os.path.abspath(config.dataDir), store=config.store,
-        listeners=", ".join(f"{k}={v}" for k, v in config.listeners.items()),
+        listeners=", ".join(f"{k}={v}" for k, v in config.listeners.items()), workers=workers,
     )
     return top
 

@@ -130,6 +130,54 @@ class ServerOptionsTests(SynchronousTestCase):
         self.assertIn("--smtp", str(error))
 
 
+class WorkersAndMetricsConfigTests(SynchronousTestCase):
+    """
+    C{[server] workers} / C{--workers} and C{[listen] metrics} / C{--metrics}.
+    """
+
+    def test_defaults(self) -> None:
+        config = Config()
+        self.assertIsNone(config.workers)
+        self.assertEqual(config.metricsListener, "none")
+        self.assertNotIn("metrics", config.listeners)
+
+    def test_file(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[server]\nworkers = 3\n[listen]\nmetrics = "tcp:9100:interface=127.0.0.1"\n')
+        config = loadFile(path)
+        self.assertEqual(config.workers, 3)
+        self.assertEqual(config.metricsListener, "tcp:9100:interface=127.0.0.1")
+        self.assertNotIn("metrics", config.listeners)
+
+    def test_fileErrors(self) -> None:
+        for text, key in [("[server]\nworkers = 0\n", "server.workers"), ("[server]\nworkers = 'x'\n", "server.workers"),
+                          ("[listen]\nmetrics = 'tcp:nope'\n", "listen.metrics")]:
+            path = self.mktemp()
+            with open(path, "w") as f:
+                f.write(text)
+            error = self.assertRaises(ConfigError, loadFile, path)
+            self.assertIn(key, str(error))
+
+    def test_options(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[server]\nworkers = 3\n")
+        options = ServerOptions()
+        options.parseOptions(["--config", path, "--workers", "1", "--metrics", "tcp:9101:interface=127.0.0.1"])
+        config = options.resolveConfig()
+        self.assertEqual(config.workers, 1)
+        self.assertEqual(config.metricsListener, "tcp:9101:interface=127.0.0.1")
+
+    def test_badOptions(self) -> None:
+        for args, name in [(["--workers", "two"], "--workers"), (["--workers", "0"], "--workers"),
+                           (["--metrics", "tcp:nope"], "--metrics")]:
+            options = ServerOptions()
+            options.parseOptions(args)
+            error = self.assertRaises(ConfigError, options.resolveConfig)
+            self.assertIn(name, str(error))
+
+
 class TLSConfigTests(SynchronousTestCase):
     """
     C{[tls]}, C{[auth]}, the TLS listeners and their options.

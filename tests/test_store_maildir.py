@@ -91,6 +91,7 @@ class MaildirTestCase(unittest.TestCase):
         self.root = self.mktemp()
         os.makedirs(self.root)
         self.store = MaildirStore(self.root)
+        self.addCleanup(lambda: self.store.close())
         self.maildir = os.path.join(self.root, "example.test", "alice", "Maildir")
 
     @defer.inlineCallbacks
@@ -238,6 +239,7 @@ class MaildirLayoutTests(MaildirTestCase):
         """
         inbox = yield self.inbox()
         other = MaildirStore(self.root)
+        self.addCleanup(other.close)
         account = yield other.getAccount(ALICE)
         otherInbox = yield account.getMailbox("INBOX")
         self.assertEqual(otherInbox.uidValidity, inbox.uidValidity)
@@ -279,6 +281,7 @@ class MaildirLayoutTests(MaildirTestCase):
         with open(os.path.join(self.maildir, "mailplat-uidlist"), "w") as f:
             f.write("garbage\n")
         other = MaildirStore(self.root)
+        self.addCleanup(other.close)
         account = yield other.getAccount(ALICE)
         again = yield account.getMailbox("INBOX")
         self.assertNotEqual(again.uidValidity, before)
@@ -476,6 +479,7 @@ class MaildirBehaviourTests(MaildirTestCase):
         self.assertEqual(header[0], "1")
         self.assertIn(f"V{inbox.uidValidity}", header)
         other = MaildirStore(self.root)
+        self.addCleanup(other.close)
         account = yield other.getAccount(ALICE)
         again = yield account.getMailbox("INBOX")
         self.assertEqual((yield again.listMessages()), (yield inbox.listMessages()))
@@ -497,12 +501,172 @@ class MaildirBehaviourTests(MaildirTestCase):
         with open(path, "a") as f:
             f.write("99 9")
         other = MaildirStore(self.root)
+        self.addCleanup(other.close)
         account = yield other.getAccount(ALICE)
         again = yield account.getMailbox("INBOX")
         self.assertEqual([i.uid for i in (yield again.listMessages())], [uid])
         self.assertGreater((yield again.append(BytesIO(message()))), uid)
         with open(path) as f:
             self.assertTrue(f.read().endswith("\n"))
+
+
+class GroupCommitTests(MaildirTestCase):
+    """
+    Concurrent appends share their commits, and none is acknowledged before
+    its message is durable.
+    """
+
+    @defer.inlineCallbacks
+    def test_concurrentAppendsShareCommits(self):
+        """
+        Twenty appends started together get distinct UIDs in order of
+        commit, in fewer uidlist appends than messages; when an append's
+        Deferred fires, its file is in C{new/} and its uidlist line on disk.
+        """
+        inbox = yield self.inbox()
+        commits = []
+        original = inbox._logChanges
+
+        def counting(lines):
+            commits.append(len(lines))
+            return original(lines)
+
+        self.patch(inbox, "_logChanges", counting)
+        path = os.path.join(self.maildir, "mailplat-uidlist")
+        seen = []
+
+        def check(uid):
+            with open(path) as f:
+                self.assertIn(str(uid), [line.split()[0] for line in f.read().splitlines()[1:]])
+            seen.append(uid)
+            return uid
+
+        uids = yield defer.gatherResults(
+            [inbox.append(BytesIO(message(str(i)))).addCallback(check) for i in range(20)]
+        )
+        self.assertEqual(len(set(uids)), 20)
+        self.assertEqual(sorted(seen), sorted(uids))
+        self.assertEqual(sum(commits), 20)
+        self.assertLess(len(commits), 20)
+        self.assertEqual(len(os.listdir(os.path.join(self.maildir, "new"))), 20)
+        self.assertEqual(os.listdir(os.path.join(self.maildir, "tmp")), [])
+        for i, uid in enumerate(uids):
+            self.assertEqual(readFile((yield inbox.openMessage(uid))), message(str(i)))
+
+    @defer.inlineCallbacks
+    def test_perFileFsyncWithoutSyncfs(self):
+        """
+        Without C{syncfs}, each file is fsynced in the pool and each
+        directory once per batch; the messages are all there.
+        """
+        self.patch(maildirModule, "SYNCFS", False)
+        inbox = yield self.inbox()
+        uids = yield defer.gatherResults([inbox.append(BytesIO(message(str(i))), ["\\Seen"]) for i in range(5)])
+        self.assertEqual(len(set(uids)), 5)
+        self.assertEqual(len(os.listdir(os.path.join(self.maildir, "cur"))), 5)
+
+    @defer.inlineCallbacks
+    def test_failedCommitAcknowledgesNothing(self):
+        """
+        When the batch's shared commit fails, every append of the batch
+        fails and no temporary file stays behind.
+        """
+        inbox = yield self.inbox()
+
+        def broken(lines):
+            raise OSError(5, "Input/output error", "mailplat-uidlist")
+
+        self.patch(inbox, "_logChanges", broken)
+        results = yield defer.DeferredList(
+            [inbox.append(BytesIO(message(str(i)))) for i in range(3)], consumeErrors=True
+        )
+        for ok, failure in results:
+            self.assertFalse(ok)
+            failure.trap(StoreError)
+        self.assertEqual(os.listdir(os.path.join(self.maildir, "tmp")), [])
+
+    @defer.inlineCallbacks
+    def test_closeWaitsForAppends(self):
+        """
+        L{MaildirStore.close} fires after the appends under way committed,
+        and stops the pool.
+        """
+        inbox = yield self.inbox()
+        d = inbox.append(BytesIO(message()))
+        yield self.store.close()
+        self.assertIsNone(self.store._threadPool)
+        uid = yield d
+        self.assertEqual(uid, 1)
+
+    @defer.inlineCallbacks
+    def test_noPool(self):
+        """
+        With C{poolSize=0} an append is committed alone on the calling
+        thread, already fired.
+        """
+        store = MaildirStore(self.root, poolSize=0)
+        self.addCleanup(store.close)
+        account = yield store.getAccount(ALICE, create=True)
+        inbox = yield account.getMailbox("INBOX")
+        d = inbox.append(BytesIO(message()))
+        self.assertEqual(self.successResultOf(d), 1)
+
+
+class ListingTests(MaildirTestCase):
+    """
+    What the store reads again, and when: records appended by another
+    process, and the directories after a change of its own.
+    """
+
+    @defer.inlineCallbacks
+    def test_tailOfUidlist(self):
+        """
+        Records another process appended are read without reading the
+        whole uidlist again.
+        """
+        inbox = yield self.inbox()
+        a = yield inbox.append(BytesIO(message("a")))
+        other = MaildirStore(self.root)
+        self.addCleanup(other.close)
+        otherInbox = yield (yield other.getAccount(ALICE)).getMailbox("INBOX")
+        b = yield otherInbox.append(BytesIO(message("b")))
+        yield otherInbox.setFlags([a], ["\\Flagged"], "add")
+        whole = []
+        self.patch(inbox, "_readUidlist", lambda: whole.append(1))
+        infos = yield inbox.listMessages()
+        self.assertEqual([(i.uid, "\\Flagged" in i.flags) for i in infos], [(a, True), (b, False)])
+        self.assertEqual(whole, [])
+        self.assertEqual(readFile((yield inbox.openMessage(b))), message("b"))
+        c = yield inbox.append(BytesIO(message("c")))
+        self.assertEqual([i.uid for i in (yield otherInbox.listMessages())], [a, b, c])
+
+    @defer.inlineCallbacks
+    def test_ownChangeTrustedThenVerified(self):
+        """
+        After a flag change of its own, the store does not list the
+        directories again while their mtime is recent; a file another
+        program dropped in the same clock tick is found once the slack has
+        passed.
+        """
+        inbox = yield self.inbox()
+        a = yield inbox.append(BytesIO(message("a")))
+        yield inbox.listMessages()
+        yield inbox.setFlags([a], ["\\Seen"], "add")
+        new, cur = os.path.join(self.maildir, "new"), os.path.join(self.maildir, "cur")
+        stamps = (os.stat(new).st_mtime_ns, os.stat(cur).st_mtime_ns)
+        with open(os.path.join(new, "1.M1P1Q1.foreign"), "wb") as f:
+            f.write(message("foreign").replace(b"\r\n", b"\n"))
+        # The same clock tick as the change of our own.
+        os.utime(new, ns=(stamps[0], stamps[0]))
+        self.assertEqual(len((yield inbox.listMessages())), 1)
+
+        class Later:
+            @staticmethod
+            def time() -> float:
+                return stamps[1] / 1e9 + 60
+
+        self.patch(maildirModule, "time", Later)
+        self.assertEqual(len((yield inbox.listMessages())), 2)
 
 
 class MaildirFactoryTests(unittest.TestCase):

@@ -1,0 +1,148 @@
+"""
+C{--workers}: a real C{twistd -n mailplat --workers 2} on loopback.  Both
+processes accept connections on the shared socket, a worker that dies is
+started again, and stopping the parent stops the workers.
+
+Which process served a delivery shows in the Maildir file name it wrote
+(C{...P<pid>Q...}), so no log line per connection is needed.
+"""
+
+import os
+import re
+import signal
+import smtplib
+
+from twisted.internet import defer, threads
+from twisted.trial.unittest import TestCase
+
+from mailplat.config import Config, workerCount
+from mailplat.workers import configFromJSON, configToJSON
+from tests.e2e.test_twistd import ADMIN, TWISTD, Child, freePort, spawn
+
+
+class _Server(Child):
+    """
+    The twistd process; C{waitFor(pattern, count)} fires once its output
+    matched C{pattern} C{count} times.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waits: list = []
+
+    def outReceived(self, data: bytes) -> None:
+        super().outReceived(data)
+        self._check()
+
+    errReceived = outReceived
+
+    def processEnded(self, reason) -> None:
+        super().processEnded(reason)
+        waits, self._waits = self._waits, []
+        for _, _, d in waits:
+            d.errback(AssertionError(self.output.decode("utf-8", "replace")))
+
+    def _check(self) -> None:
+        for wait in list(self._waits):
+            pattern, count, d = wait
+            if len(re.findall(pattern, self.output)) >= count:
+                self._waits.remove(wait)
+                d.callback(re.findall(pattern, self.output))
+
+    def waitFor(self, pattern: bytes, count: int = 1) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self._waits.append((pattern, count, d))
+        self._check()
+        return d
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class WorkersTests(TestCase):
+    """
+    The parent and one worker serve the same SMTP socket.
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_workersServeRestartAndStop(self):
+        dataDir = os.path.abspath(self.mktemp())
+        smtpPort = freePort()
+        server = spawn(
+            TWISTD + ["--data-dir", dataDir, "--hostname", "mx.example.test", "--workers", "2",
+                      "--smtp", f"tcp:{smtpPort}:interface=127.0.0.1", "--submission", "none", "--smtps", "none",
+                      "--pop3", "none", "--pop3s", "none", "--imap", "none", "--imaps", "none"],
+            _Server(),
+        )
+
+        def stop():
+            if not server.ended.called:
+                server.transport.signalProcess(signal.SIGTERM)
+            return server.ended
+
+        self.addCleanup(stop)
+        [worker] = yield server.waitFor(rb"worker ready, pid (\d+)")
+        worker = int(worker)
+        parent = server.transport.pid
+        self.assertNotEqual(worker, parent)
+
+        adder = spawn(ADMIN + ["--data-dir", dataDir, "user", "add", "alice@example.test", "--password-stdin"],
+                      Child(stdin=b"s3cret pass\n"))
+        self.assertEqual((yield adder.ended), 0, adder.output)
+        new = os.path.join(dataDir, "mail", "example.test", "alice", "Maildir", "new")
+
+        def writers():
+            return {int(m) for m in re.findall(r"P(\d+)Q", " ".join(os.listdir(new)))}
+
+        def mailUntilBothServed():
+            # One connection per message; the kernel hands each to one of
+            # the two processes.  Bounded: at most 200 messages.
+            for i in range(200):
+                with smtplib.SMTP("127.0.0.1", smtpPort, timeout=30) as s:
+                    s.sendmail("bob@far.test", ["alice@example.test"], f"Subject: {i}\r\n\r\nhi\r\n".encode())
+                if i >= 3 and len(writers()) == 2:
+                    return i + 1
+            return 200
+
+        sent = yield threads.deferToThread(mailUntilBothServed)
+        self.assertEqual(writers(), {parent, worker}, f"after {sent} messages")
+        self.assertEqual(len(os.listdir(new)), sent)
+
+        # A worker that dies is started again.
+        os.kill(worker, signal.SIGKILL)
+        pids = yield server.waitFor(rb"worker ready, pid (\d+)", 2)
+        again = int(pids[1])
+        self.assertNotEqual(again, worker)
+        self.assertTrue(_alive(again))
+
+        # Stopping the parent stops the worker.
+        yield stop()
+        self.assertFalse(_alive(again))
+        self.assertIn(b"Server Shut Down.", server.output)
+        self.assertNotIn(b"Traceback", server.output)
+
+
+class WorkerConfigTests(TestCase):
+    """
+    The configuration a worker gets, and the default count.
+    """
+
+    def test_roundTrip(self) -> None:
+        config = Config(dataDir="/tmp/d", domains=("a.test",), auth=("mailplat", "memory:x:y"),
+                        tlsSNI={"a.test": ("c.pem", "k.pem")}, workers=3)
+        self.assertEqual(configFromJSON(configToJSON(config)), config)
+
+    def test_relativeDataDir(self) -> None:
+        self.assertEqual(configFromJSON(configToJSON(Config(dataDir="d"))).dataDir, os.path.abspath("d"))
+
+    def test_defaultIsCores(self) -> None:
+        self.assertGreaterEqual(workerCount(Config()), 1)
+        self.assertEqual(workerCount(Config(workers=1)), 1)
+        self.assertEqual(workerCount(Config(workers=4)), 4)
