@@ -98,6 +98,29 @@ class Config:
     maxRecipientsPerMessage: int = 1000
     plusDelimiter: str = "+"
     workers: Optional[int] = None
+    maxConnectionsPerAddress: int = 20
+    maxConnections: int = 1000
+    exemptLoopback: bool = True
+    loginDelayAfter: int = 5
+    loginRefuseAfter: int = 30
+    loginWindow: float = 900.0
+    loginMaxDelay: float = 30.0
+    quota: int = 0
+    sieve: bool = True
+    policySpf: str = "tag"
+    policyDkimVerify: bool = True
+    policyDmarc: str = "reject"
+    policyDnsblZones: Tuple[str, ...] = ()
+    policyDnsbl: str = "reject"
+    dkimSelector: str = "mail"
+    rspamdUrl: Optional[str] = None
+    spamd: Optional[str] = None
+    spamRejectScore: Optional[float] = None
+    spamAddHeaderScore: Optional[float] = None
+    spamUnavailable: str = "accept"
+    greylist: bool = False
+    greylistDelay: float = 300.0
+    policyTrustLoopback: bool = True
     metricsListener: str = DISABLED
 
 
@@ -187,6 +210,24 @@ def _hostPort(where: str, value: Any) -> str:
     return value
 
 
+def _octets(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{where}: expected a whole number of octets (0 for no limit), got {value!r}")
+    return value
+
+
+def _choice(where: str, value: Any, choices: Tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{where}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+    return value
+
+
+def _number(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    return float(value)
+
+
 def _nonNegative(where: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ConfigError(f"{where}: expected a number of seconds (0 turns it off), got {value!r}")
@@ -217,6 +258,10 @@ _SCHEMA: Dict[str, Dict[str, Tuple[str, Any]]] = {
     },
     "auth": {
         "allow_plaintext": ("allowPlaintext", _boolean),
+        "throttle_delay_after": ("loginDelayAfter", lambda w, v: _positive(w, v, int)),
+        "throttle_refuse_after": ("loginRefuseAfter", lambda w, v: _positive(w, v, int)),
+        "throttle_window": ("loginWindow", lambda w, v: _positive(w, v, float)),
+        "throttle_max_delay": ("loginMaxDelay", lambda w, v: _positive(w, v, float)),
     },
     "relay": {
         "smarthost": ("relaySmarthost", lambda w, v: _hostPort(w, v)),
@@ -234,12 +279,33 @@ _SCHEMA: Dict[str, Dict[str, Tuple[str, Any]]] = {
     "delivery": {
         "max_recipients_per_message": ("maxRecipientsPerMessage", lambda w, v: _positive(w, v, int)),
         "plus_delimiter": ("plusDelimiter", lambda w, v: _delimiter(w, v)),
+        "sieve": ("sieve", _boolean),
+    },
+    "policy": {
+        "spf": ("policySpf", lambda w, v: _choice(w, v, ("off", "tag", "reject"))),
+        "dkim_verify": ("policyDkimVerify", _boolean),
+        "dmarc": ("policyDmarc", lambda w, v: _choice(w, v, ("off", "tag", "junk", "reject"))),
+        "dnsbl_zones": ("policyDnsblZones", lambda w, v: tuple(_domain(w, d) for d in _stringList(w, v))),
+        "dnsbl": ("policyDnsbl", lambda w, v: _choice(w, v, ("tag", "junk", "reject"))),
+        "dkim_selector": ("dkimSelector", _string),
+        "rspamd_url": ("rspamdUrl", _string),
+        "spamd": ("spamd", lambda w, v: _hostPort(w, v)),
+        "spam_reject_score": ("spamRejectScore", lambda w, v: _number(w, v)),
+        "spam_add_header_score": ("spamAddHeaderScore", lambda w, v: _number(w, v)),
+        "spam_unavailable": ("spamUnavailable", lambda w, v: _choice(w, v, ("accept", "tempfail"))),
+        "greylist": ("greylist", _boolean),
+        "greylist_delay": ("greylistDelay", lambda w, v: _positive(w, v, float)),
+        "trust_loopback": ("policyTrustLoopback", _boolean),
     },
     "limits": {
         "max_message_size": ("maxMessageSize", lambda w, v: _positive(w, v, int)),
         "smtp_timeout": ("smtpTimeout", lambda w, v: _positive(w, v, float)),
         "pop3_timeout": ("pop3Timeout", lambda w, v: _positive(w, v, float)),
         "imap_timeout": ("imapTimeout", lambda w, v: _positive(w, v, float)),
+        "max_connections_per_address": ("maxConnectionsPerAddress", lambda w, v: _positive(w, v, int)),
+        "max_connections": ("maxConnections", lambda w, v: _positive(w, v, int)),
+        "exempt_loopback": ("exemptLoopback", _boolean),
+        "quota": ("quota", lambda w, v: _octets(w, v)),
     },
 }
 

@@ -5,7 +5,7 @@ Prometheus text format (version 0.0.4) on an optional listener
 
 The counts are hooked in from outside the protocol modules: a factory
 wrapper counts connections and commands (L{instrumentFactory}), a portal
-subclass counts refused logins (L{CountingPortal}) and a wrapper of the
+wrapper counts refused logins (L{CountingPortal}) and a wrapper of the
 delivery counts deliveries (L{countDeliveries}).  The format is written by
 hand: it is a few lines of text, and it keeps the server free of one more
 dependency.
@@ -15,7 +15,7 @@ served by the parent process only, so its figures are the parent's share
 of the connections (the queue depth is the whole queue's).
 """
 
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
@@ -237,19 +237,27 @@ def instrumentFactory(factory: Factory, name: str, metrics: Metrics) -> Factory:
     return _CountingFactory(factory, name, protocol, metrics)
 
 
-class CountingPortal(Portal):
+class CountingPortal:
     """
-    A portal that counts refused logins for one protocol.
+    Wraps the server's portal for one protocol and counts its refused
+    logins; everything else is the wrapped portal's (so every protocol
+    shares one portal and its login throttling).
     """
 
-    def __init__(self, realm: Any, checkers: Iterable[Any], protocol: str, metrics: Metrics) -> None:
-        super().__init__(realm, list(checkers))
+    def __init__(self, portal: Portal, protocol: str, metrics: Metrics) -> None:
+        self.portal = portal
         self.protocolName = protocol
         self.metrics = metrics
 
+    def listCredentialsInterfaces(self) -> List[Any]:
+        """
+        See L{Portal.listCredentialsInterfaces}.
+        """
+        return self.portal.listCredentialsInterfaces()
+
     def login(self, credentials: Any, mind: Any, *interfaces: Any) -> defer.Deferred:
         """
-        Log in as L{Portal.login} does, counting a refusal.
+        Log in through the wrapped portal, counting a refusal.
         """
 
         def refused(failure: Failure) -> Failure:
@@ -257,7 +265,7 @@ class CountingPortal(Portal):
                 self.metrics.inc("mailplat_login_failures_total", protocol=self.protocolName)
             return failure
 
-        return super().login(credentials, mind, *interfaces).addErrback(refused)
+        return self.portal.login(credentials, mind, *interfaces).addErrback(refused)
 
 
 def countDeliveries(delivery: Any, metrics: Metrics) -> None:

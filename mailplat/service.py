@@ -12,7 +12,6 @@ from dataclasses import replace
 from typing import Any, Callable, Dict, List
 
 from twisted.application import service, strports
-from twisted.cred.portal import Portal
 from twisted.internet import reactor
 from twisted.names import client as dnsclient
 from twisted.internet.protocol import Factory
@@ -26,6 +25,13 @@ from mailplat.delivery.local import LocalDelivery
 from mailplat.delivery.policy import MaxRecipientsPolicy
 from mailplat.errors import ConfigError
 from mailplat.interfaces import IStore
+from mailplat.auth.throttle import LoginThrottle, ThrottledPortal
+from mailplat.limits import limitConnections, refusalLine
+from mailplat.policy.authresults import AuthenticationPolicy, DkimSigningPolicy
+from mailplat.policy.dkim import DKIMSigner
+from mailplat.policy.greylist import GreylistPolicy
+from mailplat.policy.spam import RspamdPolicy, SpamdPolicy
+from mailplat.sieve import SieveFilter
 from mailplat.metrics import CountingPortal, Metrics, countDeliveries, instrumentFactory, metricsSite
 from mailplat.plugins import makeCheckers, makeStore
 from mailplat.queue import Queue
@@ -256,19 +262,26 @@ class Server:
         where = config.source or "command line"
         self.store = makeStore(config.store, config.dataDir, f"{where}: server.store")
         checkers = makeCheckers(list(config.auth), config.dataDir, f"{where}: server.auth")
-        self.portal = Portal(MailRealm(self.store), checkers)
+        # One portal for every protocol, so failed logins are counted (and
+        # slowed down) per account and per client address across all.
+        self.throttle = LoginThrottle(
+            reactor, delayAfter=config.loginDelayAfter, refuseAfter=config.loginRefuseAfter,
+            window=config.loginWindow, maxDelay=config.loginMaxDelay, exemptLoopback=config.exemptLoopback,
+        )
+        self.portal = ThrottledPortal(MailRealm(self.store), checkers, throttle=self.throttle)
         self.metrics = Metrics()
-        portals = {
-            name: CountingPortal(self.portal.realm, self.portal.checkers.values(), name, self.metrics)
-            for name in ("smtp", "pop3", "imap")
-        }
+        portals = {name: CountingPortal(self.portal, name, self.metrics) for name in ("smtp", "pop3", "imap")}
+        resolver = _SystemResolver()
         self.queue = Queue(os.path.join(config.dataDir, "queue"), reactor)
         self.directory = StoreDirectory(
             self.store, config.domains, path=os.path.join(config.dataDir, "directory.json"),
             plusDelimiter=config.plusDelimiter,
         )
         self.delivery = LocalDelivery(
-            self.directory, self.store, self.queue, policies=[MaxRecipientsPolicy(config.maxRecipientsPerMessage)]
+            self.directory, self.store, self.queue, policies=self._policies(config, resolver),
+            hostname=config.hostname, clock=reactor,
+            sieve=SieveFilter(config.dataDir, config.hostname, reactor) if config.sieve else None,
+            quota=config.quota,
         )
         countDeliveries(self.delivery, self.metrics)
         self.metrics.gaugeFunction("mailplat_queue_depth", lambda: len(self.queue.list()))
@@ -278,7 +291,7 @@ class Server:
                 raise ConfigError(f"{where}: relay.smarthost_user and relay.smarthost_password go together, with relay.smarthost")
             credentials = (config.relayUser, config.relayPassword)
         self.relay = Relay(
-            config.hostname, _SystemResolver(), reactor,
+            config.hostname, resolver, reactor,
             smarthost=parseHostPort(config.relaySmarthost) if config.relaySmarthost else None,
             credentials=credentials, verifyTLS=config.relayVerifyTLS,
             connectTimeout=config.relayConnectTimeout, commandTimeout=config.relayCommandTimeout,
@@ -306,7 +319,7 @@ class Server:
 
         def imap() -> Factory:
             factory = IMAPFactory(portals["imap"], config.hostname, timeout=config.imapTimeout,
-                                  maxLiteralSize=config.maxMessageSize, contextFactory=tls)
+                                  maxLiteralSize=config.maxMessageSize, contextFactory=tls, quotaBytes=config.quota)
             # The IMAP server asks netutil.cleartextAllowed with this.
             factory.allowPlaintext = plain
             return factory
@@ -322,10 +335,41 @@ class Server:
         }
         self.factories: Dict[str, Factory] = {}
         for name, make in makers.items():
-            factory = make()
+            # The limit wraps the protocol inside TLS, so the refusal line
+            # of an implicit-TLS listener goes over TLS.
+            factory = limitConnections(
+                make(), config.maxConnectionsPerAddress, config.maxConnections,
+                refusalLine(name, config.hostname), exemptLoopback=config.exemptLoopback,
+            )
             if name in IMPLICIT_TLS_LISTENERS:
                 factory = TLSMemoryBIOFactory(tls, False, factory)
             self.factories[name] = factory
+
+    @staticmethod
+    def _policies(config: Config, resolver: Any) -> list:
+        """
+        The delivery policies, cheapest first and signing last: recipient
+        limit, greylisting, SPF/DKIM/DMARC/DNSBL with Authentication-Results
+        (skipped for authenticated clients), spam scanners, DKIM signing of
+        authenticated clients' mail.
+        """
+        policies: list = [MaxRecipientsPolicy(config.maxRecipientsPerMessage)]
+        if config.greylist:
+            policies.append(GreylistPolicy(os.path.join(config.dataDir, "greylist.json"), reactor, delay=config.greylistDelay))
+        policies.append(AuthenticationPolicy(
+            config.hostname, resolver, spf=config.policySpf, dkimVerify=config.policyDkimVerify,
+            dmarc=config.policyDmarc, dnsblZones=list(config.policyDnsblZones), dnsbl=config.policyDnsbl,
+            trustLoopback=config.policyTrustLoopback,
+        ))
+        spam = dict(rejectScore=config.spamRejectScore, addHeaderScore=config.spamAddHeaderScore,
+                    onFailure=config.spamUnavailable)
+        if config.rspamdUrl:
+            policies.append(RspamdPolicy(config.rspamdUrl, reactor, **spam))
+        if config.spamd:
+            host, port = parseHostPort(config.spamd)
+            policies.append(SpamdPolicy(host, port, reactor, **spam))
+        policies.append(DkimSigningPolicy(DKIMSigner(config.dataDir, config.dkimSelector)))
+        return policies
 
     def listening(self) -> Dict[str, Factory]:
         """

@@ -19,6 +19,7 @@ started again, after a pause that grows while it keeps dying early.
 import dataclasses
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -54,6 +55,7 @@ def configFromJSON(text: str) -> Config:
     data = json.loads(text)
     data["domains"] = tuple(data["domains"])
     data["auth"] = tuple(data["auth"])
+    data["policyDnsblZones"] = tuple(data["policyDnsblZones"])
     data["tlsSNI"] = {name: tuple(pair) for name, pair in data["tlsSNI"].items()}
     return Config(**data)
 
@@ -297,6 +299,14 @@ def runWorker(payload: str) -> None:
             pass
 
     stdio.StandardIO(_ParentWatch(stop), stdin=0, stdout=os.open(os.devnull, os.O_WRONLY))
+
+    def stopOnSignal() -> None:
+        # The reactor's own SIGTERM handler would stop it a second time,
+        # after the closed pipe already had: take the signals ourselves.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: reactor.callFromThread(stop))  # type: ignore[attr-defined]
+
+    reactor.callWhenRunning(stopOnSignal)  # type: ignore[attr-defined]
     top.startService()
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)  # type: ignore[attr-defined]
     log.info("worker ready, pid {pid}, serving {names}", pid=os.getpid(), names=", ".join(sorted(sockets)) or DISABLED)

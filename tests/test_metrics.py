@@ -9,7 +9,7 @@ import smtplib
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.cred.portal import IRealm
+from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, reactor, threads
 from twisted.internet.protocol import Factory, Protocol
 from twisted.test.proto_helpers import StringTransport
@@ -91,7 +91,7 @@ class MetricsTests(TestCase):
 
         m = Metrics()
         checker = InMemoryUsernamePasswordDatabaseDontUse(a=b"good")
-        portal = CountingPortal(Realm(), [checker], "pop3", m)
+        portal = CountingPortal(Portal(Realm(), [checker]), "pop3", m)
         yield portal.login(UsernamePassword(b"a", b"good"), None, IThing)
         yield self.assertFailure(portal.login(UsernamePassword(b"a", b"bad"), None, IThing), UnauthorizedLogin)
         self.assertEqual(m.value("mailplat_login_failures_total", protocol="pop3"), 1)

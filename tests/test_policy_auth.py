@@ -504,6 +504,20 @@ class AuthenticationPolicyTests(unittest.TestCase):
         self.assertEqual(verdict.action, REJECT)
         self.assertEqual((verdict.reply.code, verdict.reply.enhanced), (550, "5.7.1"))
 
+    def test_loopbackTrusted(self) -> None:
+        """
+        Mail injected from loopback is accepted unchecked (as Postfix's
+        mynetworks), unless trustLoopback is off.
+        """
+        from twisted.internet.address import IPv4Address
+
+        self.dns.txt("_dmarc.example.com", "v=DMARC1; p=reject")
+        local = Session(peerHost="127.0.0.1")
+        local.peer = IPv4Address("TCP", "127.0.0.1", 2525)
+        self.assertEqual(self.judge(AuthenticationPolicy("mx.test", self.dns), local).action, ACCEPT)
+        verdict = self.judge(AuthenticationPolicy("mx.test", self.dns, trustLoopback=False), local)
+        self.assertEqual(verdict.action, REJECT)
+
     def test_dmarcJunk(self) -> None:
         self.dns.txt("_dmarc.example.com", "v=DMARC1; p=reject")
         verdict = self.judge(AuthenticationPolicy("mx.test", self.dns, dmarc="junk"), Session(peerHost="198.51.100.1"))

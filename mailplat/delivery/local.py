@@ -39,8 +39,10 @@ from mailplat.address import normalizeAddress, splitAddress
 from mailplat.delivery.directory import AliasLoop, Resolution
 from mailplat.delivery.dsn import DELIVERED, FAILED, RecipientReport, makeDSN, readHeaders
 from mailplat.delivery.policy import REJECT, IPolicy
-from mailplat.errors import NoSuchMailbox, SMTPReply
+from mailplat.errors import MailboxExists, NoSuchMailbox, SMTPReply
 from mailplat.interfaces import IDelivery, IDirectory, IStore
+from mailplat.policy.authresults import JUNK_HEADER
+from mailplat.quota import quotaUsage
 from mailplat.smtp.envelope import Envelope, RecipientParameters
 
 #: The header a Sieve redirect adds (kept in step with mailplat.sieve).
@@ -102,8 +104,10 @@ class LocalDelivery:
         hostname: str = "localhost",
         clock: Optional[object] = None,
         sieve: Optional[Any] = None,
+        quota: int = 0,
     ) -> None:
         self.sieve = sieve
+        self.quota = quota
         self.directory = directory
         self.store = store
         self.queue = queue
@@ -168,6 +172,14 @@ class LocalDelivery:
                 raise SMTPReply(550, "5.4.6", f"<{recipient}>: Recipient address rejected: alias loop")
             if not resolution:
                 raise SMTPReply(550, "5.1.1", f"<{recipient}>: Recipient address rejected: User unknown")
+            if self.quota:
+                for address in resolution.local:
+                    account = yield self.store.getAccount(address)
+                    octets, messages = yield quotaUsage(account)
+                    if octets >= self.quota:
+                        # Temporary: the sender retries while the user
+                        # makes room (RFC 3463 X.2.2, mailbox full).
+                        raise SMTPReply(452, "4.2.2", f"<{recipient}>: Mailbox full")
             if resolution.remote and not resolution.local:
                 return SMTPReply(251, "2.1.5", "User not local; will forward")
             return None
@@ -283,7 +295,14 @@ class LocalDelivery:
         actions).
         """
         account = yield self.store.getAccount(address)
-        targets: List[Tuple[str, bool]] = [("INBOX", False)]
+        # A policy's junk verdict (in the header lines the policies added,
+        # never the message's own headers) files the message into the
+        # account's \Junk mailbox instead of INBOX; a Sieve script decides
+        # for itself.
+        inbox = "INBOX"
+        if JUNK_HEADER in prefix:
+            inbox = yield self._junkMailbox(account)
+        targets: List[Tuple[str, bool]] = [(inbox, False)]
         actions = None
         if self.sieve is not None:
             message.seek(0, io.SEEK_END)
@@ -294,13 +313,13 @@ class LocalDelivery:
             targets = []
             for action in actions:
                 if action.name in ("keep", "fileinto"):
-                    target = (action.mailbox or "INBOX", action.create)
+                    target = (action.mailbox or inbox, action.create)
                     if target not in targets:
                         targets.append(target)
                 elif action.name == "redirect":
                     if not (yield self._redirect(address, sender, message, action.address)):
-                        if ("INBOX", False) not in targets:
-                            targets.append(("INBOX", False))
+                        if (inbox, False) not in targets:
+                            targets.append((inbox, False))
                 elif action.name == "reject":
                     yield self._reject(address, sender, message, action.reason or "")
                 elif action.name == "vacation":
@@ -309,6 +328,21 @@ class LocalDelivery:
             mailbox = yield self._mailbox(account, address, name, create)
             message.seek(0)
             yield mailbox.append(io.BufferedReader(PrefixedReader(prefix, message), 65536))
+
+    @defer.inlineCallbacks
+    def _junkMailbox(self, account: Any):
+        """
+        The name of the account's \\Junk special-use mailbox; C{Junk}
+        (made if missing) when none is marked.
+        """
+        for entry in (yield account.listMailboxes()):
+            if "\\Junk" in entry.attributes and "\\Noselect" not in entry.attributes:
+                return entry.name
+        try:
+            yield account.createMailbox("Junk", "\\Junk")
+        except MailboxExists:
+            pass
+        return "Junk"
 
     @defer.inlineCallbacks
     def _mailbox(self, account: Any, address: str, name: str, create: bool):

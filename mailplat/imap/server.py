@@ -36,6 +36,7 @@ from zope.interface import implementer
 
 from mailplat import netutil
 from mailplat.address import normalizeAddress
+from mailplat.auth.throttle import LoginThrottled
 from mailplat.errors import (
     InvalidMailboxName,
     MailboxError,
@@ -1071,9 +1072,13 @@ class IMAPServer(Protocol):
         account = None
         if name:
             try:
+                # The client's address is the mind: the throttling portal
+                # counts failures per address as well as per account.
                 iface, account, logout = yield self.portal.login(
-                    UsernamePassword(name.encode("utf-8"), password), None, IAccount
+                    UsernamePassword(name.encode("utf-8"), password), netutil.peerHost(self.transport), IAccount
                 )
+            except LoginThrottled:
+                raise IMAPError("Too many failed logins; try again later", b"UNAVAILABLE")
             except LoginFailed:
                 account = None
             except Exception:

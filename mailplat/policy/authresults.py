@@ -30,6 +30,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mailplat import netutil
 from mailplat.delivery.policy import IPolicy, Verdict, clientAddress, isAuthenticated, readMessage
 from mailplat.policy.dkim import DKIMResult, DKIMSigner, DKIMVerifier
 from mailplat.policy.dmarc import DMARCChecker, DMARCResult
@@ -151,7 +152,9 @@ class AuthenticationPolicy:
         spfChecker: Optional[SPFChecker] = None,
         dkimVerifier: Optional[DKIMVerifier] = None,
         dmarcChecker: Optional[DMARCChecker] = None,
+        trustLoopback: bool = True,
     ) -> None:
+        self.trustLoopback = trustLoopback
         for name, value, allowed in (
             ("spf", spf, ("off", "tag", "reject")),
             ("dmarc", dmarc, ("off", "tag", "junk", "reject")),
@@ -175,6 +178,10 @@ class AuthenticationPolicy:
         See L{IPolicy.checkMessage}.
         """
         if isAuthenticated(session):
+            return Verdict.accept()
+        if self.trustLoopback and netutil.isLoopback(getattr(session, "peer", None)):
+            # Mail injected on this machine (local programs, a content
+            # filter's reinjection): trusted, as Postfix's mynetworks is.
             return Verdict.accept()
         ip = clientAddress(session)
         helo = getattr(session, "helo", None)

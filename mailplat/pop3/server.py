@@ -37,6 +37,7 @@ from zope.interface import alsoProvides, implementer
 
 from mailplat import netutil
 from mailplat.address import normalizeAddress
+from mailplat.auth.throttle import LoginThrottled
 from mailplat.auth.credentials import APOPCredentials
 from mailplat.errors import MailboxLocked, NoSuchMessage
 from mailplat.interfaces import IAccount, IMailbox
@@ -677,7 +678,15 @@ class POP3Server(Protocol):
 
     async def _loginSteps(self, credentials: Any) -> None:
         try:
-            _, account, logout = await self.portal.login(credentials, None, IAccount)
+            # The client's address is the mind: the throttling portal counts
+            # failures per address as well as per account.
+            _, account, logout = await self.portal.login(credentials, netutil.peerHost(self.transport), IAccount)
+        except LoginThrottled:
+            log.info("POP3 authentication throttled for {user!r} from {peer}",
+                     user=credentials.username, peer=netutil.peerHost(self.transport))
+            if not self._lost:
+                self._bad(b"[SYS/TEMP] Too many failed logins, try again later")
+            return
         except LoginFailed:
             log.info("POP3 authentication failed for {user!r} from {peer}",
                      user=credentials.username, peer=netutil.peerHost(self.transport))

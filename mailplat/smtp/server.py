@@ -56,6 +56,7 @@ from zope.interface import alsoProvides
 
 from mailplat import netutil
 from mailplat.address import normalizeAddress
+from mailplat.auth.throttle import LoginThrottled
 from mailplat.auth.credentials import CramMD5Credentials
 from mailplat.errors import SMTPReply
 from mailplat.interfaces import IDelivery, ISMTPAvatar
@@ -705,9 +706,14 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
         assert portal is not None
 
         def call() -> Deferred:
-            d = portal.login(credentials, None, ISMTPAvatar)
+            # The client's address is the mind: the throttling portal counts
+            # failures per address as well as per account.
+            d = portal.login(credentials, self.session.peerHost, ISMTPAvatar)
 
             def refused(failure: Failure) -> Any:
+                if failure.check(LoginThrottled):
+                    self._log.info("SMTP authentication throttled for {peer}", peer=self.session.peerHost)
+                    raise SMTPReply(454, "4.7.0", "Too many failed logins, try again later")
                 if failure.check(LoginFailed):
                     self._log.info("SMTP authentication failed from {peer}", peer=self.session.peerHost)
                     raise SMTPReply(535, "5.7.8", "Authentication credentials invalid")
