@@ -316,7 +316,6 @@ class ProtocolIsolationTests(TestCase):
 
 #: The Maildir store follows symbolic links planted in an account (reported
 #: with issue 6; remove the marks below once the store refuses them).
-SYMLINK_BUG = "Maildir store follows symbolic links planted in an account"
 
 
 class MaildirSymlinkTests(TestCase):
@@ -387,9 +386,6 @@ class MaildirSymlinkTests(TestCase):
             data = b""
         self.assertNotIn(BOB_SECRET, data)
 
-
-    test_folderLinkNotSelected.todo = SYMLINK_BUG  # type: ignore[attr-defined]
-
     @defer.inlineCallbacks
     def test_folderLinkNotDeleted(self):
         """
@@ -401,9 +397,6 @@ class MaildirSymlinkTests(TestCase):
         except (MailboxError, StoreError):
             pass
         self.bobUnchanged()
-
-
-    test_folderLinkNotDeleted.todo = SYMLINK_BUG  # type: ignore[attr-defined]
 
     @defer.inlineCallbacks
     def test_folderLinkNotWritten(self):
@@ -417,9 +410,6 @@ class MaildirSymlinkTests(TestCase):
         except (MailboxError, StoreError):
             pass
         self.bobUnchanged()
-
-
-    test_folderLinkNotWritten.todo = SYMLINK_BUG  # type: ignore[attr-defined]
 
     @defer.inlineCallbacks
     def test_folderLinkRenamed(self):
@@ -444,9 +434,6 @@ class MaildirSymlinkTests(TestCase):
         data = yield self.readAll()
         self.assertNotIn(OUTSIDE_SECRET, data)
 
-
-    test_messageLinkNotRead.todo = SYMLINK_BUG  # type: ignore[attr-defined]
-
     @defer.inlineCallbacks
     def test_messageLinkToBob(self):
         """
@@ -458,9 +445,6 @@ class MaildirSymlinkTests(TestCase):
         os.symlink(bobCur[0], os.path.join(self.alice.path, "cur", "1700000002.M3P1.evil:2,"))
         data = yield self.readAll()
         self.assertNotIn(BOB_SECRET, data)
-
-
-    test_messageLinkToBob.todo = SYMLINK_BUG  # type: ignore[attr-defined]
 
     @defer.inlineCallbacks
     def test_tmpLinkNotWritten(self):

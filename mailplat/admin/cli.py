@@ -11,6 +11,8 @@ queue, certificates and configuration checks.
     mailplat ... domain add|remove DOMAIN | domain list
     mailplat ... alias add ALIAS TARGET... | alias remove ALIAS [TARGET] | alias list
     mailplat ... queue list | show ID | flush [ID] | delete ID | hold ID | release ID
+    mailplat ... dkim keygen DOMAIN [--selector S]
+    mailplat ... sieve set ADDRESS FILE | sieve check FILE | sieve show ADDRESS | sieve del ADDRESS
 """
 
 import getpass
@@ -21,7 +23,7 @@ from typing import Any, List, Optional
 from twisted.internet import defer, task
 from twisted.python import usage
 
-from mailplat.admin import directory_cmd, queue_cmd
+from mailplat.admin import directory_cmd, dkim_cmd, queue_cmd, sieve_cmd
 from mailplat.address import normalizeAddress, splitAddress
 from mailplat.auth.passwd import PasswordFile
 from mailplat.config import Config, ConfigOptions
@@ -117,11 +119,13 @@ class AdminOptions(ConfigOptions):
         ["domain", None, directory_cmd.DomainOptions, "Domains mail is received for: add, remove, list."],
         ["alias", None, directory_cmd.AliasOptions, "Aliases and forwards: add, remove, list."],
         ["queue", None, queue_cmd.QueueOptions, "The outbound queue: list, show, flush, delete, hold, release."],
+        ["dkim", None, dkim_cmd.DkimOptions, "DKIM signing keys: keygen."],
+        ["sieve", None, sieve_cmd.SieveOptions, "Sieve filters: set, check, show, del."],
     ]
 
     def postOptions(self) -> None:
         if not self.subCommand:
-            raise usage.UsageError("a command is needed: user, check-config, cert, domain, alias or queue")
+            raise usage.UsageError("a command is needed: user, check-config, cert, domain, alias, queue, dkim or sieve")
 
 
 def readPassword(fromStdin: bool) -> str:
@@ -169,6 +173,12 @@ def run(options: AdminOptions, config: Config, out: Any = sys.stdout):
         return
     if options.subCommand == "queue":
         yield queue_cmd.run(options.subOptions, config, out)
+        return
+    if options.subCommand == "dkim":
+        yield dkim_cmd.run(options.subOptions, config, out)
+        return
+    if options.subCommand == "sieve":
+        yield sieve_cmd.run(options.subOptions, config, out)
         return
     store = makeStore(config.store, config.dataDir, f"{config.source or 'command line'}: server.store")
     passwords = PasswordFile(os.path.join(config.dataDir, "passwd"))

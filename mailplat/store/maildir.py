@@ -64,6 +64,7 @@ import io
 import itertools
 import os
 import shutil
+import stat
 import socket
 import threading
 import time
@@ -343,8 +344,31 @@ def _makeMaildir(path: str) -> None:
     _fsyncDirectory(os.path.dirname(path))
 
 
+def _isRealDirectory(path: str) -> bool:
+    """
+    Whether C{path} is a directory and not a symbolic link to one.
+    """
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _isMaildir(path: str) -> bool:
-    return os.path.isdir(os.path.join(path, "cur"))
+    """
+    Whether C{path} is a Maildir we may use: it and its C{cur} are real
+    directories, not symbolic links, which could lead out of the account
+    (another user's mail) however they got there.
+    """
+    return _isRealDirectory(path) and _isRealDirectory(os.path.join(path, "cur"))
+
+
+def _refuseLink(path: str, name: str) -> None:
+    """
+    Refuse to work on a folder whose directory is a symbolic link.
+    """
+    if os.path.islink(path):
+        raise MailboxError(f"Mailbox {name} is a symbolic link on disk; it is left alone")
 
 
 def _storeError(e: OSError, what: str) -> StoreError:
@@ -731,10 +755,13 @@ class MaildirMailbox:
         self._ownStamp = None
         listing: Dict[str, Tuple[str, str]] = {}
         for sub in ("new", "cur"):
-            for filename in os.listdir(self._join(sub)):
-                if filename.startswith("."):
-                    continue
-                listing[filename.split(":", 1)[0]] = (sub, filename)
+            with os.scandir(self._join(sub)) as entries:
+                for entry in entries:
+                    # A message is a regular file of ours: a symbolic link
+                    # could name any file the server can read.
+                    if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                        continue
+                    listing[entry.name.split(":", 1)[0]] = (sub, entry.name)
         self._listing = listing
         self._dirStamp = stamp
         return True
@@ -933,7 +960,9 @@ class MaildirMailbox:
             if entry is None:
                 break
             try:
-                f = open(self._join(entry.subdir, entry.filename), "rb")
+                # O_NOFOLLOW: a message file swapped for a link since the
+                # scan is not followed out of the account.
+                f = os.fdopen(os.open(self._join(entry.subdir, entry.filename), os.O_RDONLY | os.O_NOFOLLOW), "rb")
             except FileNotFoundError:
                 if attempt == 1:
                     self._refreshSync()
@@ -1520,6 +1549,10 @@ class MaildirAccount:
         self._checkExists()
         if name == "INBOX" or _isMaildir(self._folderPath(name)):
             raise MailboxExists(f"Mailbox {name} exists already")
+        _refuseLink(self._folderPath(name), name)
+        for parent in parentNames(name):
+            if parent != "INBOX":
+                _refuseLink(self._folderPath(parent), parent)
         for parent in parentNames(name):
             if parent != "INBOX" and not os.path.isdir(self._folderPath(parent)):
                 self._createOne(parent)
@@ -1541,6 +1574,7 @@ class MaildirAccount:
         if name == "INBOX":
             raise MailboxError("INBOX cannot be deleted")
         path = self._folderPath(name)
+        _refuseLink(path, name)
         if not os.path.isdir(path):
             raise NoSuchMailbox(f"Mailbox {name} does not exist")
         children = self._hasChildren(name)
