@@ -31,6 +31,27 @@ class LoadFileTests(SynchronousTestCase):
             self.assertIn(fragment, message)
         self.assertNotIn("\n", message)
 
+    def test_sampleDocumentsEveryKey(self) -> None:
+        """
+        Every key the config file takes appears in etc/mailplat.toml, in its
+        section (set to its default or commented out with an example).
+        """
+        import re
+
+        from mailplat.config import _SCHEMA
+
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(here, "etc", "mailplat.toml")) as f:
+            text = f.read()
+        sections = dict(re.findall(r"^\[(\w+)\]\n(.*?)(?=^\[|\Z)", text, re.M | re.S))
+        missing = [
+            f"{table}.{key}"
+            for table, keys in _SCHEMA.items()
+            for key in keys
+            if not re.search(rf"^#? ?{key} =", sections.get(table, ""), re.M)
+        ]
+        self.assertEqual(missing, [])
+
     def test_sample(self) -> None:
         """
         The shipped sample loads, and its values are the defaults.
