@@ -184,6 +184,60 @@ class IMailbox(Interface):
         """
 
 
+class IMailboxImport(Interface):
+    """
+    The import seam of a mailbox: what a migration (C{mailplat migrate})
+    needs beyond L{IMailbox} to copy a mailbox from another store without
+    changing what IMAP clients have cached: its UIDVALIDITY and each
+    message's UID.
+
+    Optional in the contract: a store that cannot offer it still serves
+    mail, it just cannot be a migration's target.  mailplat's own stores
+    (memory, maildir, mbox, sql) all provide it on their mailboxes, which
+    are obtained as usual (L{IAccount.getMailbox}) and adapted with
+    C{IMailboxImport(mailbox, None)}.
+
+    The methods only ever keep UIDs increasing: an imported UID is never
+    below the mailbox's UIDNEXT, so a UID is still never reused.
+    """
+
+    def setUIDValidity(uidValidity: int) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Give the mailbox the UIDVALIDITY C{uidValidity} (1..2**32-1),
+        durably.  Allowed only while the mailbox holds no message; its
+        UIDNEXT is left as it is.
+
+        @raise mailplat.errors.MailboxError: (as a failure) the mailbox
+            holds messages, or the value is out of range.
+        """
+
+    def importMessage(
+        uid: int,
+        source: BinaryIO,
+        flags: Iterable[str] = (),
+        internalDate: Optional[float] = None,
+    ) -> "Deferred[int]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Add a message under the given UID, as L{IMailbox.append} does
+        otherwise (durable before firing, flags without \\Recent, the
+        message is \\Recent for the next claimer, listeners are told).
+        UIDNEXT becomes C{uid + 1}; UIDs between the old UIDNEXT and C{uid}
+        are skipped for good.
+
+        @param uid: at least the mailbox's UIDNEXT.
+        @return: a Deferred firing with C{uid}.
+        @raise mailplat.errors.MailboxError: (as a failure) C{uid} is below
+            UIDNEXT (it is taken, or was once).
+        """
+
+    def raiseUIDNext(uidNext: int) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Make UIDNEXT at least C{uidNext}, durably (a mailbox whose last
+        messages were expunged keeps the UIDNEXT its clients know).  A
+        lower value changes nothing.
+        """
+
+
 class IMailboxEntry(Interface):
     """
     One line of a mailbox listing (L{IAccount.listMailboxes}).

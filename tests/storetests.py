@@ -25,7 +25,7 @@ from mailplat.errors import (
     NoSuchMailbox,
     NoSuchMessage,
 )
-from mailplat.interfaces import IAccount, IMailbox, IMailboxListener, IStore
+from mailplat.interfaces import IAccount, IMailbox, IMailboxImport, IMailboxListener, IStore
 from mailplat.mailbox import DEFAULT_MAILBOXES
 
 ALICE = "alice@example.test"
@@ -720,6 +720,100 @@ class StoreConformanceMixin:
         sent = yield account.getMailbox("Sent")
         (yield sent.lockExclusive())()
         release()
+
+    # the import seam (IMailboxImport)
+
+    @defer.inlineCallbacks
+    def importer(self, name: str = "INBOX"):
+        mailbox = yield self.mailbox(name)
+        seam = IMailboxImport(mailbox, None)
+        self.assertIsNotNone(seam, "the store's mailboxes do not provide IMailboxImport")
+        self.assertTrue(verifyObject(IMailboxImport, seam))
+        return seam
+
+    @defer.inlineCallbacks
+    def test_importMessage(self):
+        """
+        A message imported under a given UID keeps it, its flags, internal
+        date and content; UIDNEXT follows it, and appends go on above it.
+        """
+        inbox = yield self.importer()
+        uid = yield inbox.importMessage(7, BytesIO(message("seven")), ["\\Seen", "$Work"], 1300000000.0)
+        self.assertEqual(uid, 7)
+        infos = yield inbox.listMessages()
+        self.assertEqual([(i.uid, i.flags, i.internalDate, i.size) for i in infos],
+                         [(7, frozenset(["\\Seen", "$Work"]), 1300000000.0, len(message("seven")))])
+        self.assertEqual(readFile((yield inbox.openMessage(7))), message("seven"))
+        self.assertEqual((yield inbox.status()).uidNext, 8)
+        self.assertEqual((yield inbox.importMessage(9, BytesIO(message("nine")))), 9)
+        self.assertEqual((yield inbox.append(BytesIO(message("ten")))), 10)
+        self.assertEqual([i.uid for i in (yield inbox.listMessages())], [7, 9, 10])
+
+    @defer.inlineCallbacks
+    def test_importBelowUIDNext(self):
+        """
+        Importing under a UID that is taken, or below UIDNEXT, is refused
+        and changes nothing.
+        """
+        inbox = yield self.importer()
+        yield inbox.importMessage(5, BytesIO(message("five")))
+        yield self.assertFailure(inbox.importMessage(5, BytesIO(message("again"))), MailboxError)
+        yield self.assertFailure(inbox.importMessage(3, BytesIO(message("lower"))), MailboxError)
+        self.assertEqual([i.uid for i in (yield inbox.listMessages())], [5])
+        self.assertEqual(readFile((yield inbox.openMessage(5))), message("five"))
+        self.assertEqual((yield inbox.status()).uidNext, 6)
+
+    @defer.inlineCallbacks
+    def test_setUIDValidity(self):
+        """
+        An empty mailbox takes a given UIDVALIDITY; one holding mail, or an
+        out-of-range value, is refused.
+        """
+        sent = yield self.importer("Sent")
+        yield sent.setUIDValidity(1234567)
+        self.assertEqual(sent.uidValidity, 1234567)
+        self.assertEqual((yield sent.status()).uidValidity, 1234567)
+        again = yield self.mailbox("Sent")
+        self.assertEqual(again.uidValidity, 1234567)
+        for bad in (0, 2**32):
+            yield self.assertFailure(sent.setUIDValidity(bad), MailboxError)
+        yield sent.append(BytesIO(message()))
+        yield self.assertFailure(sent.setUIDValidity(7654321), MailboxError)
+        self.assertEqual((yield sent.status()).uidValidity, 1234567)
+
+    @defer.inlineCallbacks
+    def test_raiseUIDNext(self):
+        """
+        UIDNEXT can be raised, never lowered; the next append takes it.
+        """
+        inbox = yield self.importer()
+        yield inbox.raiseUIDNext(100)
+        self.assertEqual((yield inbox.status()).uidNext, 100)
+        yield inbox.raiseUIDNext(50)
+        self.assertEqual((yield inbox.status()).uidNext, 100)
+        self.assertEqual((yield inbox.append(BytesIO(message()))), 100)
+
+    @defer.inlineCallbacks
+    def test_importRestart(self):
+        """
+        An imported UIDVALIDITY, imported UIDs and a raised UIDNEXT survive
+        a restart.
+        """
+        if not self.persistent:
+            raise SkipTest("store does not persist across restarts")
+        work = yield self.importer("Archive")
+        yield work.setUIDValidity(4242)
+        yield work.importMessage(3, BytesIO(message("three")), ["\\Flagged", "Later"], 1200000000.0)
+        yield work.importMessage(8, BytesIO(message("eight")))
+        yield work.raiseUIDNext(20)
+        before = [(i.uid, i.flags, i.internalDate, i.size) for i in (yield work.listMessages())]
+        yield self.reopen()
+        work = yield self.mailbox("Archive")
+        self.assertEqual(work.uidValidity, 4242)
+        status = yield work.status()
+        self.assertEqual((status.uidValidity, status.uidNext), (4242, 20))
+        self.assertEqual([(i.uid, i.flags, i.internalDate, i.size) for i in (yield work.listMessages())], before)
+        self.assertEqual(readFile((yield work.openMessage(8))), message("eight"))
 
     # restart persistence
 

@@ -91,7 +91,7 @@ from mailplat.errors import (
     NoSuchMessage,
     StoreError,
 )
-from mailplat.interfaces import IAccount, IMailbox, IMailboxListener, IStore, IStoreFactory
+from mailplat.interfaces import IAccount, IMailbox, IMailboxImport, IMailboxListener, IStore, IStoreFactory
 from mailplat.mailbox import (
     DEFAULT_MAILBOXES,
     MailboxStatus,
@@ -102,7 +102,7 @@ from mailplat.mailbox import (
     renamedName,
     validateMailboxName,
 )
-from mailplat.store.memory import ListenerSet
+from mailplat.store.memory import ListenerSet, checkImportedUID, checkImportedUIDValidity
 from mailplat.uidvalidity import newUIDValidity
 
 CHUNK = 65536
@@ -463,7 +463,7 @@ def _wireSizeFromName(filename: str) -> Optional[int]:
     return None
 
 
-@implementer(IMailbox)
+@implementer(IMailbox, IMailboxImport)
 class MaildirMailbox:
     """
     One Maildir (INBOX or a Maildir++ folder).  The store keeps one object
@@ -1017,13 +1017,27 @@ class MaildirMailbox:
             raise
         return tmp, f"{unique},S={disk},W={wire}", wire
 
-    def _appendSync(self, source: BinaryIO, flags: Iterable[str], internalDate: Optional[float]) -> int:
+    def _appendSync(self, source: BinaryIO, flags: Iterable[str], internalDate: Optional[float],
+                    forcedUID: Optional[int] = None) -> int:
+        """
+        Add one message alone: written, fsynced and committed on the calling
+        thread.
+
+        @param forcedUID: the UID to give it (an import), which must be at
+            least UIDNEXT; the next free UID otherwise.
+        """
         if self._deleted:
             raise NoSuchMailbox(f"Mailbox {self.name} does not exist any more")
         wanted = applyFlags(frozenset(), flags, "set")
+        if forcedUID is not None:
+            with self._mutex:
+                checkImportedUID(self.name, forcedUID, self._uidNext)
         tmp, base, wire = self._writeTmp(source, internalDate)
 
         def work() -> int:
+            if forcedUID is not None:
+                checkImportedUID(self.name, forcedUID, self._uidNext)
+                self._uidNext = forcedUID
             if wanted:
                 subdir, filename = "cur", base + ":2," + self._lettersFor(wanted)
             else:
@@ -1088,6 +1102,48 @@ class MaildirMailbox:
 
         written.addCallbacks(ready, failed)
         return done.addCallback(self._notified)
+
+    def setUIDValidity(self, uidValidity: int) -> defer.Deferred:
+        """
+        Give the empty mailbox another UIDVALIDITY, written to the uidlist
+        (see L{IMailboxImport.setUIDValidity}).
+        """
+
+        def work() -> None:
+            checkImportedUIDValidity(self.name, uidValidity, len(self._entries))
+            self.uidValidity = int(uidValidity)
+            self._writeUidlist()
+
+        d = self._settled()
+        d.addCallback(lambda _: _run(f"set the UIDVALIDITY of {self.name}", self._locked, work))
+        return d
+
+    def importMessage(self, uid: int, source: BinaryIO, flags: Iterable[str] = (),
+                      internalDate: Optional[float] = None) -> defer.Deferred:
+        """
+        Add a message under a given UID (see L{IMailboxImport.importMessage}):
+        written and committed alone, on the calling thread, after the
+        appends under way are committed.
+        """
+        flags = list(flags)
+        d = self._settled()
+        d.addCallback(lambda _: _run(f"import a message into {self.name}", self._appendSync, source, flags,
+                                     internalDate, uid))
+        return d.addCallback(self._notified)
+
+    def raiseUIDNext(self, uidNext: int) -> defer.Deferred:
+        """
+        Raise UIDNEXT to at least C{uidNext} (see L{IMailboxImport.raiseUIDNext}).
+        """
+
+        def work() -> None:
+            if uidNext > self._uidNext:
+                self._uidNext = int(uidNext)
+                self._writeUidlist()
+
+        d = self._settled()
+        d.addCallback(lambda _: _run(f"raise the UIDNEXT of {self.name}", self._locked, work))
+        return d
 
     def _commitNext(self) -> None:
         """

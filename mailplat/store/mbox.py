@@ -111,7 +111,7 @@ from mailplat.errors import (
     NoSuchMessage,
     StoreError,
 )
-from mailplat.interfaces import SYSTEM_FLAGS, IAccount, IMailbox, IMailboxListener, IStore, IStoreFactory
+from mailplat.interfaces import SYSTEM_FLAGS, IAccount, IMailbox, IMailboxImport, IMailboxListener, IStore, IStoreFactory
 from mailplat.mailbox import (
     DEFAULT_MAILBOXES,
     MailboxStatus,
@@ -131,7 +131,7 @@ from mailplat.store.maildir import (
     _storeError,
     _writeAtomically,
 )
-from mailplat.store.memory import ListenerSet
+from mailplat.store.memory import ListenerSet, checkImportedUID, checkImportedUIDValidity
 from mailplat.uidvalidity import newUIDValidity
 
 CHUNK = 65536
@@ -671,7 +671,7 @@ class _SerialQueue:
 # Mailboxes.
 
 
-@implementer(IMailbox)
+@implementer(IMailbox, IMailboxImport)
 class MboxMailbox:
     """
     One mbox file.  The store keeps one object per file, so that listeners
@@ -1145,6 +1145,61 @@ class MboxMailbox:
         """
         Add a message at the end of the file, durably (see L{IMailbox.append}).
         """
+        return self._append(source, flags, internalDate, None)
+
+    def importMessage(self, uid: int, source: BinaryIO, flags: Iterable[str] = (),
+                      internalDate: Optional[float] = None) -> defer.Deferred:
+        """
+        Add a message under a given UID at the end of the file (see
+        L{IMailboxImport.importMessage}); the internal date keeps whole
+        seconds, as every date in an mbox C{From } line.
+        """
+        return self._append(source, flags, internalDate, uid)
+
+    def setUIDValidity(self, uidValidity: int) -> defer.Deferred:
+        """
+        Give the empty mailbox another UIDVALIDITY, kept in the side file
+        until the first message carries it in C{X-IMAPbase} (see
+        L{IMailboxImport.setUIDValidity}).
+        """
+
+        def work(held: Optional[_Held]) -> Tuple[None, bool]:
+            checkImportedUIDValidity(self.name, uidValidity, len(self._msgs))
+            self.uidValidity = int(uidValidity)
+            try:
+                self._writeSide()
+            except BaseException:
+                self._failed()
+                raise
+            return None, True
+
+        return self._op(f"set the UIDVALIDITY of {self.name}", work, exclusive=True)
+
+    def raiseUIDNext(self, uidNext: int) -> defer.Deferred:
+        """
+        Raise UIDNEXT to at least C{uidNext}, recorded in the side file (see
+        L{IMailboxImport.raiseUIDNext}).
+        """
+
+        def work(held: Optional[_Held]) -> Tuple[None, bool]:
+            if uidNext <= self._uidNext:
+                return None, False
+            self._uidNext = int(uidNext)
+            try:
+                self._logSide([f"N{self._uidNext}\n"])
+            except BaseException:
+                self._failed()
+                raise
+            return None, True
+
+        return self._op(f"raise the UIDNEXT of {self.name}", work, exclusive=True)
+
+    def _append(self, source: BinaryIO, flags: Iterable[str], internalDate: Optional[float],
+                forcedUID: Optional[int]) -> defer.Deferred:
+        """
+        Add a message at the end of the file, durably, under the next UID or
+        C{forcedUID}.
+        """
         try:
             if self._deleted:
                 raise self._gone()
@@ -1166,6 +1221,9 @@ class MboxMailbox:
                 prefix = b"\n"
             else:
                 prefix = b"\n\n"
+            if forcedUID is not None:
+                checkImportedUID(self.name, forcedUID, self._uidNext)
+                self._uidNext = forcedUID
             uid = self._uidNext
             m = _Msg(start=size + len(prefix), bodyStart=0, uid=uid, noeol=noeol)
             first = not self._msgs

@@ -23,7 +23,7 @@ from mailplat.errors import (
 )
 from twisted.plugin import IPlugin
 
-from mailplat.interfaces import IAccount, IMailbox, IMailboxListener, IStore, IStoreFactory
+from mailplat.interfaces import IAccount, IMailbox, IMailboxImport, IMailboxListener, IStore, IStoreFactory
 from mailplat.mailbox import (
     DEFAULT_MAILBOXES,
     MailboxStatus,
@@ -49,6 +49,31 @@ def readAll(source: BinaryIO) -> bytes:
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
+
+
+def checkImportedUID(name: str, uid: int, uidNext: int) -> None:
+    """
+    Refuse a UID an import may not use (see L{IMailboxImport.importMessage}).
+
+    @raise MailboxError: C{uid} is not an int at least C{uidNext}, or is
+        beyond what IMAP allows (2**32-1).
+    """
+    if not isinstance(uid, int) or uid < uidNext or uid > 2**32 - 1:
+        raise MailboxError(f"Mailbox {name}: cannot import a message as UID {uid!r}; UIDNEXT is {uidNext}")
+
+
+def checkImportedUIDValidity(name: str, uidValidity: int, messages: int) -> None:
+    """
+    Refuse a UIDVALIDITY change an import may not make (see
+    L{IMailboxImport.setUIDValidity}).
+
+    @raise MailboxError: the value is out of range or the mailbox holds
+        C{messages} > 0 messages.
+    """
+    if not isinstance(uidValidity, int) or not 1 <= uidValidity <= 2**32 - 1:
+        raise MailboxError(f"Mailbox {name}: UIDVALIDITY {uidValidity!r} is out of range")
+    if messages:
+        raise MailboxError(f"Mailbox {name} holds {messages} message(s); its UIDVALIDITY cannot change")
 
 
 class ListenerSet:
@@ -79,7 +104,7 @@ class ListenerSet:
                 log.failure("mailbox listener {listener!r} failed", listener=listener)
 
 
-@implementer(IMailbox)
+@implementer(IMailbox, IMailboxImport)
 class MemoryMailbox:
     """
     One mailbox held in memory.
@@ -126,8 +151,9 @@ class MemoryMailbox:
             return defer.fail(NoSuchMessage(f"No message with UID {uid}"))
         return defer.succeed(BytesIO(self._bodies[uid]))
 
-    def _add(self, body: bytes, flags: Iterable[str], internalDate: Optional[float]) -> int:
-        uid = self._uidNext
+    def _add(self, body: bytes, flags: Iterable[str], internalDate: Optional[float], uid: Optional[int] = None) -> int:
+        uid = self._uidNext if uid is None else uid
+        self._uidNext = uid
         self._uidNext += 1
         self._modseq += 1
         self._bodies[uid] = body
@@ -145,6 +171,38 @@ class MemoryMailbox:
         uid = self._add(readAll(source), flags, internalDate)
         self._listeners.notify(self)
         return defer.succeed(uid)
+
+    def setUIDValidity(self, uidValidity: int) -> defer.Deferred:
+        """
+        Give the empty mailbox another UIDVALIDITY (see
+        L{IMailboxImport.setUIDValidity}).
+        """
+        try:
+            checkImportedUIDValidity(self.name, uidValidity, len(self._messages))
+        except MailboxError as e:
+            return defer.fail(e)
+        self.uidValidity = int(uidValidity)
+        return defer.succeed(None)
+
+    def importMessage(self, uid: int, source: BinaryIO, flags: Iterable[str] = (),
+                      internalDate: Optional[float] = None) -> defer.Deferred:
+        """
+        Add a message under a given UID (see L{IMailboxImport.importMessage}).
+        """
+        try:
+            checkImportedUID(self.name, uid, self._uidNext)
+        except MailboxError as e:
+            return defer.fail(e)
+        self._add(readAll(source), flags, internalDate, uid)
+        self._listeners.notify(self)
+        return defer.succeed(uid)
+
+    def raiseUIDNext(self, uidNext: int) -> defer.Deferred:
+        """
+        Raise UIDNEXT to at least C{uidNext} (see L{IMailboxImport.raiseUIDNext}).
+        """
+        self._uidNext = max(self._uidNext, int(uidNext))
+        return defer.succeed(None)
 
     def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str) -> defer.Deferred:
         flags = list(flags)

@@ -41,7 +41,7 @@ from mailplat.errors import (
     NoSuchMailbox,
     NoSuchMessage,
 )
-from mailplat.interfaces import IAccount, IMailbox, IMailboxListener, IStore
+from mailplat.interfaces import IAccount, IMailbox, IMailboxImport, IMailboxListener, IStore
 from mailplat.mailbox import (
     DEFAULT_MAILBOXES,
     MailboxStatus,
@@ -52,7 +52,7 @@ from mailplat.mailbox import (
     renamedName,
     validateMailboxName,
 )
-from mailplat.store.memory import ListenerSet
+from mailplat.store.memory import ListenerSet, checkImportedUID, checkImportedUIDValidity
 from mailplat.store.sql.database import Database, Transaction, chunks, inClause
 from mailplat.store.sql.schema import DELETED_BIT, SEEN_BIT, SYSTEM_FLAG_BITS
 from mailplat.uidvalidity import newUIDValidity
@@ -263,7 +263,7 @@ def _hasChildren(names: Iterable[str], name: str) -> bool:
     return any(n.startswith(prefix) for n in names)
 
 
-@implementer(IMailbox)
+@implementer(IMailbox, IMailboxImport)
 class SQLMailbox:
     """
     One mailbox of a L{SQLStore}; the store keeps one object per mailbox
@@ -442,6 +442,73 @@ class SQLMailbox:
         uid, state = yield self.store._db.run(store, write=True)
         self._changed(state)
         return uid
+
+    @defer.inlineCallbacks
+    def importMessage(self, uid: int, source: BinaryIO, flags: Iterable[str] = (), internalDate: Optional[float] = None):
+        """
+        Add a message under a given UID (see L{IMailboxImport.importMessage}),
+        in one transaction that checks and moves UIDNEXT under the
+        mailbox's row lock.
+        """
+        flags = applyFlags(frozenset(), flags, "set")
+        internalDate = time.time() if internalDate is None else float(internalDate)
+        data, digest = yield self.store._db.runBlocking(_readSource, source)
+
+        def store(txn: Transaction) -> State:
+            _, uidNext = _lockMailbox(txn, self.mailboxId)
+            checkImportedUID(self.name, uid, uidNext)
+            row = txn.execute(
+                "UPDATE mailboxes SET uidnext = ?, highestmodseq = highestmodseq + 1"
+                " WHERE id = ? AND noselect = 0 RETURNING uidnext, highestmodseq",
+                (uid + 1, self.mailboxId),
+            ).fetchone()
+            modseq = int(row[1])
+            messageId = _storeContent(txn, digest, data)
+            _insertMessage(txn, self.mailboxId, uid, messageId, flags, internalDate, len(data), modseq)
+            txn.notify(self.mailboxId)
+            return (modseq, int(row[0]))
+
+        state = yield self.store._db.run(store, write=True)
+        self._changed(state)
+        return uid
+
+    @defer.inlineCallbacks
+    def setUIDValidity(self, uidValidity: int):
+        """
+        Give the empty mailbox another UIDVALIDITY (see
+        L{IMailboxImport.setUIDValidity}); the account's last UIDVALIDITY
+        is raised to it, so a mailbox made later still gets a higher one.
+        """
+
+        def change(txn: Transaction) -> None:
+            _lockMailbox(txn, self.mailboxId)
+            row = txn.execute("SELECT COUNT(*) FROM mailbox_messages WHERE mailbox_id = ?", (self.mailboxId,)).fetchone()
+            checkImportedUIDValidity(self.name, uidValidity, int(row[0]))
+            txn.execute("UPDATE mailboxes SET uidvalidity = ? WHERE id = ?", (uidValidity, self.mailboxId))
+            txn.execute(
+                "UPDATE accounts SET last_uidvalidity = ? WHERE id = ? AND last_uidvalidity < ?",
+                (uidValidity, self.accountId, uidValidity),
+            )
+
+        yield self.store._db.run(change, write=True)
+        self.uidValidity = int(uidValidity)
+
+    @defer.inlineCallbacks
+    def raiseUIDNext(self, uidNext: int):
+        """
+        Raise UIDNEXT to at least C{uidNext} (see L{IMailboxImport.raiseUIDNext}).
+        """
+
+        def change(txn: Transaction) -> State:
+            _, current = _lockMailbox(txn, self.mailboxId)
+            if uidNext <= current:
+                return None
+            txn.execute("UPDATE mailboxes SET uidnext = ? WHERE id = ?", (int(uidNext), self.mailboxId))
+            return _state(txn, self.mailboxId)
+
+        state = yield self.store._db.run(change, write=True)
+        if state is not None:
+            self._changed(state)
 
     @defer.inlineCallbacks
     def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str):
@@ -825,6 +892,7 @@ class SQLStore:
             self._mailboxes[mailboxId] = mailbox
         else:
             mailbox.name = name
+            mailbox.uidValidity = uidValidity
             mailbox._observed(state)
         return mailbox
 
