@@ -155,3 +155,109 @@ class CramMD5Tests(SynchronousTestCase):
         _, avatar, _ = self.successResultOf(portal.login(CramMD5Credentials(b"a@b.test", b"<c>", good), None, ISMTPAvatar))
         self.assertEqual(avatar.address, "a@b.test")
         self.failureResultOf(portal.login(CramMD5Credentials(b"a@b.test", b"<c>", b"00"), None, ISMTPAvatar), UnauthorizedLogin)
+
+
+class StartupCheckTests(SynchronousTestCase):
+    """
+    L{mailplat.auth.startup}: a broken DKIM key, a bad TLS file and a data
+    directory the run-as user cannot write stop the start with one line.
+    """
+
+    def setUp(self) -> None:
+        import os
+
+        self.dataDir = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(self.dataDir, "dkim"))
+
+    def test_goodDKIMKey(self) -> None:
+        from mailplat.auth.startup import checkDKIMKeys
+        from mailplat.policy.dkim import keygen
+
+        keygen("example.test", "mail", self.dataDir, bits=1024)
+        self.assertEqual(checkDKIMKeys(self.dataDir), 1)
+
+    def test_badDKIMKey(self) -> None:
+        import os
+
+        from mailplat.auth.startup import checkDKIMKeys
+        from mailplat.errors import ConfigError
+
+        path = os.path.join(self.dataDir, "dkim", "example.test.mail.key")
+        with open(path, "wb") as f:
+            f.write(b"-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n")
+        error = self.assertRaises(ConfigError, checkDKIMKeys, self.dataDir)
+        self.assertIn(repr(path), str(error))
+        self.assertNotIn("\n", str(error))
+
+    def test_noDKIMDirectory(self) -> None:
+        from mailplat.auth.startup import checkDKIMKeys
+
+        self.assertEqual(checkDKIMKeys(self.mktemp()), 0)
+
+    def test_badTLSFile(self) -> None:
+        import os
+        from dataclasses import replace
+
+        from mailplat.auth.startup import startupChecks
+        from mailplat.config import Config
+        from mailplat.errors import ConfigError
+
+        cert = os.path.join(self.dataDir, "cert.pem")
+        with open(cert, "w") as f:
+            f.write("not a certificate\n")
+        config = replace(Config(dataDir=self.dataDir), tlsCert=cert, tlsKey=cert)
+        error = self.assertRaises(ConfigError, startupChecks, config)
+        self.assertIn(repr(cert), str(error))
+        self.assertNotIn("\n", str(error))
+
+    def test_dataDirNotWritable(self) -> None:
+        """
+        A data directory (or an entry in it) owned by another user and not
+        group- or world-writable is refused, naming it and the user.
+        """
+        import os
+
+        from mailplat.auth.startup import checkDataDirFor
+        from mailplat.errors import ConfigError
+
+        uid = 65534 if os.getuid() != 65534 else 65533
+        os.chmod(self.dataDir, 0o755)
+        error = self.assertRaises(ConfigError, checkDataDirFor, self.dataDir, uid, uid)
+        self.assertIn(repr(self.dataDir), str(error))
+        self.assertIn(f"uid {uid}", str(error))
+        os.chmod(self.dataDir, 0o777)
+        os.chmod(os.path.join(self.dataDir, "dkim"), 0o700)
+        error = self.assertRaises(ConfigError, checkDataDirFor, self.dataDir, uid, uid)
+        self.assertIn("'dkim'", str(error))
+        os.chmod(os.path.join(self.dataDir, "dkim"), 0o777)
+        checkDataDirFor(self.dataDir, uid, uid)
+        checkDataDirFor(self.dataDir, None)
+        checkDataDirFor(self.dataDir, os.getuid())
+
+    def test_runAs(self) -> None:
+        """
+        Inside L{runAs} files are made as the user; root again after.
+        """
+        import os
+
+        from twisted.trial.unittest import SkipTest
+
+        from mailplat.auth.startup import runAs
+
+        if os.geteuid() != 0:
+            raise SkipTest("needs root")
+        import shutil
+        import tempfile
+
+        # Under /tmp: every directory above must be searchable by the user.
+        top = tempfile.mkdtemp(prefix="mailplat-runas-")
+        self.addCleanup(shutil.rmtree, top, True)
+        os.chmod(top, 0o777)
+        with runAs(65534, 65534):
+            self.assertEqual((os.geteuid(), os.getegid()), (65534, 65534))
+            with open(os.path.join(top, "made"), "w"):
+                pass
+        self.assertEqual(os.geteuid(), 0)
+        self.assertEqual(os.stat(os.path.join(top, "made")).st_uid, 65534)
+        with runAs(None):
+            self.assertEqual(os.geteuid(), 0)

@@ -286,7 +286,7 @@ class LoginTests(IMAPTestBase):
 
     def test_authenticateOtherMechanism(self) -> None:
         client = self.connect()
-        self.assertTagged(client.command(b"a AUTHENTICATE CRAM-MD5"), b"a", b"NO")
+        self.assertTagged(client.command(b"a AUTHENTICATE GSSAPI"), b"a", b"NO")
 
     def test_logoutCallsAvatarLogout(self) -> None:
         client = self.login()
@@ -1033,3 +1033,89 @@ class ConnectionLostTests(IMAPTestBase):
         self.assertEqual(client.transport.producerState, "producing")
         out = client.take()
         self.assertEqual(out.count(b"OK NOOP completed"), 10000)
+
+
+from mailplat.auth.passwd import PasswordFile, PasswordFileChecker  # noqa: E402
+from tests.test_sasl import ScramClient  # noqa: E402
+
+
+class SASLTests(IMAPTestBase):
+    """
+    AUTHENTICATE SCRAM-SHA-256 and LOGIN (RFC 3501, SASL-IR) through the
+    shared SASL layer, with the memory checker and mailplat's password
+    file.
+    """
+
+    def passwordFileFactory(self) -> IMAPFactory:
+        passwords = PasswordFile(self.mktemp())
+        passwords.setPassword(ALICE, "secret")
+        return IMAPFactory(Portal(MailRealm(self.store), [PasswordFileChecker(passwords)]), "mail.example.test",
+                           clock=self.clock)
+
+    def scram(self, client: Client, scram: ScramClient, password: Optional[bytes] = None, ir: bool = True) -> bytes:
+        if ir:
+            out = client.command(b"a AUTHENTICATE SCRAM-SHA-256 " + base64.b64encode(scram.first()))
+        else:
+            self.assertEqual(client.command(b"a AUTHENTICATE SCRAM-SHA-256"), b"+ \r\n")
+            out = client.send(base64.b64encode(scram.first()) + b"\r\n")
+        self.assertTrue(out.startswith(b"+ "), out)
+        serverFirst = base64.b64decode(out[2:-2])
+        return client.send(base64.b64encode(scram.final(serverFirst, password)) + b"\r\n")
+
+    def test_capabilities(self) -> None:
+        client = self.connect()
+        for cap in (b"AUTH=PLAIN", b"AUTH=LOGIN", b"AUTH=CRAM-MD5", b"AUTH=SCRAM-SHA-256"):
+            self.assertIn(cap, client.greeting)
+        client = self.connect(factory=self.passwordFileFactory())
+        self.assertIn(b"AUTH=SCRAM-SHA-256", client.greeting)
+        self.assertNotIn(b"AUTH=CRAM-MD5", client.greeting)
+
+    def test_scram(self) -> None:
+        for factory, ir in ((None, True), (self.passwordFileFactory(), False)):
+            client = self.connect(factory=factory)
+            scram = ScramClient(ALICE, b"secret")
+            self.assertEqual(self.scram(client, scram, ir=ir), b"+ " + base64.b64encode(scram.serverSignature) + b"\r\n")
+            self.assertTagged(client.send(b"\r\n"), b"a", b"OK")
+            self.assertEqual(client.server.state, "authenticated")
+
+    def test_scramWrongProof(self) -> None:
+        client = self.connect(factory=self.passwordFileFactory())
+        out = self.scram(client, ScramClient(ALICE, b"secret"), b"wrong")
+        self.assertIn(b"NO [AUTHENTICATIONFAILED]", self.assertTagged(out, b"a", b"NO"))
+        self.assertEqual(client.server.state, "not authenticated")
+
+    def test_scramCancel(self) -> None:
+        client = self.connect()
+        client.command(b"a AUTHENTICATE SCRAM-SHA-256")
+        self.assertTagged(client.send(b"*\r\n"), b"a", b"BAD")
+        self.scram(client, ScramClient(ALICE, b"secret"))
+        self.assertTagged(client.send(b"*\r\n"), b"a", b"BAD")
+        self.assertEqual(client.server.state, "not authenticated")
+        self.assertEqual(client.command(b"b NOOP"), b"b OK NOOP completed\r\n")
+
+    def test_scramMalformed(self) -> None:
+        client = self.connect()
+        out = client.command(b"a AUTHENTICATE SCRAM-SHA-256 " + base64.b64encode(b"n,,n=x"))
+        self.assertTagged(out, b"a", b"BAD")
+        out = client.command(b"b AUTHENTICATE SCRAM-SHA-256 " + base64.b64encode(b"p=tls-unique,,n=a@b.test,r=x"))
+        self.assertTagged(out, b"b", b"NO")
+
+    def test_login(self) -> None:
+        client = self.connect()
+        self.assertEqual(client.command(b"a AUTHENTICATE LOGIN"), b"+ VXNlcm5hbWU6\r\n")
+        self.assertEqual(client.send(base64.b64encode(ALICE.encode()) + b"\r\n"), b"+ UGFzc3dvcmQ6\r\n")
+        self.assertTagged(client.send(base64.b64encode(b"secret") + b"\r\n"), b"a", b"OK")
+
+    def test_loginInitialWrong(self) -> None:
+        client = self.connect()
+        self.assertEqual(client.command(b"a AUTHENTICATE LOGIN " + base64.b64encode(ALICE.encode())), b"+ UGFzc3dvcmQ6\r\n")
+        self.assertTagged(client.send(base64.b64encode(b"nope") + b"\r\n"), b"a", b"NO")
+
+    def test_remoteWithoutTLS(self) -> None:
+        """
+        Off loopback without TLS no mechanism is offered or accepted.
+        """
+        client = self.connect(host="198.51.100.7")
+        self.assertNotIn(b"AUTH=", client.greeting)
+        out = client.command(b"a AUTHENTICATE SCRAM-SHA-256")
+        self.assertIn(b"PRIVACYREQUIRED", self.assertTagged(out, b"a", b"NO"))

@@ -5,6 +5,7 @@ with a MemoryStore behind a real cred portal and a L{task.Clock}.
 
 import base64
 import hashlib
+import hmac
 import poplib
 import re
 from io import BytesIO
@@ -362,7 +363,7 @@ class AuthorizationTests(POP3TestsMixin, SynchronousTestCase):
         self.assertEqual(
             self.send(proto, transport, b"CAPA\r\n"),
             b"+OK Capability list follows\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\n"
-            b"PIPELINING\r\nUSER\r\nSASL PLAIN\r\nEXPIRE NEVER\r\nIMPLEMENTATION mailplat\r\n.\r\n",
+            b"PIPELINING\r\nUSER\r\nSASL PLAIN LOGIN CRAM-MD5 SCRAM-SHA-256\r\nEXPIRE NEVER\r\nIMPLEMENTATION mailplat\r\n.\r\n",
         )
 
     def test_helpAuthorization(self) -> None:
@@ -443,7 +444,7 @@ class AuthorizationTests(POP3TestsMixin, SynchronousTestCase):
         Undecodable or malformed responses are refused.
         """
         proto, transport = self.connect()
-        self.assertEqual(self.send(proto, transport, b"AUTH PLAIN !!!!\r\n"), b"-ERR Invalid base64 data\r\n")
+        self.assertEqual(self.send(proto, transport, b"AUTH PLAIN !!!!\r\n"), b"-ERR Invalid base64 in authentication response\r\n")
         self.assertEqual(
             self.send(proto, transport, b"AUTH PLAIN " + base64.b64encode(b"no nul") + b"\r\n"),
             b"-ERR Invalid PLAIN response\r\n",
@@ -461,11 +462,14 @@ class AuthorizationTests(POP3TestsMixin, SynchronousTestCase):
 
     def test_authOtherMechanism(self) -> None:
         """
-        Only PLAIN is known; AUTH alone lists it.
+        An unknown mechanism is refused; AUTH alone lists the mechanisms the
+        checker can verify (the memory checker holds plain secrets, so all).
         """
         proto, transport = self.connect()
-        self.assertEqual(self.send(proto, transport, b"AUTH CRAM-MD5\r\n"), b"-ERR Unsupported authentication mechanism\r\n")
-        self.assertEqual(self.send(proto, transport, b"AUTH\r\n"), b"+OK\r\nPLAIN\r\n.\r\n")
+        self.assertEqual(self.send(proto, transport, b"AUTH GSSAPI\r\n"), b"-ERR Unsupported authentication mechanism\r\n")
+        self.assertEqual(
+            self.send(proto, transport, b"AUTH\r\n"), b"+OK\r\nPLAIN\r\nLOGIN\r\nCRAM-MD5\r\nSCRAM-SHA-256\r\n.\r\n"
+        )
 
     def test_inUse(self) -> None:
         """
@@ -1287,3 +1291,90 @@ class STLSTests(POP3TestsMixin, SynchronousTestCase):
         self.assertIn(b"\r\nUSER\r\n", self.send(proto, transport, b"CAPA\r\n"))
         reply = self.send(proto, transport, b"USER " + ALICE.encode() + b"\r\nPASS " + PASSWORD + b"\r\n")
         self.assertTrue(reply.startswith(b"+OK\r\n+OK Logged in"), reply)
+
+
+from mailplat.auth.passwd import PasswordFile, PasswordFileChecker  # noqa: E402
+from tests.test_sasl import ScramClient  # noqa: E402
+
+
+class SASLTests(POP3TestsMixin, SynchronousTestCase):
+    """
+    AUTH SCRAM-SHA-256 and AUTH LOGIN (RFC 5034) through the shared SASL
+    layer, with the memory checker and with mailplat's password file.
+    """
+
+    def passwordFilePortal(self) -> Portal:
+        passwords = PasswordFile(self.mktemp())
+        passwords.setPassword(ALICE, PASSWORD.decode())
+        return Portal(MailRealm(self.store), [PasswordFileChecker(passwords)])
+
+    def scram(self, proto, transport, client: ScramClient, password: Optional[bytes] = None) -> bytes:
+        reply = self.send(proto, transport, b"AUTH SCRAM-SHA-256 " + base64.b64encode(client.first()) + b"\r\n")
+        self.assertTrue(reply.startswith(b"+ ") and reply.endswith(b"\r\n"), reply)
+        serverFirst = base64.b64decode(reply[2:-2])
+        return self.send(proto, transport, base64.b64encode(client.final(serverFirst, password)) + b"\r\n")
+
+    def test_scram(self) -> None:
+        for portal in (None, self.passwordFilePortal()):
+            proto, transport = self.connect(portal=portal)
+            client = ScramClient(ALICE, PASSWORD)
+            self.assertEqual(self.scram(proto, transport, client), b"+ " + base64.b64encode(client.serverSignature) + b"\r\n")
+            self.assertEqual(proto.state, server.AUTHORIZATION)
+            self.assertTrue(self.send(proto, transport, b"\r\n").startswith(b"+OK Logged in, 3 messages"))
+            self.assertEqual(proto.state, server.TRANSACTION)
+            self.lose(proto, transport)
+
+    def test_scramWrongProof(self) -> None:
+        proto, transport = self.connect(portal=self.passwordFilePortal())
+        reply = self.scram(proto, transport, ScramClient(ALICE, PASSWORD), b"wrong")
+        self.assertEqual(reply, b"-ERR [AUTH] Authentication failed.\r\n")
+        self.assertEqual(proto.state, server.AUTHORIZATION)
+
+    def test_scramCancelFinal(self) -> None:
+        """
+        C{*} in place of the empty final response abandons the login; the
+        maildrop is not locked.
+        """
+        proto, transport = self.connect()
+        self.scram(proto, transport, ScramClient(ALICE, PASSWORD))
+        self.assertEqual(self.send(proto, transport, b"*\r\n"), b"-ERR Authentication cancelled\r\n")
+        self.assertEqual(proto.state, server.AUTHORIZATION)
+        other, otherTransport = self.connect()
+        self.assertTrue(self.send(other, otherTransport, b"USER " + ALICE.encode() + b"\r\nPASS " + PASSWORD + b"\r\n")
+                        .startswith(b"+OK\r\n+OK Logged in"))
+
+    def test_scramCancelAndMalformed(self) -> None:
+        proto, transport = self.connect()
+        self.assertEqual(self.send(proto, transport, b"AUTH SCRAM-SHA-256\r\n"), b"+ \r\n")
+        self.assertEqual(self.send(proto, transport, b"*\r\n"), b"-ERR Authentication cancelled\r\n")
+        self.assertEqual(
+            self.send(proto, transport, b"AUTH SCRAM-SHA-256 " + base64.b64encode(b"n,,nope") + b"\r\n"),
+            b"-ERR Invalid SCRAM message: expected n=\r\n",
+        )
+        self.assertEqual(self.send(proto, transport, b"NOOP\r\n")[:4], b"-ERR")
+
+    def test_login(self) -> None:
+        proto, transport = self.connect()
+        self.assertEqual(self.send(proto, transport, b"AUTH LOGIN\r\n"), b"+ VXNlcm5hbWU6\r\n")
+        self.assertEqual(self.send(proto, transport, base64.b64encode(ALICE.encode()) + b"\r\n"), b"+ UGFzc3dvcmQ6\r\n")
+        self.assertTrue(self.send(proto, transport, base64.b64encode(PASSWORD) + b"\r\n").startswith(b"+OK Logged in"))
+
+    def test_cramMD5(self) -> None:
+        proto, transport = self.connect()
+        reply = self.send(proto, transport, b"AUTH CRAM-MD5\r\n")
+        challenge = base64.b64decode(reply[2:-2])
+        digest = hmac.new(PASSWORD, challenge, hashlib.md5).hexdigest().encode()
+        answer = base64.b64encode(ALICE.encode() + b" " + digest) + b"\r\n"
+        self.assertTrue(self.send(proto, transport, answer).startswith(b"+OK Logged in"))
+
+    def test_passwordFileOffers(self) -> None:
+        proto, transport = self.connect(portal=self.passwordFilePortal())
+        self.assertEqual(self.send(proto, transport, b"AUTH\r\n"), b"+OK\r\nPLAIN\r\nLOGIN\r\nSCRAM-SHA-256\r\n.\r\n")
+        self.assertEqual(self.send(proto, transport, b"AUTH CRAM-MD5\r\n"), b"-ERR Unsupported authentication mechanism\r\n")
+
+    def test_lineTooLongDropsPendingLogin(self) -> None:
+        proto, transport = self.connect()
+        self.scram(proto, transport, ScramClient(ALICE, PASSWORD))
+        self.assertEqual(self.send(proto, transport, b"x" * 9000 + b"\r\n"), b"-ERR Line too long\r\n")
+        self.assertIsNone(proto._pendingLogin)
+        self.assertEqual(proto.state, server.AUTHORIZATION)

@@ -1240,7 +1240,7 @@ class TLSAuthTests(ServerTestsMixin, SynchronousTestCase):
         can verify it.
         """
         self.open(peer=LOOPBACK)
-        self.assertIn("AUTH PLAIN LOGIN CRAM-MD5", self.ehloKeywords())
+        self.assertIn("AUTH PLAIN LOGIN CRAM-MD5 SCRAM-SHA-256", self.ehloKeywords())
         self.open(peer=LOOPBACK, plainOnly=True)
         self.assertIn("AUTH PLAIN LOGIN", self.ehloKeywords())
 
@@ -1268,7 +1268,7 @@ class TLSAuthTests(ServerTestsMixin, SynchronousTestCase):
         self.assertEqual(self.send(b"MAIL FROM:<a@example.org>\r\n"), ["503 5.5.1 Send HELO/EHLO first"])
         keywords = self.ehloKeywords()
         self.assertNotIn("STARTTLS", keywords)
-        self.assertIn("AUTH PLAIN LOGIN CRAM-MD5", keywords)
+        self.assertIn("AUTH PLAIN LOGIN CRAM-MD5 SCRAM-SHA-256", keywords)
         self.assertEqual(self.send(b"STARTTLS\r\n"), ["503 5.5.1 TLS already active"])
 
     def test_starttlsInjection(self) -> None:
@@ -1441,7 +1441,7 @@ class TLSAuthTests(ServerTestsMixin, SynchronousTestCase):
         With C{allow_plaintext} AUTH works off loopback without TLS.
         """
         self.open(allowPlaintext=True)
-        self.assertIn("AUTH PLAIN LOGIN CRAM-MD5", self.ehloKeywords())
+        self.assertIn("AUTH PLAIN LOGIN CRAM-MD5 SCRAM-SHA-256", self.ehloKeywords())
         self.assertEqual(self.send(self.plain()), ["235 2.7.0 Authentication successful"])
 
     def test_mailAuthParameter(self) -> None:
@@ -1501,7 +1501,7 @@ class TLSAuthTests(ServerTestsMixin, SynchronousTestCase):
         self.replies()
         keywords = self.ehloKeywords()
         self.assertNotIn("STARTTLS", keywords)
-        self.assertIn("AUTH PLAIN LOGIN CRAM-MD5", keywords)
+        self.assertIn("AUTH PLAIN LOGIN CRAM-MD5 SCRAM-SHA-256", keywords)
         self.assertEqual(self.send(b"MAIL FROM:<alice@example.test>\r\n"), ["530 5.7.0 Authentication required"])
         self.assertEqual(self.send(self.plain()), ["235 2.7.0 Authentication successful"])
         self.assertEqual(self.send(b"MAIL FROM:<alice@example.test>\r\n"), ["250 2.1.0 Sender OK"])
@@ -1755,3 +1755,121 @@ class SMTPUTF8Tests(ServerTestsMixin, SynchronousTestCase):
         self.ehlo()
         reply = self.send("MAIL FROM:<a\u0085b@example.org> SMTPUTF8\r\n".encode())
         self.assertTrue(reply[0].startswith("501 5.1.7 "), reply)
+
+
+from mailplat.auth.passwd import PasswordFile, PasswordFileChecker  # noqa: E402
+from mailplat.auth.throttle import LoginThrottle, ThrottledPortal  # noqa: E402
+from tests.test_sasl import ScramClient  # noqa: E402
+
+
+class SASLTests(ServerTestsMixin, SynchronousTestCase):
+    """
+    SCRAM-SHA-256 and LOGIN through the shared SASL layer
+    (L{mailplat.auth.sasl}), with Twisted's memory checker and with
+    mailplat's own password file behind the throttling portal.
+    """
+
+    def setUp(self) -> None:
+        self.open()
+
+    def open(self, passwordFile: bool = False) -> None:
+        self.clock = Clock()
+        self.delivery = FakeDelivery()
+        if passwordFile:
+            passwords = PasswordFile(self.mktemp())
+            passwords.setPassword(ALICE, SECRET.decode())
+            checker: Any = PasswordFileChecker(passwords)
+        else:
+            checker = InMemoryUsernamePasswordDatabaseDontUse(**{ALICE: SECRET})
+        portal = ThrottledPortal(MailRealm(MemoryStore()), [checker], throttle=LoginThrottle(self.clock))
+        self.factory = SMTPFactory(self.delivery, HOST, clock=self.clock, portal=portal, role="submission")
+        self.proto = self.factory.buildProtocol(LOOPBACK)
+        self.transport = TLSTransport(peerAddress=LOOPBACK)
+        self.proto.makeConnection(self.transport)
+        self.replies()
+        self.send(b"EHLO client.example.test\r\n")
+
+    def scram(self, client: ScramClient, password: Optional[bytes] = None, initial: bool = True) -> List[str]:
+        """
+        Run the exchange up to the client-final message; the replies to it.
+        """
+        if initial:
+            reply = self.send(b"AUTH SCRAM-SHA-256 " + b64(client.first()) + b"\r\n")
+        else:
+            self.assertEqual(self.send(b"AUTH SCRAM-SHA-256\r\n"), ["334 "])
+            reply = self.send(b64(client.first()) + b"\r\n")
+        self.assertEqual(len(reply), 1)
+        self.assertTrue(reply[0].startswith("334 "), reply)
+        serverFirst = base64.b64decode(reply[0][4:])
+        return self.send(b64(client.final(serverFirst, password)) + b"\r\n")
+
+    def test_offered(self) -> None:
+        self.open(passwordFile=True)
+        self.assertIn("250 AUTH PLAIN LOGIN SCRAM-SHA-256", self.send(b"EHLO client.example.test\r\n"))
+
+    def test_scramMemory(self) -> None:
+        """
+        SCRAM-SHA-256 with a checker holding plain secrets: server-first,
+        then the server signature in a 334, then 235 after the empty line.
+        """
+        client = ScramClient(ALICE, SECRET)
+        self.assertEqual(self.scram(client), ["334 " + b64(client.serverSignature).decode()])
+        self.assertIsNone(self.proto.session.authenticated)
+        self.assertEqual(self.send(b"\r\n"), ["235 2.7.0 Authentication successful"])
+        self.assertEqual(self.proto.session.authenticated, ALICE)
+
+    def test_scramPasswordFile(self) -> None:
+        self.open(passwordFile=True)
+        client = ScramClient(ALICE, SECRET)
+        self.assertEqual(self.scram(client, initial=False), ["334 " + b64(client.serverSignature).decode()])
+        self.assertEqual(self.send(b"\r\n"), ["235 2.7.0 Authentication successful"])
+        self.assertEqual(self.send(b"MAIL FROM:<" + ALICE.encode() + b">\r\n"), ["250 2.1.0 Sender OK"])
+
+    def test_scramWrongProof(self) -> None:
+        self.open(passwordFile=True)
+        self.assertEqual(self.scram(ScramClient(ALICE, SECRET), b"wrong"), ["535 5.7.8 Authentication credentials invalid"])
+        self.assertIsNone(self.proto.session.authenticated)
+        self.assertEqual(self.send(b"NOOP\r\n"), ["250 2.0.0 Ok"])
+
+    def test_scramCancelled(self) -> None:
+        """
+        C{*} ends the exchange at any step, the last one too (the login is
+        then abandoned).
+        """
+        self.send(b"AUTH SCRAM-SHA-256 " + b64(ScramClient(ALICE, SECRET).first()) + b"\r\n")
+        self.assertEqual(self.send(b"*\r\n"), ["501 5.0.0 Authentication cancelled"])
+        client = ScramClient(ALICE, SECRET)
+        self.scram(client)
+        self.assertEqual(self.send(b"*\r\n"), ["501 5.0.0 Authentication cancelled"])
+        self.assertIsNone(self.proto.session.authenticated)
+        self.assertEqual(self.send(b"NOOP\r\n"), ["250 2.0.0 Ok"])
+
+    def test_scramFinalNotEmpty(self) -> None:
+        self.scram(ScramClient(ALICE, SECRET))
+        self.assertEqual(self.send(b64(b"junk") + b"\r\n"), ["501 5.5.2 Expected an empty response"])
+        self.assertIsNone(self.proto.session.authenticated)
+
+    def test_scramMalformed(self) -> None:
+        self.assertEqual(
+            self.send(b"AUTH SCRAM-SHA-256 " + b64(b"n,,garbage") + b"\r\n"),
+            ["501 5.5.2 Invalid SCRAM message: expected n="],
+        )
+        self.assertEqual(self.send(b"AUTH SCRAM-SHA-256 " + b64(b"p=tls-unique,,n=a@b.test,r=x") + b"\r\n"),
+                         ["535 5.7.8 Authentication credentials invalid"])
+        self.send(b"AUTH SCRAM-SHA-256 " + b64(ScramClient(ALICE, SECRET).first()) + b"\r\n")
+        self.assertEqual(self.send(b"!!notbase64\r\n"), ["501 5.5.2 Cannot decode response"])
+        self.assertEqual(self.send(b"NOOP\r\n"), ["250 2.0.0 Ok"])
+
+    def test_loginPasswordFileRefusesCram(self) -> None:
+        """
+        mailplat's own checker cannot verify CRAM-MD5: refused.
+        """
+        self.open(passwordFile=True)
+        self.assertEqual(self.send(b"AUTH CRAM-MD5\r\n"), ["504 5.5.4 Unrecognized authentication type"])
+
+    def test_loginCancelled(self) -> None:
+        self.assertEqual(self.send(b"AUTH LOGIN\r\n"), ["334 VXNlcm5hbWU6"])
+        self.assertEqual(self.send(b64(ALICE.encode()) + b"\r\n"), ["334 UGFzc3dvcmQ6"])
+        self.assertEqual(self.send(b"*\r\n"), ["501 5.0.0 Authentication cancelled"])
+        self.assertEqual(self.send(b"AUTH LOGIN " + b64(ALICE.encode()) + b"\r\n"), ["334 UGFzc3dvcmQ6"])
+        self.assertEqual(self.send(b64(SECRET) + b"\r\n"), ["235 2.7.0 Authentication successful"])

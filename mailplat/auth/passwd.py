@@ -2,15 +2,20 @@
 mailplat's own checker: argon2id password hashes in a file of the data
 directory, written by C{mailplat user add|passwd|del}.
 
-The file has one line per user, C{address:hash}, with the hash in argon2's
-PHC string form (C{$argon2id$v=19$...}).  It is rewritten atomically (write,
-fsync, rename) and read again whenever it changes on disk, so users added by
-the admin command can log in without a restart.
+The file has one line per user, C{address:hash[:scram]}, with the hash in
+argon2's PHC string form (C{$argon2id$v=19$...}) and, for a password set
+since SCRAM support, the user's SCRAM-SHA-256 secrets in RFC 5803 form
+(C{SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>}).  A line without
+them (written by an older mailplat) stays valid: that user logs in with
+PLAIN or LOGIN but not SCRAM-SHA-256 until the password is set again.  It
+is rewritten atomically (write, fsync, rename) and read again whenever it
+changes on disk, so users added by the admin command can log in without a
+restart.
 """
 
 import os
 import tempfile
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -23,6 +28,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from mailplat.address import normalizeAddress
+from mailplat.auth.scram import ISCRAMSecretSource, ISCRAMSHA256Credentials, ScramSecrets, fakeParameters
 from mailplat.errors import ConfigError
 
 _hasher = PasswordHasher()
@@ -30,6 +36,12 @@ _hasher = PasswordHasher()
 # Verified against when the user is unknown, so that a wrong name costs as
 # much time as a wrong password and does not tell who exists.
 _DUMMY_HASH = _hasher.hash("mailplat: no such user")
+
+# Checked against when a user has no SCRAM secrets, for the same reason.
+_DUMMY_SCRAM = ScramSecrets.fromPassword("mailplat: no such user")
+
+#: One user's line: the argon2 hash and the SCRAM secrets (or None).
+_Entry = Tuple[str, Optional[ScramSecrets]]
 
 
 class PasswordFile:
@@ -42,67 +54,88 @@ class PasswordFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self._stamp: Optional[tuple] = None
-        self._hashes: Dict[str, str] = {}
+        self._entries: Dict[str, _Entry] = {}
 
-    def _load(self) -> Dict[str, str]:
+    def _load(self) -> Dict[str, _Entry]:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            self._stamp, self._hashes = None, {}
-            return self._hashes
+            self._stamp, self._entries = None, {}
+            return self._entries
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         if stamp != self._stamp:
-            hashes = {}
+            entries: Dict[str, _Entry] = {}
             with open(self.path, encoding="utf-8") as f:
                 for number, line in enumerate(f, 1):
                     line = line.strip()
                     if not line or line.startswith("#"):
                         continue
-                    address, sep, hashed = line.partition(":")
+                    address, sep, rest = line.partition(":")
+                    # The argon2 PHC string holds no ':', the RFC 5803 text
+                    # after it does.
+                    hashed, _, scramText = rest.partition(":")
                     if not sep or not hashed.startswith("$argon2"):
                         raise ConfigError(f"{self.path}: line {number} is not 'address:$argon2id$...'")
-                    hashes[normalizeAddress(address)] = hashed
-            self._stamp, self._hashes = stamp, hashes
-        return self._hashes
+                    scram = None
+                    if scramText:
+                        try:
+                            scram = ScramSecrets.parse(scramText)
+                        except ValueError as e:
+                            raise ConfigError(f"{self.path}: line {number}: bad SCRAM-SHA-256 secrets ({e})") from None
+                    entries[normalizeAddress(address)] = (hashed, scram)
+            self._stamp, self._entries = stamp, entries
+        return self._entries
 
     def users(self) -> Dict[str, str]:
         """
         The current address-to-hash map (read from disk if it changed).
         """
-        return dict(self._load())
+        return {address: entry[0] for address, entry in self._load().items()}
 
     def hashFor(self, address: str) -> Optional[str]:
         """
         The stored hash of C{address}, or None.
         """
-        return self._load().get(normalizeAddress(address))
+        entry = self._load().get(normalizeAddress(address))
+        return entry[0] if entry is not None else None
+
+    def scramFor(self, address: str) -> Optional[ScramSecrets]:
+        """
+        The SCRAM-SHA-256 secrets of C{address}, or None (no such user, or
+        their password was set before mailplat kept SCRAM secrets).
+        """
+        entry = self._load().get(normalizeAddress(address))
+        return entry[1] if entry is not None else None
 
     def setPassword(self, address: str, password: str) -> None:
         """
-        Add the user or change their password (argon2id), durably.
+        Add the user or change their password, durably: the argon2id hash
+        and the SCRAM-SHA-256 secrets (fresh salt, 4096 iterations).
         """
-        users = self.users()
-        users[normalizeAddress(address)] = _hasher.hash(password)
-        self._write(users)
+        entries = dict(self._load())
+        entries[normalizeAddress(address)] = (_hasher.hash(password), ScramSecrets.fromPassword(password))
+        self._write(entries)
 
     def remove(self, address: str) -> bool:
         """
         Remove the user; whether they were there.
         """
-        users = self.users()
-        if users.pop(normalizeAddress(address), None) is None:
+        entries = dict(self._load())
+        if entries.pop(normalizeAddress(address), None) is None:
             return False
-        self._write(users)
+        self._write(entries)
         return True
 
-    def _write(self, users: Dict[str, str]) -> None:
+    def _write(self, entries: Dict[str, "_Entry"]) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".passwd.", dir=directory)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for address in sorted(users):
-                    f.write(f"{address}:{users[address]}\n")
+                for address in sorted(entries):
+                    hashed, scram = entries[address]
+                    extra = f":{scram.format()}" if scram is not None else ""
+                    f.write(f"{address}:{hashed}{extra}\n")
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o600)
@@ -130,28 +163,63 @@ def verifyPassword(hashed: str, password: bytes) -> bool:
         return False
 
 
-@implementer(ICredentialsChecker)
+def _address(username: object) -> str:
+    if isinstance(username, bytes):
+        username = username.decode("utf-8", "replace")
+    return normalizeAddress(str(username))
+
+
+@implementer(ICredentialsChecker, ISCRAMSecretSource)
 class PasswordFileChecker:
     """
-    Checks user names and passwords against a L{PasswordFile}; the hashing
-    runs in the reactor's thread pool.
+    Checks user names and passwords against a L{PasswordFile} (the argon2
+    hashing runs in the reactor's thread pool), and SCRAM-SHA-256 proofs
+    against the SCRAM secrets kept beside the hash (a few HMACs, on the
+    reactor thread; the password is never needed).
+
+    @ivar fakeKey: makes the salt sent for a user without SCRAM secrets
+        (random per process, so with several worker processes such a
+        user's salt can differ from one connection to the next).
     """
 
-    credentialInterfaces = (IUsernamePassword,)
+    credentialInterfaces = (IUsernamePassword, ISCRAMSHA256Credentials)
 
     def __init__(self, passwords: PasswordFile) -> None:
         self.passwords = passwords
+        self.fakeKey = os.urandom(32)
 
-    @defer.inlineCallbacks
-    def requestAvatarId(self, credentials: IUsernamePassword):
+    def scramParameters(self, username: bytes) -> "defer.Deferred[Tuple[bytes, int]]":
+        """
+        See L{ISCRAMSecretSource.scramParameters}.
+        """
+        try:
+            secrets = self.passwords.scramFor(_address(username))
+        except ConfigError as e:
+            return defer.fail(e)
+        if secrets is None:
+            return defer.succeed(fakeParameters(self.fakeKey, username))
+        return defer.succeed((secrets.salt, secrets.iterations))
+
+    def requestAvatarId(self, credentials: object) -> defer.Deferred:
         """
         See L{ICredentialsChecker.requestAvatarId}: fires with the normalised
         address (bytes) or fails with L{UnauthorizedLogin}.
         """
-        username = credentials.username
-        if isinstance(username, bytes):
-            username = username.decode("utf-8", "replace")
-        address = normalizeAddress(username)
+        if ISCRAMSHA256Credentials.providedBy(credentials):
+            return defer.maybeDeferred(self._checkSCRAM, credentials)
+        return self._checkPassword(credentials)  # type: ignore[arg-type]
+
+    def _checkSCRAM(self, credentials: ISCRAMSHA256Credentials) -> bytes:
+        address = _address(credentials.username)
+        secrets = self.passwords.scramFor(address)
+        ok = credentials.checkSecrets(secrets or _DUMMY_SCRAM)
+        if not ok or secrets is None:
+            raise UnauthorizedLogin("Authentication failed")
+        return address.encode("utf-8")
+
+    @defer.inlineCallbacks
+    def _checkPassword(self, credentials: IUsernamePassword):
+        address = _address(credentials.username)
         password = credentials.password
         if isinstance(password, str):
             password = password.encode("utf-8")
@@ -171,7 +239,7 @@ class PasswordFileCheckerFactory:
 
     authType = "mailplat"
     authHelp = (
-        "mailplat's own users: argon2id hashes in a file written by "
+        "mailplat's own users: argon2id hashes (and SCRAM-SHA-256 secrets) in a file written by "
         "'mailplat user add'. Default file: <data-dir>/passwd."
     )
     argStringFormat = "Path to the password file (optional)."

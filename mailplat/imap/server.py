@@ -16,7 +16,6 @@ L{CommandFramer} (and the transport is paused if too much piles up).
 """
 
 import base64
-import binascii
 import bisect
 import re
 import zlib
@@ -36,6 +35,7 @@ from zope.interface import implementer
 
 from mailplat import netutil
 from mailplat.address import normalizeAddress
+from mailplat.auth import sasl
 from mailplat.auth.throttle import LoginThrottled
 from mailplat.errors import (
     InvalidMailboxName,
@@ -543,8 +543,9 @@ class IMAPServer(Protocol):
         if self.state == NOT_AUTHENTICATED:
             if self._canStartTLS():
                 caps.append(b"STARTTLS")
-            if self._cleartextAllowed():
-                caps.append(b"AUTH=PLAIN")
+            mechanisms = sasl.mechanismsFor(self.portal, self._cleartextAllowed())
+            if mechanisms:
+                caps.extend(b"AUTH=" + name.encode("ascii") for name in mechanisms)
             else:
                 caps.append(b"LOGINDISABLED")
         elif self.state != LOGOUT:
@@ -1026,70 +1027,115 @@ class IMAPServer(Protocol):
 
     @defer.inlineCallbacks
     def do_AUTHENTICATE(self, tag: bytes, args: Arguments) -> Any:
-        mechanism = args.atom("mechanism").upper()
+        """
+        AUTHENTICATE (RFC 3501 6.2.2) with an optional initial response
+        (SASL-IR, RFC 4959), run by the shared SASL layer
+        (L{mailplat.auth.sasl}).
+        """
+        name = args.atom("mechanism").upper().decode("ascii", "replace")
         initial: Optional[bytes] = None
         if len(args):
             initial = args.atom("initial response")
         args.end()
-        if mechanism != b"PLAIN":
+        if name not in sasl.mechanismsFor(self.portal, True):
             raise IMAPError("Unsupported authentication mechanism", b"CANNOT")
         if not self._cleartextAllowed():
-            raise IMAPError("Plaintext authentication over an unencrypted connection is not allowed", b"PRIVACYREQUIRED")
-        if initial is None:
-            self._write(b"+ ")
-            line = yield self._readLine()
-            if isinstance(line, LineTooLong):
-                raise _bad("Authentication response too long")
-            initial = line.strip()
-            if initial == b"*":
-                raise _bad("Authentication cancelled")
-        if initial == b"=":
-            initial = b""
-        try:
-            decoded = base64.b64decode(initial, validate=True)
-        except (binascii.Error, ValueError):
-            raise _bad("Invalid base64 in authentication response")
-        pieces = decoded.split(b"\x00")
-        if len(pieces) != 3:
-            raise _bad("Invalid PLAIN authentication response")
-        authz, authc, password = pieces
-        if authz and authz.lower() != authc.lower():
+            raise IMAPError("Authentication over an unencrypted connection is not allowed", b"PRIVACYREQUIRED")
+        response: Optional[bytes] = None
+        if initial is not None:
             try:
-                same = normalizeAddress(authz.decode("utf-8")) == normalizeAddress(authc.decode("utf-8"))
-            except UnicodeDecodeError:
-                same = False
-            if not same:
-                raise IMAPError("Logging in as another user is not allowed", b"AUTHORIZATIONFAILED")
-        result = yield self._login(authc, password)
-        return result
+                response = sasl.decodeResponse(initial, initial=True)
+            except sasl.SASLError as e:
+                raise _bad(str(e))
+        mechanism = sasl.makeMechanism(name, self.portal, self.hostname)
+        while True:
+            try:
+                result = yield mechanism.respond(response)
+            except sasl.SASLError as e:
+                raise _bad(str(e))
+            except LoginFailed:
+                result = None
+            if not isinstance(result, sasl.Challenge):
+                break
+            line = yield self._saslLine(result.encoded())
+            try:
+                response = sasl.decodeResponse(line)
+            except sasl.SASLError as e:
+                raise _bad(str(e))
+        if result is None:
+            # A response that can only fail (a bad user name, another
+            # authorisation identity): counted like a wrong password.
+            self._loginFailed()
+        outcome = yield self._loginWith(result, mechanism)
+        return outcome
 
     @defer.inlineCallbacks
+    def _saslLine(self, challenge: bytes) -> Any:
+        """
+        Send a continuation with C{challenge} (base64) and read the
+        client's response line.
+        """
+        self._write(b"+ " + challenge)
+        line = yield self._readLine()
+        if isinstance(line, LineTooLong):
+            raise _bad("Authentication response too long")
+        return line
+
+    def _loginFailed(self) -> None:
+        """
+        Count a failed login (closing after L{MAX_AUTH_FAILURES}) and end
+        the command with C{NO [AUTHENTICATIONFAILED]}.
+        """
+        self._authFailures += 1
+        if self._authFailures >= MAX_AUTH_FAILURES:
+            self._write(b"* BYE Too many failed logins")
+            self.state = LOGOUT
+        raise IMAPError("Authentication failed.", b"AUTHENTICATIONFAILED")
+
     def _login(self, user: bytes, password: bytes) -> Any:
         try:
             name = normalizeAddress(user.decode("utf-8"))
         except UnicodeDecodeError:
             name = None
+        if not name:
+            self._loginFailed()
+        return self._loginWith(UsernamePassword(name.encode("utf-8"), password))
+
+    @defer.inlineCallbacks
+    def _loginWith(self, credentials: Any, mechanism: Optional[sasl.Mechanism] = None) -> Any:
+        """
+        Log in through the portal; when the SASL C{mechanism} has
+        server-final data, send it and wait for the client's empty
+        response first.
+        """
         account = None
-        if name:
-            try:
-                # The client's address is the mind: the throttling portal
-                # counts failures per address as well as per account.
-                iface, account, logout = yield self.portal.login(
-                    UsernamePassword(name.encode("utf-8"), password), netutil.peerHost(self.transport), IAccount
-                )
-            except LoginThrottled:
-                raise IMAPError("Too many failed logins; try again later", b"UNAVAILABLE")
-            except LoginFailed:
-                account = None
-            except Exception:
-                log.failure("IMAP login of {name} failed", name=name)
-                raise IMAPError("Login is unavailable now; try again later", b"UNAVAILABLE")
+        try:
+            # The client's address is the mind: the throttling portal
+            # counts failures per address as well as per account.
+            iface, account, logout = yield self.portal.login(
+                credentials, netutil.peerHost(self.transport), IAccount
+            )
+        except LoginThrottled:
+            raise IMAPError("Too many failed logins; try again later", b"UNAVAILABLE")
+        except LoginFailed:
+            account = None
+        except Exception:
+            log.failure("IMAP login of {name!r} failed", name=getattr(credentials, "username", None))
+            raise IMAPError("Login is unavailable now; try again later", b"UNAVAILABLE")
         if account is None:
-            self._authFailures += 1
-            if self._authFailures >= MAX_AUTH_FAILURES:
-                self._write(b"* BYE Too many failed logins")
-                self.state = LOGOUT
-            raise IMAPError("Authentication failed.", b"AUTHENTICATIONFAILED")
+            self._loginFailed()
+        final = mechanism.serverFinal() if mechanism is not None else None
+        if final is not None and not self._closed:
+            try:
+                line = yield self._saslLine(base64.b64encode(final))
+            except BaseException:
+                logout()
+                raise
+            if line.strip() not in (b"", b"="):
+                logout()
+                if line.strip() == b"*":
+                    raise _bad("Authentication cancelled")
+                raise _bad("Expected an empty response")
         if self._closed:
             logout()
             return b"Logged in"

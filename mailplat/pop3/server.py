@@ -1,8 +1,10 @@
 """
 mailplat's POP3 server: RFC 1939, with RFC 2449 CAPA and response codes,
-RFC 1725 LAST, RFC 5034 C{AUTH PLAIN} and RFC 2595 C{STLS}.
+RFC 1725 LAST, RFC 5034 C{AUTH} (PLAIN, LOGIN, and CRAM-MD5 and
+SCRAM-SHA-256 when a checker can verify them, run by
+L{mailplat.auth.sasl}) and RFC 2595 C{STLS}.
 
-Passwords (C{USER}/C{PASS}, C{AUTH PLAIN}) are accepted only over TLS or
+Passwords (C{USER}/C{PASS}, C{AUTH}) are accepted only over TLS or
 from loopback, unless the server allows plaintext everywhere
 (C{auth.allow_plaintext}).
 
@@ -18,7 +20,6 @@ POP3 is not used.
 """
 
 import base64
-import binascii
 import os
 import secrets
 from array import array
@@ -37,8 +38,9 @@ from zope.interface import alsoProvides, implementer
 
 from mailplat import netutil
 from mailplat.address import normalizeAddress
-from mailplat.auth.throttle import LoginThrottled
+from mailplat.auth import sasl
 from mailplat.auth.credentials import APOPCredentials
+from mailplat.auth.throttle import LoginThrottled
 from mailplat.errors import MailboxLocked, NoSuchMessage
 from mailplat.interfaces import IAccount, IMailbox
 
@@ -297,7 +299,10 @@ class POP3Server(Protocol):
         self._badCommands = 0
         self._timeoutCall: Optional[IDelayedCall] = None
         self._user: Optional[str] = None
-        self._saslPending = False
+        # What to do with the next line when it is a SASL response.
+        self._sasl: Optional[Callable[[bytes], Optional[defer.Deferred]]] = None
+        # SCRAM: a login waiting for the client's empty final response.
+        self._pendingLogin: Optional[Tuple[Any, Callable[[], None]]] = None
         self._sender: Optional[MessageSender] = None
         # Session state once logged in.
         self._account: Optional[IAccount] = None
@@ -341,6 +346,8 @@ class POP3Server(Protocol):
         self._cancelTimeout()
         if self._sender is not None:
             self._sender.stopProducing()
+        self._sasl = None
+        self._dropPendingLogin()
         if self.state != UPDATE:
             # In UPDATE the expunge under way releases the lock when done.
             self._endSession()
@@ -439,7 +446,7 @@ class POP3Server(Protocol):
         The longest line accepted now: a SASL response awaited with nothing
         queued ahead of it may be longer than a command.
         """
-        if self._saslPending and not self._lines:
+        if self._sasl is not None and not self._lines:
             return MAX_SASL_LINE
         return MAX_LINE
 
@@ -465,12 +472,12 @@ class POP3Server(Protocol):
         C{-ERR}.
         """
         try:
+            handler, self._sasl = self._sasl, None
             if line is None:
-                self._saslPending = False
+                self._dropPendingLogin()
                 raise _BadCommand("Line too long")
-            if self._saslPending:
-                self._saslPending = False
-                result = self._authPlainResponse(line)
+            if handler is not None:
+                result = handler(line)
             else:
                 result = self._command(line)
             if isinstance(result, defer.Deferred):
@@ -618,65 +625,108 @@ class POP3Server(Protocol):
             raise _BadCommand("User name is not UTF-8")
         return self._login(APOPCredentials(user.encode("utf-8"), self._challenge, parts[1]))
 
+    def mechanisms(self) -> List[str]:
+        """
+        The SASL mechanisms offered now (L{mailplat.auth.sasl.mechanismsFor}).
+        """
+        return sasl.mechanismsFor(self.portal, self._cleartextAllowed())
+
     def do_AUTH(self, argument: bytes) -> Optional[defer.Deferred]:
         """
-        C{AUTH} lists the SASL mechanisms; C{AUTH PLAIN [initial-response]}
-        logs in (RFC 5034, RFC 4616).
+        C{AUTH} lists the SASL mechanisms; C{AUTH mechanism
+        [initial-response]} logs in (RFC 5034).
         """
         parts = argument.split()
         if not parts:
-            if self._cleartextAllowed():
-                self._sendMulti(b"+OK", [b"PLAIN"])
-            else:
-                self._sendMulti(b"+OK", [])
+            self._sendMulti(b"+OK", [name.encode("ascii") for name in self.mechanisms()])
             return None
-        if parts[0].upper() != b"PLAIN" or len(parts) > 2:
+        name = parts[0].decode("ascii", "replace").upper()
+        if name not in sasl.mechanismsFor(self.portal, True) or len(parts) > 2:
             raise _BadCommand("Unsupported authentication mechanism")
         if not self._cleartextAllowed():
             self._send(_PLAINTEXT_REFUSED)
             return None
-        if len(parts) == 1:
-            self._saslPending = True
-            self._send(b"+ ")
-            return None
-        return self._authPlainResponse(parts[1])
+        initial: Optional[bytes] = None
+        if len(parts) == 2:
+            try:
+                initial = sasl.decodeResponse(parts[1], initial=True)
+            except sasl.SASLError as e:
+                raise _BadCommand(str(e))
+        return self._saslStep(sasl.makeMechanism(name, self.portal, self.hostname), initial)
 
-    def _authPlainResponse(self, response: bytes) -> Optional[defer.Deferred]:
+    def _saslStep(self, mechanism: sasl.Mechanism, response: Optional[bytes]) -> defer.Deferred:
         """
-        The client's PLAIN response (base64 of C{authzid NUL authcid NUL
-        password}), or C{*} to cancel.
+        Feed the mechanism one response: send its challenge (C{+ }), or log
+        in with its credentials.
         """
-        response = response.strip()
-        if response == b"*":
-            raise _BadCommand("Authentication cancelled")
-        try:
-            decoded = b"" if response == b"=" else base64.b64decode(response, validate=True)
-        except binascii.Error:
-            raise _BadCommand("Invalid base64 data")
-        fields = decoded.split(b"\0")
-        if len(fields) != 3:
-            raise _BadCommand("Invalid PLAIN response")
-        authzid, authcid, password = fields
-        try:
-            user = normalizeAddress(authcid.decode("utf-8"))
-            if authzid and normalizeAddress(authzid.decode("utf-8")) != user:
-                self._authFailed()
+        d = mechanism.respond(response)
+
+        def answered(result: Any) -> Optional[defer.Deferred]:
+            if self._lost:
                 return None
-        except UnicodeDecodeError:
-            raise _BadCommand("User name is not UTF-8")
-        return self._login(UsernamePassword(user.encode("utf-8"), password))
+            if isinstance(result, sasl.Challenge):
+                self._sasl = lambda line: self._saslResponse(mechanism, line)
+                self._send(b"+ " + result.encoded())
+                return None
+            return self._login(result, mechanism)
+
+        def refused(failure: Failure) -> None:
+            if self._lost:
+                return
+            if failure.check(sasl.SASLError):
+                self._bad(str(failure.value).encode("utf-8", "replace"))
+            elif failure.check(LoginFailed):
+                log.info("POP3 authentication failed from {peer}", peer=netutil.peerHost(self.transport))
+                self._authFailed()
+            else:
+                log.failure("POP3 authentication error", failure)
+                self._send(_INTERNAL_ERROR)
+
+        return d.addCallbacks(answered, refused)
+
+    def _saslResponse(self, mechanism: sasl.Mechanism, line: bytes) -> Optional[defer.Deferred]:
+        """
+        A client line inside an exchange: a response or C{*}.
+        """
+        try:
+            response = sasl.decodeResponse(line)
+        except sasl.SASLError as e:
+            raise _BadCommand(str(e))
+        return self._saslStep(mechanism, response)
+
+    def _saslFinal(self, line: bytes) -> Optional[defer.Deferred]:
+        """
+        The client's answer to the server-final data: empty completes the
+        login, anything else abandons it.
+        """
+        pending, self._pendingLogin = self._pendingLogin, None
+        assert pending is not None
+        account, logout = pending
+        if line.strip() not in (b"", b"="):
+            logout()
+            if line.strip() == b"*":
+                raise _BadCommand("Authentication cancelled")
+            raise _BadCommand("Expected an empty response")
+        return defer.ensureDeferred(self._openMaildrop(account, logout))
+
+    def _dropPendingLogin(self) -> None:
+        pending, self._pendingLogin = self._pendingLogin, None
+        if pending is not None:
+            pending[1]()
 
     def _authFailed(self) -> None:
         self._bad(_AUTH_FAILED[len(b"-ERR "):])
 
-    def _login(self, credentials: Any) -> defer.Deferred:
+    def _login(self, credentials: Any, mechanism: Optional[sasl.Mechanism] = None) -> defer.Deferred:
         """
         Log in through the portal, open and lock INBOX and take the
-        snapshot that numbers the messages.
+        snapshot that numbers the messages.  When the SASL C{mechanism}
+        has server-final data, it is sent first and the maildrop is opened
+        once the client answers it (L{_saslFinal}).
         """
-        return defer.ensureDeferred(self._loginSteps(credentials))
+        return defer.ensureDeferred(self._loginSteps(credentials, mechanism))
 
-    async def _loginSteps(self, credentials: Any) -> None:
+    async def _loginSteps(self, credentials: Any, mechanism: Optional[sasl.Mechanism] = None) -> None:
         try:
             # The client's address is the mind: the throttling portal counts
             # failures per address as well as per account.
@@ -693,6 +743,23 @@ class POP3Server(Protocol):
             if not self._lost:
                 self._authFailed()
             return
+        if self._lost:
+            logout()
+            return
+        final = mechanism.serverFinal() if mechanism is not None else None
+        if final is not None:
+            # RFC 5034 4: additional data with success is one more
+            # challenge, answered by an empty line.
+            self._pendingLogin = (account, logout)
+            self._sasl = self._saslFinal
+            self._send(b"+ " + base64.b64encode(final))
+            return
+        await self._openMaildrop(account, logout)
+
+    async def _openMaildrop(self, account: Any, logout: Callable[[], None]) -> None:
+        """
+        The login succeeded: lock INBOX, number its messages, answer +OK.
+        """
         if self._lost:
             logout()
             return
@@ -929,7 +996,7 @@ class POP3Server(Protocol):
         if self.state == AUTHORIZATION and self._stlsAvailable():
             caps.append(b"STLS")
         if self._cleartextAllowed():
-            caps += [b"USER", b"SASL PLAIN"]
+            caps += [b"USER", b" ".join([b"SASL"] + [name.encode("ascii") for name in self.mechanisms()])]
         caps += [b"EXPIRE NEVER", b"IMPLEMENTATION mailplat"]
         return caps
 

@@ -12,7 +12,8 @@ Extensions advertised in reply to C{EHLO}: PIPELINING (RFC 2920), SIZE
 (RFC 6531: UTF-8 addresses in a transaction whose C{MAIL} says so),
 CHUNKING (RFC 3030: C{BDAT}; BINARYMIME is not offered), STARTTLS (RFC 3207) when the factory has a TLS context and the
 connection is not encrypted yet, and AUTH (RFC 4954: PLAIN, LOGIN, and
-CRAM-MD5 when a checker can verify it) when the factory has a portal and
+CRAM-MD5 and SCRAM-SHA-256 when a checker can verify them, all run by
+L{mailplat.auth.sasl}) when the factory has a portal and
 passwords may be sent on this connection (over TLS, from loopback, or
 anywhere with C{allow_plaintext}).  Every reply except the greeting and the
 C{HELO}/C{EHLO} lines carries an enhanced status code.
@@ -35,15 +36,12 @@ reads during L{IDelivery.deliver}.
 """
 
 import base64
-import binascii
 import email.utils
-import os
 import secrets
 import tempfile
 from datetime import datetime, timezone
 from typing import IO, Any, Callable, List, Optional
 
-from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
 from twisted.cred.error import LoginFailed
 from twisted.cred.portal import Portal
 from twisted.internet import protocol
@@ -56,8 +54,8 @@ from zope.interface import alsoProvides
 
 from mailplat import netutil
 from mailplat.address import normalizeAddress
+from mailplat.auth import sasl
 from mailplat.auth.throttle import LoginThrottled
-from mailplat.auth.credentials import CramMD5Credentials
 from mailplat.errors import SMTPReply
 from mailplat.interfaces import IDelivery, ISMTPAvatar
 from mailplat.smtp.envelope import Envelope, RecipientParameters
@@ -197,6 +195,7 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
         self._errors = 0
         self._logout: Optional[Callable[[], None]] = None
         self._sasl: Optional[Callable[[bytes], None]] = None
+        self._pendingLogin: Optional[Any] = None  # SCRAM: awaiting the empty final response
         self._badUTF8 = False
         self._resetTransaction()
 
@@ -491,7 +490,7 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
         if self._startTLSAvailable():
             keywords.append("STARTTLS")
         mechanisms = self.mechanisms()
-        if mechanisms and self._authAllowed():
+        if mechanisms:
             keywords.append("AUTH " + " ".join(mechanisms))
         return keywords
 
@@ -509,16 +508,18 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
 
     def mechanisms(self) -> List[str]:
         """
-        The SASL mechanisms this server can verify: none without a portal;
-        PLAIN and LOGIN; CRAM-MD5 when a checker takes hashed credentials.
+        The SASL mechanisms offered on this connection (see
+        L{mailplat.auth.sasl.mechanismsFor}): none without a portal or where
+        passwords may not be sent; PLAIN and LOGIN; CRAM-MD5 and
+        SCRAM-SHA-256 when a checker can verify them.
         """
-        portal = self.factory.portal
-        if portal is None:
-            return []
-        mechanisms = ["PLAIN", "LOGIN"]
-        if IUsernameHashedPassword in portal.listCredentialsInterfaces():
-            mechanisms.append("CRAM-MD5")
-        return mechanisms
+        return sasl.mechanismsFor(self.factory.portal, self._authAllowed())
+
+    def _knownMechanisms(self) -> List[str]:
+        """
+        The mechanisms the portal could verify, whatever the connection.
+        """
+        return sasl.mechanismsFor(self.factory.portal, True)
 
     def do_STARTTLS(self, arg: str) -> None:
         """
@@ -565,10 +566,11 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
 
     def do_AUTH(self, arg: str) -> None:
         """
-        C{AUTH mechanism [initial-response]} (RFC 4954).
+        C{AUTH mechanism [initial-response]} (RFC 4954), run by the shared
+        SASL layer (L{mailplat.auth.sasl}).
         """
-        mechanisms = self.mechanisms()
-        if not mechanisms:
+        known = self._knownMechanisms()
+        if not known:
             self._reply(_Reply(502, "5.5.1", "Command not implemented"))
             return
         if not self.session.esmtp:
@@ -584,8 +586,8 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
         if not parts or len(parts) > 2:
             self._reply(_Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]"))
             return
-        mechanism = parts[0].upper()
-        if mechanism not in mechanisms:
+        name = parts[0].upper()
+        if name not in known:
             self._reply(_Reply(504, "5.5.4", "Unrecognized authentication type"))
             return
         if not self._authAllowed():
@@ -593,148 +595,150 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
             return
         initial: Optional[bytes] = None
         if len(parts) == 2:
-            initial = self._decode(parts[1].encode("latin-1"), initial=True)
-            if initial is None:
+            try:
+                initial = sasl.decodeResponse(parts[1].encode("latin-1"), initial=True)
+            except sasl.SASLError:
+                self._reply(_Reply(501, "5.5.2", "Cannot decode response"))
                 return
-        if mechanism == "PLAIN":
-            if initial is None:
-                self._challenge(b"", self._plainResponse)
-            else:
-                self._plainResponse(initial)
-        elif mechanism == "LOGIN":
-            if initial is None:
-                self._challenge(b"Username:", self._loginUser)
-            else:
-                self._loginUser(initial)
-        else:
-            if initial is not None:
-                self._reply(_Reply(501, "5.5.4", "CRAM-MD5 takes no initial response"))
-                return
-            challenge = b"<%d.%s.%d@%s>" % (
-                os.getpid(), secrets.token_hex(8).encode("ascii"), int(self.factory.clock.seconds()),
-                self.factory.hostname.encode("utf-8"),
-            )
-            self._challenge(challenge, lambda response: self._cramResponse(challenge, response))
+        mechanism = sasl.makeMechanism(name, self.factory.portal, self.factory.hostname)
+        self._saslStep(mechanism, initial)
 
-    def _challenge(self, challenge: bytes, then: Callable[[bytes], None]) -> None:
+    def _saslStep(self, mechanism: sasl.Mechanism, response: Optional[bytes]) -> None:
         """
-        Send a C{334} challenge and hand the client's decoded answer to
-        C{then}.
+        Feed the mechanism one response; send its challenge (334), or log
+        in with its credentials.
+        """
+
+        def call() -> Deferred:
+            d = mechanism.respond(response)
+
+            def proceed(result: Any) -> Any:
+                if isinstance(result, sasl.Challenge):
+                    return result
+                return self._portalLogin(result)
+
+            def malformed(failure: Failure) -> Any:
+                if failure.check(sasl.SASLError):
+                    raise SMTPReply(501, "5.5.2", str(failure.value))
+                if failure.check(LoginFailed):
+                    self._log.info("SMTP authentication failed from {peer}", peer=self.session.peerHost)
+                    raise SMTPReply(535, "5.7.8", "Authentication credentials invalid")
+                return failure
+
+            return d.addCallbacks(proceed, malformed)
+
+        def answered(result: Any) -> _Reply:
+            if isinstance(result, sasl.Challenge):
+                self._expectResponse(lambda line: self._saslResponse(mechanism, line))
+                return _Reply(334, None, result.encoded().decode("ascii"))
+            final = mechanism.serverFinal()
+            if final is None:
+                return self._loggedIn(result)
+            # RFC 4954 4: additional data with success goes in one more
+            # 334, answered by an empty line.
+            self._pendingLogin = result
+            self._expectResponse(self._saslFinal)
+            return _Reply(334, None, base64.b64encode(final).decode("ascii"))
+
+        def done() -> None:
+            if self._sasl is None:
+                self._mode = "command"
+
+        self._sasl = None
+        self._await(call, (), answered, done)
+
+    def _expectResponse(self, then: Callable[[bytes], None]) -> None:
+        """
+        Read the next line as a SASL response and hand it to C{then}.
         """
         self._mode = "auth"
 
         def step(line: bytes) -> None:
-            self._endSASL()
-            if line == b"*":
-                self._reply(_Reply(501, "5.0.0", "Authentication cancelled"))
-                return
-            decoded = self._decode(line)
-            if decoded is not None:
-                then(decoded)
+            self._mode = "command"
+            self._sasl = None
+            then(line)
 
         self._sasl = step
-        self._write(_Reply(334, None, base64.b64encode(challenge).decode("ascii")))
+
+    def _saslResponse(self, mechanism: sasl.Mechanism, line: bytes) -> None:
+        try:
+            response = sasl.decodeResponse(line)
+        except sasl.SASLCancelled:
+            self._reply(_Reply(501, "5.0.0", "Authentication cancelled"))
+            return
+        except sasl.SASLError:
+            self._reply(_Reply(501, "5.5.2", "Cannot decode response"))
+            return
+        self._saslStep(mechanism, response)
+
+    def _saslFinal(self, line: bytes) -> None:
+        """
+        The client's answer to the server-final data: empty completes the
+        login, anything else (C{*} included) abandons it.
+        """
+        result, self._pendingLogin = self._pendingLogin, None
+        assert result is not None
+        if line.strip() in (b"", b"="):
+            self._reply(self._loggedIn(result))
+            return
+        _, _, logout = result
+        logout()
+        if line.strip() == b"*":
+            self._reply(_Reply(501, "5.0.0", "Authentication cancelled"))
+        else:
+            self._reply(_Reply(501, "5.5.2", "Expected an empty response"))
 
     def _endSASL(self) -> None:
+        """
+        Abandon the exchange (a bad line, a line too long, the connection
+        lost), logging out a login that waited for the final response.
+        """
         self._mode = "command"
         self._sasl = None
+        pending, self._pendingLogin = self._pendingLogin, None
+        if pending is not None:
+            pending[2]()
 
-    def _decode(self, data: bytes, initial: bool = False) -> Optional[bytes]:
+    def _portalLogin(self, credentials: Any) -> Deferred:
         """
-        Base64 of an AUTH response (C{=} alone: empty); L{None} after
-        replying when it is not base64.
-        """
-        if initial and data == b"=":
-            return b""
-        try:
-            return base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            self._reply(_Reply(501, "5.5.2", "Cannot decode response"))
-            return None
-
-    def _user(self, raw: bytes) -> Optional[str]:
-        try:
-            name = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-        if not name or "\x00" in name:
-            return None
-        return normalizeAddress(name)
-
-    def _plainResponse(self, response: bytes) -> None:
-        fields = response.split(b"\0")
-        if len(fields) != 3:
-            self._reply(_Reply(501, "5.5.2", "Invalid PLAIN response"))
-            return
-        authzid, authcid, password = fields
-        user = self._user(authcid)
-        if user is None or (authzid and self._user(authzid) != user):
-            self._authFailed()
-            return
-        self._login(UsernamePassword(user.encode("utf-8"), password))
-
-    def _loginUser(self, username: bytes) -> None:
-        user = self._user(username)
-
-        def password(secret: bytes) -> None:
-            if user is None:
-                self._authFailed()
-                return
-            self._login(UsernamePassword(user.encode("utf-8"), secret))
-
-        self._challenge(b"Password:", password)
-
-    def _cramResponse(self, challenge: bytes, response: bytes) -> None:
-        name, _, digest = response.rpartition(b" ")
-        user = self._user(name)
-        if user is None or not digest:
-            self._authFailed()
-            return
-        self._login(CramMD5Credentials(user.encode("utf-8"), challenge, digest))
-
-    def _authFailed(self) -> None:
-        self._log.info("SMTP authentication failed from {peer}", peer=self.session.peerHost)
-        self._reply(_Reply(535, "5.7.8", "Authentication credentials invalid"))
-
-    def _login(self, credentials: Any) -> None:
-        """
-        Ask the portal for an L{ISMTPAvatar}; 235 and
-        C{session.authenticated} on success, 535 on refusal, 454 when the
+        Ask the portal for an L{ISMTPAvatar} with C{credentials}; failures
+        become L{SMTPReply}: 535 on refusal, 454 when throttled or when the
         checker failed.
         """
         portal = self.factory.portal
         assert portal is not None
+        # The client's address is the mind: the throttling portal counts
+        # failures per address as well as per account.
+        d = portal.login(credentials, self.session.peerHost, ISMTPAvatar)
 
-        def call() -> Deferred:
-            # The client's address is the mind: the throttling portal counts
-            # failures per address as well as per account.
-            d = portal.login(credentials, self.session.peerHost, ISMTPAvatar)
+        def refused(failure: Failure) -> Any:
+            if failure.check(LoginThrottled):
+                self._log.info("SMTP authentication throttled for {peer}", peer=self.session.peerHost)
+                raise SMTPReply(454, "4.7.0", "Too many failed logins, try again later")
+            if failure.check(LoginFailed):
+                self._log.info("SMTP authentication failed from {peer}", peer=self.session.peerHost)
+                raise SMTPReply(535, "5.7.8", "Authentication credentials invalid")
+            self._log.failure("SMTP authentication error for {peer}", failure, peer=self.session.peerHost)
+            raise SMTPReply(454, "4.7.0", "Temporary authentication failure")
 
-            def refused(failure: Failure) -> Any:
-                if failure.check(LoginThrottled):
-                    self._log.info("SMTP authentication throttled for {peer}", peer=self.session.peerHost)
-                    raise SMTPReply(454, "4.7.0", "Too many failed logins, try again later")
-                if failure.check(LoginFailed):
-                    self._log.info("SMTP authentication failed from {peer}", peer=self.session.peerHost)
-                    raise SMTPReply(535, "5.7.8", "Authentication credentials invalid")
-                self._log.failure("SMTP authentication error for {peer}", failure, peer=self.session.peerHost)
-                raise SMTPReply(454, "4.7.0", "Temporary authentication failure")
+        return d.addErrback(refused)
 
-            return d.addErrback(refused)
-
-        def loggedIn(result: Any) -> _Reply:
-            _, avatar, logout = result
-            if self._disconnected:
-                logout()
-                return _Reply(235, "2.7.0", "Authentication successful")
-            self._logout = logout
-            self.session.authenticated = avatar.address
-            self._log.info("SMTP login {address} from {peer}", address=avatar.address, peer=self.session.peerHost)
+    def _loggedIn(self, result: Any) -> _Reply:
+        """
+        The portal's C{(interface, avatar, logout)}: the session is
+        authenticated; 235.
+        """
+        _, avatar, logout = result
+        if self._disconnected:
+            logout()
             return _Reply(235, "2.7.0", "Authentication successful")
-
-        self._await(call, (), loggedIn)
+        self._logout = logout
+        self.session.authenticated = avatar.address
+        self._log.info("SMTP login {address} from {peer}", address=avatar.address, peer=self.session.peerHost)
+        return _Reply(235, "2.7.0", "Authentication successful")
 
     def _endLogin(self) -> None:
+        self._endSASL()
         logout, self._logout = self._logout, None
         if logout is not None:
             try:
@@ -871,7 +875,7 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
                 if value is not None:
                     return _Reply(501, "5.5.4", "SMTPUTF8 takes no value")
                 envelope.smtputf8 = True
-            elif key == "AUTH" and self.mechanisms():
+            elif key == "AUTH" and self._knownMechanisms():
                 # RFC 4954 5: accepted, and not trusted (we relay nothing on
                 # another server's word).
                 if value is None:
@@ -1035,7 +1039,7 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
         verbs = "HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY EXPN"
         if self._startTLSAvailable():
             verbs += " STARTTLS"
-        if self.mechanisms():
+        if self._knownMechanisms():
             verbs += " AUTH"
         self._reply(_Reply(
             214,
