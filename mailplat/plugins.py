@@ -10,6 +10,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.strcred import ICheckerFactory
 from twisted.plugin import getPlugins
 
+from mailplat.auth.compat import bytesUsernames
 from mailplat.errors import ConfigError
 from mailplat.interfaces import IStore, IStoreFactory
 
@@ -64,7 +65,7 @@ def makeCheckers(specs: List[str], dataDir: str, where: str = "--auth") -> List[
         if not args and hasattr(factory, "defaultArguments"):
             args = factory.defaultArguments(dataDir)
         try:
-            checkers.append(factory.generateChecker(args))
+            checkers.append(bytesUsernames(factory.generateChecker(args)))
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
         except Exception as e:

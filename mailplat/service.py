@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 from dataclasses import replace
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from twisted.application import service, strports
 from twisted.internet import reactor
@@ -475,14 +475,23 @@ class _AdoptedService(service.Service):
         return None
 
 
-def buildService(config: Config) -> service.MultiService:
+def buildService(config: Config, uid: Optional[int] = None, gid: Optional[int] = None) -> service.MultiService:
     """
     Make the server's services from a resolved configuration.
 
+    @param uid: with C{gid}, the user twistd switches to after binding
+        (C{twistd -u/-g}): everything the server creates in its data
+        directory is created as that user, while the listening sockets are
+        still bound with the privileges twistd started with.
     @raise ConfigError: the store, a checker or a listener cannot be made.
     """
+    from mailplat.auth.startup import runAs, startupChecks
+
+    startupChecks(config, uid, gid)
     workers = workerCount(config)
-    top = Server(config).service(workers)
+    with runAs(uid, gid):
+        server = Server(config)
+    top = server.service(workers)
     log.info(
         "mailplat on {hostname}: data in {dataDir}, store {store}, listeners {listeners}, {workers} process(es)",
         hostname=config.hostname, dataDir=os.path.abspath(config.dataDir), store=config.store,
@@ -496,8 +505,9 @@ def makeService(options: ServerOptions) -> service.MultiService:
     twistd's entry: resolve the configuration and build the services; any
     configuration error stops the start with one line.
     """
+    parent = getattr(options, "parent", None) or {}
     try:
-        return buildService(options.resolveConfig())
+        return buildService(options.resolveConfig(), parent.get("uid"), parent.get("gid"))
     except ConfigError as e:
         raise SystemExit(f"mailplat: {e}")
 

@@ -13,6 +13,7 @@ queue, certificates and configuration checks.
     mailplat ... queue list | show ID | flush [ID] | delete ID | hold ID | release ID
     mailplat ... dkim keygen DOMAIN [--selector S]
     mailplat ... sieve set ADDRESS FILE | sieve check FILE | sieve show ADDRESS | sieve del ADDRESS
+    mailplat ... migrate --from STORE --to STORE [--user ADDRESS] [-q]
 """
 
 import getpass
@@ -23,7 +24,7 @@ from typing import Any, List, Optional
 from twisted.internet import defer, task
 from twisted.python import usage
 
-from mailplat.admin import directory_cmd, dkim_cmd, queue_cmd, sieve_cmd
+from mailplat.admin import directory_cmd, dkim_cmd, migrate_cmd, queue_cmd, sieve_cmd
 from mailplat.address import normalizeAddress, splitAddress
 from mailplat.auth.passwd import PasswordFile
 from mailplat.config import Config, ConfigOptions
@@ -121,11 +122,13 @@ class AdminOptions(ConfigOptions):
         ["queue", None, queue_cmd.QueueOptions, "The outbound queue: list, show, flush, delete, hold, release."],
         ["dkim", None, dkim_cmd.DkimOptions, "DKIM signing keys: keygen."],
         ["sieve", None, sieve_cmd.SieveOptions, "Sieve filters: set, check, show, del."],
+        ["migrate", None, migrate_cmd.MigrateOptions,
+         "Move accounts between stores (or import a Dovecot/Courier Maildir), verified."],
     ]
 
     def postOptions(self) -> None:
         if not self.subCommand:
-            raise usage.UsageError("a command is needed: user, check-config, cert, domain, alias, queue, dkim or sieve")
+            raise usage.UsageError("a command is needed: user, check-config, cert, domain, alias, queue, dkim, sieve or migrate")
 
 
 def readPassword(fromStdin: bool) -> str:
@@ -179,6 +182,9 @@ def run(options: AdminOptions, config: Config, out: Any = sys.stdout):
         return
     if options.subCommand == "sieve":
         yield sieve_cmd.run(options.subOptions, config, out)
+        return
+    if options.subCommand == "migrate":
+        yield migrate_cmd.run(options.subOptions, config, out)
         return
     store = makeStore(config.store, config.dataDir, f"{config.source or 'command line'}: server.store")
     passwords = PasswordFile(os.path.join(config.dataDir, "passwd"))
