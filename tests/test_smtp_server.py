@@ -754,8 +754,12 @@ class DataTests(ServerTestsMixin, SynchronousTestCase):
         self.assertEqual(self.delivered(), b"QUIT\r\nRSET\r\nMAIL FROM:<evil@example.org>\r\n")
 
     def test_8bitData(self) -> None:
-        self.data(b"caf\xc3\xa9 \x00\xff\r\n.\r\n")
-        self.assertEqual(self.delivered(), b"caf\xc3\xa9 \x00\xff\r\n")
+        """
+        8-bit octets pass through untouched (8BITMIME); NUL does not (see
+        test_nulInBody).
+        """
+        self.data(b"caf\xc3\xa9 \xff\r\n.\r\n")
+        self.assertEqual(self.delivered(), b"caf\xc3\xa9 \xff\r\n")
 
     def test_disconnectMidData(self) -> None:
         self.transaction()
@@ -840,6 +844,17 @@ class SmugglingTests(ServerTestsMixin, SynchronousTestCase):
         self.transaction()
         self.send(b"DATA\r\n")
         self.assertEqual(self.send(b"a\nb\r\n.\r\n"), ["550 5.6.0 Message contains bare CR or LF"])
+
+    def test_nulInBody(self) -> None:
+        """
+        A NUL in the data refuses the message (no BINARYMIME), after reading
+        it to its end; the session goes on.
+        """
+        self.transaction()
+        self.send(b"DATA\r\n")
+        self.assertEqual(self.send(b"a\x00b\r\nNOOP\r\n.\r\n"), ["550 5.6.0 Message contains a NUL character"])
+        self.assertEqual(self.delivery.messages, [])
+        self.assertEqual(self.send(b"NOOP\r\n"), ["250 2.0.0 Ok"])
 
     def test_dotLineAfterBareLF(self) -> None:
         """

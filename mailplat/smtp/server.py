@@ -999,6 +999,7 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
         self._size = 0
         self._prevCRLF = True  # the DATA line ended with CRLF
         self._bareCRLF = False
+        self._nul = False
         self._longLine = False
         self._tooBig = False
         self._ioError = False
@@ -1104,6 +1105,7 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
             self._size = 0
             self._tooBig = False
             self._ioError = False
+            self._nul = False
         self._bdatRemaining = int(parts[0])
         self._bdatLast = len(parts) == 2
         self._bdatRefusal = refusal
@@ -1141,6 +1143,11 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
             self._tooBig = True
             self._closeFile()
             return
+        if b"\x00" in chunk:
+            # BINARYMIME is not offered, so no NUL in a chunk either.
+            self._nul = True
+            self._closeFile()
+            return
         try:
             self._file.write(chunk)
         except OSError:
@@ -1165,6 +1172,10 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
         if self._ioError:
             self._resetTransaction()
             self._reply(_Reply(451, "4.3.0", "Temporary failure, please try again later"))
+            return
+        if self._nul:
+            self._resetTransaction()
+            self._reply(_Reply(550, "5.6.0", "Message contains a NUL character"))
             return
         if not self._bdatLast:
             self._reply(_Reply(250, "2.0.0", f"{self._size} octets received"))
@@ -1258,6 +1269,12 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
             self._bareCRLF = True
             self._closeFile()
             return
+        if b"\x00" in part:
+            # No NUL in a message without BINARYMIME (RFC 5322 2.2, RFC
+            # 6152 2); refused at the end of data, as a bare CR or LF is.
+            self._nul = True
+            self._closeFile()
+            return
         lines = part.split(b"\n")
         if max(map(len, lines)) >= MAX_TEXT_LINE:
             # Some line may be too long; measure exactly, without the
@@ -1301,6 +1318,8 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
             refusal = _Reply(554, "5.6.0", "Message has a line longer than 998 characters")
         elif self._bareCRLF:
             refusal = _Reply(550, "5.6.0", "Message contains bare CR or LF")
+        elif self._nul:
+            refusal = _Reply(550, "5.6.0", "Message contains a NUL character")
         elif self._ioError:
             refusal = _Reply(451, "4.3.0", "Temporary failure, please try again later")
         else:
