@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional
 
 from twisted.application import service, strports
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.names import client as dnsclient
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -34,7 +34,7 @@ from mailplat.policy.spam import RspamdPolicy, SpamdPolicy
 from mailplat.sieve import SieveFilter
 from mailplat.metrics import CountingPortal, Metrics, countDeliveries, instrumentFactory, metricsSite
 from mailplat.plugins import makeCheckers, makeStore
-from mailplat.queue import Queue
+from mailplat.queue.sql import queueFor
 from mailplat.relay import Relay, parseHostPort
 from mailplat.relay.runner import QueueRunner
 from mailplat.tls import ServerTLSContext, contextForConfig
@@ -150,15 +150,21 @@ class ServerOptions(ConfigOptions):
 
 class StoreService(service.Service):
     """
-    Closes the store when the server stops.
+    Closes the store (and a queue that holds connections) when the server
+    stops.
     """
 
-    def __init__(self, store: IStore) -> None:
+    def __init__(self, store: IStore, queue: Any = None) -> None:
         self.store = store
+        self.queue = queue
 
+    @defer.inlineCallbacks
     def stopService(self) -> Any:
         service.Service.stopService(self)
-        return self.store.close()
+        close = getattr(self.queue, "close", None)
+        if close is not None:
+            yield close()
+        yield self.store.close()
 
 
 class TLSReloadService(service.Service):
@@ -272,7 +278,9 @@ class Server:
         self.metrics = Metrics()
         portals = {name: CountingPortal(self.portal, name, self.metrics) for name in ("smtp", "pop3", "imap")}
         resolver = _SystemResolver()
-        self.queue = Queue(os.path.join(config.dataDir, "queue"), reactor)
+        # Several nodes on one PostgreSQL share its queue; otherwise the
+        # queue is files in the data directory.
+        self.queue = queueFor(config.store, config.dataDir, reactor)
         self.directory = StoreDirectory(
             self.store, config.domains, path=os.path.join(config.dataDir, "directory.json"),
             plusDelimiter=config.plusDelimiter,
@@ -284,7 +292,7 @@ class Server:
             quota=config.quota,
         )
         countDeliveries(self.delivery, self.metrics)
-        self.metrics.gaugeFunction("mailplat_queue_depth", lambda: len(self.queue.list()))
+        self.metrics.gaugeFunction("mailplat_queue_depth", self._queueDepth)
         credentials = None
         if config.relayUser is not None or config.relayPassword is not None:
             if not (config.relayUser and config.relayPassword and config.relaySmarthost):
@@ -345,6 +353,15 @@ class Server:
                 factory = TLSMemoryBIOFactory(tls, False, factory)
             self.factories[name] = factory
 
+    def _queueDepth(self) -> int:
+        """
+        Messages in the outbound queue: the SQL queue keeps a count from
+        its claim rounds (reading the table here would block the reactor);
+        the file queue lists its directory.
+        """
+        depth = getattr(self.queue, "depth", None)
+        return depth if isinstance(depth, int) else len(self.queue.list())
+
     @staticmethod
     def _policies(config: Config, resolver: Any) -> list:
         """
@@ -392,7 +409,7 @@ class Server:
         from mailplat.workers import WorkerPool, listen, shareable
 
         top = service.MultiService()
-        StoreService(self.store).setServiceParent(top)
+        StoreService(self.store, self.queue).setServiceParent(top)
         reloader = TLSReloadService(self.tls)
         reloader.setServiceParent(top)
         self.runner.setServiceParent(top)
@@ -431,7 +448,7 @@ class Server:
         store's shutdown; no queue runner and no metrics page.
         """
         top = service.MultiService()
-        StoreService(self.store).setServiceParent(top)
+        StoreService(self.store, self.queue).setServiceParent(top)
         TLSReloadService(self.tls).setServiceParent(top)
         factories = self.listening()
         for name, (fd, family) in sockets.items():

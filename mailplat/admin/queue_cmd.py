@@ -23,7 +23,8 @@ from twisted.internet import defer
 from twisted.python import usage
 
 from mailplat.errors import ConfigError
-from mailplat.queue import NoSuchEntry, Queue, QueueEntry
+from mailplat.queue import NoSuchEntry, QueueEntry
+from mailplat.queue.sql import queueFor
 
 
 class _IdArg(usage.Options):
@@ -115,7 +116,7 @@ def run(options: QueueOptions, config: Any, out: Any = None, clock: Any = None):
     out = out if out is not None else sys.stdout
     if clock is None:
         from twisted.internet import reactor as clock  # type: ignore[no-redef]
-    queue = Queue(queuePath(config), clock)
+    queue = queueFor(getattr(config, "store", ""), config.dataDir, clock)
     verb = options.subCommand
     entryId = options.subOptions.get("id") if options.subOptions is not None else None
     try:
@@ -149,3 +150,8 @@ def run(options: QueueOptions, config: Any, out: Any = None, clock: Any = None):
             out.write(f"released {entryId}\n")
     except NoSuchEntry:
         raise ConfigError(f"{entryId}: no such queued message")
+    finally:
+        # The SQL queue holds database connections; the file queue nothing.
+        close = getattr(queue, "close", None)
+        if close is not None:
+            yield close()

@@ -74,4 +74,9 @@ class LoopbackServer:
                 connection.transport.abortConnection()
         while any(wrapper.protocols for wrapper in self._wrappers):
             yield task.deferLater(reactor, 0.01, lambda: None)
+        # As the server's StoreService does at shutdown: a queue holding
+        # connections and threads (PostgreSQL) is closed, then the store.
+        close = getattr(self.server.queue, "close", None)
+        if close is not None:
+            yield close()
         yield self.server.store.close()

@@ -81,17 +81,13 @@ class TwoNodeTests(TestCase):
 
     def sharedQueue(self, node: LoopbackServer) -> Any:
         """
-        The node's queue in the shared schema: the server's own once
-        C{service.py} builds it with L{queueFor}, else one made here the
-        same way.
+        The node's queue: on a PostgreSQL store the server builds the SQL
+        queue in the shared schema (closed by the harness at stop).
         """
-        from mailplat.queue.sql import SQLQueue, queueFor
+        from mailplat.queue.sql import SQLQueue
 
-        if isinstance(node.server.queue, SQLQueue):
-            return node.server.queue
-        queue = queueFor(self.storeSpec, node.config.dataDir, reactor)
-        self.addCleanup(queue.close)
-        return queue
+        self.assertIsInstance(node.server.queue, SQLQueue)
+        return node.server.queue
 
     @defer.inlineCallbacks
     def test_deliveryOnOneNodeWakesIdleOnTheOther(self):
