@@ -106,6 +106,7 @@ class Config:
     loginWindow: float = 900.0
     loginMaxDelay: float = 30.0
     quota: int = 0
+    maxErrors: int = 20
     sieve: bool = True
     policySpf: str = "tag"
     policyDkimVerify: bool = True
@@ -306,6 +307,7 @@ _SCHEMA: Dict[str, Dict[str, Tuple[str, Any]]] = {
         "max_connections": ("maxConnections", lambda w, v: _positive(w, v, int)),
         "exempt_loopback": ("exemptLoopback", _boolean),
         "quota": ("quota", lambda w, v: _octets(w, v)),
+        "max_errors": ("maxErrors", lambda w, v: _positive(w, v, int)),
     },
 }
 

@@ -345,8 +345,11 @@ class Server:
         for name, make in makers.items():
             # The limit wraps the protocol inside TLS, so the refusal line
             # of an implicit-TLS listener goes over TLS.
+            protocolFactory = make()
+            # Errors one session may cause before it is closed.
+            protocolFactory.maxErrors = config.maxErrors  # type: ignore[attr-defined]
             factory = limitConnections(
-                make(), config.maxConnectionsPerAddress, config.maxConnections,
+                protocolFactory, config.maxConnectionsPerAddress, config.maxConnections,
                 refusalLine(name, config.hostname), exemptLoopback=config.exemptLoopback,
             )
             if name in IMPLICIT_TLS_LISTENERS:

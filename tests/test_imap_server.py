@@ -214,6 +214,34 @@ class GreetingAndCapabilityTests(IMAPTestBase):
         self.assertTagged(client.command(b"b CREATE"), b"b", b"BAD")
 
 
+class ErrorLimitTests(IMAPTestBase):
+    """
+    A session that keeps sending what the server cannot understand is
+    closed after the factory's C{maxErrors} BAD answers.
+    """
+
+    def test_closedAfterLimit(self) -> None:
+        self.factory.maxErrors = 3
+        client = self.connect()
+        self.assertIn(b"a BAD", client.command(b"a FOO"))
+        self.assertFalse(client.transport.disconnecting)
+        client.command(b"b BAR")
+        out = client.command(b"c BAZ")
+        self.assertIn(b"c BAD", out)
+        self.assertIn(b"* BYE Too many errors", out)
+        self.assertTrue(client.transport.disconnecting)
+
+    def test_noOnlyDoesNotCount(self) -> None:
+        """
+        NO answers (a wrong mailbox name, say) are not protocol errors.
+        """
+        self.factory.maxErrors = 2
+        client = self.login()
+        for n in range(5):
+            self.assertIn(b"NO", client.command(b"s%d SELECT nosuch" % n))
+        self.assertFalse(client.transport.disconnecting)
+
+
 class LoginTests(IMAPTestBase):
     def test_login(self) -> None:
         client = self.connect()

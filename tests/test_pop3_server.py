@@ -837,6 +837,21 @@ class TransactionTests(POP3TestsMixin, SynchronousTestCase):
         self.successResultOf(self.inbox.lockExclusive())()
 
 
+class ErrorLimitTests(POP3TestsMixin, SynchronousTestCase):
+    def test_configuredLimit(self) -> None:
+        """
+        The factory's C{maxErrors} ([limits] max_errors) closes a session
+        after that many bad commands.
+        """
+        self.factory.maxErrors = 2
+        proto, transport = self.connect()
+        self.send(proto, transport, b"BOGUS\r\n")
+        self.assertFalse(transport.disconnecting)
+        reply = self.send(proto, transport, b"BOGUS\r\n")
+        self.assertIn(b"-ERR Too many bad commands.", reply)
+        self.assertTrue(transport.disconnecting)
+
+
 class LineTests(POP3TestsMixin, SynchronousTestCase):
     """
     Line limits and pipelining.

@@ -88,6 +88,10 @@ SPOOL_THRESHOLD = 64 * 1024
 # Failed logins before the connection is closed.
 MAX_AUTH_FAILURES = 5
 
+# BAD answers in one session before the server says BYE (the factory's
+# maxErrors, [limits] max_errors, overrides it).
+MAX_ERRORS = 20
+
 # Capabilities every session advertises (STARTTLS, AUTH=, LOGINDISABLED
 # and COMPRESS depend on the connection and are added by the session).
 BASE_CAPABILITIES = [
@@ -618,6 +622,7 @@ class IMAPServer(Protocol):
                 self._write(event.tag + b" BAD Line too long")
             else:
                 self._write(b"* BAD Line too long")
+            self._countBad()
         elif isinstance(event, LiteralAnnounced):
             self._handleLiteral(event)
         elif isinstance(event, LiteralSkipped):
@@ -690,16 +695,19 @@ class IMAPServer(Protocol):
             tag = first.split(b" ", 1)[0]
             prefix = tag if tag and isValidTag(tag) else b"*"
             self._write(prefix + b" BAD " + _safe(str(e)))
+            self._countBad()
             return
         if not tokens or not isinstance(tokens[0], Atom) or not isValidTag(tokens[0]):
             closeFiles()
             if tokens or first.strip():
                 self._write(b"* BAD Invalid tag")
+                self._countBad()
             return
         tag = bytes(tokens[0])
         if len(tokens) < 2 or not isinstance(tokens[1], Atom):
             closeFiles()
             self._write(tag + b" BAD Missing command")
+            self._countBad()
             return
         name = bytes(tokens[1]).upper()
         d = self._run(tag, name, Arguments(tokens[2:]))
@@ -707,6 +715,19 @@ class IMAPServer(Protocol):
         if not d.called:
             self._busy = True
             d.addBoth(self._commandDone)
+
+    def _countBad(self) -> None:
+        """
+        Count a BAD answer; after the factory's C{maxErrors} in a session
+        the client is told C{* BYE} and the connection closed (a client
+        that only sends garbage is not served for ever).
+        """
+        self._badCount = getattr(self, "_badCount", 0) + 1
+        limit = getattr(getattr(self, "factory", None), "maxErrors", MAX_ERRORS)
+        if limit and self._badCount >= limit and self.state != LOGOUT:
+            self._write(b"* BYE Too many errors")
+            self.state = LOGOUT
+            self.transport.loseConnection()
 
     def _commandDone(self, result: object) -> None:
         self._busy = False
@@ -729,8 +750,11 @@ class IMAPServer(Protocol):
         except IMAPError as e:
             code = b"[" + e.code + b"] " if e.code else b""
             response = tag + (b" BAD " if e.bad else b" NO ") + code + _safe(e.text)
+            if e.bad:
+                self._countBad()
         except ParseError as e:
             response = tag + b" BAD " + _safe(str(e))
+            self._countBad()
         except InvalidMailboxName as e:
             response = tag + b" NO [CANNOT] " + _safe(str(e))
         except NoSuchMailbox as e:

@@ -536,7 +536,8 @@ class POP3Server(Protocol):
     def _bad(self, message: bytes) -> None:
         self._send(b"-ERR " + message)
         self._badCommands += 1
-        if self._badCommands >= MAX_BAD_COMMANDS and not self._closing:
+        limit = getattr(getattr(self, "factory", None), "maxErrors", MAX_BAD_COMMANDS)
+        if self._badCommands >= limit and not self._closing:
             self._send(b"-ERR Too many bad commands.")
             self._close()
 
