@@ -3,7 +3,7 @@ mailplat's IMAP4rev1 server (RFC 3501), with IDLE (RFC 2177), UIDPLUS
 (RFC 4315), SASL-IR (RFC 4959), UNSELECT (RFC 3691), NAMESPACE
 (RFC 2342), STARTTLS (RFC 3501 6.2.1), MOVE (RFC 6851), CHILDREN
 (RFC 3348), SPECIAL-USE and CREATE-SPECIAL-USE (RFC 6154), LIST-EXTENDED
-(RFC 5258), LIST-STATUS (RFC 5819), ENABLE (RFC 5161), CONDSTORE
+(RFC 5258), LIST-STATUS (RFC 5819), ENABLE (RFC 5161), CONDSTORE and QRESYNC
 (RFC 7162), ESEARCH (RFC 4731), LITERAL+ (RFC 7888), ID (RFC 2971), SORT
 and THREAD=ORDEREDSUBJECT/REFERENCES (RFC 5256), COMPRESS=DEFLATE
 (RFC 4978) and QUOTA (RFC 9208, when a quota is configured), written on C{twisted.internet} and the store contract
@@ -67,7 +67,7 @@ from mailplat.imap.parser import (
     parseFetchAttributes,
     tokenize,
 )
-from mailplat.imap.sequence import SequenceSet
+from mailplat.imap.sequence import SequenceSet, SequenceSetError, parseSequenceSet
 from mailplat.imap.wire import literal, string
 from mailplat.interfaces import HIERARCHY_DELIMITER, SPECIAL_USE, IAccount, IMailbox, IMailboxListener, IMessageInfo
 from mailplat.mailbox import validateMailboxName
@@ -97,10 +97,10 @@ MAX_ERRORS = 20
 BASE_CAPABILITIES = [
     b"IMAP4rev1", b"LITERAL+", b"SASL-IR", b"ID", b"ENABLE", b"IDLE", b"UIDPLUS", b"UNSELECT",
     b"NAMESPACE", b"MOVE", b"CHILDREN", b"SPECIAL-USE", b"CREATE-SPECIAL-USE", b"LIST-EXTENDED",
-    b"LIST-STATUS", b"CONDSTORE", b"ESEARCH", b"SORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
+    b"LIST-STATUS", b"CONDSTORE", b"QRESYNC", b"ESEARCH", b"SORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
 ]
 # What ENABLE can turn on (RFC 5161).
-ENABLEABLE = (b"CONDSTORE",)
+ENABLEABLE = (b"CONDSTORE", b"QRESYNC")
 # STATUS items (RFC 3501 6.3.10, RFC 7162 3.1.6).
 STATUS_ITEMS = (
     b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN", b"HIGHESTMODSEQ", b"DELETED", b"DELETED-STORAGE",
@@ -473,6 +473,7 @@ class IMAPServer(Protocol):
         self._skipReasons: List[bytes] = []
         self.enabled: Set[bytes] = set()
         self.condstore = False
+        self.qresync = False
         self._inflater: Any = None
 
     # -- connection --------------------------------------------------------
@@ -840,8 +841,10 @@ class IMAPServer(Protocol):
                 if info.modseq != modseqs[i]:
                     modseqs[i] = info.modseq
                     modseq = b" MODSEQ (%d)" % (info.modseq,) if self.condstore else b""
+                    uidItem = b"UID %d " % (uid,) if self.qresync else b""
                     flagLines.append(
-                        b"* %d FETCH (FLAGS %s%s)" % (i + 1, _flagsWire(info.flags, view.isRecent(uid)), modseq)
+                        b"* %d FETCH (%sFLAGS %s%s)"
+                        % (i + 1, uidItem, _flagsWire(info.flags, view.isRecent(uid)), modseq)
                     )
                 j += 1
             elif uid not in view.ghosts:
@@ -854,9 +857,13 @@ class IMAPServer(Protocol):
             keepUids = array("I")
             keepMods = array("Q")
             removed = 0
+            if self.qresync:
+                # RFC 7162 3.2: VANISHED replaces EXPUNGE.
+                self._write(b"* VANISHED " + _compressUIDs(sorted(view.ghosts)))
             for i in range(len(uids)):
                 if uids[i] in view.ghosts:
-                    self._write(b"* %d EXPUNGE" % (i + 1 - removed,))
+                    if not self.qresync:
+                        self._write(b"* %d EXPUNGE" % (i + 1 - removed,))
                     removed += 1
                     view.recent.discard(uids[i])
                 else:
@@ -1186,6 +1193,10 @@ class IMAPServer(Protocol):
             if name in ENABLEABLE and name not in self.enabled:
                 self.enabled.add(name)
                 newly.append(name)
+        if b"QRESYNC" in self.enabled:
+            # RFC 7162 3.2: QRESYNC implies CONDSTORE.
+            self.qresync = True
+            self.enabled.add(b"CONDSTORE")
         if b"CONDSTORE" in self.enabled:
             self.condstore = True
         self._write(b"* ENABLED" + b"".join(b" " + n for n in newly))
@@ -1206,15 +1217,39 @@ class IMAPServer(Protocol):
 
     @defer.inlineCallbacks
     def _select(self, args: Arguments, readOnly: bool) -> Any:
+        """
+        SELECT and EXAMINE, with the CONDSTORE parameter and the QRESYNC
+        parameter (RFC 7162 3.2).
+
+        Replacing a selected mailbox sends C{* OK [CLOSED]} first (RFC 7162
+        3.2).  With a QRESYNC parameter whose UIDVALIDITY matches, the
+        usual responses are followed by C{* VANISHED (EARLIER)} and by a
+        FETCH (UID, FLAGS, MODSEQ) of each message changed since the
+        client's modseq; see L{_vanishedEarlier} for what VANISHED reports.
+        """
         name = self._mailboxName(args)
+        resync: Optional[Tuple[int, int, Optional[SequenceSet]]] = None
         if len(args):
-            for param in args.parenList("select parameters"):
-                if isinstance(param, Atom) and bytes(param).upper() == b"CONDSTORE":
+            params = args.parenList("select parameters")
+            n = 0
+            while n < len(params):
+                param = params[n]
+                word = bytes(param).upper() if isinstance(param, Atom) else b""
+                if word == b"CONDSTORE":
                     self._enableCondstore()
+                elif word == b"QRESYNC" and resync is None and n + 1 < len(params):
+                    if not self.qresync:
+                        raise _bad("QRESYNC is not enabled")
+                    n += 1
+                    resync = _qresyncParameter(params[n])
                 else:
                     raise _bad("Unknown SELECT parameter")
+                n += 1
         args.end()
+        replacing = self.view is not None
         self._deselect()
+        if replacing:
+            self._write(b"* OK [CLOSED] Previous mailbox closed")
         account = self.account
         assert account is not None
         mailbox = yield account.getMailbox(name)
@@ -1265,9 +1300,66 @@ class IMAPServer(Protocol):
         self._write(b"* OK [UIDNEXT %d] Predicted next UID" % (uidNext,))
         highest = max([status.highestModseq] + [i.modseq for i in infos[-1:]])
         self._write(b"* OK [HIGHESTMODSEQ %d] Highest modseq" % (highest,))
+        if resync is not None and resync[0] == mailbox.uidValidity:
+            _, sinceModseq, knownUids = resync
+            if knownUids is None:
+                knownUids = SequenceSet([(1, None)])
+            vanished = self._vanishedEarlier(view.uids, knownUids, uidNext - 1)
+            if vanished:
+                self._write(b"* VANISHED (EARLIER) " + vanished)
+            for n, info in enumerate(infos, 1):
+                if info.modseq > sinceModseq:
+                    self._write(
+                        b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))"
+                        % (n, info.uid, _flagsWire(info.flags, view.isRecent(info.uid)), info.modseq)
+                    )
         if readOnly:
             return b"[READ-ONLY] EXAMINE completed"
         return b"[READ-WRITE] SELECT completed"
+
+    def _vanishedEarlier(self, present: Sequence[int], uids: SequenceSet, largest: int) -> bytes:
+        """
+        The UIDs for a C{VANISHED (EARLIER)} response (RFC 7162 3.2; to
+        SELECT with QRESYNC and to UID FETCH with VANISHED): the members of
+        C{uids} from 1 to C{largest} (which also stands for C{*}) that are
+        not in C{present}.
+
+        The store keeps no record of expunged UIDs (L{IMailbox} has none),
+        so the server cannot tell a UID expunged after the client's modseq
+        from one expunged before it, or from one that never existed.  It
+        therefore reports every such UID: RFC 7162 allows a server
+        without an expunge history to include UIDs expunged earlier than
+        the client's modseq, and a client ignores UIDs it does not have.
+        The answer is bounded by the set the client sent (by default
+        C{1:UIDNEXT-1}) and is built range by range, so its size is about
+        two ranges per message still present, however large the UIDs.
+        Messages expunged by another session but not yet reported to this
+        one are still in C{present} and so not reported here; the next
+        plain C{VANISHED} does.  The C{seq-match-data} of SELECT only helps
+        a server narrow its search and is not needed for this.
+
+        @param present: the sorted UIDs that must not be reported (the
+            session's view, plus any message not reported yet).
+        @param uids: the UID set the client asked about.
+        @param largest: the highest UID considered (UIDNEXT - 1); also
+            the value of C{*}.
+        @return: the uid-set to report (C{1:3,7}), empty for none.
+        """
+        ranges: List[bytes] = []
+
+        def gap(low: int, high: int) -> None:
+            if low <= high:
+                ranges.append(b"%d" % (low,) if low == high else b"%d:%d" % (low, high))
+
+        for low, high in uids.resolve(largest):
+            low, high = max(low, 1), min(high, largest)
+            i = bisect.bisect_left(present, low)
+            while low <= high and i < len(present) and present[i] <= high:
+                gap(low, present[i] - 1)
+                low = present[i] + 1
+                i += 1
+            gap(low, high)
+        return b",".join(ranges)
 
     @defer.inlineCallbacks
     def do_CREATE(self, tag: bytes, args: Arguments) -> Any:
@@ -1828,7 +1920,7 @@ class IMAPServer(Protocol):
             if index < 0:
                 continue
             view.modseqs[index] = info.modseq
-            extra = b" UID %d" % (info.uid,) if uid else b""
+            extra = b" UID %d" % (info.uid,) if uid or self.qresync else b""
             modseq = b" MODSEQ (%d)" % (info.modseq,) if self.condstore else b""
             if not silent:
                 self._write(
@@ -1848,14 +1940,32 @@ class IMAPServer(Protocol):
 
     @defer.inlineCallbacks
     def _fetch(self, args: Arguments, uid: bool) -> Any:
+        """
+        FETCH and UID FETCH, with the CHANGEDSINCE modifier (RFC 7162
+        3.1) and, for UID FETCH after ENABLE QRESYNC, VANISHED (RFC 7162
+        3.2): C{* VANISHED (EARLIER)} for the UIDs of the set no longer
+        in the mailbox (see L{_vanishedEarlier}), before the FETCH
+        responses.
+        """
         seqset = args.sequenceSet()
         rest = args.rest()
         changedSince: Optional[int] = None
+        vanished = False
         if len(rest) == 2 and isinstance(rest[1], list):
             modifiers = rest[1]
-            if len(modifiers) != 2 or not isinstance(modifiers[0], Atom) or bytes(modifiers[0]).upper() != b"CHANGEDSINCE":
-                raise _bad("Unknown FETCH modifier")
-            changedSince = _modseqValue(modifiers[1])
+            n = 0
+            while n < len(modifiers):
+                word = bytes(modifiers[n]).upper() if isinstance(modifiers[n], Atom) else b""
+                if word == b"CHANGEDSINCE" and changedSince is None and n + 1 < len(modifiers):
+                    changedSince = _modseqValue(modifiers[n + 1])
+                    n += 2
+                elif word == b"VANISHED" and not vanished and uid and self.qresync:
+                    vanished = True
+                    n += 1
+                else:
+                    raise _bad("Unknown FETCH modifier")
+            if vanished and changedSince is None:
+                raise _bad("VANISHED needs CHANGEDSINCE")
             rest = rest[:1]
         atts = parseFetchAttributes(rest)
         hasModseq = any(isinstance(a, FetchAttribute) and a.name == "MODSEQ" for a in atts)
@@ -1869,6 +1979,18 @@ class IMAPServer(Protocol):
         assert view is not None
         indexes = self._resolve(seqset, uid)
         wanted = [(i, view.uids[i]) for i in indexes]
+        if vanished:
+            # Every message of the store counts as present, including any
+            # that arrived since the last EXISTS.
+            current = yield self._currentInfos(None)
+            status = yield view.mailbox.status()
+            if self.view is not view:
+                return b"FETCH completed"
+            present = sorted(set(view.uids).union(current))
+            largest = max([status.uidNext - 1] + present[-1:])
+            gone = self._vanishedEarlier(present, seqset, largest)
+            if gone:
+                self._write(b"* VANISHED (EARLIER) " + gone)
         infos = yield self._currentInfos([u for _, u in wanted])
         if self.view is not view:
             return b"FETCH completed"
@@ -1962,6 +2084,9 @@ class IMAPServer(Protocol):
                     return None
         if addFlags:
             items.append(b"FLAGS " + _flagsWire(info.flags, recent))
+            if self.qresync and not any(isinstance(a, FetchAttribute) and a.name == "UID" for a in atts):
+                # RFC 7162 3.2: flag changes carry the UID with QRESYNC.
+                items.append(b"UID %d" % (info.uid,))
             if self.condstore and not any(isinstance(a, FetchAttribute) and a.name == "MODSEQ" for a in atts):
                 items.append(b"MODSEQ (%d)" % (info.modseq,))
         return b"* %d FETCH (%s)\r\n" % (index + 1, b" ".join(items))
@@ -2057,6 +2182,8 @@ class IMAPServer(Protocol):
                     items.append(att.responseName + b" " + literal(body))
             if addFlags:
                 items.append(b"FLAGS " + _flagsWire(info.flags, recent))
+                if self.qresync and not any(isinstance(a, FetchAttribute) and a.name == "UID" for a in atts):
+                    items.append(b"UID %d" % (info.uid,))
                 if self.condstore and not any(isinstance(a, FetchAttribute) and a.name == "MODSEQ" for a in atts):
                     items.append(b"MODSEQ (%d)" % (info.modseq,))
             line = b"* %d FETCH (" % (index + 1,)
@@ -2359,6 +2486,51 @@ def _modseqValue(token: Any) -> int:
     if value >= 2**63:
         raise _bad("Invalid mod-sequence value")
     return value
+
+
+def _qresyncParameter(token: Any) -> Tuple[int, int, Optional[SequenceSet]]:
+    """
+    The value of SELECT's QRESYNC parameter (RFC 7162 3.2):
+    C{(uidvalidity modseq [known-uids [(known-sequence-set known-uid-set)]])},
+    as C{(uidvalidity, modseq, known UIDs or None)}; the seq-match-data is
+    checked for syntax and otherwise unused (see
+    L{IMAPServer._vanishedEarlier}).
+    """
+    if not isinstance(token, list) or not 2 <= len(token) <= 4:
+        raise _bad("Invalid QRESYNC parameter")
+    first = token[0]
+    if not isinstance(first, Atom) or not bytes(first).isdigit() or len(first) > 10:
+        raise _bad("Invalid UIDVALIDITY in QRESYNC")
+    uidValidity = int(bytes(first))
+    if not 0 < uidValidity < 2**32:
+        raise _bad("Invalid UIDVALIDITY in QRESYNC")
+    modseq = _modseqValue(token[1])
+    if modseq == 0:
+        raise _bad("Invalid mod-sequence value")
+    known: Optional[SequenceSet] = None
+    rest = token[2:]
+    if rest and not isinstance(rest[0], list):
+        known = _uidSetValue(rest[0])
+        rest = rest[1:]
+    if rest:
+        match = rest[0]
+        if len(rest) != 1 or not isinstance(match, list) or len(match) != 2:
+            raise _bad("Invalid QRESYNC sequence match data")
+        for item in match:
+            _uidSetValue(item)
+    return uidValidity, modseq, known
+
+
+def _uidSetValue(token: Any) -> SequenceSet:
+    """
+    A sequence-set argument inside a parenthesised list.
+    """
+    if not isinstance(token, Atom):
+        raise _bad("Invalid sequence set")
+    try:
+        return parseSequenceSet(bytes(token))
+    except SequenceSetError as e:
+        raise _bad(f"Invalid sequence set: {e}")
 
 
 def _skip(source: IO[bytes], count: int) -> None:
