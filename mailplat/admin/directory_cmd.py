@@ -8,8 +8,10 @@ virtual domains and aliases of the directory file
     mailplat ... alias remove ALIAS [TARGET]
     mailplat ... alias list
 
-An alias C{@domain} is that domain's catch-all.  A running server sees the
-changes at once (it reads the file again when it changed).
+An alias C{@domain} is that domain's catch-all.  With the C{sql} store the
+directory lives in the store's database instead
+(L{mailplat.delivery.sqldirectory.directoryFor}).  A running server sees the
+changes at once (it reads the file or tables again when they changed).
 """
 
 import os
@@ -19,7 +21,7 @@ from typing import Any, List, Optional
 from twisted.internet import defer
 from twisted.python import usage
 
-from mailplat.delivery.directory import DirectoryFile
+from mailplat.delivery.sqldirectory import directoryFor
 
 
 class _DomainArg(usage.Options):
@@ -112,7 +114,8 @@ def run(options: usage.Options, config: Any, out: Any = None) -> "defer.Deferred
     """
     Carry out a parsed L{DomainOptions} or L{AliasOptions} command.
 
-    @param config: the L{mailplat.config.Config} (its C{dataDir} is used).
+    @param config: the L{mailplat.config.Config} (its C{dataDir} and
+        C{store} are used).
     @param out: where to write (standard output by default).
     @return: a Deferred firing when done; it fails with
         L{mailplat.errors.ConfigError} (one line for the user) on a bad
@@ -123,7 +126,16 @@ def run(options: usage.Options, config: Any, out: Any = None) -> "defer.Deferred
 
 
 def _run(options: usage.Options, config: Any, out: Any) -> None:
-    directory = DirectoryFile(directoryPath(config))
+    directory = directoryFor(getattr(config, "store", ""), config.dataDir)
+    try:
+        _apply(directory, options, out)
+    finally:
+        close = getattr(directory, "close", None)
+        if close is not None:
+            close()
+
+
+def _apply(directory: Any, options: usage.Options, out: Any) -> None:
     verb = options.subCommand
     sub = options.subOptions
     if isinstance(options, DomainOptions):

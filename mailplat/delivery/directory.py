@@ -25,7 +25,7 @@ delivered through the queue.
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -325,15 +325,26 @@ class StoreDirectory:
 
     @ivar store: the L{IStore}.
     @ivar domains: the configured domains (lower-case), possibly empty.
-    @ivar file: the L{DirectoryFile}, or L{None} (accounts only).
+    @ivar file: the L{DirectoryFile} (or an object with its reading
+        methods, such as L{mailplat.delivery.sqldirectory.SQLDirectoryFile}),
+        or L{None} (accounts only).
     @ivar plusDelimiter: the sub-address delimiter (C{"+"}), or C{""} to
         turn plus-addressing off.
     """
 
-    def __init__(self, store: IStore, domains: Iterable[str] = (), path: Optional[str] = None, plusDelimiter: str = "+") -> None:
+    def __init__(
+        self, store: IStore, domains: Iterable[str] = (), path: Optional[str] = None, plusDelimiter: str = "+",
+        file: Optional[Any] = None,
+    ) -> None:
+        """
+        @param path: the directory file's path; ignored when C{file} is
+            given.
+        @param file: the directory to use (see
+            L{mailplat.delivery.sqldirectory.directoryFor}).
+        """
         self.store = store
         self.domains = frozenset(d.lower().rstrip(".") for d in domains)
-        self.file = DirectoryFile(path) if path is not None else None
+        self.file = file if file is not None else (DirectoryFile(path) if path is not None else None)
         self.plusDelimiter = plusDelimiter
 
     @defer.inlineCallbacks

@@ -87,6 +87,7 @@ import itertools
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -576,7 +577,7 @@ def _tryLock(path: str, exclusive: bool) -> Optional[_Held]:
             return None
         dotlock = path + DOTLOCK_SUFFIX
     try:
-        fd = os.open(path, os.O_RDWR if exclusive else os.O_RDONLY)
+        fd = os.open(path, (os.O_RDWR if exclusive else os.O_RDONLY) | os.O_NOFOLLOW)
     except BaseException:
         if dotlock is not None:
             os.unlink(dotlock)
@@ -989,7 +990,7 @@ class MboxMailbox:
         if self._sideStamp is None or self._sideLines + len(lines) > 2 * len(self._modseqs) + 1000:
             self._writeSide()
             return
-        with open(self._sidePath, "ab") as f:
+        with open(os.open(self._sidePath, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW), "ab") as f:
             f.write("".join(lines).encode("utf-8"))
             f.flush()
             os.fdatasync(f.fileno())
@@ -1376,7 +1377,7 @@ class MboxMailbox:
     def _lockExclusiveSync(self) -> Callable[[], None]:
         if self._deleted or not os.path.isfile(self.path):
             raise self._gone()
-        fd = os.open(self.path + POP3_LOCK_SUFFIX, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.path + POP3_LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -1433,12 +1434,46 @@ def _createMbox(path: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     side = f"1 V{newUIDValidity()} N1 M1 R1\n"
     _writeAtomically(path + UIDLIST_SUFFIX, side.encode("ascii"))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
     _fsyncDirectory(os.path.dirname(path))
+
+
+def _linkFree(home: str, path: str) -> bool:
+    """
+    Whether no existing component of C{path} below C{home} is a symbolic
+    link (a link planted in an account must never be followed out of it).
+    """
+    relative = os.path.relpath(path, home)
+    if relative.startswith(os.pardir):
+        return False
+    current = home
+    for part in relative.split(os.sep):
+        if part in ("", os.curdir):
+            continue
+        current = os.path.join(current, part)
+        try:
+            if stat.S_ISLNK(os.lstat(current).st_mode):
+                return False
+        except FileNotFoundError:
+            return True
+    return True
+
+
+def _isKind(home: str, path: str, kind: Callable[[int], bool]) -> bool:
+    """
+    Whether C{path} is of C{kind} (C{stat.S_ISREG}, C{stat.S_ISDIR})
+    itself, reached from C{home} without following a symbolic link.
+    """
+    if not _linkFree(home, path):
+        return False
+    try:
+        return kind(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _removeMboxFiles(path: str) -> None:
@@ -1468,6 +1503,12 @@ class MboxAccount:
 
     def _path(self, name: str) -> str:
         return mailboxPath(self.home, name)
+
+    def _isFile(self, path: str) -> bool:
+        return _isKind(self.home, path, stat.S_ISREG)
+
+    def _isDir(self, path: str) -> bool:
+        return _isKind(self.home, path, stat.S_ISDIR)
 
     def _checkExists(self) -> None:
         if not os.path.isfile(os.path.join(self.home, INBOX_FILE)):
@@ -1548,7 +1589,9 @@ class MboxAccount:
                     noselect.add(name)
                 visit(path, prefix + [level])
 
-        visit(os.path.join(self.home, MAIL_DIR), [])
+        top = os.path.join(self.home, MAIL_DIR)
+        if self._isDir(top):
+            visit(top, [])
         return selectable, noselect
 
     def _named(self, levels: List[str], path: Optional[str] = None) -> Optional[str]:
@@ -1579,17 +1622,19 @@ class MboxAccount:
         name = validateMailboxName(name)
         self._checkExists()
         path = self._path(name)
-        if not os.path.isfile(path):
+        if not self._isFile(path):
             raise NoSuchMailbox(f"Mailbox {name} does not exist")
         return self._store._mailboxAt(name, path)
 
     def _createSync(self, name: str, specialUse: Optional[str]) -> None:
         name = validateMailboxName(name)
         self._checkExists()
-        if name == "INBOX" or os.path.isfile(self._path(name)):
+        if name == "INBOX" or self._isFile(self._path(name)):
             raise MailboxExists(f"Mailbox {name} exists already")
+        if not _linkFree(self.home, self._path(name)) or os.path.lexists(self._path(name)):
+            raise MailboxError(f"Mailbox {name} cannot be made: something else is in its place")
         for parent in parentNames(name):
-            if parent != "INBOX" and not os.path.isfile(self._path(parent)):
+            if parent != "INBOX" and not self._isFile(self._path(parent)):
                 _createMbox(self._path(parent))
         _createMbox(self._path(name))
         if specialUse:
@@ -1609,8 +1654,8 @@ class MboxAccount:
             raise MailboxError("INBOX cannot be deleted")
         path = self._path(name)
         children = path + CHILDREN_SUFFIX
-        isMailbox = os.path.isfile(path)
-        if not isMailbox and not os.path.isdir(children):
+        isMailbox = self._isFile(path)
+        if not isMailbox and not self._isDir(children):
             raise NoSuchMailbox(f"Mailbox {name} does not exist")
         hasChildren = self._hasChildren(name)
         if not isMailbox:
@@ -1619,7 +1664,7 @@ class MboxAccount:
             shutil.rmtree(children)
         else:
             _removeMboxFiles(path)
-            if not hasChildren and os.path.isdir(children):
+            if not hasChildren and self._isDir(children):
                 shutil.rmtree(children)
         _fsyncDirectory(os.path.dirname(path))
         uses = self._specialUses()
@@ -1629,7 +1674,7 @@ class MboxAccount:
 
     def _exists(self, name: str) -> bool:
         path = self._path(name)
-        return name == "INBOX" or os.path.isfile(path) or os.path.isdir(path + CHILDREN_SUFFIX)
+        return name == "INBOX" or self._isFile(path) or self._isDir(path + CHILDREN_SUFFIX)
 
     def _renameChecks(self, old: str, new: str) -> Tuple[str, str]:
         old = validateMailboxName(old)
@@ -1645,10 +1690,12 @@ class MboxAccount:
 
     def _renameSync(self, old: str, new: str) -> None:
         old, new = self._renameChecks(old, new)
-        for parent in parentNames(new):
-            if parent != "INBOX" and not os.path.isfile(self._path(parent)):
-                _createMbox(self._path(parent))
         oldPath, newPath = self._path(old), self._path(new)
+        if not _linkFree(self.home, newPath) or os.path.lexists(newPath):
+            raise MailboxError(f"Mailbox {new} cannot be made: something else is in its place")
+        for parent in parentNames(new):
+            if parent != "INBOX" and not self._isFile(self._path(parent)):
+                _createMbox(self._path(parent))
         os.makedirs(os.path.dirname(newPath), exist_ok=True)
         for suffix in (CHILDREN_SUFFIX, UIDLIST_SUFFIX, POP3_LOCK_SUFFIX, ""):
             if os.path.lexists(oldPath + suffix):
@@ -1667,11 +1714,13 @@ class MboxAccount:
         and flags; INBOX stays, empty, its UIDs still going up.
         """
         inbox = self._getSync("INBOX")
+        if not _linkFree(self.home, self._path(new)) or os.path.lexists(self._path(new)):
+            raise MailboxError(f"Mailbox {new} cannot be made: something else is in its place")
 
         def work(held: Optional[_Held]) -> Tuple[None, bool]:
             assert held is not None
             for parent in parentNames(new):
-                if parent != "INBOX" and not os.path.isfile(self._path(parent)):
+                if parent != "INBOX" and not self._isFile(self._path(parent)):
                     _createMbox(self._path(parent))
             target = self._path(new)
             os.makedirs(os.path.dirname(target), exist_ok=True)

@@ -31,6 +31,19 @@ Tables (version 1):
     C{recent} (1 until a session claims it).
   - C{subscriptions}; and C{domains}, C{users} (argon2 hashes for the SQL
     checker), C{aliases} for a directory that keeps its data here too.
+
+The SQL directory (L{mailplat.delivery.sqldirectory}) adds what it needs
+with migrations of its own (L{DIRECTORY_MIGRATIONS}), recorded in
+C{directory_schema_version} and applied when a directory opens the
+database, so the store's version is not changed by them (version 1):
+
+  - C{aliases.position}: the order of an alias's targets (rows written
+    before keep 0 and sort by target).
+  - C{moved}: addresses that moved, and their new address.
+  - C{directory_serial}: one row (C{id} 1) whose C{serial} every change of
+    C{domains}, C{aliases} or C{moved} increases in the same transaction,
+    so a running server checks one integer before using its cached copy.
+    Whoever edits those tables by hand must increase it too.
 """
 
 from dataclasses import dataclass
@@ -185,6 +198,33 @@ MIGRATIONS: List[Tuple[int, List[str]]] = [
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
+
+#: The directory's migrations on top of the store's tables (see the module
+#: docstring), recorded in C{directory_schema_version}.
+DIRECTORY_MIGRATIONS: List[Tuple[int, List[str]]] = [
+    (
+        1,
+        [
+            "ALTER TABLE aliases ADD COLUMN position BIGINT NOT NULL DEFAULT 0",
+            """CREATE TABLE moved (
+                address TEXT PRIMARY KEY,
+                target TEXT NOT NULL
+            )""",
+            """CREATE TABLE directory_serial (
+                id INTEGER PRIMARY KEY,
+                serial BIGINT NOT NULL
+            )""",
+            "INSERT INTO directory_serial (id, serial) VALUES (1, 0)",
+        ],
+    ),
+]
+
+DIRECTORY_LATEST_VERSION = DIRECTORY_MIGRATIONS[-1][0]
+
+DIRECTORY_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS directory_schema_version (
+    version INTEGER PRIMARY KEY,
+    applied {float} NOT NULL
+)"""
 
 VERSION_TABLE = """CREATE TABLE schema_version (
     version INTEGER PRIMARY KEY,
