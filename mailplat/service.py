@@ -21,6 +21,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from mailplat.auth.realm import MailRealm
 from mailplat.config import DEFAULT_LISTENERS, DISABLED, IMPLICIT_TLS_LISTENERS, Config, ConfigOptions, workerCount
 from mailplat.delivery.directory import StoreDirectory
+from mailplat.delivery.sqldirectory import directoryFor
 from mailplat.delivery.local import LocalDelivery
 from mailplat.delivery.policy import MaxRecipientsPolicy
 from mailplat.errors import ConfigError
@@ -150,20 +151,21 @@ class ServerOptions(ConfigOptions):
 
 class StoreService(service.Service):
     """
-    Closes the store (and a queue that holds connections) when the server
-    stops.
+    Closes the store, and the parts that hold connections or threads of
+    their own (a SQL queue, a SQL directory), when the server stops.
     """
 
-    def __init__(self, store: IStore, queue: Any = None) -> None:
+    def __init__(self, store: IStore, *others: Any) -> None:
         self.store = store
-        self.queue = queue
+        self.others = others
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         service.Service.stopService(self)
-        close = getattr(self.queue, "close", None)
-        if close is not None:
-            yield close()
+        for other in self.others:
+            close = getattr(other, "close", None)
+            if close is not None:
+                yield close()
         yield self.store.close()
 
 
@@ -281,9 +283,11 @@ class Server:
         # Several nodes on one PostgreSQL share its queue; otherwise the
         # queue is files in the data directory.
         self.queue = queueFor(config.store, config.dataDir, reactor)
+        # Domains, aliases and moved users: in the store's database for a
+        # SQL store (every node sees the same), else a file in the data dir.
+        self.directoryFile = directoryFor(config.store, config.dataDir)
         self.directory = StoreDirectory(
-            self.store, config.domains, path=os.path.join(config.dataDir, "directory.json"),
-            plusDelimiter=config.plusDelimiter,
+            self.store, config.domains, file=self.directoryFile, plusDelimiter=config.plusDelimiter,
         )
         self.delivery = LocalDelivery(
             self.directory, self.store, self.queue, policies=self._policies(config, resolver),
@@ -412,7 +416,7 @@ class Server:
         from mailplat.workers import WorkerPool, listen, shareable
 
         top = service.MultiService()
-        StoreService(self.store, self.queue).setServiceParent(top)
+        StoreService(self.store, self.queue, self.directoryFile).setServiceParent(top)
         reloader = TLSReloadService(self.tls)
         reloader.setServiceParent(top)
         self.runner.setServiceParent(top)
@@ -451,7 +455,7 @@ class Server:
         store's shutdown; no queue runner and no metrics page.
         """
         top = service.MultiService()
-        StoreService(self.store, self.queue).setServiceParent(top)
+        StoreService(self.store, self.queue, self.directoryFile).setServiceParent(top)
         TLSReloadService(self.tls).setServiceParent(top)
         factories = self.listening()
         for name, (fd, family) in sockets.items():

@@ -76,7 +76,8 @@ class LoopbackServer:
             yield task.deferLater(reactor, 0.01, lambda: None)
         # As the server's StoreService does at shutdown: a queue holding
         # connections and threads (PostgreSQL) is closed, then the store.
-        close = getattr(self.server.queue, "close", None)
-        if close is not None:
-            yield close()
+        for part in (self.server.queue, self.server.directoryFile):
+            close = getattr(part, "close", None)
+            if close is not None:
+                yield close()
         yield self.server.store.close()
