@@ -19,6 +19,7 @@ queue, certificates and configuration checks.
 import getpass
 import os
 import sys
+from dataclasses import replace
 from typing import Any, List, Optional
 
 from twisted.internet import defer, task
@@ -112,7 +113,18 @@ class AdminOptions(ConfigOptions):
     The C{mailplat} command's options.
     """
 
-    synopsis = "mailplat [--config FILE] [--data-dir DIR] COMMAND ..."
+    synopsis = "mailplat [--config FILE] [--data-dir DIR] [--store NAME[:ARGS]] COMMAND ..."
+    optParameters = [
+        ["store", None, None, "The store, NAME[:ARGS], when not the one in the config file (as the server's --store)."],
+    ]
+
+    def applyCommandLine(self, config: Config) -> Config:
+        """
+        C{--store} wins over the config file, as it does for the server.
+        """
+        if self["store"]:
+            config = replace(config, store=self["store"])
+        return config
     subCommands = [
         ["user", None, UserOptions, "Manage accounts: add, passwd, del, list."],
         ["check-config", None, CheckConfig, CheckConfig.description],
@@ -208,14 +220,20 @@ def run(options: AdminOptions, config: Config, out: Any = sys.stdout):
             password = readPassword(user.subOptions["password-stdin"])
             yield store.getAccount(address, create=True)
             passwords.setPassword(address, password)
+            yield _storeUser(store, address, password)
             out.write(f"added {address}\n")
         elif verb == "passwd":
             if not ((yield store.hasAccount(address)) or passwords.hashFor(address)):
                 raise ConfigError(f"{address}: no such user")
-            passwords.setPassword(address, readPassword(user.subOptions["password-stdin"]))
+            password = readPassword(user.subOptions["password-stdin"])
+            passwords.setPassword(address, password)
+            yield _storeUser(store, address, password)
             out.write(f"password changed for {address}\n")
         elif verb == "del":
             known = passwords.remove(address)
+            deleteUser = getattr(store, "deleteUser", None)
+            if deleteUser is not None and (yield deleteUser(address)):
+                known = True
             try:
                 yield store.deleteAccount(address)
                 known = True
@@ -226,6 +244,17 @@ def run(options: AdminOptions, config: Config, out: Any = sys.stdout):
             out.write(f"deleted {address}\n")
     finally:
         yield store.close()
+
+
+def _storeUser(store: Any, address: str, password: str) -> Any:
+    """
+    A store that keeps users itself (the SQL store: C{--auth sql} checks
+    its table) gets the password too; others have nothing to do.
+    """
+    setUserPassword = getattr(store, "setUserPassword", None)
+    if setUserPassword is None:
+        return defer.succeed(None)
+    return setUserPassword(address, password)
 
 
 def makeCertificate(config: Config, hostname: Optional[str], out: Any) -> None:
