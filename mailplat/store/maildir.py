@@ -1485,30 +1485,24 @@ def _accountPath(root: str, address: str) -> str:
     return os.path.join(root, domain, local)
 
 
-@implementer(IAccount)
-class MaildirAccount:
+class AccountFiles:
     """
-    One account: a Maildir++ tree at C{<root>/<domain>/<localpart>/Maildir}.
+    The subscriptions and special-use attributes of an account, kept as
+    files in its home directory in Dovecot's formats; shared by the Maildir
+    and mbox accounts, which give C{home} and C{_checkExists}.
     """
 
-    def __init__(self, store: "MaildirStore", address: str, path: str) -> None:
-        self.address = address
-        self._store = store
-        self.path = path
+    home: str
+    address: str
 
-    def _folderPath(self, name: str) -> str:
-        if name == "INBOX":
-            return self.path
-        directory = folderDirectory(name)
-        if len(directory.encode("ascii")) > 255:
-            raise InvalidMailboxName(f"Mailbox name {name} is too long for a Maildir folder")
-        return os.path.join(self.path, directory)
-
-    # -- files of the account
+    def _checkExists(self) -> None:
+        """
+        Raise L{NoSuchAccount} when the account is gone (each store says how).
+        """
 
     def _specialUses(self) -> Dict[str, str]:
         uses = {}
-        for line in (_readText(os.path.join(self.path, SPECIAL_USE)) or "").splitlines():
+        for line in (_readText(os.path.join(self.home, SPECIAL_USE)) or "").splitlines():
             use, _, name = line.partition(" ")
             if name:
                 uses[name] = use
@@ -1516,10 +1510,10 @@ class MaildirAccount:
 
     def _writeSpecialUses(self, uses: Dict[str, str]) -> None:
         data = "".join(f"{use} {name}\n" for name, use in sorted(uses.items()))
-        _writeAtomically(os.path.join(self.path, SPECIAL_USE), data.encode("utf-8"))
+        _writeAtomically(os.path.join(self.home, SPECIAL_USE), data.encode("utf-8"))
 
     def _subscriptions(self) -> Set[str]:
-        text = _readText(os.path.join(self.path, SUBSCRIPTIONS)) or ""
+        text = _readText(os.path.join(self.home, SUBSCRIPTIONS)) or ""
         lines = text.split("\n")
         names = set()
         candidates = []
@@ -1549,7 +1543,69 @@ class MaildirAccount:
     def _writeSubscriptions(self, names: Set[str]) -> None:
         lines = [name.replace("/", "\t") + "\n" for name in sorted(names)]
         data = _SUBSCRIPTIONS_V2 + "".join(lines)
-        _writeAtomically(os.path.join(self.path, SUBSCRIPTIONS), data.encode("utf-8"))
+        _writeAtomically(os.path.join(self.home, SUBSCRIPTIONS), data.encode("utf-8"))
+
+    def _subscribeSync(self, name: str, add: bool) -> None:
+        name = validateMailboxName(name)
+        self._checkExists()
+        names = self._subscriptions()
+        if add:
+            if name in names:
+                return
+            names.add(name)
+        else:
+            if name not in names:
+                raise NoSuchMailbox(f"Not subscribed to {name}")
+            names.discard(name)
+        self._writeSubscriptions(names)
+
+    def subscribe(self, name: str) -> defer.Deferred:
+        """
+        Subscribe to C{name} (see L{IAccount.subscribe}).
+        """
+        return _run(f"subscribe to {name}", self._subscribeSync, name, True)
+
+    def unsubscribe(self, name: str) -> defer.Deferred:
+        """
+        Unsubscribe from C{name} (see L{IAccount.unsubscribe}).
+        """
+        return _run(f"unsubscribe from {name}", self._subscribeSync, name, False)
+
+    def listSubscriptions(self) -> defer.Deferred:
+        """
+        The subscribed names, sorted.
+        """
+        return _run(f"read the subscriptions of {self.address}", lambda: sorted(self._subscriptions()))
+
+
+@implementer(IAccount)
+class MaildirAccount(AccountFiles):
+    """
+    One account: a Maildir++ tree at C{<root>/<domain>/<localpart>/Maildir}.
+    """
+
+    def __init__(self, store: "MaildirStore", address: str, path: str) -> None:
+        self.address = address
+        self._store = store
+        self.path = path
+
+    @property
+    def home(self) -> str:
+        """
+        The account's home: the Maildir itself, where Dovecot keeps
+        C{subscriptions}.
+        """
+        return self.path
+
+    def _folderPath(self, name: str) -> str:
+        if name == "INBOX":
+            return self.path
+        directory = folderDirectory(name)
+        if len(directory.encode("ascii")) > 255:
+            raise InvalidMailboxName(f"Mailbox name {name} is too long for a Maildir folder")
+        return os.path.join(self.path, directory)
+
+    # -- files of the account
 
     def _folders(self) -> Tuple[Dict[str, str], Set[str]]:
         """
@@ -1765,37 +1821,6 @@ class MaildirAccount:
         """
         return _run(f"rename mailbox {old}", self._renameSync, old, new)
 
-    def _subscribeSync(self, name: str, add: bool) -> None:
-        name = validateMailboxName(name)
-        self._checkExists()
-        names = self._subscriptions()
-        if add:
-            if name in names:
-                return
-            names.add(name)
-        else:
-            if name not in names:
-                raise NoSuchMailbox(f"Not subscribed to {name}")
-            names.discard(name)
-        self._writeSubscriptions(names)
-
-    def subscribe(self, name: str) -> defer.Deferred:
-        """
-        Subscribe to C{name} (see L{IAccount.subscribe}).
-        """
-        return _run(f"subscribe to {name}", self._subscribeSync, name, True)
-
-    def unsubscribe(self, name: str) -> defer.Deferred:
-        """
-        Unsubscribe from C{name} (see L{IAccount.unsubscribe}).
-        """
-        return _run(f"unsubscribe from {name}", self._subscribeSync, name, False)
-
-    def listSubscriptions(self) -> defer.Deferred:
-        """
-        The subscribed names, sorted.
-        """
-        return _run(f"read the subscriptions of {self.address}", lambda: sorted(self._subscriptions()))
 
 
 # The store.

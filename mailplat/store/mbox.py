@@ -124,6 +124,7 @@ from mailplat.mailbox import (
     validateMailboxName,
 )
 from mailplat.store.maildir import (
+    AccountFiles,
     _ToDisk,
     _ToWire,
     _accountPath,
@@ -153,8 +154,6 @@ CHILDREN_SUFFIX = ".d"
 UIDLIST_SUFFIX = ".mailplat-uidlist"
 POP3_LOCK_SUFFIX = ".mailplat-pop3.lock"
 DOTLOCK_SUFFIX = ".lock"
-SUBSCRIPTIONS = "subscriptions"
-SPECIAL_USE = "mailplat-specialuse"
 
 ENVELOPE_SENDER = b"MAILER-DAEMON"
 
@@ -1486,11 +1485,9 @@ def _removeMboxFiles(path: str) -> None:
 
 # Accounts.
 
-_SUBSCRIPTIONS_V2 = "V\t2\n\n"
-
 
 @implementer(IAccount)
-class MboxAccount:
+class MboxAccount(AccountFiles):
     """
     One account: C{<root>/<domain>/<localpart>/} with its C{inbox} file and
     its C{mail/} tree.
@@ -1515,43 +1512,6 @@ class MboxAccount:
             raise NoSuchAccount(f"No account {self.address}")
 
     # -- files of the account
-
-    def _specialUses(self) -> Dict[str, str]:
-        uses = {}
-        for line in (_readText(os.path.join(self.home, SPECIAL_USE)) or "").splitlines():
-            use, _, name = line.partition(" ")
-            if name:
-                uses[name] = use
-        return uses
-
-    def _writeSpecialUses(self, uses: Dict[str, str]) -> None:
-        data = "".join(f"{use} {name}\n" for name, use in sorted(uses.items()))
-        _writeAtomically(os.path.join(self.home, SPECIAL_USE), data.encode("utf-8"))
-
-    def _subscriptions(self) -> Set[str]:
-        text = _readText(os.path.join(self.home, SUBSCRIPTIONS)) or ""
-        candidates = []
-        if text.startswith(_SUBSCRIPTIONS_V2):
-            candidates = ["/".join(line.split("\t")) for line in text.split("\n")[2:] if line]
-        else:
-            for line in text.split("\n"):
-                line = line.rstrip("\r")
-                if line:
-                    try:
-                        candidates.append(mutf7.decode(line))
-                    except ValueError:
-                        candidates.append(line)
-        names = set()
-        for candidate in candidates:
-            try:
-                names.add(validateMailboxName(candidate))
-            except MailboxError:
-                continue
-        return names
-
-    def _writeSubscriptions(self, names: Set[str]) -> None:
-        data = _SUBSCRIPTIONS_V2 + "".join(name.replace("/", "\t") + "\n" for name in sorted(names))
-        _writeAtomically(os.path.join(self.home, SUBSCRIPTIONS), data.encode("utf-8"))
 
     def _folders(self) -> Tuple[Set[str], Set[str]]:
         """
@@ -1799,37 +1759,6 @@ class MboxAccount:
             return defer.maybeDeferred(self._renameInbox, new).addErrback(_asStoreError, "rename INBOX")
         return _run(f"rename mailbox {old}", self._renameSync, old, new)
 
-    def _subscribeSync(self, name: str, add: bool) -> None:
-        name = validateMailboxName(name)
-        self._checkExists()
-        names = self._subscriptions()
-        if add:
-            if name in names:
-                return
-            names.add(name)
-        else:
-            if name not in names:
-                raise NoSuchMailbox(f"Not subscribed to {name}")
-            names.discard(name)
-        self._writeSubscriptions(names)
-
-    def subscribe(self, name: str) -> defer.Deferred:
-        """
-        Subscribe to C{name} (see L{IAccount.subscribe}).
-        """
-        return _run(f"subscribe to {name}", self._subscribeSync, name, True)
-
-    def unsubscribe(self, name: str) -> defer.Deferred:
-        """
-        Unsubscribe from C{name} (see L{IAccount.unsubscribe}).
-        """
-        return _run(f"unsubscribe from {name}", self._subscribeSync, name, False)
-
-    def listSubscriptions(self) -> defer.Deferred:
-        """
-        The subscribed names, sorted.
-        """
-        return _run(f"read the subscriptions of {self.address}", lambda: sorted(self._subscriptions()))
 
 
 # The store.
