@@ -40,7 +40,7 @@ import re
 import secrets
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Mapping, Optional
+from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Mapping, Optional, Set
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -194,6 +194,33 @@ def _fsyncDirectory(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def recordAttempt(
+    entry: "QueueEntry",
+    addresses: Set[str],
+    state: str,
+    reply: str,
+    remoteMTA: Optional[str],
+    nextAttempt: Optional[float],
+    now: float,
+) -> None:
+    """
+    Record a delivery attempt's outcome for the recipients C{addresses} of
+    C{entry}, in place; every queue keeps its entries' states by this rule.
+    A recipient already in a final state is never moved out of it: a
+    delivered recipient is never sent again, a failed one never retried.
+    """
+    for r in entry.recipients:
+        if r.address not in addresses or r.state not in ACTIVE_STATES:
+            continue
+        r.state = state
+        r.reply = reply
+        r.attempts += 1
+        r.lastAttempt = now
+        r.remoteMTA = remoteMTA
+        if nextAttempt is not None:
+            r.nextAttempt = nextAttempt
 
 
 class Queue:
@@ -491,18 +518,7 @@ class Queue:
         now = self.clock.seconds()
 
         def change(entry: QueueEntry) -> None:
-            for r in entry.recipients:
-                if r.address not in addresses or r.state not in ACTIVE_STATES:
-                    # Never move a recipient out of a final state: a
-                    # delivered recipient is never sent again.
-                    continue
-                r.state = state
-                r.reply = reply
-                r.attempts += 1
-                r.lastAttempt = now
-                r.remoteMTA = remoteMTA
-                if nextAttempt is not None:
-                    r.nextAttempt = nextAttempt
+            recordAttempt(entry, addresses, state, reply, remoteMTA, nextAttempt, now)
 
         try:
             return defer.succeed(self._update(entryId, change, missingOk=True))

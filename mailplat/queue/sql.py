@@ -68,7 +68,6 @@ from twisted.python.threadpool import ThreadPool
 
 from mailplat.errors import StoreError
 from mailplat.queue import (
-    ACTIVE_STATES,
     DELIVERED,
     DEFERRED,
     FAILED,
@@ -77,6 +76,7 @@ from mailplat.queue import (
     Queue,
     QueueEntry,
     RecipientStatus,
+    recordAttempt,
 )
 
 __all__ = ["SQLQueue", "queueFor", "QUEUE_LATEST_VERSION", "PENDING", "DELIVERED", "DEFERRED", "FAILED"]
@@ -933,17 +933,7 @@ class SQLQueue:
         now = self.clock.seconds()
 
         def change(entry: QueueEntry) -> None:
-            for r in entry.recipients:
-                if r.address not in addresses or r.state not in ACTIVE_STATES:
-                    # A delivered or failed recipient stays so.
-                    continue
-                r.state = state
-                r.reply = reply
-                r.attempts += 1
-                r.lastAttempt = now
-                r.remoteMTA = remoteMTA
-                if nextAttempt is not None:
-                    r.nextAttempt = nextAttempt
+            recordAttempt(entry, addresses, state, reply, remoteMTA, nextAttempt, now)
 
         return self._update(entryId, change, missingOk=True)
 
