@@ -81,3 +81,59 @@ class LoopbackServer:
             if close is not None:
                 yield close()
         yield self.server.store.close()
+
+
+class IdleClient:
+    """
+    A raw-socket IMAP client that logs in, selects INBOX and idles (RFC
+    2177), for tests that must see exactly what the server pushes.  Its
+    methods block: call them with C{threads.deferToThread}.
+    """
+
+    def __init__(self, port: int, user: str, password: str) -> None:
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+        self.reader = self.sock.makefile("rb")
+        self.user = user
+        self.password = password
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+    def readUntil(self, prefix: bytes) -> list:
+        """
+        The lines the server sends up to and including one that starts
+        with C{prefix}.
+        """
+        lines = []
+        while True:
+            line = self.reader.readline()
+            if not line:
+                raise AssertionError(f"connection closed; got {lines!r}")
+            lines.append(line)
+            if line.startswith(prefix):
+                return lines
+
+    def startIdle(self) -> list:
+        """
+        Log in, SELECT INBOX and start IDLE; the SELECT's lines.
+        """
+        self.readUntil(b"* OK")
+        self.sock.sendall(b'a LOGIN "%s" "%s"\r\n' % (self.user.encode(), self.password.encode()))
+        self.readUntil(b"a ")
+        self.sock.sendall(b"b SELECT INBOX\r\n")
+        selected = self.readUntil(b"b ")
+        self.sock.sendall(b"c IDLE\r\n")
+        self.readUntil(b"+ ")
+        return selected
+
+    def finishIdle(self, expected: bytes) -> tuple:
+        """
+        Wait for a pushed line starting with C{expected}, then end IDLE;
+        the lines up to it and IDLE's tagged answer.
+        """
+        woken = self.readUntil(expected)
+        self.sock.sendall(b"DONE\r\n")
+        return woken, self.readUntil(b"c ")

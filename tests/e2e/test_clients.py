@@ -14,7 +14,7 @@ import socket
 from twisted.internet import defer, threads
 from twisted.trial.unittest import TestCase
 
-from tests.e2e.server import LoopbackServer
+from tests.e2e.server import IdleClient, LoopbackServer
 
 PASSWORD = "correct horse battery"
 ALICE = "alice@example.test"
@@ -334,39 +334,12 @@ class IdleTests(ClientTestsMixin, TestCase):
 
     @defer.inlineCallbacks
     def test_deliveryWakesIdle(self):
-        sock = socket.create_connection(("127.0.0.1", self.server.ports["imap"]), timeout=10)
-        self.addCleanup(sock.close)
-        reader = sock.makefile("rb")
-
-        def readUntil(prefix: bytes) -> list:
-            lines = []
-            while True:
-                line = reader.readline()
-                if not line:
-                    raise AssertionError(f"connection closed; got {lines!r}")
-                lines.append(line)
-                if line.startswith(prefix):
-                    return lines
-
-        def startIdle():
-            readUntil(b"* OK")
-            sock.sendall(b'a LOGIN "%s" "%s"\r\n' % (ALICE.encode(), PASSWORD.encode()))
-            readUntil(b"a ")
-            sock.sendall(b"b SELECT INBOX\r\n")
-            selected = readUntil(b"b ")
-            sock.sendall(b"c IDLE\r\n")
-            return selected, readUntil(b"+ ")
-
-        selected, idling = yield threads.deferToThread(startIdle)
+        client = IdleClient(self.server.ports["imap"], ALICE, PASSWORD)
+        self.addCleanup(client.close)
+        selected = yield threads.deferToThread(client.startIdle)
         self.assertIn(b"* 0 EXISTS\r\n", selected)
         yield self.send([ALICE], b"Subject: wake up\r\n\r\nnew mail\r\n")
-
-        def finishIdle():
-            woken = readUntil(b"* 1 EXISTS")
-            sock.sendall(b"DONE\r\n")
-            return woken, readUntil(b"c ")
-
-        woken, done = yield threads.deferToThread(finishIdle)
+        woken, done = yield threads.deferToThread(client.finishIdle, b"* 1 EXISTS")
         self.assertEqual(woken[-1], b"* 1 EXISTS\r\n")
         self.assertTrue(done[-1].startswith(b"c OK"), done)
 

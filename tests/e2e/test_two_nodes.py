@@ -12,7 +12,6 @@ import io
 import os
 import re
 import smtplib
-import socket
 import uuid
 from typing import Any, List, Optional
 
@@ -22,7 +21,7 @@ from twisted.trial.unittest import TestCase
 from mailplat.relay import Relay
 from mailplat.relay.runner import QueueRunner
 from mailplat.smtp.server import SMTPFactory
-from tests.e2e.server import LoopbackServer
+from tests.e2e.server import IdleClient, LoopbackServer
 from tests.test_relay import FakeResolver, ScriptedDelivery
 
 POSTGRES = os.environ.get("MAILPLAT_TEST_POSTGRES", "")
@@ -97,30 +96,9 @@ class TwoNodeTests(TestCase):
         only reads, it never polls.
         """
         one, two = self.nodes
-        sock = socket.create_connection(("127.0.0.1", two.ports["imap"]), timeout=20)
-        self.addCleanup(sock.close)
-        reader = sock.makefile("rb")
-
-        def readUntil(prefix: bytes) -> list:
-            lines = []
-            while True:
-                line = reader.readline()
-                if not line:
-                    raise AssertionError(f"connection closed; got {lines!r}")
-                lines.append(line)
-                if line.startswith(prefix):
-                    return lines
-
-        def startIdle():
-            readUntil(b"* OK")
-            sock.sendall(b'a LOGIN "%s" "%s"\r\n' % (ALICE.encode(), PASSWORD.encode()))
-            readUntil(b"a ")
-            sock.sendall(b"b SELECT INBOX\r\n")
-            selected = readUntil(b"b ")
-            sock.sendall(b"c IDLE\r\n")
-            return selected, readUntil(b"+ ")
-
-        selected, _ = yield threads.deferToThread(startIdle)
+        client = IdleClient(two.ports["imap"], ALICE, PASSWORD)
+        self.addCleanup(client.close)
+        selected = yield threads.deferToThread(client.startIdle)
         self.assertIn(b"* 0 EXISTS\r\n", selected)
 
         def send():
@@ -129,12 +107,7 @@ class TwoNodeTests(TestCase):
 
         yield threads.deferToThread(send)
 
-        def finishIdle():
-            woken = readUntil(b"* 1 EXISTS")
-            sock.sendall(b"DONE\r\n")
-            return woken, readUntil(b"c ")
-
-        woken, done = yield threads.deferToThread(finishIdle)
+        woken, done = yield threads.deferToThread(client.finishIdle, b"* 1 EXISTS")
         self.assertEqual(woken[-1], b"* 1 EXISTS\r\n")
         self.assertTrue(done[-1].startswith(b"c OK"), done)
 
