@@ -404,6 +404,9 @@ class TwoNodeTests(SchemaMixin, TestCase):
         Two queue runners, one per node, sharing the queue: every entry is
         delivered exactly once and then removed.
         """
+        # 30 entries between two runners take 40-70 s here: claims come in
+        # rounds driven by the 5 s poll, which is slow (a known issue of
+        # the SQL queue), and trial's default 60 s limit cut it off.
         from twisted.internet import reactor
 
         total = 30
@@ -448,3 +451,7 @@ class TwoNodeTests(SchemaMixin, TestCase):
         self.assertEqual({k: len(v) for k, v in deliveries.items() if len(v) != 1}, {})
         self.assertEqual(self.rawQuery("SELECT COUNT(*) FROM queue_messages"), [(0,)])
         self.assertEqual(len({v[0] for v in deliveries.values()}), 2, "both nodes took a share")
+
+
+# See the comment in the test: the two-runner exchange is slow, not stuck.
+TwoNodeTests.test_twoRunnersDeliverOnce.timeout = 180  # type: ignore[attr-defined]
