@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 from twisted.internet import defer, reactor, task
 from twisted.names import dns
 from twisted.names import error as dnserror
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from mailplat.delivery.directory import StoreDirectory
@@ -517,6 +517,105 @@ class RunnerTests(RelayTestMixin, TestCase):
         self.assertEqual(self.queue.list(), [])
         self.assertEqual(len(self.remote.messages), 1)
         yield self.runner.stopService()
+
+
+class HeldRelay:
+    """
+    A relay whose deliveries wait until the test answers them: each call
+    of L{deliver} is kept in L{calls} as C{(destination, jobs, report, d)}.
+    """
+
+    def __init__(self) -> None:
+        self.calls: List[tuple] = []
+
+    def destinationOf(self, address: str) -> str:
+        return address.partition("@")[2]
+
+    def deliver(self, destination: str, jobs: list, report: object) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self.calls.append((destination, jobs, report, d))
+        return d
+
+    def answer(self, index: int, reply: str = "250 2.0.0 ok") -> defer.Deferred:
+        """
+        Report every job of call C{index} delivered, then end the call.
+        """
+        from mailplat.relay import DELIVERED as RDELIVERED
+        from mailplat.relay import Result
+
+        destination, jobs, report, d = self.calls[index]
+        done = defer.gatherResults(
+            [report(job, {r: Result(RDELIVERED, reply, "mx." + destination) for r in job.recipients}) for job in jobs]
+        )
+        return done.addCallback(lambda _: d.callback(None))
+
+
+class RunnerSchedulingTests(SynchronousTestCase):
+    """
+    When the L{QueueRunner} looks at the queue, on a L{task.Clock}.
+    """
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.clock.advance(1_700_000_000)
+        self.queue = Queue(self.mktemp(), self.clock)
+        self.relay = HeldRelay()
+        self.runner = QueueRunner(self.queue, self.relay, self.clock, "relay.example.test", pollInterval=60.0)
+        looks: List[int] = []
+        due = self.queue.due
+        self.queue.due = lambda *a: looks.append(1) or due(*a)  # type: ignore[method-assign]
+        self.looks = looks
+
+    def enqueue(self, recipients: List[str]) -> str:
+        return self.successResultOf(self.queue.enqueue("alice@example.test", recipients, io.BytesIO(MESSAGE)))
+
+    def test_noLoopWhileDelivering(self) -> None:
+        """
+        While an entry is being delivered the runner does not look at the
+        queue again and again (the entry is still due until its outcome
+        is recorded): it sleeps until the poll, or until woken.
+        """
+        self.runner.startService()
+        self.addCleanup(self.runner.stopService)
+        self.enqueue(["bob@remote.test"])
+        self.clock.advance(0)
+        self.assertEqual(len(self.relay.calls), 1)
+        looks = len(self.looks)
+        for _ in range(5):
+            self.clock.advance(0)
+        self.assertEqual(len(self.looks), looks)
+        self.assertEqual([c.getTime() for c in self.clock.getDelayedCalls()], [self.clock.seconds() + 60.0])
+        self.successResultOf(self.relay.answer(0))
+        self.assertEqual(self.queue.list(), [])
+        self.assertEqual(len(self.relay.calls), 1)
+
+    def test_entryFinishedWithItsBatch(self) -> None:
+        """
+        An entry is finished (removed) as soon as the batches carrying it
+        are done, while a slower destination of the same pass is still
+        being delivered; and the runner looks for more work right then.
+        """
+        self.runner.startService()
+        self.addCleanup(self.runner.stopService)
+        slow = self.enqueue(["bob@slow.test"])
+        both = self.enqueue(["carol@fast.test", "dave@slow.test"])
+        self.enqueue(["erin@fast.test"])
+        self.clock.advance(0)
+        self.assertEqual(sorted(c[0] for c in self.relay.calls), ["fast.test", "slow.test"])
+        calls = {c[0]: i for i, c in enumerate(self.relay.calls)}
+        self.successResultOf(self.relay.answer(calls["fast.test"]))
+        # "both" still waits for its slow.test recipient.
+        self.assertEqual(sorted(e.id for e in self.queue.list()), sorted([slow, both]))
+        self.assertEqual(self.runner._busy, {slow, both})
+        looks = len(self.looks)
+        later = self.enqueue(["frank@other.test"])
+        self.clock.advance(0)
+        self.assertEqual(len(self.looks), looks + 1)
+        self.assertEqual(self.relay.calls[-1][0], "other.test")
+        self.successResultOf(self.relay.answer(calls["slow.test"]))
+        self.successResultOf(self.relay.answer(len(self.relay.calls) - 1))
+        self.assertEqual(self.queue.list(), [])
+        self.assertNotIn(later, self.runner._busy)
 
 
 class SmarthostTests(RelayTestMixin, TestCase):

@@ -40,7 +40,7 @@ import re
 import secrets
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Mapping, Optional, Set
+from typing import Any, BinaryIO, Callable, Collection, Dict, Iterable, List, Mapping, Optional, Set
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -368,12 +368,17 @@ class Queue:
             if not e.held and any(r.nextAttempt <= now for r in e.active())
         ]
 
-    def nextWakeup(self) -> Optional[float]:
+    def nextWakeup(self, exclude: Collection[str] = ()) -> Optional[float]:
         """
         The earliest next attempt time of any active recipient of an entry
         not held, or L{None} when nothing waits.
+
+        @param exclude: ids of entries to leave out (those the runner is
+            delivering right now).
         """
-        times = [r.nextAttempt for e in self._cache.values() if not e.held for r in e.active()]
+        times = [
+            r.nextAttempt for i, e in self._cache.items() if not e.held and i not in exclude for r in e.active()
+        ]
         return min(times) if times else None
 
     def openMessage(self, entryId: str) -> BinaryIO:

@@ -24,13 +24,20 @@ I{pass} in the background: one transaction that renews this node's leases
 claims due entries nobody holds (or whose lease ran out: the holder
 crashed) with C{SELECT ... FOR UPDATE SKIP LOCKED}, and gives back the
 entries this node is done with (nothing due, untouched for
-C{releaseDelay}, or put on hold).  When a pass claims something the observers are told,
-so the runner comes back for it.  A node that never calls L{SQLQueue.due}
-(a worker process that only enqueues) never claims anything.  While it
-holds entries a node renews its leases every C{lease / 3} seconds; a node
-that stops (crash, network) loses them C{lease} seconds later and another
-node takes them.  Lease times are the nodes' clocks: keep them in step
-(NTP), well within C{lease}.
+C{releaseDelay}, or put on hold).  When a pass claims something the
+observers are told, so the runner comes back for it.  When it stopped for
+want of room with due entries left, L{SQLQueue.nextWakeup} says "now", so
+the runner claims again right after its batch.  When it claimed nothing
+but saw an entry nobody holds that is due (another node was claiming it
+at that moment) or will be, the queue runs a pass at that time by itself
+(not sooner than a second later), for a node whose runner watches it.
+The runner's poll is only a fallback.  A node that never calls
+L{SQLQueue.due} (a worker process that only enqueues) never claims
+anything.  While it holds entries a node renews its leases every
+C{lease / 3} seconds; a node that stops (crash, network) loses them
+C{lease} seconds later and another node takes them; one that closes
+cleanly gives them back and tells the others at once.  Lease times are
+the nodes' clocks: keep them in step (NTP), well within C{lease}.
 
 Delivery stays at-least-once, as with the file queue: a lease that runs
 out while its holder is still talking to the remote server (a partition
@@ -50,6 +57,7 @@ the runner only asks about entries it holds).
 """
 
 import io
+import itertools
 import json
 import os
 import re
@@ -59,7 +67,7 @@ import socket
 import tempfile
 import threading
 import time
-from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, BinaryIO, Callable, Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -276,6 +284,7 @@ class _PassResult:
         self.claimed: Dict[str, QueueEntry] = {}
         self.nextDue: Optional[float] = None
         self.depth = 0
+        self.stamp = 0
 
 
 class SQLQueue:
@@ -356,12 +365,18 @@ class SQLQueue:
         self._claimed: Dict[str, QueueEntry] = {}
         self._touched: Dict[str, float] = {}
         self._generation: Dict[str, int] = {}
+        # The order, among this node's transactions on an entry, of the one
+        # whose reading of it is in memory (see _keep).
+        self._stamps = itertools.count(1)
+        self._stampOf: Dict[str, int] = {}
         self._counter = 0
         self._passing: Optional[defer.Deferred] = None
         self._again = False
         self._lastPass = float("-inf")
         self._nextDue: Optional[float] = None
+        self._backlog = False
         self._renewal: Optional[IDelayedCall] = None
+        self._claimTimer: Optional[IDelayedCall] = None
         self._listener: Optional[_Listener] = None
         self._closed = False
         self.depth = 0
@@ -538,16 +553,33 @@ class SQLQueue:
         entries.sort(key=lambda e: (e.created, e.id))
         return [_copy(e) for e in entries]
 
-    def nextWakeup(self) -> Optional[float]:
+    def nextWakeup(self, exclude: Collection[str] = ()) -> Optional[float]:
         """
         The earliest time something may be due: the next attempt of an
-        entry held here, or of one in the database that no node holds (as
-        of the last pass, and not sooner than a second after it, so an
-        entry that cannot be claimed yet is not asked for in a loop).
+        entry held here (but those in C{exclude}: the ones the runner is
+        delivering), or of one in the database that no node holds, as of
+        the last pass:
+
+          - at once when that pass stopped because it had no more room
+            (C{claimBatch} or C{maxClaimed}) and this node has room now:
+            more work is waiting, claim it (the runner asks after each
+            batch, so a backlog moves without waiting for a timer);
+          - else not sooner than a second after that pass, so an entry
+            that could not be claimed (another node was claiming it) is
+            not asked for in a loop;
+          - and while a pass is under way, not sooner than a second from
+            now: that pass tells the observers if it claims something.
         """
-        times = [r.nextAttempt for e in self._claimed.values() if not e.held for r in e.active()]
+        times = [
+            r.nextAttempt for i, e in self._claimed.items() if not e.held and i not in exclude for r in e.active()
+        ]
         if self._nextDue is not None:
-            times.append(max(self._nextDue, self._lastPass + 1.0))
+            if self._passing is not None:
+                times.append(max(self._nextDue, self.clock.seconds() + 1.0))
+            elif self._backlog and len(self._claimed) < self.maxClaimed:
+                times.append(self._nextDue)
+            else:
+                times.append(max(self._nextDue, self._lastPass + 1.0))
         return min(times) if times else None
 
     def openMessage(self, entryId: str) -> BinaryIO:
@@ -679,7 +711,7 @@ class SQLQueue:
         if entryId is not None:
             return self._update(entryId, change, wake=True).addCallback(lambda _: [entryId])
 
-        def work(cur: Any) -> Dict[str, QueueEntry]:
+        def work(cur: Any) -> Tuple[Dict[str, QueueEntry], int]:
             cur.execute(
                 "SELECT id FROM queue_messages WHERE NOT held AND next_attempt IS NOT NULL ORDER BY created, id"
             )
@@ -689,16 +721,15 @@ class SQLQueue:
                 change(entry)
                 _storeEntry(cur, entry)
             self._notifyOthers(cur)
-            return entries
+            return entries, next(self._stamps)
 
         for held in self._claimed:
             self._touch(held)
-        generations = dict(self._generation)
 
-        def done(entries: Dict[str, QueueEntry]) -> List[str]:
+        def done(result: Tuple[Dict[str, QueueEntry], int]) -> List[str]:
+            entries, stamp = result
             for entry in entries.values():
-                if entry.id in self._claimed and self._generation.get(entry.id) == generations.get(entry.id):
-                    self._claimed[entry.id] = entry
+                self._keep(entry.id, entry, stamp)
             self._notify()
             return sorted(entries, key=lambda i: (entries[i].created, i))
 
@@ -759,22 +790,33 @@ class SQLQueue:
         def done(result: _PassResult) -> List[str]:
             self._lastPass = now
             self._nextDue = result.nextDue
+            # Stopped for want of room, with due entries left: claim again.
+            self._backlog = len(result.claimed) >= room and result.nextDue is not None and result.nextDue <= now
             self.depth = result.depth
             for entryId in release:
                 if self._generation.get(entryId) == generations.get(entryId):
                     self._forget(entryId)
             for entryId in result.lost:
-                self._log.warn("queue: lost the claim on {id} (deleted, or taken after the lease ran out)", id=entryId)
-                self._forget(entryId)
-            for entryId, entry in result.kept.items():
                 if entryId in self._claimed and self._generation.get(entryId) == generations.get(entryId):
-                    self._claimed[entryId] = entry
+                    # (A change made here meanwhile, such as the runner's
+                    # delete, accounts for the row itself.)
+                    self._log.warn(
+                        "queue: lost the claim on {id} (deleted elsewhere, or taken by another node after"
+                        " the lease ran out)",
+                        id=entryId,
+                    )
+                    self._forget(entryId)
+            for entryId, entry in result.kept.items():
+                self._keep(entryId, entry, result.stamp)
             for entryId, entry in result.claimed.items():
                 self._claimed[entryId] = entry
+                self._stampOf[entryId] = result.stamp
                 self._touched[entryId] = now
             self._scheduleRenewal()
             if result.claimed:
                 self._notify()
+            else:
+                self._scheduleClaim()
             return sorted(result.claimed)
 
         def finished(result: object) -> object:
@@ -832,6 +874,7 @@ class SQLQueue:
         result.nextDue = cur.fetchone()[0]
         cur.execute("SELECT COUNT(*) FROM queue_messages")
         result.depth = cur.fetchone()[0]
+        result.stamp = next(self._stamps)
         return result
 
     def _spoolBody(self, cur: Any, entryId: str) -> None:
@@ -857,6 +900,28 @@ class SQLQueue:
             return
         self._renewal = self.clock.callLater(self.lease / 3.0, self._renew)
 
+    def _scheduleClaim(self) -> None:
+        """
+        After a pass that claimed nothing but saw an entry nobody holds
+        that is due, or will be, run a pass at that time (not sooner than
+        a second after this one: an entry another node was claiming just
+        then is not asked for in a loop), so it is claimed even if the
+        runner, which planned its next look before this pass ended, sleeps
+        longer.  Only for a node whose runner watches the queue.
+        """
+        if self._closed or not self._observers or self._nextDue is None:
+            return
+        when = max(self._nextDue, self._lastPass + 1.0)
+        if self._claimTimer is not None and self._claimTimer.active():
+            if self._claimTimer.getTime() <= when:
+                return
+            self._claimTimer.cancel()
+        self._claimTimer = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._claimNow)
+
+    def _claimNow(self) -> None:
+        self._claimTimer = None
+        self._kick()
+
     def _renew(self) -> None:
         self._renewal = None
         self._kick()
@@ -866,10 +931,31 @@ class SQLQueue:
         self._generation[entryId] = self._counter
         self._touched[entryId] = self.clock.seconds()
 
+    def _keep(self, entryId: str, entry: QueueEntry, stamp: int) -> None:
+        """
+        Take C{entry}, as read by a transaction of this node stamped
+        C{stamp}, as the state of an entry held here, unless what memory
+        has is newer.
+
+        Every transaction that reads an entry held here has its row locked
+        (L{_update}, a flush, and a pass, which renews the lease first) and
+        draws its stamp from one counter just before it commits, still
+        holding the lock: so two of them on one entry draw their stamps in
+        the order they had the row, which is the order of what they read.
+        Their results come back to the reactor thread in any order (a
+        worker thread can be held up between its commit and handing the
+        result over), and an older reading put in memory after a newer one
+        would make a delivered recipient look due again.
+        """
+        if entryId in self._claimed and stamp > self._stampOf.get(entryId, 0):
+            self._claimed[entryId] = entry
+            self._stampOf[entryId] = stamp
+
     def _forget(self, entryId: str) -> None:
         self._claimed.pop(entryId, None)
         self._touched.pop(entryId, None)
         self._generation.pop(entryId, None)
+        self._stampOf.pop(entryId, None)
         try:
             os.unlink(self._spoolPath(entryId))
         except FileNotFoundError:
@@ -892,28 +978,26 @@ class SQLQueue:
         except NoSuchEntry:
             return defer.fail()
 
-        def work(cur: Any) -> Optional[QueueEntry]:
+        def work(cur: Any) -> Tuple[Optional[QueueEntry], int]:
             entry = _loadEntries(cur, [entryId], lock=True).get(entryId)
             if entry is None:
                 if missingOk:
-                    return None
+                    return None, 0
                 raise NoSuchEntry(entryId)
             change(entry)
             _storeEntry(cur, entry)
             if wake:
                 self._notifyOthers(cur)
-            return entry
+            return entry, next(self._stamps)
 
         self._touch(entryId)
-        generation = self._generation[entryId]
 
-        def done(entry: Optional[QueueEntry]) -> Optional[QueueEntry]:
+        def done(result: Tuple[Optional[QueueEntry], int]) -> Optional[QueueEntry]:
+            entry, stamp = result
             if entry is None:
                 self._forget(entryId)
                 return None
-            if entryId in self._claimed and self._generation.get(entryId) == generation:
-                # (When a later change is in flight, its result is newer.)
-                self._claimed[entryId] = entry
+            self._keep(entryId, entry, stamp)
             if wake:
                 self._notify()
             return _copy(entry)
@@ -947,26 +1031,36 @@ class SQLQueue:
         """
         if self._closed:
             return None
-        if self._renewal is not None and self._renewal.active():
-            self._renewal.cancel()
-        self._renewal = None
+        # Closed first: the pass under way neither starts another one nor
+        # sets a timer when it ends.
+        self._closed = True
         if self._passing is not None:
             yield self._passing
+        for timer in (self._renewal, self._claimTimer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._renewal = self._claimTimer = None
         held = list(self._claimed)
-        self._closed = True
         listener, self._listener = self._listener, None
 
-        def shutDown() -> None:
+        def giveBack(cur: Any) -> None:
             if held:
+                cur.execute(
+                    "UPDATE queue_messages SET claimed_by = NULL, claimed_until = 0"
+                    " WHERE claimed_by = %s AND id = ANY(%s)",
+                    (self.node, held),
+                )
+            # Other nodes take what was given back at once; and our own
+            # listener, waiting for a notification, hears it and stops
+            # without waiting out its timeout.
+            self._notifyOthers(cur)
+
+        def shutDown() -> None:
+            if listener is not None:
+                listener.stopping()
+            if held or listener is not None:
                 try:
-                    self._interact(
-                        lambda cur: cur.execute(
-                            "UPDATE queue_messages SET claimed_by = NULL, claimed_until = 0"
-                            " WHERE claimed_by = %s AND id = ANY(%s)",
-                            (self.node, held),
-                        ),
-                        (),
-                    )
+                    self._interact(giveBack, ())
                 except StoreError as e:
                     self._log.warn("queue: could not give back claims at close: {error}", error=str(e))
             if listener is not None:
@@ -1048,10 +1142,18 @@ class _Listener:
         if self._conn is not None:
             self._conn.close()
 
+    def stopping(self) -> None:
+        """
+        Make the thread stop after the notification it waits for (or its
+        one-second timeout): see L{stop}.
+        """
+        self._stopping.set()
+
     def stop(self) -> None:
         """
         Stop the thread and close its connection (blocking, at most a few
-        seconds).
+        seconds; at once when L{stopping} was called before a notification
+        was sent on the channel).
         """
         self._stopping.set()
         self._thread.join(5.0)

@@ -44,10 +44,20 @@ class QueueRunner(service.Service):
     A pass (L{runOnce}) takes every due entry not already being worked on,
     groups its due recipients by destination (domain, or the smarthost),
     and hands each destination's messages to the relay as one batch (one
-    connection), at most C{concurrency} destinations at a time.  After
-    each pass the runner sleeps until the next recipient is due (at most
-    C{pollInterval}, so changes made by the admin command are seen), or
-    until the queue says new work came in.
+    connection), at most C{concurrency} destinations at a time.  An entry
+    is finished (DSNs, removal) as soon as the batches carrying it are
+    done, not when the whole pass is.
+
+    When to look again: at once when the queue says new work came in (an
+    enqueue here, a C{NOTIFY} from another node, a claim), and after each
+    batch, when the time the queue gives for its next due entry
+    (L{Queue.nextWakeup}, leaving out the entries being delivered here)
+    has come; else at that time, and at most C{pollInterval} later in any
+    case: the poll is only the fallback that sees what the admin command
+    changed without telling anyone.  Entries under delivery are left out
+    of that time on purpose: counting them (they are still due until
+    their outcome is recorded) made the runner look again in a tight loop
+    while any delivery was under way.
 
     @ivar queue: the L{Queue}.
     @ivar relay: the L{Relay}.
@@ -134,10 +144,13 @@ class QueueRunner(service.Service):
         d = self.runOnce()
         d.addErrback(lambda f: self._log.failure("queue runner pass failed", f))
         d.addBoth(lambda _: self._scheduleNext())
+        # The next look, for what is not part of this pass (which may take
+        # long: a slow destination), the poll at the latest.
+        self._scheduleNext()
 
     def _scheduleNext(self) -> None:
         now = self.clock.seconds()
-        wakeup = self.queue.nextWakeup()
+        wakeup = self.queue.nextWakeup(exclude=self._busy)
         delay = self.pollInterval if wakeup is None else min(self.pollInterval, max(0.0, wakeup - now))
         self._schedule(delay)
 
@@ -162,7 +175,8 @@ class QueueRunner(service.Service):
     def _run(self):
         now = self.clock.seconds()
         batches: Dict[str, List[Job]] = OrderedDict()
-        entries: List[str] = []
+        # For each entry taken: how many of its batches are not done yet.
+        outstanding: Dict[str, int] = {}
         for entry in self.queue.due(now):
             if entry.id in self._busy:
                 continue
@@ -173,24 +187,40 @@ class QueueRunner(service.Service):
             if not byDestination:
                 continue
             self._busy.add(entry.id)
-            entries.append(entry.id)
+            outstanding[entry.id] = len(byDestination)
             for destination, recipients in byDestination.items():
                 batches.setdefault(destination, []).append(self._job(entry, recipients))
         try:
-            work = [
-                self._semaphore.run(self.relay.deliver, destination, jobs, self._report)
-                for destination, jobs in batches.items()
-            ]
-            for outcome in (yield defer.DeferredList(work, consumeErrors=True)):
-                if not outcome[0]:
-                    self._log.failure("relay failed", outcome[1])
-            for entryId in entries:
-                try:
-                    yield self.finish(entryId)
-                except Exception:
-                    self._log.failure("queue runner could not finish {id}", id=entryId)
+            yield defer.DeferredList(
+                [self._batch(destination, jobs, outstanding) for destination, jobs in batches.items()]
+            )
         finally:
-            self._busy.difference_update(entries)
+            # (Normally each entry left _busy when its last batch was done.)
+            self._busy.difference_update(outstanding)
+
+    @defer.inlineCallbacks
+    def _batch(self, destination: str, jobs: List[Job], outstanding: Dict[str, int]):
+        """
+        Deliver one destination's batch, then finish each entry whose
+        batches are all done, and see whether more work is due (the
+        "claim again" after a batch; see the class docstring).  Never
+        fails: errors are logged.
+        """
+        try:
+            yield self._semaphore.run(self.relay.deliver, destination, jobs, self._report)
+        except Exception:
+            self._log.failure("relay failed")
+        for entryId in OrderedDict.fromkeys(job.entryId for job in jobs):
+            outstanding[entryId] -= 1
+            if outstanding[entryId]:
+                continue
+            try:
+                yield self.finish(entryId)
+            except Exception:
+                self._log.failure("queue runner could not finish {id}", id=entryId)
+            finally:
+                self._busy.discard(entryId)
+        self._scheduleNext()
 
     def _job(self, entry: QueueEntry, recipients: List[str]) -> Job:
         """
