@@ -1,132 +1,321 @@
 """
-Counters and gauges of a running server, and their exposition in the
-Prometheus text format (version 0.0.4) on an optional listener
-(C{[listen] metrics = "tcp:9100:interface=127.0.0.1"}).
+What a running server counts, kept in a prometheus-client registry and
+served in the Prometheus text format on an optional listener
+(C{[listen] metrics = "tcp:9100:interface=127.0.0.1"}, C{--metrics}).
 
-The counts are hooked in from outside the protocol modules: a factory
-wrapper counts connections and commands (L{instrumentFactory}), a portal
-wrapper counts refused logins (L{CountingPortal}) and a wrapper of the
-delivery counts deliveries (L{countDeliveries}).  The format is written by
-hand: it is a few lines of text, and it keeps the server free of one more
-dependency.
+Everything is hooked in from outside the protocol modules:
 
-Each process counts its own: with C{--workers N} the metrics listener is
-served by the parent process only, so its figures are the parent's share
-of the connections (the queue depth is the whole queue's).
+  - L{instrumentFactory} wraps a listener's factory in a protocol wrapper
+    that counts connections, times every command (from the moment the
+    protocol takes up the command line to its final reply: the tagged
+    reply for IMAP, the reply after the data for SMTP C{DATA}/C{BDAT}),
+    times TLS handshakes (STARTTLS and implicit TLS, through Twisted's
+    L{IHandshakeListener}), and logs one line when a session ends;
+  - L{CountingPortal} counts refused logins by protocol and mechanism;
+  - L{countDeliveries} counts deliveries by result and logs one line each;
+  - L{QueueCollector} reads the outbound queue's depth and oldest entry
+    when the page is read.
+
+Each L{Metrics} has its own registry, so two servers in one process (as in
+the tests) count apart.  With C{--workers N} every process writes its
+values to files in one directory (prometheus-client's multiprocess mode,
+L{Metrics.shareThrough}) and the parent's page shows their sum: counters
+and histograms of every process that ever ran, the open connections of the
+live ones; the queue gauges are the parent's own.
 """
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+import glob
+import os
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer
-from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import Factory, Protocol, ServerFactory
+from twisted.internet.interfaces import IAddress, IHandshakeListener
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+from zope.interface import implementer
+
+log = Logger()
 
 #: Distinct command labels kept per protocol; any further verb is "other",
 #: so that a client sending made-up verbs cannot grow the label set.
 MAX_COMMAND_LABELS = 64
 
-_Labels = Tuple[Tuple[str, str], ...]
+#: Upper bounds (seconds) of the command latency histogram's buckets.
+COMMAND_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+#: Upper bounds (seconds) of the TLS handshake duration histogram's buckets.
+HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+#: The protocol each listener speaks.
+LISTENER_PROTOCOLS = {"smtp": "smtp", "submission": "smtp", "smtps": "smtp", "pop3": "pop3", "pop3s": "pop3",
+                      "imap": "imap", "imaps": "imap"}
+
+#: The environment variable prometheus-client's multiprocess mode reads.
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def prepareDirectory(path: str, empty: bool = True) -> str:
+    """
+    Make C{path} a directory for the processes' metric files and, with
+    C{empty}, remove the files of an earlier run (their processes are
+    gone; the parent does this once, before any child starts).
+
+    @return: C{path}, absolute.
+    """
+    path = os.path.abspath(path)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if empty:
+        for name in glob.glob(os.path.join(path, "*.db")):
+            os.remove(name)
+    return path
 
 
-def _labelText(labels: _Labels) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels) + "}"
+def processEnded(directory: str, pid: int) -> None:
+    """
+    A process that wrote to C{directory} ended: its open connections no
+    longer count (its counters and histograms still do).
+    """
+    mark_process_dead(pid, directory)
+
+
+def _useDirectory(directory: str) -> None:
+    """
+    Make every metric value this process creates from now on live in a
+    file in C{directory} (prometheus-client chooses that per process: it is
+    how other processes' values can be read and summed).  A child started
+    with L{MULTIPROCESS_ENV} already set has this from the start.
+    """
+    os.environ[MULTIPROCESS_ENV] = directory
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.MultiProcessValue()
+
+
+def _verb(verb: str) -> str:
+    return verb.upper() if verb.isascii() and verb.isalpha() and len(verb) <= 20 else "other"
 
 
 class Metrics:
     """
-    A registry of counters and gauges, each a name with a help text and
-    values per label set.
+    One server's metrics: a prometheus-client registry and the counters,
+    gauges and histograms in it, with the few calls the hooks make.
 
-    @ivar help: metric name to C{(type, help text)}.
+    @ivar registry: what the page shows (L{render}).
+    @ivar directory: with C{--workers}, the directory every process writes
+        its values to (see L{shareThrough}), else L{None}.
+    @ivar timer: seconds, for durations (monotonic).
     """
 
-    def __init__(self) -> None:
-        self.help: Dict[str, Tuple[str, str]] = {}
-        self._values: Dict[str, Dict[_Labels, float]] = {}
-        self._callbacks: Dict[str, Callable[[], float]] = {}
-        self._commandLabels: Dict[str, set] = {}
-        self.describe("mailplat_connections_total", "counter", "Connections accepted, by protocol listener.")
-        self.describe("mailplat_connections_open", "gauge", "Connections open now, by protocol listener.")
-        self.describe("mailplat_commands_total", "counter", "Commands received, by protocol and command.")
-        self.describe("mailplat_login_failures_total", "counter", "Refused logins, by protocol.")
-        self.describe("mailplat_deliveries_total", "counter", "Messages taken for local delivery or the queue, by result.")
-        self.describe("mailplat_queue_depth", "gauge", "Messages in the outbound queue.")
+    def __init__(self, timer: Callable[[], float] = time.monotonic) -> None:
+        self.timer = timer
+        self.directory: Optional[str] = None
+        self._collectors: List[Any] = []
+        self._build()
 
-    def describe(self, name: str, kind: str, text: str) -> None:
+    def _build(self) -> None:
         """
-        Declare a metric (C{kind} is C{counter} or C{gauge}).
+        Make the registry and the metrics, in this process alone or (with
+        L{directory}) in the shared files.
         """
-        self.help[name] = (kind, text)
-        self._values.setdefault(name, {})
+        self.registry = CollectorRegistry()
+        own: Optional[CollectorRegistry] = self.registry
+        if self.directory is not None:
+            MultiProcessCollector(self.registry, path=self.directory)
+            own = None
+        self._labels: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], Any] = {}
+        self._commandLabels: Dict[str, set] = {}
+        self._commands: Dict[Tuple[str, str], Tuple[Any, Any]] = {}
+        self.metrics: Dict[str, Any] = {
+            "mailplat_connections_total": Counter(
+                "mailplat_connections", "Connections accepted, by protocol listener.", ["listener"], registry=own),
+            "mailplat_connections_open": Gauge(
+                "mailplat_connections_open", "Connections open now, by protocol listener.", ["listener"],
+                registry=own, multiprocess_mode="livesum"),
+            "mailplat_commands_total": Counter(
+                "mailplat_commands", "Commands received, by protocol and command.", ["command", "protocol"],
+                registry=own),
+            "mailplat_command_duration_seconds": Histogram(
+                "mailplat_command_duration_seconds",
+                "Time from taking up a command line to its final reply, by protocol and command.",
+                ["command", "protocol"], buckets=COMMAND_BUCKETS, registry=own),
+            "mailplat_login_failures_total": Counter(
+                "mailplat_login_failures", "Refused logins, by protocol and credential mechanism.",
+                ["mechanism", "protocol"], registry=own),
+            "mailplat_deliveries_total": Counter(
+                "mailplat_deliveries",
+                "Messages taken for local delivery or the queue, by result (ok, rejected, deferred, failed).",
+                ["result"], registry=own),
+            "mailplat_tls_handshakes_total": Counter(
+                "mailplat_tls_handshakes", "TLS handshakes (STARTTLS and implicit TLS), by listener and result.",
+                ["listener", "protocol", "result"], registry=own),
+            "mailplat_tls_handshake_duration_seconds": Histogram(
+                "mailplat_tls_handshake_duration_seconds", "Duration of completed TLS handshakes, by listener.",
+                ["listener", "protocol"], buckets=HANDSHAKE_BUCKETS, registry=own),
+        }
+        for collector in self._collectors:
+            self.registry.register(collector)
+
+    def shareThrough(self, directory: str) -> None:
+        """
+        Keep this process's values in files in C{directory}, which every
+        process of the server writes to, and show on the page the sum over
+        all of them.  Call before serving (values counted so far are
+        dropped).
+        """
+        self.directory = os.path.abspath(directory)
+        _useDirectory(self.directory)
+        self._build()
+
+    def register(self, collector: Any) -> None:
+        """
+        Add a collector read at each scrape in this process only (such as
+        L{QueueCollector}: the parent's, not summed over processes).
+        """
+        self._collectors.append(collector)
+        self.registry.register(collector)
+
+    def _child(self, name: str, labels: Dict[str, str]) -> Any:
+        key = (name, tuple(sorted(labels.items())))
+        child = self._labels.get(key)
+        if child is None:
+            child = self._labels[key] = self.metrics[name].labels(**labels)
+        return child
 
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
         """
-        Add C{amount} to the value of C{name} with C{labels}.
+        Add C{amount} to counter or gauge C{name} with C{labels}.
         """
-        key = tuple(sorted(labels.items()))
-        values = self._values[name]
-        values[key] = values.get(key, 0) + amount
+        self._child(name, labels).inc(amount)
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        """
+        Record C{value} in histogram C{name} with C{labels}.
+        """
+        self._child(name, labels).observe(value)
 
     def value(self, name: str, **labels: str) -> float:
         """
-        The current value of C{name} with C{labels} (0 when never counted).
+        The value of sample C{name} (C{..._total}, C{..._count}, a gauge)
+        with exactly C{labels} as the page shows it; 0 when never counted.
         """
-        if name in self._callbacks and not labels:
-            return self._callbacks[name]()
-        return self._values[name].get(tuple(sorted(labels.items())), 0)
+        found = self.registry.get_sample_value(name, labels)
+        return 0.0 if found is None else found
 
-    def gaugeFunction(self, name: str, function: Callable[[], float]) -> None:
-        """
-        Take the unlabelled value of C{name} from C{function} at each read.
-        """
-        self._callbacks[name] = function
-
-    def command(self, protocol: str, verb: str) -> None:
-        """
-        Count one command of C{protocol}, keeping at most
-        L{MAX_COMMAND_LABELS} distinct verbs.
-        """
-        verb = verb.upper() if verb.isascii() and verb.isalpha() and len(verb) <= 20 else "other"
+    def _commandLabel(self, protocol: str, verb: str) -> str:
+        verb = _verb(verb)
         seen = self._commandLabels.setdefault(protocol, set())
         if verb not in seen:
             if len(seen) >= MAX_COMMAND_LABELS:
-                verb = "other"
+                return "other"
             seen.add(verb)
-        self.inc("mailplat_commands_total", protocol=protocol, command=verb)
+        return verb
 
-    def render(self) -> bytes:
+    def command(self, protocol: str, verb: str) -> "CommandTimer":
         """
-        Every metric in the Prometheus text exposition format.
+        Count one command of C{protocol} (at most L{MAX_COMMAND_LABELS}
+        distinct verbs, then C{other}) and start its timer.
         """
-        lines: List[str] = []
-        for name in sorted(self.help):
-            kind, text = self.help[name]
-            lines.append(f"# HELP {name} {text}")
-            lines.append(f"# TYPE {name} {kind}")
-            if name in self._callbacks:
-                try:
-                    lines.append(f"{name} {float(self._callbacks[name]())!r}")
-                except Exception:
-                    pass
-            for labels, value in sorted(self._values[name].items()):
-                lines.append(f"{name}{_labelText(labels)} {float(value)!r}")
-        return ("\n".join(lines) + "\n").encode("utf-8")
+        children = self._commands.get((protocol, verb))
+        if children is None:
+            label = self._commandLabel(protocol, verb)
+            labels = {"command": label, "protocol": protocol}
+            children = (self._child("mailplat_commands_total", labels),
+                        self._child("mailplat_command_duration_seconds", labels))
+            if len(self._commands) < 4 * MAX_COMMAND_LABELS:
+                self._commands[(protocol, verb)] = children
+        children[0].inc()
+        return CommandTimer(self, children[1])
+
+    def render(self, accept: str = "") -> Tuple[bytes, str]:
+        """
+        The page: every metric in the format the C{Accept} header asks for
+        (the Prometheus text format by default), and its content type.
+        """
+        encoder, contentType = choose_encoder(accept)
+        return encoder(self.registry), contentType
+
+
+class CommandTimer:
+    """
+    The timer of one command; L{finished} records its duration once.
+    """
+
+    __slots__ = ("_metrics", "_histogram", "_start")
+
+    def __init__(self, metrics: Metrics, histogram: Any) -> None:
+        self._metrics = metrics
+        self._histogram = histogram
+        self._start: Optional[float] = metrics.timer()
+
+    def finished(self) -> None:
+        """
+        The command's final reply is written.
+        """
+        if self._start is not None:
+            self._histogram.observe(max(0.0, self._metrics.timer() - self._start))
+            self._start = None
+
+
+class QueueCollector:
+    """
+    The outbound queue's depth and the age of its oldest entry, read at
+    each scrape.  The SQL queue keeps its figures from its claim rounds
+    (C{depth}, and C{oldest} when it knows it; reading the table here would
+    block the reactor); the file queue lists its directory.
+    """
+
+    def __init__(self, queue: Any, clock: Any) -> None:
+        self.queue = queue
+        self.clock = clock
+
+    def figures(self) -> Tuple[int, Optional[float]]:
+        """
+        C{(depth, age of the oldest entry in seconds or None)}.
+        """
+        depth = getattr(self.queue, "depth", None)
+        if isinstance(depth, int):
+            oldest = getattr(self.queue, "oldest", None)
+        else:
+            entries = self.queue.list()
+            depth = len(entries)
+            oldest = min((e.created for e in entries), default=None)
+        if not depth:
+            return 0, 0.0
+        age = None if not isinstance(oldest, (int, float)) else max(0.0, self.clock.seconds() - oldest)
+        return depth, age
+
+    def describe(self) -> List[Any]:
+        return [
+            GaugeMetricFamily("mailplat_queue_depth", "Messages in the outbound queue."),
+            GaugeMetricFamily("mailplat_queue_oldest_age_seconds", "Age of the oldest message in the outbound queue."),
+        ]
+
+    def collect(self) -> Iterator[Any]:
+        try:
+            depth, age = self.figures()
+        except Exception:
+            log.failure("reading the queue for the metrics page failed")
+            return
+        yield GaugeMetricFamily("mailplat_queue_depth", "Messages in the outbound queue.", value=depth)
+        if age is not None:
+            yield GaugeMetricFamily("mailplat_queue_oldest_age_seconds",
+                                    "Age of the oldest message in the outbound queue.", value=age)
 
 
 class MetricsResource(Resource):
     """
-    C{GET /metrics}: the exposition of a L{Metrics}.
+    C{GET /metrics}: the page of a L{Metrics}.
     """
 
     isLeaf = True
@@ -136,8 +325,10 @@ class MetricsResource(Resource):
         self.metrics = metrics
 
     def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
-        return self.metrics.render()
+        accept = request.getHeader(b"accept")
+        body, contentType = self.metrics.render(accept.decode("latin-1") if accept else "")
+        request.setHeader(b"content-type", contentType.encode("ascii"))
+        return body
 
 
 def metricsSite(metrics: Metrics) -> Site:
@@ -156,92 +347,321 @@ def metricsSite(metrics: Metrics) -> Site:
 
 def _innermost(protocol: Any) -> Any:
     """
-    The application protocol under TLS wrappers.
+    The application protocol under protocol wrappers.
     """
-    while hasattr(protocol, "wrappedProtocol"):
-        protocol = protocol.wrappedProtocol
+    for _ in range(8):
+        inner = getattr(protocol, "wrappedProtocol", None)
+        if inner is None:
+            break
+        protocol = inner
     return protocol
 
 
 def _verbOfLine(line: Any) -> str:
-    if isinstance(line, bytes):
-        line = line.decode("ascii", "replace")
+    if isinstance(line, (bytes, bytearray)):
+        line = bytes(line).decode("ascii", "replace")
     return str(line).partition(" ")[0]
 
 
-class _CountingFactory(ServerFactory):
+def _passThrough(timer: CommandTimer) -> Callable[[Any], Any]:
+    def finished(result: Any) -> Any:
+        timer.finished()
+        return result
+
+    return finished
+
+
+def _hookSMTP(inner: Any, session: "_Instrumented") -> None:
     """
-    Wraps a listener's factory: counts its connections and, through the
-    protocol's command dispatch method, its commands.
+    SMTP answers one command at a time (later pipelined lines wait in the
+    buffer), so the command is the one taken up last; its final reply is
+    the first that is not an intermediate C{334} (AUTH) or C{354} (DATA).
+    """
+    command, reply = inner._command, inner._reply
+
+    def timedCommand(line: str) -> Any:
+        session.started(_verbOfLine(line))
+        return command(line)
+
+    def timedReply(r: Any) -> Any:
+        result = reply(r)
+        if getattr(r, "code", None) not in (334, 354):
+            session.finished()
+        return result
+
+    inner._command, inner._reply = timedCommand, timedReply
+
+
+def _hookPOP3(inner: Any, session: "_Instrumented") -> None:
+    """
+    A POP3 command is done when C{_command} returns, or when the Deferred
+    it returns (a command that waits on the store or streams a message)
+    fires.  An unknown or misplaced command raises, and is answered with
+    C{-ERR} at once.
+    """
+    command = inner._command
+
+    def timedCommand(line: bytes) -> Any:
+        timer = session.started(_verbOfLine(line))
+        try:
+            result = command(line)
+        except BaseException:
+            session.finished()
+            raise
+        if isinstance(result, defer.Deferred):
+            result.addBoth(_passThrough(timer))
+        else:
+            session.finished()
+        return result
+
+    inner._command = timedCommand
+
+
+def _hookIMAP(inner: Any, session: "_Instrumented") -> None:
+    """
+    An IMAP command runs in C{_run}, whose Deferred fires once the tagged
+    reply is written.
+    """
+    run = inner._run
+
+    def timedRun(tag: bytes, name: bytes, *args: Any) -> Any:
+        timer = session.started(_verbOfLine(name))
+        return run(tag, name, *args).addBoth(_passThrough(timer))
+
+    inner._run = timedRun
+
+
+#: Protocol name to the methods its hook wraps, and the hook.  A protocol
+#: without them (a connection refused by the limits) is counted, not timed.
+_HOOKS = {"smtp": (("_command", "_reply"), _hookSMTP), "pop3": (("_command",), _hookPOP3),
+          "imap": (("_run",), _hookIMAP)}
+
+
+def _userOf(inner: Any) -> Optional[str]:
+    """
+    The address a session logged in as, if it did.
+    """
+    session = getattr(inner, "session", None)
+    user = getattr(session, "authenticated", None)
+    if user:
+        return str(user)
+    for name in ("account", "_account"):
+        address = getattr(getattr(inner, name, None), "address", None)
+        if address:
+            return str(address)
+    return None
+
+
+@implementer(IHandshakeListener)
+class _Instrumented(ProtocolWrapper):
+    """
+    One connection of an instrumented listener: counts it while open, times
+    its commands and its TLS handshake, and logs one line when it ends.
+
+    Sits directly under the TLS layer of an implicit-TLS listener, and
+    outermost on the others, so that C{transport.startTLS} wraps it: in both
+    cases Twisted tells it when the handshake is done.
     """
 
-    def __init__(self, wrapped: Factory, name: str, protocol: str, metrics: Metrics) -> None:
-        self.wrapped = wrapped
+    factory: "InstrumentedFactory"
+
+    def __init__(self, factory: "InstrumentedFactory", wrappedProtocol: Protocol) -> None:
+        super().__init__(factory, wrappedProtocol)
+        metrics = factory.metrics
+        self._opened = metrics.timer()
+        self._timer: Optional[CommandTimer] = None
+        self._tlsStarted: Optional[float] = None
+        self._tlsDone = False
+        self.commands = 0
+        self.bytesIn = 0
+        self.bytesOut = 0
+        self.user: Optional[str] = None
+        inner = _innermost(wrappedProtocol)
+        names, hook = _HOOKS[factory.protocolName]
+        self._inner: Any = None
+        if all(hasattr(inner, name) for name in names):
+            hook(inner, self)
+            self._inner = inner
+
+    # Commands.
+
+    def started(self, verb: str) -> CommandTimer:
+        """
+        The protocol took up a command: count it and start its timer.
+        """
+        self.commands += 1
+        if self.user is None:
+            # Seen before each command: a POP3 QUIT or IMAP LOGOUT forgets
+            # the account before the connection ends.
+            self.user = _userOf(self._inner)
+        self._timer = self.factory.metrics.command(self.factory.protocolName, verb)
+        return self._timer
+
+    def finished(self) -> None:
+        """
+        The command taken up last has its final reply.
+        """
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.finished()
+
+    # TLS.
+
+    def makeConnection(self, transport: Any) -> None:
+        if isinstance(transport, TLSMemoryBIOProtocol):
+            # Implicit TLS: the handshake starts now.
+            self._tlsStarted = self.factory.metrics.timer()
+        super().makeConnection(transport)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "startTLS":
+            start = getattr(self.transport, "startTLS")
+
+            def startTLS(contextFactory: Any, normal: bool = True) -> Any:
+                began = self.factory.metrics.timer()
+                result = start(contextFactory, normal)
+                # Twisted tells the protocol the TLS layer wraps, which is
+                # this one unless another wrapper was put outside it.
+                layer = getattr(self.transport, "protocol", None)
+                if isinstance(layer, TLSMemoryBIOProtocol) and layer.wrappedProtocol is self:
+                    self._tlsStarted = began
+                return result
+
+            return startTLS
+        return getattr(self.transport, name)
+
+    def handshakeCompleted(self) -> None:
+        """
+        See L{IHandshakeListener}: count the handshake and its duration.
+        """
+        if self._tlsStarted is not None and not self._tlsDone:
+            self._tlsDone = True
+            metrics, listener = self.factory.metrics, self.factory.name
+            protocol = self.factory.protocolName
+            metrics.inc("mailplat_tls_handshakes_total", listener=listener, protocol=protocol, result="ok")
+            metrics.observe("mailplat_tls_handshake_duration_seconds", max(0.0, metrics.timer() - self._tlsStarted),
+                            listener=listener, protocol=protocol)
+        # Wrappers in between copy this one's interfaces (ProtocolWrapper
+        # does): tell only the application protocol, if it listens.
+        inner = _innermost(self.wrappedProtocol)
+        if not isinstance(inner, ProtocolWrapper) and IHandshakeListener.providedBy(inner):
+            inner.handshakeCompleted()
+
+    # Bytes.
+
+    def dataReceived(self, data: bytes) -> None:
+        self.bytesIn += len(data)
+        self.wrappedProtocol.dataReceived(data)
+
+    def write(self, data: bytes) -> None:
+        self.bytesOut += len(data)
+        self.transport.write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        data = list(data)
+        self.bytesOut += sum(len(d) for d in data)
+        self.transport.writeSequence(data)
+
+    # End.
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._inner is not None:
+            self.user = _userOf(self._inner) or self.user
+        try:
+            super().connectionLost(reason)
+        finally:
+            self._ended(self.user)
+
+    def _ended(self, user: Optional[str]) -> None:
+        factory = self.factory
+        metrics = factory.metrics
+        if self._tlsStarted is not None and not self._tlsDone:
+            self._tlsDone = True
+            metrics.inc("mailplat_tls_handshakes_total", listener=factory.name, protocol=factory.protocolName,
+                        result="failed")
+        self._timer = None
+        if self._inner is None:
+            return
+        peer = getattr(self.getPeer(), "host", "?") if self.transport is not None else "?"
+        log.info(
+            "{protocol} session from {peer} ended: user {user}, {commands} commands, {bytesIn} bytes in, "
+            "{bytesOut} bytes out, {duration:.3f}s",
+            event="session", protocol=factory.protocolName, listener=factory.name, peer=peer, user=user or "-",
+            commands=self.commands, bytesIn=self.bytesIn, bytesOut=self.bytesOut,
+            duration=max(0.0, metrics.timer() - self._opened), tls=self._tlsDone and self._tlsStarted is not None,
+        )
+
+
+class InstrumentedFactory(WrappingFactory):
+    """
+    Wraps a listener's factory: see L{_Instrumented}.
+
+    @ivar name: the listener (C{smtp}, C{submission}, C{imaps}, ...).
+    @ivar protocolName: the protocol it speaks (C{smtp}, C{pop3}, C{imap}).
+    """
+
+    protocol = _Instrumented
+    noisy = False
+
+    def __init__(self, wrappedFactory: Factory, name: str, metrics: Metrics) -> None:
+        super().__init__(wrappedFactory)
         self.name = name
-        self.protocolName = protocol
+        self.protocolName = LISTENER_PROTOCOLS.get(name, name)
+        if self.protocolName not in _HOOKS:
+            raise ValueError(f"no metrics hooks for listener {name!r}")
         self.metrics = metrics
-        self.noisy = False
-
-    def doStart(self) -> None:
-        self.wrapped.doStart()
-
-    def doStop(self) -> None:
-        self.wrapped.doStop()
-
-    def logPrefix(self) -> str:
-        return self.wrapped.logPrefix()
 
     def buildProtocol(self, addr: IAddress) -> Optional[Protocol]:
-        protocol = self.wrapped.buildProtocol(addr)
-        if protocol is None:
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
             return None
-        metrics, name = self.metrics, self.name
-        metrics.inc("mailplat_connections_total", listener=name)
-        metrics.inc("mailplat_connections_open", listener=name)
-        lost = protocol.connectionLost
+        return self.protocol(self, wrapped)
 
-        def connectionLost(reason: Failure) -> Any:
-            metrics.inc("mailplat_connections_open", -1, listener=name)
-            return lost(reason)
+    def registerProtocol(self, p: ProtocolWrapper) -> None:
+        """
+        A connection begins (not kept in a dict: the gauge is the count).
+        """
+        self.metrics.inc("mailplat_connections_total", listener=self.name)
+        self.metrics.inc("mailplat_connections_open", listener=self.name)
 
-        protocol.connectionLost = connectionLost  # type: ignore[method-assign]
-        self._countCommands(_innermost(protocol))
-        return protocol
-
-    def _countCommands(self, inner: Any) -> None:
-        metrics, protocolName = self.metrics, self.protocolName
-        if protocolName == "imap" and hasattr(inner, "_run"):
-            run = inner._run
-
-            def counted(tag: bytes, name: bytes, *args: Any) -> Any:
-                metrics.command(protocolName, _verbOfLine(name))
-                return run(tag, name, *args)
-
-            inner._run = counted
-        elif hasattr(inner, "_command"):
-            command = inner._command
-
-            def countedCommand(line: Any) -> Any:
-                metrics.command(protocolName, _verbOfLine(line))
-                return command(line)
-
-            inner._command = countedCommand
+    def unregisterProtocol(self, p: ProtocolWrapper) -> None:
+        """
+        A connection ended.
+        """
+        self.metrics.inc("mailplat_connections_open", -1, listener=self.name)
 
 
-def instrumentFactory(factory: Factory, name: str, metrics: Metrics) -> Factory:
+def instrumentFactory(factory: Factory, name: str, metrics: Metrics) -> InstrumentedFactory:
     """
     Wrap the factory of listener C{name} (C{smtp}, C{pop3s}, ...) so that
-    its connections and commands are counted in C{metrics}.
+    its connections, commands and TLS handshakes are counted in
+    C{metrics}.  For an implicit-TLS listener, wrap the factory I{inside}
+    the C{TLSMemoryBIOFactory}.
     """
-    protocol = {"submission": "smtp", "smtps": "smtp", "pop3s": "pop3", "imaps": "imap"}.get(name, name)
-    return _CountingFactory(factory, name, protocol, metrics)
+    return InstrumentedFactory(factory, name, metrics)
+
+
+def _mechanism(credentials: Any) -> str:
+    """
+    A bounded name for the kind of credentials a login used.
+    """
+    kind = type(credentials).__name__
+    if "SCRAM" in kind:
+        return "SCRAM-SHA-256"
+    if "CramMD5" in kind:
+        return "CRAM-MD5"
+    if "APOP" in kind:
+        return "APOP"
+    if "UsernamePassword" in kind:
+        return "password"
+    return "other"
 
 
 class CountingPortal:
     """
     Wraps the server's portal for one protocol and counts its refused
-    logins; everything else is the wrapped portal's (so every protocol
-    shares one portal and its login throttling).
+    logins by mechanism; everything else is the wrapped portal's (so every
+    protocol shares one portal and its login throttling).
     """
 
     def __init__(self, portal: Portal, protocol: str, metrics: Metrics) -> None:
@@ -262,28 +682,72 @@ class CountingPortal:
 
         def refused(failure: Failure) -> Failure:
             if failure.check(UnauthorizedLogin, UnhandledCredentials):
-                self.metrics.inc("mailplat_login_failures_total", protocol=self.protocolName)
+                self.metrics.inc("mailplat_login_failures_total", protocol=self.protocolName,
+                                 mechanism=_mechanism(credentials))
             return failure
 
         return self.portal.login(credentials, mind, *interfaces).addErrback(refused)
 
 
+def _deliveryResult(failure: Failure) -> str:
+    code = getattr(failure.value, "code", None)
+    if isinstance(code, int) and 400 <= code < 500:
+        return "deferred"
+    if isinstance(code, int) and 500 <= code < 600:
+        return "rejected"
+    return "failed"
+
+
+def _size(message: Any) -> Optional[int]:
+    try:
+        return os.fstat(message.fileno()).st_size
+    except (AttributeError, OSError, ValueError, TypeError):
+        pass
+    try:
+        here = message.tell()
+        size = message.seek(0, os.SEEK_END)
+        message.seek(here)
+        return int(size)
+    except (AttributeError, OSError, ValueError, TypeError):
+        return None
+
+
 def countDeliveries(delivery: Any, metrics: Metrics) -> None:
     """
-    Count the outcome of every C{deliver} call of C{delivery} (patched on
-    the instance, so its class is left alone).
+    Count the outcome of every C{deliver(session, sender, recipients,
+    message, ...)} call of C{delivery}, and log one line for each
+    (patched on the instance, so its class is left alone).  The result is
+    C{ok}, C{rejected} (a 5xx reply), C{deferred} (a 4xx reply) or
+    C{failed} (an unexpected error).
     """
     deliver = delivery.deliver
 
     def counted(*args: Any, **kwargs: Any) -> Any:
+        started = metrics.timer()
+        session = args[0] if args else kwargs.get("session")
+        sender = args[1] if len(args) > 1 else kwargs.get("sender")
+        recipients = args[2] if len(args) > 2 else kwargs.get("recipients", ())
+        message = args[3] if len(args) > 3 else kwargs.get("message")
+        size = _size(message) if message is not None else None
         d = defer.maybeDeferred(deliver, *args, **kwargs)
 
+        def record(result: Any, outcome: str) -> None:
+            metrics.inc("mailplat_deliveries_total", result=outcome)
+            reason = "" if outcome == "ok" else getattr(result, "getErrorMessage", lambda: "")()
+            log.info(
+                "delivery from <{sender}> to {recipients}: {result}{reason}, {size} bytes, {duration:.3f}s",
+                event="delivery", sender=sender or "", recipients=list(recipients or ()), result=outcome,
+                reason=f" ({reason})" if reason else "", size=size if size is not None else "?",
+                peer=getattr(session, "peerHost", None), user=getattr(session, "authenticated", None),
+                duration=max(0.0, metrics.timer() - started),
+            )
+
         def ok(result: Any) -> Any:
-            metrics.inc("mailplat_deliveries_total", result="ok")
+            record(result, "ok")
             return result
 
         def failed(failure: Failure) -> Failure:
-            metrics.inc("mailplat_deliveries_total", result="failed")
+            record(failure, _deliveryResult(failure))
             return failure
 
         return d.addCallbacks(ok, failed)
@@ -298,7 +762,9 @@ def jsonLogObserver() -> Any:
     (twistd's own C{--logger} takes a zero-argument observer factory, so
     no option of mailplat's is needed).  Each line is
     L{twisted.logger.eventAsJSON} of the event, readable back with
-    L{twisted.logger.eventsFromJSONLogFile}.
+    L{twisted.logger.eventsFromJSONLogFile}; the session and delivery
+    lines carry their figures as fields (C{event}, C{protocol}, C{peer},
+    C{user}, C{duration}, ...).
     """
     import sys
 

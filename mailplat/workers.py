@@ -14,6 +14,11 @@ which the parent logs line by line as C{worker <pid>: ...}.  A child
 exits when its standard input (a pipe from the parent) closes, so it
 never outlives the parent; a child that dies while the parent runs is
 started again, after a pause that grows while it keeps dying early.
+
+With a metrics page, every process keeps its metric values in files in
+one directory (named in the payload as C{metrics}); the parent's page sums
+them, and the parent tells the metrics when a child ended, so that its
+open connections stop counting.
 """
 
 import dataclasses
@@ -139,11 +144,14 @@ class WorkerPool(service.Service):
     @ivar count: how many children (C{workers - 1}).
     @ivar sockets: listener name to (descriptor, address family) shared.
     @ivar wake: called when a child queued a message.
+    @ivar metricsDirectory: where every process writes its metric values
+        (L{mailplat.metrics.Metrics.shareThrough}), or L{None} (no page).
     """
 
     def __init__(self, reactor: Any, config: Config, count: int, sockets: Dict[str, Tuple[int, int]],
-                 wake: Callable[[], None]) -> None:
+                 wake: Callable[[], None], metricsDirectory: Optional[str] = None) -> None:
         self.reactor = reactor
+        self.metricsDirectory = metricsDirectory
         self.config = config
         self.count = count
         self.sockets = sockets
@@ -163,7 +171,8 @@ class WorkerPool(service.Service):
         """
         The line a child reads first: its configuration and sockets.
         """
-        return json.dumps({"config": json.loads(configToJSON(self.config)), "sockets": self.sockets}).encode("utf-8")
+        return json.dumps({"config": json.loads(configToJSON(self.config)), "sockets": self.sockets,
+                           "metrics": self.metricsDirectory}).encode("utf-8")
 
     def signalAll(self, signame: str) -> None:
         """
@@ -193,6 +202,10 @@ class WorkerPool(service.Service):
         """
         if self.children.get(child.number) is child:
             del self.children[child.number]
+        if self.metricsDirectory is not None and child.pid is not None:
+            from mailplat.metrics import processEnded
+
+            processEnded(self.metricsDirectory, child.pid)
         if not self.running:
             return
         early = time.monotonic() - child.started < 10.0
@@ -280,6 +293,8 @@ def runWorker(payload: str) -> None:
     # No time stamp: the parent stamps the line when it logs it.
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr, timeFormat=None)], redirectStandardIO=False)
     server = Server(config)
+    if data.get("metrics"):
+        server.metrics.shareThrough(data["metrics"])
     top = server.workerService(sockets)
     wakeOut = os.fdopen(os.dup(1), "wb", buffering=0)
 

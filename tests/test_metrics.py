@@ -1,37 +1,86 @@
 """
-Metrics: the registry and its text format, the counting wrappers, and the
-page served by a real L{Server} on loopback.
+Metrics: the registry and its page, the hooks (connections, command
+latency with pipelining, TLS handshakes, logins, deliveries, queue), the
+session and delivery log lines, and the page served by a real L{Server}
+on loopback after SMTP (with STARTTLS), POP3, IMAP and IMAPS sessions.
 """
 
+import imaplib
+import io
 import os
+import poplib
 import smtplib
+import socket
+import ssl
+import sys
+from typing import Any, List
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet import defer, reactor, threads
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet import defer, reactor, task, threads
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.logger import eventsFromJSONLogFile, globalLogPublisher
 from twisted.test.proto_helpers import StringTransport
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, readBody
 from zope.interface import Interface, implementer
 
+from mailplat.auth.passwd import PasswordFile
 from mailplat.config import Config
+from mailplat.errors import SMTPReply
+from mailplat.imap.server import IMAPFactory
 from mailplat.metrics import (
     MAX_COMMAND_LABELS,
     CountingPortal,
     Metrics,
+    QueueCollector,
     countDeliveries,
     instrumentFactory,
     jsonLogObserver,
 )
+from mailplat.pop3.server import POP3Factory
 from mailplat.service import Server
+from mailplat.smtp.server import SMTPFactory
+from tests.test_smtp_server import FakeDelivery
+
+LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40000)
 
 
-class MetricsTests(TestCase):
+def _histogram(m: Metrics, protocol: str, command: str) -> tuple:
     """
-    L{Metrics} counts and renders the Prometheus text format.
+    C{(count, sum)} of the command latency histogram of C{command}.
+    """
+    labels = {"protocol": protocol, "command": command}
+    return (m.value("mailplat_command_duration_seconds_count", **labels),
+            m.value("mailplat_command_duration_seconds_sum", **labels))
+
+
+class _Events:
+    """
+    Collects the log events of the test that have an C{event} field.
+    """
+
+    def __init__(self, test: Any) -> None:
+        self.events: List[dict] = []
+        globalLogPublisher.addObserver(self)
+        test.addCleanup(globalLogPublisher.removeObserver, self)
+
+    def __call__(self, event: dict) -> None:
+        if "event" in event and event.get("log_namespace") == "mailplat.metrics":
+            self.events.append(event)
+
+    def of(self, kind: str) -> List[dict]:
+        return [e for e in self.events if e["event"] == kind]
+
+
+class MetricsTests(SynchronousTestCase):
+    """
+    L{Metrics} counts into its own prometheus-client registry and renders
+    the Prometheus text format.
     """
 
     def test_render(self) -> None:
@@ -39,48 +88,87 @@ class MetricsTests(TestCase):
         m.inc("mailplat_connections_total", listener="smtp")
         m.inc("mailplat_connections_total", listener="smtp")
         m.inc("mailplat_connections_total", listener='we"ird')
-        m.gaugeFunction("mailplat_queue_depth", lambda: 7)
-        text = m.render().decode()
+        text, contentType = m.render()
+        text = text.decode()
+        self.assertEqual(contentType.split(";")[0], "text/plain")
         self.assertIn("# TYPE mailplat_connections_total counter\n", text)
         self.assertIn('mailplat_connections_total{listener="smtp"} 2.0\n', text)
         self.assertIn('mailplat_connections_total{listener="we\\"ird"} 1.0\n', text)
-        self.assertIn("mailplat_queue_depth 7.0\n", text)
-        self.assertEqual(m.value("mailplat_queue_depth"), 7)
+        self.assertEqual(m.value("mailplat_connections_total", listener="smtp"), 2)
+        self.assertEqual(m.value("mailplat_connections_total", listener="imap"), 0)
+
+    def test_openMetrics(self) -> None:
+        """
+        A scraper asking for OpenMetrics gets it.
+        """
+        m = Metrics()
+        m.inc("mailplat_deliveries_total", result="ok")
+        text, contentType = m.render("application/openmetrics-text; version=1.0.0")
+        self.assertTrue(contentType.startswith("application/openmetrics-text"), contentType)
+        self.assertIn(b'mailplat_deliveries_total{result="ok"} 1.0', text)
+        self.assertTrue(text.endswith(b"# EOF\n"))
+
+    def test_ownRegistry(self) -> None:
+        """
+        Two servers in one process count apart.
+        """
+        a, b = Metrics(), Metrics()
+        a.inc("mailplat_deliveries_total", result="ok")
+        self.assertEqual(a.value("mailplat_deliveries_total", result="ok"), 1)
+        self.assertEqual(b.value("mailplat_deliveries_total", result="ok"), 0)
 
     def test_commandLabelsBounded(self) -> None:
         m = Metrics()
         for i in range(MAX_COMMAND_LABELS + 20):
-            m.command("smtp", "X" * (i % 20 + 1) + chr(ord("A") + i // 20))
-        m.command("smtp", "bad verb!")
-        labels = {dict(k)["command"] for k in m._values["mailplat_commands_total"]}
+            m.command("smtp", "X" * (i % 20 + 1) + chr(ord("A") + i // 20)).finished()
+        m.command("smtp", "bad verb!").finished()
+        labels = {s.labels["command"] for family in m.registry.collect() for s in family.samples
+                  if s.name == "mailplat_commands_total"}
         self.assertLessEqual(len(labels), MAX_COMMAND_LABELS + 1)
         self.assertIn("other", labels)
+        others = m.value("mailplat_commands_total", protocol="smtp", command="other")
+        self.assertGreater(others, 20)
+        self.assertEqual(_histogram(m, "smtp", "other")[0], others)
 
-    def test_instrumentFactory(self) -> None:
+    def test_queueCollector(self) -> None:
         """
-        Connections open and total, and the commands through the
-        protocol's C{_command}.
+        Depth and the oldest entry's age of the file queue (its entries)
+        and of the SQL queue (the figures it keeps).
         """
+
+        class Entry:
+            def __init__(self, created: float) -> None:
+                self.created = created
+
+        class FileQueue:
+            entries: list = []
+
+            def list(self) -> list:
+                return self.entries
+
+        clock = Clock()
+        clock.advance(1000)
+        queue = FileQueue()
         m = Metrics()
+        m.register(QueueCollector(queue, clock))
+        self.assertEqual(m.value("mailplat_queue_depth"), 0)
+        self.assertEqual(m.value("mailplat_queue_oldest_age_seconds"), 0)
+        queue.entries = [Entry(900), Entry(400), Entry(950)]
+        self.assertEqual(m.value("mailplat_queue_depth"), 3)
+        self.assertEqual(m.value("mailplat_queue_oldest_age_seconds"), 600)
 
-        class P(Protocol):
-            def _command(self, line: str) -> str:
-                return line
+        class SQLQueue:
+            depth = 2
+            oldest = 990.0
 
-        factory = instrumentFactory(Factory.forProtocol(P), "submission", m)
-        p = factory.buildProtocol(None)
-        p.makeConnection(StringTransport())
-        self.assertEqual(p._command("ehlo x"), "ehlo x")
-        p._command("MAIL FROM:<a@b>")
-        self.assertEqual(m.value("mailplat_connections_open", listener="submission"), 1)
-        p.connectionLost(None)
-        self.assertEqual(m.value("mailplat_connections_open", listener="submission"), 0)
-        self.assertEqual(m.value("mailplat_connections_total", listener="submission"), 1)
-        self.assertEqual(m.value("mailplat_commands_total", protocol="smtp", command="EHLO"), 1)
-        self.assertEqual(m.value("mailplat_commands_total", protocol="smtp", command="MAIL"), 1)
+        self.assertEqual(QueueCollector(SQLQueue(), clock).figures(), (2, 10.0))
+        del SQLQueue.oldest
+        self.assertEqual(QueueCollector(SQLQueue(), clock).figures(), (2, None))
+        text = m.render()[0].decode()
+        self.assertIn("mailplat_queue_depth 3.0\n", text)
+        self.assertIn("mailplat_queue_oldest_age_seconds 600.0\n", text)
 
-    @defer.inlineCallbacks
-    def test_countingPortal(self):
+    def test_countingPortal(self) -> None:
         class IThing(Interface):
             pass
 
@@ -92,26 +180,199 @@ class MetricsTests(TestCase):
         m = Metrics()
         checker = InMemoryUsernamePasswordDatabaseDontUse(a=b"good")
         portal = CountingPortal(Portal(Realm(), [checker]), "pop3", m)
-        yield portal.login(UsernamePassword(b"a", b"good"), None, IThing)
-        yield self.assertFailure(portal.login(UsernamePassword(b"a", b"bad"), None, IThing), UnauthorizedLogin)
-        self.assertEqual(m.value("mailplat_login_failures_total", protocol="pop3"), 1)
+        self.successResultOf(portal.login(UsernamePassword(b"a", b"good"), None, IThing))
+        self.failureResultOf(portal.login(UsernamePassword(b"a", b"bad"), None, IThing), UnauthorizedLogin)
+        self.assertEqual(m.value("mailplat_login_failures_total", protocol="pop3", mechanism="password"), 1)
 
-    @defer.inlineCallbacks
-    def test_countDeliveries(self):
+    def test_countDeliveries(self) -> None:
+        """
+        Each delivery is counted by result and logged once, with its
+        sender, recipients, size, result and duration.
+        """
+        events = _Events(self)
+        answers = [defer.succeed(None), defer.fail(SMTPReply(550, "5.1.1", "No such user")),
+                   defer.fail(SMTPReply(451, "4.3.0", "Later")), defer.fail(ValueError("bug"))]
+
+        class Session:
+            peerHost = "192.0.2.1"
+            authenticated = "alice@example.test"
+
         class Delivery:
-            def deliver(self, ok: bool):
-                return defer.succeed(None) if ok else defer.fail(ValueError())
+            def deliver(self, session, sender, recipients, message):
+                return answers.pop(0)
 
-        m = Metrics()
+        clock = Clock()
+        m = Metrics(timer=clock.seconds)
         d = Delivery()
         countDeliveries(d, m)
-        yield d.deliver(True)
-        yield self.assertFailure(d.deliver(False), ValueError)
-        self.assertEqual(m.value("mailplat_deliveries_total", result="ok"), 1)
-        self.assertEqual(m.value("mailplat_deliveries_total", result="failed"), 1)
+        self.successResultOf(d.deliver(Session(), "a@b.test", ["c@d.test"], io.BytesIO(b"x" * 10)))
+        self.failureResultOf(d.deliver(Session(), None, ["c@d.test"], io.BytesIO(b"")), SMTPReply)
+        self.failureResultOf(d.deliver(Session(), None, ["c@d.test"], io.BytesIO(b"")), SMTPReply)
+        self.failureResultOf(d.deliver(Session(), None, ["c@d.test"], io.BytesIO(b"")), ValueError)
+        for result in ("ok", "rejected", "deferred", "failed"):
+            self.assertEqual(m.value("mailplat_deliveries_total", result=result), 1, result)
+        logged = events.of("delivery")
+        self.assertEqual([e["result"] for e in logged], ["ok", "rejected", "deferred", "failed"])
+        self.assertEqual((logged[0]["sender"], logged[0]["recipients"], logged[0]["size"]),
+                         ("a@b.test", ["c@d.test"], 10))
+        self.assertEqual((logged[0]["peer"], logged[0]["user"]), ("192.0.2.1", "alice@example.test"))
 
     def test_jsonLogObserver(self) -> None:
-        self.assertTrue(callable(jsonLogObserver()))
+        """
+        The observer for C{twistd --logger} writes one JSON event a line,
+        readable back with its fields.
+        """
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        observer = jsonLogObserver()
+        observer({"log_format": "{protocol} session ended", "event": "session", "protocol": "imap",
+                  "duration": 1.5, "log_time": 0.0, "log_level": None})
+        self.assertEqual(out.getvalue().count("\n"), 1)
+        [event] = list(eventsFromJSONLogFile(io.StringIO(out.getvalue())))
+        self.assertEqual((event["event"], event["protocol"], event["duration"]), ("session", "imap", 1.5))
+
+
+class SlowPortal(Portal):
+    """
+    A portal whose logins wait until the test answers them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(None, [InMemoryUsernamePasswordDatabaseDontUse(a=b"b")])
+        self.pending: List[Deferred] = []
+
+    def login(self, credentials: Any, mind: Any, *interfaces: Any) -> Deferred:
+        d: Deferred = Deferred()
+        self.pending.append(d)
+        return d
+
+
+class CommandLatencyTests(SynchronousTestCase):
+    """
+    The real protocols, wrapped as the server wraps them: each command is
+    counted and timed from taking up its line to its final reply, with
+    pipelined commands each timed on their own.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.metrics = Metrics(timer=self.clock.seconds)
+        self.events = _Events(self)
+
+    def connect(self, factory: Any, name: str) -> Any:
+        wrapped = instrumentFactory(factory, name, self.metrics)
+        self.transport = StringTransport(peerAddress=LOOPBACK)
+        protocol = wrapped.buildProtocol(LOOPBACK)
+        protocol.makeConnection(self.transport)
+        self.assertEqual(self.metrics.value("mailplat_connections_open", listener=name), 1)
+        return protocol
+
+    def output(self) -> bytes:
+        out = self.transport.value()
+        self.transport.clear()
+        return out
+
+    def test_smtpPipelined(self) -> None:
+        """
+        MAIL, RCPT and DATA sent at once: each is timed from when the
+        server takes it up (after the previous reply) to its own reply;
+        DATA to the final 250 after the message.
+        """
+        delivery = FakeDelivery()
+        sender, recipient, delivered = Deferred(), Deferred(), Deferred()
+        delivery.senderAnswer = sender
+        delivery.recipientAnswers["b@example.test"] = recipient
+        delivery.deliverAnswer = delivered
+        clock = Clock()
+        protocol = self.connect(SMTPFactory(delivery, "mx.example.test", clock=clock), "smtp")
+        protocol.dataReceived(b"EHLO c.test\r\nMAIL FROM:<a@example.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
+        self.clock.advance(2)
+        sender.callback(None)
+        self.clock.advance(3)
+        recipient.callback(None)
+        self.assertIn(b"354 ", self.output())
+        self.clock.advance(5)
+        protocol.dataReceived(b"Subject: x\r\n\r\nhi\r\n.\r\n")
+        self.clock.advance(7)
+        delivered.callback(None)
+        self.assertIn(b"250 2.0.0", self.output())
+        protocol.dataReceived(b"QUIT\r\n")
+        m = self.metrics
+        self.assertEqual(_histogram(m, "smtp", "EHLO"), (1, 0))
+        self.assertEqual(_histogram(m, "smtp", "MAIL"), (1, 2))
+        self.assertEqual(_histogram(m, "smtp", "RCPT"), (1, 3))
+        self.assertEqual(_histogram(m, "smtp", "DATA"), (1, 12))
+        self.assertEqual(_histogram(m, "smtp", "QUIT"), (1, 0))
+        self.assertEqual(m.value("mailplat_commands_total", protocol="smtp", command="MAIL"), 1)
+        # The bucket holding 3 seconds counts RCPT, the one below does not.
+        self.assertEqual(m.value("mailplat_command_duration_seconds_bucket", protocol="smtp", command="RCPT",
+                                 le="2.5"), 0)
+        self.assertEqual(m.value("mailplat_command_duration_seconds_bucket", protocol="smtp", command="RCPT",
+                                 le="5.0"), 1)
+        self.clock.advance(1)
+        protocol.connectionLost(None)
+        self.assertEqual(m.value("mailplat_connections_open", listener="smtp"), 0)
+        self.assertEqual(m.value("mailplat_connections_total", listener="smtp"), 1)
+        [session] = self.events.of("session")
+        self.assertEqual((session["protocol"], session["peer"], session["user"], session["commands"]),
+                         ("smtp", "127.0.0.1", "-", 5))
+        self.assertEqual(session["duration"], 18)
+        self.assertGreater(session["bytesIn"], 90)
+        self.assertGreater(session["bytesOut"], 100)
+
+    def test_smtpUnknownVerb(self) -> None:
+        """
+        A made-up verb counts as itself (bounded); an overlong line is no
+        command and leaves no timer behind.
+        """
+        protocol = self.connect(SMTPFactory(FakeDelivery(), "mx.example.test", clock=Clock()), "submission")
+        protocol.dataReceived(b"FOO bar\r\n" + b"X" * 5000 + b"\r\nNOOP\r\n")
+        self.assertEqual(_histogram(self.metrics, "smtp", "FOO"), (1, 0))
+        self.assertEqual(_histogram(self.metrics, "smtp", "NOOP"), (1, 0))
+        self.assertEqual(self.metrics.value("mailplat_connections_total", listener="submission"), 1)
+
+    def test_pop3(self) -> None:
+        """
+        POP3: a command that waits on the portal is timed to its answer; a
+        refused login is counted by mechanism; the session line names the
+        protocol.
+        """
+        portal = SlowPortal()
+        factory = POP3Factory(CountingPortal(portal, "pop3", self.metrics), "pop.example.test", clock=Clock())
+        protocol = self.connect(factory, "pop3s")
+        protocol.dataReceived(b"CAPA\r\nUSER a@example.test\r\nPASS nope\r\nNOOP\r\n")
+        self.assertEqual(len(portal.pending), 1)
+        self.clock.advance(4)
+        portal.pending[0].errback(UnauthorizedLogin())
+        self.assertIn(b"-ERR", self.output())
+        m = self.metrics
+        self.assertEqual(_histogram(m, "pop3", "CAPA"), (1, 0))
+        self.assertEqual(_histogram(m, "pop3", "PASS"), (1, 4))
+        self.assertEqual(m.value("mailplat_login_failures_total", protocol="pop3", mechanism="password"), 1)
+        # NOOP is not valid before login: answered with -ERR, and timed.
+        self.assertEqual(_histogram(m, "pop3", "NOOP"), (1, 0))
+        protocol.connectionLost(None)
+        [session] = self.events.of("session")
+        self.assertEqual((session["protocol"], session["listener"], session["commands"]), ("pop3", "pop3s", 4))
+
+    def test_imap(self) -> None:
+        """
+        IMAP: timed to the tagged reply.
+        """
+        portal = SlowPortal()
+        factory = IMAPFactory(CountingPortal(portal, "imap", self.metrics), "imap.example.test", clock=Clock())
+        protocol = self.connect(factory, "imap")
+        protocol.dataReceived(b"a CAPABILITY\r\nb LOGIN a@example.test nope\r\nc NOOP\r\n")
+        self.clock.advance(6)
+        portal.pending[0].errback(UnauthorizedLogin())
+        out = self.output()
+        self.assertIn(b"b NO", out)
+        self.assertIn(b"c OK", out)
+        m = self.metrics
+        self.assertEqual(_histogram(m, "imap", "CAPABILITY"), (1, 0))
+        self.assertEqual(_histogram(m, "imap", "LOGIN"), (1, 6))
+        self.assertEqual(_histogram(m, "imap", "NOOP"), (1, 0))
+        self.assertEqual(m.value("mailplat_login_failures_total", protocol="imap", mechanism="password"), 1)
 
 
 def _portOf(listener) -> defer.Deferred:
@@ -131,32 +392,108 @@ def _portOf(listener) -> defer.Deferred:
 
 class ServedMetricsTests(TestCase):
     """
-    A real server on loopback counts an SMTP session and serves the page.
+    A real server on loopback: an SMTP session with STARTTLS that delivers
+    a message, a POP3 and an IMAP session, an IMAPS login that fails, a
+    broken TLS handshake; then the page read with an HTTP GET.
     """
+
+    timeout = 60
 
     @defer.inlineCallbacks
     def test_page(self):
+        events = _Events(self)
         dataDir = os.path.abspath(self.mktemp())
-        config = Config(dataDir=dataDir, hostname="mx.example.test", store="memory",
-                        listeners={"smtp": "tcp:0:interface=127.0.0.1"},
-                        metricsListener="tcp:0:interface=127.0.0.1")
+        listen = "tcp:0:interface=127.0.0.1"
+        config = Config(dataDir=dataDir, hostname="mx.example.test", store="memory", domains=("example.test",),
+                        listeners={"smtp": listen, "pop3": listen, "imap": listen, "imaps": listen},
+                        metricsListener=listen)
         server = Server(config)
         top = server.service()
         top.startService()
         self.addCleanup(top.stopService)
-        smtpPort = (yield _portOf(top.getServiceNamed("smtp"))).getHost().port
-        metricsPort = (yield _portOf(top.getServiceNamed("metrics"))).getHost().port
+        PasswordFile(os.path.join(dataDir, "passwd")).setPassword("alice@example.test", "s3cret")
+        yield server.store.getAccount("alice@example.test", create=True)
+        ports = {}
+        for name in ("smtp", "pop3", "imap", "imaps", "metrics"):
+            ports[name] = (yield _portOf(top.getServiceNamed(name))).getHost().port
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
 
-        def session():
-            with smtplib.SMTP("127.0.0.1", smtpPort, timeout=30) as s:
+        def sessions():
+            with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=30) as s:
                 s.ehlo("client.test")
-                s.noop()
+                s.starttls(context=insecure)
+                s.ehlo("client.test")
+                s.sendmail("bob@far.test", ["alice@example.test"], b"Subject: hi\r\n\r\nhello\r\n")
+            pop = poplib.POP3("127.0.0.1", ports["pop3"], timeout=30)
+            pop.user("alice@example.test")
+            pop.pass_("s3cret")
+            pop.stat()
+            pop.quit()
+            imap = imaplib.IMAP4("127.0.0.1", ports["imap"], timeout=30)
+            imap.login("alice@example.test", "s3cret")
+            imap.select("INBOX")
+            imap.logout()
+            imaps = imaplib.IMAP4_SSL("127.0.0.1", ports["imaps"], ssl_context=insecure, timeout=30)
+            try:
+                imaps.login("alice@example.test", "wrong")
+            except imaplib.IMAP4.error:
+                pass
+            imaps.logout()
+            # Not TLS at all: the handshake fails.
+            with socket.create_connection(("127.0.0.1", ports["imaps"]), timeout=30) as raw:
+                raw.sendall(b"a LOGIN x y\r\n" * 20)
+                while raw.recv(4096):
+                    pass
 
-        yield threads.deferToThread(session)
-        response = yield Agent(reactor).request(b"GET", f"http://127.0.0.1:{metricsPort}/metrics".encode())
+        yield threads.deferToThread(sessions)
+        # The server sees the last connections end a moment after the
+        # clients do: wait for it (bounded).
+        for _ in range(500):
+            if not any(server.metrics.value("mailplat_connections_open", listener=n)
+                       for n in ("smtp", "pop3", "imap", "imaps")):
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        response = yield Agent(reactor).request(b"GET", f"http://127.0.0.1:{ports['metrics']}/metrics".encode())
         body = (yield readBody(response)).decode()
         self.assertEqual(response.headers.getRawHeaders(b"content-type")[0].split(b";")[0], b"text/plain")
-        self.assertIn('mailplat_connections_total{listener="smtp"} 1.0', body)
-        self.assertIn('mailplat_commands_total{command="EHLO",protocol="smtp"} 1.0', body)
-        self.assertIn('mailplat_commands_total{command="NOOP",protocol="smtp"} 1.0', body)
-        self.assertIn("mailplat_queue_depth 0.0", body)
+        lines = set(body.splitlines())
+
+        def has(line: str) -> None:
+            self.assertIn(line, lines, body)
+
+        has('mailplat_connections_total{listener="smtp"} 1.0')
+        has('mailplat_connections_total{listener="pop3"} 1.0')
+        has('mailplat_connections_total{listener="imap"} 1.0')
+        has('mailplat_connections_total{listener="imaps"} 2.0')
+        has('mailplat_connections_open{listener="imaps"} 0.0')
+        has('mailplat_commands_total{command="EHLO",protocol="smtp"} 2.0')
+        has('mailplat_commands_total{command="STARTTLS",protocol="smtp"} 1.0')
+        has('mailplat_command_duration_seconds_count{command="DATA",protocol="smtp"} 1.0')
+        has('mailplat_command_duration_seconds_count{command="STAT",protocol="pop3"} 1.0')
+        has('mailplat_command_duration_seconds_count{command="SELECT",protocol="imap"} 1.0')
+        has('mailplat_command_duration_seconds_count{command="LOGIN",protocol="imap"} 2.0')
+        has('mailplat_tls_handshakes_total{listener="smtp",protocol="smtp",result="ok"} 1.0')
+        has('mailplat_tls_handshakes_total{listener="imaps",protocol="imap",result="ok"} 1.0')
+        has('mailplat_tls_handshakes_total{listener="imaps",protocol="imap",result="failed"} 1.0')
+        has('mailplat_tls_handshake_duration_seconds_count{listener="smtp",protocol="smtp"} 1.0')
+        has('mailplat_tls_handshake_duration_seconds_count{listener="imaps",protocol="imap"} 1.0')
+        has('mailplat_login_failures_total{mechanism="password",protocol="imap"} 1.0')
+        has('mailplat_deliveries_total{result="ok"} 1.0')
+        has("mailplat_queue_depth 0.0")
+        has("mailplat_queue_oldest_age_seconds 0.0")
+        # One line per session and per delivery, with their figures.
+        sessions = events.of("session")
+        self.assertEqual(sorted(e["listener"] for e in sessions), ["imap", "imaps", "imaps", "pop3", "smtp"])
+        byListener = {e["listener"]: e for e in sessions}
+        self.assertEqual(byListener["pop3"]["user"], "alice@example.test")
+        self.assertEqual(byListener["imap"]["user"], "alice@example.test")
+        # imaplib: CAPABILITY, LOGIN, SELECT, LOGOUT.
+        self.assertEqual(byListener["imap"]["commands"], 4)
+        self.assertTrue(byListener["smtp"]["tls"])
+        for e in sessions:
+            self.assertEqual(e["peer"], "127.0.0.1")
+            self.assertGreaterEqual(e["duration"], 0)
+        [delivery] = events.of("delivery")
+        self.assertEqual((delivery["result"], delivery["recipients"]), ("ok", ["alice@example.test"]))

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import smtplib
+import urllib.request
 
 from twisted.internet import defer, threads
 from twisted.trial.unittest import TestCase
@@ -66,7 +67,8 @@ def _alive(pid: int) -> bool:
 
 class WorkersTests(TestCase):
     """
-    The parent and one worker serve the same SMTP socket.
+    The parent and one worker serve the same SMTP socket; the parent's
+    metrics page counts what both served.
     """
 
     timeout = 120
@@ -75,8 +77,10 @@ class WorkersTests(TestCase):
     def test_workersServeRestartAndStop(self):
         dataDir = os.path.abspath(self.mktemp())
         smtpPort = freePort()
+        metricsPort = freePort()
         server = spawn(
             TWISTD + ["--data-dir", dataDir, "--hostname", "mx.example.test", "--workers", "2",
+                      "--metrics", f"tcp:{metricsPort}:interface=127.0.0.1",
                       "--smtp", f"tcp:{smtpPort}:interface=127.0.0.1", "--submission", "none", "--smtps", "none",
                       "--pop3", "none", "--pop3s", "none", "--imap", "none", "--imaps", "none"],
             _Server(),
@@ -115,12 +119,34 @@ class WorkersTests(TestCase):
         self.assertEqual(writers(), {parent, worker}, f"after {sent} messages")
         self.assertEqual(len(os.listdir(new)), sent)
 
+        def page():
+            with urllib.request.urlopen(f"http://127.0.0.1:{metricsPort}/metrics", timeout=30) as response:
+                return set(response.read().decode().splitlines())
+
+        def assertSummed(lines):
+            # The connections both processes served, summed on one page.
+            for line in (f'mailplat_connections_total{{listener="smtp"}} {float(sent)}',
+                         f'mailplat_deliveries_total{{result="ok"}} {float(sent)}',
+                         f'mailplat_command_duration_seconds_count{{command="DATA",protocol="smtp"}} {float(sent)}',
+                         "mailplat_queue_depth 0.0"):
+                self.assertIn(line, lines, sorted(lines))
+
+        lines = yield threads.deferToThread(page)
+        assertSummed(lines)
+        # Open connections of live processes only, and none are open now
+        # (the server may see the last close a moment after the client).
+        self.assertTrue({'mailplat_connections_open{listener="smtp"} 0.0',
+                         'mailplat_connections_open{listener="smtp"} 1.0'} & lines, sorted(lines))
+
         # A worker that dies is started again.
         os.kill(worker, signal.SIGKILL)
         pids = yield server.waitFor(rb"worker ready, pid (\d+)", 2)
         again = int(pids[1])
         self.assertNotEqual(again, worker)
         self.assertTrue(_alive(again))
+        # The dead worker's counts stay on the page.
+        lines = yield threads.deferToThread(page)
+        assertSummed(lines)
 
         # Stopping the parent stops the worker.
         yield stop()
