@@ -28,7 +28,7 @@ Conventions that hold for every method below:
 * Internal dates are POSIX timestamps (C{float}, seconds, UTC).
 """
 
-from typing import Any, BinaryIO, Callable, Iterable, List, Optional
+from typing import Any, BinaryIO, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from zope.interface import Attribute, Interface
 
@@ -57,6 +57,22 @@ class IMessageInfo(Interface):
     internalDate = Attribute("float: POSIX timestamp of delivery or APPEND.")
     size = Attribute("int: size in octets of the wire (CRLF) form.")
     modseq = Attribute("int: the mailbox's modification sequence at this message's last change (CONDSTORE).")
+
+
+class ConditionalFlags(NamedTuple):
+    """
+    What L{IMailbox.setFlags} fires with when given C{unchangedSince}.
+
+    @ivar infos: the new L{IMessageInfo} of each message that passed the
+        test, in UID order (changed or not: a message whose flags did not
+        change keeps its modseq).
+    @ivar modified: the UIDs, ascending, of the messages whose modseq was
+        greater than C{unchangedSince}: left unchanged (RFC 7162's
+        C{[MODIFIED ...]}).
+    """
+
+    infos: List[Any]
+    modified: List[int]
 
 
 class IMailboxListener(Interface):
@@ -131,15 +147,30 @@ class IMailbox(Interface):
         @param internalDate: POSIX timestamp; now if L{None}.
         """
 
-    def setFlags(uids: Iterable[int], flags: Iterable[str], mode: str) -> "Deferred[List[IMessageInfo]]":  # type: ignore[name-defined]  # noqa: F821
+    def setFlags(
+        uids: Iterable[int],
+        flags: Iterable[str],
+        mode: str,
+        unchangedSince: Optional[int] = None,
+    ) -> "Deferred[Any]":  # type: ignore[name-defined]  # noqa: F821
         """
         Change flags of the given messages.
 
         @param mode: C{"set"} (replace), C{"add"} or C{"remove"}.
-        @return: Deferred firing with the new L{IMessageInfo} of each message
-            that still exists, in UID order (UIDs no longer there are
-            skipped, not an error).  A message whose flags did not change
-            keeps its modseq.
+        @param unchangedSince: the conditional STORE of RFC 7162 3.1.3
+            (C{UNCHANGEDSINCE}): a message whose modseq is greater than
+            this is left as it is and reported back.  The test and the
+            change are one atomic step under the store's own lock or
+            transaction, so that no other session, process or node can
+            change a message between them.  C{0} fails every message.
+        @return: without C{unchangedSince}, a Deferred firing with the new
+            L{IMessageInfo} of each message that still exists, in UID
+            order (UIDs no longer there are skipped, not an error).  A
+            message whose flags did not change keeps its modseq.  With
+            C{unchangedSince}, a Deferred firing with a
+            L{ConditionalFlags}: C{infos} as above for the messages that
+            passed the test, and C{modified} the UIDs (ascending) of the
+            messages still there that failed it.
         """
 
     def expunge(uids: Optional[Iterable[int]] = None, requireDeleted: bool = True) -> "Deferred[List[int]]":  # type: ignore[name-defined]  # noqa: F821
@@ -199,6 +230,16 @@ class IMailboxImport(Interface):
 
     The methods only ever keep UIDs increasing: an imported UID is never
     below the mailbox's UIDNEXT, so a UID is still never reused.
+
+    Modseqs (CONDSTORE, RFC 7162) can be kept too, so that a client's
+    cached HIGHESTMODSEQ stays valid: a message may be imported with the
+    modseq it had (L{importMessage}'s C{modseq}), and HIGHESTMODSEQ raised
+    to the source's (L{raiseHighestModseq}).  HIGHESTMODSEQ never goes
+    down and stays at least every message's modseq; every later change
+    gets a modseq above it.  An imported modseq may be below HIGHESTMODSEQ
+    (a migration imports in UID order, and modseqs do not follow UIDs), so
+    an import with modseqs is for a mailbox no client has synchronised
+    with yet (a migration's target), before it is served.
     """
 
     def setUIDValidity(uidValidity: int) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
@@ -216,6 +257,7 @@ class IMailboxImport(Interface):
         source: BinaryIO,
         flags: Iterable[str] = (),
         internalDate: Optional[float] = None,
+        modseq: Optional[int] = None,
     ) -> "Deferred[int]":  # type: ignore[name-defined]  # noqa: F821
         """
         Add a message under the given UID, as L{IMailbox.append} does
@@ -225,9 +267,13 @@ class IMailboxImport(Interface):
         are skipped for good.
 
         @param uid: at least the mailbox's UIDNEXT.
+        @param modseq: the message's modseq (1..2**63-1); HIGHESTMODSEQ
+            becomes at least this.  L{None}: a new modseq above
+            HIGHESTMODSEQ, as an append gets.
         @return: a Deferred firing with C{uid}.
         @raise mailplat.errors.MailboxError: (as a failure) C{uid} is below
-            UIDNEXT (it is taken, or was once).
+            UIDNEXT (it is taken, or was once), or C{modseq} is out of
+            range.
         """
 
     def raiseUIDNext(uidNext: int) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
@@ -235,6 +281,17 @@ class IMailboxImport(Interface):
         Make UIDNEXT at least C{uidNext}, durably (a mailbox whose last
         messages were expunged keeps the UIDNEXT its clients know).  A
         lower value changes nothing.
+        """
+
+    def raiseHighestModseq(modseq: int) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Make HIGHESTMODSEQ at least C{modseq} (1..2**63-1), durably (a
+        mailbox whose last change was an expunge keeps the HIGHESTMODSEQ
+        its clients know); the next change gets a modseq above it.  A
+        lower value changes nothing.
+
+        @raise mailplat.errors.MailboxError: (as a failure) C{modseq} is
+            out of range.
         """
 
 
@@ -351,6 +408,78 @@ class IStore(Interface):
     def close() -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
         """
         Release files, connections and threads; called once at shutdown.
+        """
+
+
+class IAccountACL(Interface):
+    """
+    Access control lists (RFC 4314) on an account's mailboxes: which other
+    users may see and use which of its mailboxes, and how.
+
+    Optional in the contract: an account that does not provide it is served
+    without ACL commands and without a shared namespace.  mailplat's own
+    stores (memory, maildir, mbox, sql) all provide it on their accounts,
+    and their stores provide L{IStoreACL}.
+
+    An ACL maps identifiers to rights.  An identifier is C{"anyone"} or a
+    login address (normalised).  Rights are a string of the RFC 4314
+    letters C{lrswipkxtea}, kept canonical (each letter once, in that
+    order); an empty string stands for no entry.  The owner is never an
+    entry: the owner always has every right on its own mailboxes, which is
+    the protocol layer's rule, not the store's.  The ACL belongs to the
+    mailbox: L{IAccount.renameMailbox} carries it (and its children's) to
+    the new names, and L{IAccount.deleteMailbox} drops it (renaming INBOX
+    leaves INBOX's ACL with INBOX).  Another program adding a mailbox under
+    a name that once had an ACL does not revive it.
+    """
+
+    store = Attribute(
+        "The L{IStore} holding this account (and providing L{IStoreACL}):"
+        " the way from a session's account to the owners of the mailboxes"
+        " shared with it."
+    )
+
+    def getACL(name: str) -> "Deferred[Dict[str, str]]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        The ACL of mailbox C{name}: a new dict of identifier to canonical
+        rights, without the owner; empty when nothing was granted.
+
+        @raise mailplat.errors.NoSuchMailbox: (as a failure) no selectable
+            mailbox C{name}.
+        """
+
+    def setACL(name: str, identifier: str, rights: Optional[str]) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Give C{identifier} exactly C{rights} on mailbox C{name}, durably;
+        C{None} or C{""} removes its entry (removing a missing entry is not
+        an error).
+
+        @param rights: letters of C{lrswipkxtea} in any order; the store
+            keeps them canonical.
+        @raise mailplat.errors.NoSuchMailbox: (as a failure) no selectable
+            mailbox C{name}.
+        @raise mailplat.errors.MailboxError: (as a failure) C{identifier}
+            is empty or holds white space or control characters, or is the
+            owner's own address, or C{rights} holds another letter.
+        """
+
+
+class IStoreACL(Interface):
+    """
+    The store-wide side of L{IAccountACL}: which mailboxes of other
+    accounts a user may reach, found without opening every account.
+    """
+
+    def sharedWith(identifier: str) -> "Deferred[List[Tuple[str, str, str]]]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        The mailboxes other accounts have shared with C{identifier} (a
+        login address) or with C{"anyone"}.
+
+        @return: a Deferred firing with C{(owner, mailboxName, rights)}
+            triples sorted by owner and name, where C{rights} is the union
+            (canonical) of what the ACL gives C{identifier} and
+            C{"anyone"}, never empty; C{identifier}'s own mailboxes are
+            not included.
         """
 
 

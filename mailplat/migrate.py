@@ -18,14 +18,28 @@ For each account, L{migrateAccount}:
      in the source is made so in the target too;
   2. per mailbox, gives the (empty) target the source's UIDVALIDITY, then
      imports every message whose UID the target does not hold yet, with its
-     flags, keywords and internal date, and finally raises the target's
-     UIDNEXT to the source's; a message already copied (a run that was
-     interrupted and started again) is skipped, its flags brought up to
-     date;
-  3. makes the subscriptions the source's;
+     flags, keywords, internal date and modseq, and finally raises the
+     target's UIDNEXT and HIGHESTMODSEQ to the source's; a message already
+     copied (a run that was interrupted and started again) is skipped, its
+     flags brought up to date;
+  3. makes the subscriptions and the mailboxes' ACLs (RFC 4314) the source's;
   4. verifies: per mailbox the UIDVALIDITY, the UIDs, flags, internal dates
-     (whole seconds: an mbox keeps no more) and sizes, and the sha256 of
-     every message's content, on both sides.
+     (whole seconds: an mbox keeps no more) and sizes, the modseqs, and the
+     sha256 of every message's content, on both sides.
+
+Modseqs are kept so that a CONDSTORE/QRESYNC client's cache stays valid
+(it does not fetch every message's flags again): each message keeps its
+MODSEQ and the mailbox its HIGHESTMODSEQ.  The one exception is a message
+whose flags changed in the source between two runs of an interrupted
+migration: the target cannot give it back a modseq it has passed, so its
+change is given a modseq above the source's HIGHESTMODSEQ, which every
+client sees as a change.  A source that keeps no modseqs says so with a
+HIGHESTMODSEQ of 0 (the Dovecot and Courier readers of
+L{mailplat.store.foreign}): its messages get new modseqs in the target,
+above L{UNKNOWN_MODSEQ_FLOOR}, so that a client holding a modseq of the
+source (which may be any number) sees every message as changed and
+fetches its flags once, rather than missing the target's later changes
+behind a HIGHESTMODSEQ lower than its own.
 
 A target mailbox that holds other mail under another UIDVALIDITY, or a
 message of the source whose UID is below the target's UIDNEXT but missing
@@ -40,10 +54,16 @@ from typing import Any, Dict, List, Optional, Tuple
 from twisted.internet import defer
 
 from mailplat.errors import MailboxError, MailplatError, NoSuchMailbox
-from mailplat.interfaces import IAccount, IMailbox, IMailboxImport, IStore
+from mailplat.interfaces import IAccount, IAccountACL, IMailbox, IMailboxImport, IStore
 from mailplat.mailbox import DEFAULT_MAILBOXES
 
 CHUNK = 65536
+
+#: The HIGHESTMODSEQ a target mailbox gets before messages from a source
+#: without modseqs are imported: above any modseq such a source can have
+#: given (Dovecot counts one per change in a mailbox; 2**32 changes is
+#: beyond a mailbox's life), well below the 2**63 of RFC 7162.
+UNKNOWN_MODSEQ_FLOOR = 2**32
 
 
 class MigrationError(MailplatError):
@@ -207,8 +227,28 @@ class Migration:
             yield target.subscribe(name)
         for name in sorted(haveSubs - wantedSubs):
             yield target.unsubscribe(name)
+        yield self._copyACLs(source, target, wanted)
         self.progress.end(address)
         return report
+
+    @defer.inlineCallbacks
+    def _copyACLs(self, source: IAccount, target: IAccount, wanted: List[Tuple[str, Optional[str]]]):
+        """
+        Make each mailbox's ACL (RFC 4314: what other users may do with
+        it) the source's, where both stores keep ACLs; a store without
+        them (a foreign Maildir) has nothing to copy.
+        """
+        sourceACL, targetACL = IAccountACL(source, None), IAccountACL(target, None)
+        if sourceACL is None or targetACL is None:
+            return
+        for name, _ in wanted:
+            want = yield sourceACL.getACL(name)
+            have = yield targetACL.getACL(name)
+            for identifier in sorted(set(have) - set(want)):
+                yield targetACL.setACL(name, identifier, None)
+            for identifier, rights in sorted(want.items()):
+                if have.get(identifier) != rights:
+                    yield targetACL.setACL(name, identifier, rights)
 
     @defer.inlineCallbacks
     def _shapeMailboxes(self, address: str, target: IAccount, wanted: List[Tuple[str, Optional[str]]], noselect: set):
@@ -255,6 +295,10 @@ class Migration:
         if target is None:
             raise MigrationError(f"{where}: the target store cannot import with UIDs (no IMailboxImport)")
         targetStatus = yield target.status()
+        sourceInfos = yield source.listMessages()
+        # 0: the source keeps no modseqs (RFC 7162's NOMODSEQ).
+        keepModseqs = status.highestModseq > 0
+        highest = max([status.highestModseq] + [i.modseq for i in sourceInfos])
         if targetStatus.uidValidity != status.uidValidity:
             if targetStatus.messages:
                 raise MigrationError(
@@ -264,9 +308,13 @@ class Migration:
             yield target.setUIDValidity(status.uidValidity)
             targetStatus = yield target.status()
         present = {i.uid: i for i in (yield target.listMessages())}
+        # First, so that a flag change below (a resumed run) and, from a
+        # source without modseqs, every import get a modseq above every one
+        # a client of the source may know.
+        yield target.raiseHighestModseq(highest if keepModseqs else UNKNOWN_MODSEQ_FLOOR)
         uidNext = targetStatus.uidNext
         copied = skipped = 0
-        for info in (yield source.listMessages()):
+        for info in sourceInfos:
             there = present.get(info.uid)
             if there is not None:
                 if there.flags != info.flags:
@@ -281,7 +329,8 @@ class Migration:
                 )
             f = yield source.openMessage(info.uid)
             try:
-                yield target.importMessage(info.uid, f, info.flags, info.internalDate)
+                yield target.importMessage(info.uid, f, info.flags, info.internalDate,
+                                           modseq=info.modseq if keepModseqs and info.modseq > 0 else None)
             finally:
                 f.close()
             uidNext = info.uid + 1
@@ -295,7 +344,8 @@ class Migration:
     def verifyAccount(self, address: str, report: Optional[AccountReport] = None):
         """
         Compare the account in both stores: mailboxes, subscriptions,
-        UIDVALIDITY, UIDs, flags, internal dates, sizes and content hashes.
+        UIDVALIDITY, UIDs, flags, internal dates, sizes, modseqs and
+        content hashes.
 
         @return: a Deferred firing with the L{AccountReport}, its
             C{mismatches} filled in.
@@ -323,6 +373,15 @@ class Migration:
         subsTarget = yield target.listSubscriptions()
         if subsSource != subsTarget:
             bad.append(f"{address}: subscriptions differ: source {subsSource}, target {subsTarget}")
+        sourceACL, targetACL = IAccountACL(source, None), IAccountACL(target, None)
+        if sourceACL is not None and targetACL is not None:
+            for name, _ in wanted:
+                if name not in have:
+                    continue
+                aclSource = yield sourceACL.getACL(name)
+                aclTarget = yield targetACL.getACL(name)
+                if aclSource != aclTarget:
+                    bad.append(f"{address} {name}: ACL differs: source {aclSource}, target {aclTarget}")
         return report
 
     @defer.inlineCallbacks
@@ -333,6 +392,9 @@ class Migration:
             bad.append(f"{where}: UIDVALIDITY {d.uidValidity} in the target, {s.uidValidity} in the source")
         if d.uidNext < s.uidNext:
             bad.append(f"{where}: UIDNEXT {d.uidNext} in the target, {s.uidNext} in the source")
+        keepModseqs = s.highestModseq > 0
+        if keepModseqs and d.highestModseq < s.highestModseq:
+            bad.append(f"{where}: HIGHESTMODSEQ {d.highestModseq} in the target, {s.highestModseq} in the source")
         sourceInfos = {i.uid: i for i in (yield src.listMessages())}
         targetInfos: Dict[int, Any] = {i.uid: i for i in (yield dst.listMessages())}
         if len(sourceInfos) != len(targetInfos):
@@ -349,6 +411,10 @@ class Migration:
                 bad.append(f"{where}: UID {uid} internal date {b.internalDate} in the target, {a.internalDate} in the source")
             if a.size != b.size:
                 bad.append(f"{where}: UID {uid} size {b.size} in the target, {a.size} in the source")
+            if keepModseqs and b.modseq != a.modseq and b.modseq <= s.highestModseq:
+                # Another modseq is only right above everything a client
+                # of the source can know (see the module's description).
+                bad.append(f"{where}: UID {uid} modseq {b.modseq} in the target, {a.modseq} in the source")
             if (yield contentDigest(src, uid)) != (yield contentDigest(dst, uid)):
                 bad.append(f"{where}: UID {uid} content differs (sha256)")
 

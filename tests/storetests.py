@@ -25,7 +25,16 @@ from mailplat.errors import (
     NoSuchMailbox,
     NoSuchMessage,
 )
-from mailplat.interfaces import IAccount, IMailbox, IMailboxImport, IMailboxListener, IStore
+from mailplat.interfaces import (
+    ConditionalFlags,
+    IAccount,
+    IAccountACL,
+    IMailbox,
+    IMailboxImport,
+    IMailboxListener,
+    IStore,
+    IStoreACL,
+)
 from mailplat.mailbox import DEFAULT_MAILBOXES
 
 ALICE = "alice@example.test"
@@ -74,7 +83,206 @@ def readFile(f: Any) -> bytes:
     return b"".join(chunks)
 
 
-class StoreConformanceMixin:
+class ACLConformanceMixin:
+    """
+    Tests of the optional ACL part of the contract (L{IAccountACL},
+    L{IStoreACL}), run by every store through L{StoreConformanceMixin}.
+    The helpers (C{account}, C{reopen}, C{store}) are the conformance
+    suite's.
+    """
+
+    @defer.inlineCallbacks
+    def test_aclInterfaces(self):
+        """
+        Accounts provide L{IAccountACL} and lead to their store, which
+        provides L{IStoreACL}.
+        """
+        account = yield self.account()
+        verifyObject(IAccountACL, account)
+        verifyObject(IStoreACL, self.store)
+        self.assertIs(account.store, self.store)
+
+    @defer.inlineCallbacks
+    def test_aclSetAndGet(self):
+        """
+        Rights are kept canonical, per identifier; an empty or L{None}
+        right string removes the entry, and removing a missing entry is
+        not an error.
+        """
+        account = yield self.account()
+        self.assertEqual((yield account.getACL("INBOX")), {})
+        yield account.setACL("Drafts", BOB, "rlsl")
+        yield account.setACL("Drafts", "anyone", "l")
+        self.assertEqual((yield account.getACL("Drafts")), {BOB: "lrs", "anyone": "l"})
+        acl = yield account.getACL("Drafts")
+        acl.clear()
+        self.assertEqual((yield account.getACL("Drafts")), {BOB: "lrs", "anyone": "l"})
+        yield account.setACL("Drafts", BOB, "aetxkpiwsrl")
+        self.assertEqual((yield account.getACL("Drafts")), {BOB: "lrswipkxtea", "anyone": "l"})
+        yield account.setACL("Drafts", BOB, "")
+        yield account.setACL("Drafts", "anyone", None)
+        yield account.setACL("Drafts", "carol@example.test", None)
+        self.assertEqual((yield account.getACL("Drafts")), {})
+        self.assertEqual((yield account.getACL("INBOX")), {})
+
+    @defer.inlineCallbacks
+    def test_aclRefused(self):
+        """
+        Unknown rights, the owner, empty or spaced identifiers and missing
+        mailboxes are refused, and nothing is kept.
+        """
+        account = yield self.account()
+        yield self.assertFailure(account.setACL("INBOX", BOB, "lrz"), MailboxError)
+        yield self.assertFailure(account.setACL("INBOX", BOB, "c"), MailboxError)
+        yield self.assertFailure(account.setACL("INBOX", ALICE, "lr"), MailboxError)
+        yield self.assertFailure(account.setACL("INBOX", "", "lr"), MailboxError)
+        yield self.assertFailure(account.setACL("INBOX", "bob @example.test", "lr"), MailboxError)
+        yield self.assertFailure(account.setACL("INBOX", "bob\t@example.test", "lr"), MailboxError)
+        yield self.assertFailure(account.setACL("Nowhere", BOB, "lr"), NoSuchMailbox)
+        yield self.assertFailure(account.getACL("Nowhere"), NoSuchMailbox)
+        yield self.assertFailure(account.getACL("a//b"), InvalidMailboxName)
+        self.assertEqual((yield account.getACL("INBOX")), {})
+        self.assertEqual((yield self.store.sharedWith(BOB)), [])
+
+    @defer.inlineCallbacks
+    def test_aclNoselectHasNone(self):
+        """
+        A name kept only as hierarchy (\\Noselect) is not a mailbox an ACL
+        can be put on.
+        """
+        account = yield self.account()
+        yield account.createMailbox("Top/Child")
+        yield account.deleteMailbox("Top")
+        yield self.assertFailure(account.setACL("Top", BOB, "lr"), NoSuchMailbox)
+        yield self.assertFailure(account.getACL("Top"), NoSuchMailbox)
+
+    @defer.inlineCallbacks
+    def test_aclSharedWith(self):
+        """
+        C{sharedWith} finds what others gave the user or C{anyone}, with
+        the rights of both together, sorted, and never the user's own.
+        """
+        alice = yield self.account()
+        bob = yield self.account(address=BOB)
+        carol = "carol@example.test"
+        yield alice.createMailbox("Work")
+        yield alice.setACL("Work", BOB, "lr")
+        yield alice.setACL("Trash", "anyone", "li")
+        yield alice.setACL("Trash", BOB, "r")
+        yield bob.setACL("INBOX", ALICE, "lrs")
+        yield bob.setACL("Sent", "anyone", "l")
+        self.assertEqual(
+            (yield self.store.sharedWith(BOB)),
+            [(ALICE, "Trash", "lri"), (ALICE, "Work", "lr")],
+        )
+        self.assertEqual(
+            (yield self.store.sharedWith(ALICE)),
+            [(BOB, "INBOX", "lrs"), (BOB, "Sent", "l")],
+        )
+        self.assertEqual(
+            (yield self.store.sharedWith(carol)),
+            [(ALICE, "Trash", "li"), (BOB, "Sent", "l")],
+        )
+        yield alice.setACL("Work", BOB, None)
+        yield alice.setACL("Trash", "anyone", "")
+        self.assertEqual((yield self.store.sharedWith(BOB)), [(ALICE, "Trash", "r")])
+        self.assertEqual((yield self.store.sharedWith(carol)), [(BOB, "Sent", "l")])
+
+    @defer.inlineCallbacks
+    def test_aclRename(self):
+        """
+        Renaming a mailbox carries its ACL and its children's to the new
+        names; nothing stays under the old ones.
+        """
+        alice = yield self.account()
+        yield alice.createMailbox("Team/Sub")
+        yield alice.createMailbox("Teamwork")
+        yield alice.setACL("Team", BOB, "lr")
+        yield alice.setACL("Team/Sub", BOB, "lrw")
+        yield alice.setACL("Teamwork", BOB, "l")
+        yield alice.renameMailbox("Team", "Group/Team")
+        self.assertEqual((yield alice.getACL("Group/Team")), {BOB: "lr"})
+        self.assertEqual((yield alice.getACL("Group/Team/Sub")), {BOB: "lrw"})
+        self.assertEqual((yield alice.getACL("Teamwork")), {BOB: "l"})
+        self.assertEqual((yield alice.getACL("Group")), {})
+        yield self.assertFailure(alice.getACL("Team"), NoSuchMailbox)
+        self.assertEqual(
+            (yield self.store.sharedWith(BOB)),
+            [(ALICE, "Group/Team", "lr"), (ALICE, "Group/Team/Sub", "lrw"), (ALICE, "Teamwork", "l")],
+        )
+        yield alice.createMailbox("Team")
+        self.assertEqual((yield alice.getACL("Team")), {})
+
+    @defer.inlineCallbacks
+    def test_aclRenameInbox(self):
+        """
+        Renaming INBOX moves its messages, not its ACL: INBOX keeps it.
+        """
+        alice = yield self.account()
+        yield alice.setACL("INBOX", BOB, "lr")
+        yield alice.renameMailbox("INBOX", "Old")
+        self.assertEqual((yield alice.getACL("INBOX")), {BOB: "lr"})
+        self.assertEqual((yield alice.getACL("Old")), {})
+        self.assertEqual((yield self.store.sharedWith(BOB)), [(ALICE, "INBOX", "lr")])
+
+    @defer.inlineCallbacks
+    def test_aclDelete(self):
+        """
+        Deleting a mailbox drops its ACL (one made again under the name
+        starts with none); its children, kept, keep theirs.
+        """
+        alice = yield self.account()
+        yield alice.createMailbox("Team/Sub")
+        yield alice.createMailbox("Solo")
+        yield alice.setACL("Team", BOB, "lr")
+        yield alice.setACL("Team/Sub", BOB, "lrw")
+        yield alice.setACL("Solo", "anyone", "lr")
+        yield alice.deleteMailbox("Team")
+        yield alice.deleteMailbox("Solo")
+        self.assertEqual((yield alice.getACL("Team/Sub")), {BOB: "lrw"})
+        self.assertEqual((yield self.store.sharedWith(BOB)), [(ALICE, "Team/Sub", "lrw")])
+        yield alice.createMailbox("Team")
+        yield alice.createMailbox("Solo")
+        self.assertEqual((yield alice.getACL("Team")), {})
+        self.assertEqual((yield alice.getACL("Solo")), {})
+        self.assertEqual((yield self.store.sharedWith("carol@example.test")), [])
+
+    @defer.inlineCallbacks
+    def test_aclDeleteAccount(self):
+        """
+        The mailboxes of a deleted account are no longer shared with
+        anyone, and an account made again under the address shares
+        nothing.
+        """
+        alice = yield self.account()
+        yield alice.setACL("INBOX", BOB, "lr")
+        yield alice.setACL("Sent", "anyone", "l")
+        yield self.store.deleteAccount(ALICE)
+        self.assertEqual((yield self.store.sharedWith(BOB)), [])
+        alice = yield self.account()
+        self.assertEqual((yield alice.getACL("INBOX")), {})
+        self.assertEqual((yield self.store.sharedWith(BOB)), [])
+
+    @defer.inlineCallbacks
+    def test_aclRestart(self):
+        """
+        ACLs survive a restart, and so does what C{sharedWith} finds.
+        """
+        alice = yield self.account()
+        yield alice.createMailbox("Shared Stuff/Ünïcode")
+        yield alice.setACL("Shared Stuff/Ünïcode", BOB, "lrs")
+        yield alice.setACL("INBOX", "anyone", "l")
+        store = yield self.reopen()
+        alice = yield store.getAccount(ALICE)
+        self.assertEqual((yield alice.getACL("Shared Stuff/Ünïcode")), {BOB: "lrs"})
+        self.assertEqual((yield alice.getACL("INBOX")), {"anyone": "l"})
+        self.assertEqual(
+            (yield store.sharedWith(BOB)),
+            [(ALICE, "INBOX", "l"), (ALICE, "Shared Stuff/Ünïcode", "lrs")],
+        )
+
+
+class StoreConformanceMixin(ACLConformanceMixin):
     """
     Tests of the whole store contract (L{mailplat.interfaces}).
 
@@ -909,3 +1117,159 @@ class StoreConformanceMixin:
         self.assertIn("\\Noselect", listing["p"])
         self.assertIn("p/q", listing)
         self.assertNotIn("gone", listing)
+
+    # -- conditional STORE (setFlags with unchangedSince, RFC 7162 3.1.3) and
+    #    imported modseqs (IMailboxImport.importMessage's modseq,
+    #    raiseHighestModseq)
+
+    @defer.inlineCallbacks
+    def test_conditionalSetFlags(self):
+        """
+        With C{unchangedSince}, a message whose modseq is at most the value
+        is changed (or left as it is, keeping its modseq, when its flags
+        are already so); one whose modseq is greater is left unchanged and
+        reported in C{modified}; a UID that is gone is neither.
+        """
+        inbox = yield self.mailbox()
+        a = yield inbox.append(BytesIO(message("a")))
+        b = yield inbox.append(BytesIO(message("b")), ["\\Seen"])
+        c = yield inbox.append(BytesIO(message("c")))
+        before = {i.uid: i for i in (yield inbox.listMessages())}
+        mark = max(i.modseq for i in before.values())
+        touched = (yield inbox.setFlags([a], ["\\Answered"], "add"))[0]
+        self.assertGreater(touched.modseq, mark)
+
+        outcome = yield inbox.setFlags([a, b, c, 99], ["\\Seen"], "add", unchangedSince=mark)
+        self.assertIsInstance(outcome, ConditionalFlags)
+        self.assertEqual(outcome.modified, [a])
+        self.assertEqual([i.uid for i in outcome.infos], [b, c])
+        infos = {i.uid: i for i in outcome.infos}
+        self.assertEqual(infos[b].modseq, before[b].modseq, "a message already so keeps its modseq")
+        self.assertEqual(infos[b].flags, frozenset(["\\Seen"]))
+        self.assertGreater(infos[c].modseq, touched.modseq)
+        self.assertEqual(infos[c].flags, frozenset(["\\Seen"]))
+        now = {i.uid: i for i in (yield inbox.listMessages())}
+        self.assertEqual(now[a], touched, "the modified message is left as it was")
+        self.assertEqual(now[c], infos[c])
+
+        # A modseq equal to the value passes; 0 fails every message.
+        equal = yield inbox.setFlags([c], ["\\Flagged"], "add", unchangedSince=infos[c].modseq)
+        self.assertEqual((equal.modified, [i.uid for i in equal.infos]), ([], [c]))
+        self.assertIn("\\Flagged", equal.infos[0].flags)
+        highest = (yield inbox.status()).highestModseq
+        none = yield inbox.setFlags([a, b, c], ["\\Deleted"], "add", unchangedSince=0)
+        self.assertEqual((none.infos, none.modified), ([], [a, b, c]))
+        self.assertEqual((yield inbox.status()).highestModseq, highest)
+        self.assertFalse(any("\\Deleted" in i.flags for i in (yield inbox.listMessages())))
+
+        # Without it, the answer is still a plain list.
+        plain = yield inbox.setFlags([a], ["\\Seen"], "add")
+        self.assertEqual([i.uid for i in plain], [a])
+        self.assertNotIsInstance(plain, ConditionalFlags)
+
+    @defer.inlineCallbacks
+    def test_conditionalSetFlagsBadValue(self):
+        """
+        An C{unchangedSince} that is not a modseq is refused and changes
+        nothing.
+        """
+        inbox = yield self.mailbox()
+        uid = yield inbox.append(BytesIO(message()))
+        for bad in (-1, 2**63, "1"):
+            yield self.assertFailure(inbox.setFlags([uid], ["\\Seen"], "add", unchangedSince=bad), ValueError)
+        self.assertEqual([i.flags for i in (yield inbox.listMessages())], [frozenset()])
+
+    @defer.inlineCallbacks
+    def test_conditionalSetFlagsOtherProcess(self):
+        """
+        Two store instances on the same data (two processes): a change made
+        through one fails the other's conditional STORE, even though the
+        other read the mailbox before the change; and of two conditional
+        STOREs racing with the same C{unchangedSince}, exactly one wins.
+        """
+        if not self.persistent:
+            raise SkipTest("store does not persist: no second instance on the same data")
+        first = yield self.mailbox()
+        other = self.openStore()
+        second = yield self.mailbox(store=other)
+        uid = yield first.append(BytesIO(message()))
+        [seen] = yield second.listMessages()
+        self.assertEqual(seen.uid, uid)
+
+        yield first.setFlags([uid], ["\\Seen"], "add")
+        stale = yield second.setFlags([uid], ["\\Deleted"], "add", unchangedSince=seen.modseq)
+        self.assertEqual((stale.infos, stale.modified), ([], [uid]))
+        [now] = yield first.listMessages()
+        self.assertEqual(now.flags, frozenset(["\\Seen"]))
+
+        # Both ask at once, each believing the message unchanged since now.
+        racing = yield defer.gatherResults([
+            first.setFlags([uid], ["\\Flagged"], "add", unchangedSince=now.modseq),
+            second.setFlags([uid], ["$Second"], "add", unchangedSince=now.modseq),
+        ])
+        winners = [r for r in racing if r.infos]
+        losers = [r for r in racing if r.modified]
+        self.assertEqual((len(winners), len(losers)), (1, 1), racing)
+        self.assertEqual(losers[0].modified, [uid])
+        winner = winners[0].infos[0]
+        self.assertGreater(winner.modseq, now.modseq)
+        wonFlag = "\\Flagged" if winners[0] is racing[0] else "$Second"
+        self.assertEqual(winner.flags, frozenset(["\\Seen", wonFlag]))
+        for mailbox in (first, second):
+            [final] = yield mailbox.listMessages()
+            self.assertEqual((final.flags, final.modseq), (winner.flags, winner.modseq))
+
+    @defer.inlineCallbacks
+    def test_importModseq(self):
+        """
+        A message imported with a modseq keeps it, in any order;
+        HIGHESTMODSEQ is at least every one and can be raised, never
+        lowered; later changes get modseqs above it.
+        """
+        inbox = yield self.importer()
+        yield inbox.importMessage(3, BytesIO(message("three")), ["\\Seen"], 1300000000.0, modseq=50)
+        yield inbox.importMessage(4, BytesIO(message("four")), [], 1300000001.0, modseq=7)
+        self.assertEqual([(i.uid, i.modseq) for i in (yield inbox.listMessages())], [(3, 50), (4, 7)])
+        self.assertEqual((yield inbox.status()).highestModseq, 50)
+        yield inbox.raiseHighestModseq(80)
+        self.assertEqual((yield inbox.status()).highestModseq, 80)
+        yield inbox.raiseHighestModseq(60)
+        self.assertEqual((yield inbox.status()).highestModseq, 80)
+        [changed] = yield inbox.setFlags([4], ["\\Flagged"], "add")
+        self.assertGreater(changed.modseq, 80)
+        fresh = yield inbox.importMessage(5, BytesIO(message("five")))
+        infos = {i.uid: i for i in (yield inbox.listMessages())}
+        self.assertGreater(infos[fresh].modseq, changed.modseq)
+        self.assertEqual(infos[3].modseq, 50)
+        self.assertEqual((yield inbox.status()).highestModseq, infos[fresh].modseq)
+
+    @defer.inlineCallbacks
+    def test_importModseqOutOfRange(self):
+        """
+        A modseq outside 1..2**63-1 is refused, by the import (which adds
+        nothing) and by raiseHighestModseq.
+        """
+        inbox = yield self.importer()
+        for bad in (0, -3, 2**63):
+            yield self.assertFailure(inbox.importMessage(3, BytesIO(message()), modseq=bad), MailboxError)
+            yield self.assertFailure(inbox.raiseHighestModseq(bad), MailboxError)
+        self.assertEqual((yield inbox.listMessages()), [])
+        self.assertEqual((yield inbox.status()).uidNext, 1)
+
+    @defer.inlineCallbacks
+    def test_importModseqRestart(self):
+        """
+        Imported modseqs and a raised HIGHESTMODSEQ survive a restart.
+        """
+        if not self.persistent:
+            raise SkipTest("store does not persist across restarts")
+        work = yield self.importer("Archive")
+        yield work.importMessage(2, BytesIO(message("two")), ["Later"], 1200000000.0, modseq=900)
+        yield work.importMessage(6, BytesIO(message("six")), ["\\Seen"], 1200000001.0, modseq=40)
+        yield work.raiseHighestModseq(1000)
+        yield self.reopen()
+        work = yield self.mailbox("Archive")
+        self.assertEqual([(i.uid, i.modseq) for i in (yield work.listMessages())], [(2, 900), (6, 40)])
+        self.assertEqual((yield work.status()).highestModseq, 1000)
+        [changed] = yield work.setFlags([6], ["\\Flagged"], "add")
+        self.assertGreater(changed.modseq, 1000)

@@ -18,8 +18,8 @@ from zope.interface import implementer
 from mailplat.admin import migrate_cmd
 from mailplat.errors import ConfigError, StoreError
 from mailplat.interfaces import IMailbox, IMailboxImport
-from mailplat.migrate import Migration, MigrationError, Progress
-from mailplat.store.foreign import ForeignMaildirStore, parseUidlist
+from mailplat.migrate import UNKNOWN_MODSEQ_FLOOR, Migration, MigrationError, Progress
+from mailplat.store.foreign import ForeignMaildirStore, parseUidlist, readCourierKeywords
 from mailplat.store.maildir import MaildirStore
 from mailplat.store.mbox import MboxStore
 from mailplat.store.memory import MemoryStore
@@ -77,11 +77,17 @@ class StoresMixin:
         yield alice.createMailbox("Entw\u00fcrfe")
         yield alice.subscribe("Work/Projects")
         yield alice.unsubscribe("Junk")
+        # Shared with bob and, read-only, with everyone (RFC 4314 ACLs).
+        yield alice.setACL("Work/Projects", BOB, "lrswi")
+        yield alice.setACL("Work/Projects", "anyone", "lr")
         inbox = yield alice.getMailbox("INBOX")
         uids = []
         for i in range(6):
             uids.append((yield inbox.append(BytesIO(message(f"in{i}", b"body %d\r\n" % i)),
                                             ["\\Seen", "$Label1"] if i % 2 else [], 1500000000.0 + i * 3600)))
+        # Modseqs out of UID order, and a HIGHESTMODSEQ above every
+        # message's (the expunge after the last change).
+        yield inbox.setFlags([uids[0]], ["\\Answered"], "add")
         yield inbox.expunge([uids[1], uids[5]], requireDeleted=False)
         work = yield alice.getMailbox("Work/Projects")
         yield work.append(BytesIO(message("big", b"y" * 100000 + b"\r\n")), ["\\Flagged", "\\Answered", "Later"],
@@ -110,8 +116,24 @@ class StoresMixin:
             for info in (yield mailbox.listMessages()):
                 body = readFile((yield mailbox.openMessage(info.uid)))
                 messages.append((info.uid, info.flags, int(info.internalDate), info.size, body))
-            boxes[name] = (status.uidValidity, status.uidNext, messages)
+            boxes[name] = (status.uidValidity, status.uidNext, messages, (yield account.getACL(name)))
         return listing, (yield account.listSubscriptions()), boxes
+
+    @defer.inlineCallbacks
+    def modseqs(self, store: Any, address: str = ALICE):
+        """
+        What a CONDSTORE client caches of an account: each mailbox's
+        HIGHESTMODSEQ and each message's MODSEQ.
+        """
+        account = yield store.getAccount(address)
+        result = {}
+        for entry in (yield account.listMailboxes()):
+            if "\\Noselect" in entry.attributes:
+                continue
+            mailbox = yield account.getMailbox(entry.name)
+            status = yield mailbox.status()
+            result[entry.name] = (status.highestModseq, [(i.uid, i.modseq) for i in (yield mailbox.listMessages())])
+        return result
 
 
 class PairTests(StoresMixin, unittest.TestCase):
@@ -131,8 +153,16 @@ class PairTests(StoresMixin, unittest.TestCase):
         self.assertEqual(reports[0].copied, 7)
         for address in (ALICE, BOB):
             self.assertEqual((yield self.snapshot(target, address)), (yield self.snapshot(source, address)))
+            self.assertEqual((yield self.modseqs(target, address)), (yield self.modseqs(source, address)))
+        inbox = (yield self.modseqs(source))["INBOX"]
+        self.assertGreater(inbox[0], max(m for _, m in inbox[1]), "the fixture's HIGHESTMODSEQ is an expunge's")
+        self.assertNotEqual(inbox[1], sorted(inbox[1], key=lambda p: p[1]), "the fixture's modseqs follow its UIDs")
         listing = (yield self.snapshot(target))[0]
         self.assertIn("\\Noselect", listing["Lists"])
+        # The ACL came along, and so did the store's index of who shares
+        # what with whom.
+        self.assertEqual((yield (yield target.getAccount(ALICE)).getACL("Work/Projects")), {BOB: "lrswi", "anyone": "lr"})
+        self.assertIn((ALICE, "Work/Projects", "lrswi"), (yield target.sharedWith(BOB)))
         self.assertIn("\\Flagged", listing["Work/Projects"])
         # A second run copies nothing and still verifies.
         again = yield Migration(source, target).run([ALICE])
@@ -229,6 +259,57 @@ class ResumeAndVerifyTests(StoresMixin, unittest.TestCase):
         reports = yield Migration(source, target).run([ALICE])
         self.assertEqual((reports[0].copied, reports[0].skipped, reports[0].mismatches), (4, 3, []))
         self.assertEqual((yield self.snapshot(target)), (yield self.snapshot(source)))
+        self.assertEqual((yield self.modseqs(target)), (yield self.modseqs(source)))
+
+    @defer.inlineCallbacks
+    def test_resumeAfterFlagChange(self):
+        """
+        A message whose flags changed in the source between two runs gets
+        its new flags with a modseq above the source's HIGHESTMODSEQ, so
+        that every client of the source sees the change; the rest keep
+        their modseqs, and the copy verifies.
+        """
+        source = self.store("sqlite")
+        target = self.store("mbox")
+        yield self.populate(source)
+        yield Migration(source, target).run([ALICE])
+        work = yield (yield source.getAccount(ALICE)).getMailbox("Work/Projects")
+        first = (yield work.listMessages())[0]
+        yield work.setFlags([first.uid], ["\\Seen"], "add")
+        sourceHighest = (yield work.status()).highestModseq
+        reports = yield Migration(source, target).run([ALICE])
+        self.assertEqual((reports[0].copied, reports[0].mismatches), (0, []))
+        self.assertEqual((yield self.snapshot(target)), (yield self.snapshot(source)))
+        before, after = (yield self.modseqs(source)), (yield self.modseqs(target))
+        highest, infos = after.pop("Work/Projects")
+        expected = before.pop("Work/Projects")[1]
+        self.assertEqual(after, before)
+        self.assertGreater(dict(infos)[first.uid], sourceHighest)
+        self.assertGreaterEqual(highest, dict(infos)[first.uid])
+        self.assertEqual([p for p in infos if p[0] != first.uid], [p for p in expected if p[0] != first.uid])
+
+    @defer.inlineCallbacks
+    def test_modseqMismatch(self):
+        """
+        A target message with another modseq that a client of the source
+        may hold (at most the source's HIGHESTMODSEQ), or a lower
+        HIGHESTMODSEQ, is a difference.
+        """
+        source = self.store("memory")
+        target = self.store("memory")
+        inbox = yield (yield source.getAccount(ALICE, create=True)).getMailbox("INBOX")
+        uid = yield inbox.append(BytesIO(message()))
+        yield inbox.setFlags([uid], ["\\Seen"], "add")
+        yield inbox.setFlags([uid], ["\\Flagged"], "add")
+        copy = IMailboxImport((yield (yield target.getAccount(ALICE, create=True)).getMailbox("INBOX")))
+        yield copy.setUIDValidity(inbox.uidValidity)
+        yield copy.importMessage(uid, BytesIO(message()), ["\\Seen", "\\Flagged"], modseq=2)
+        report = yield Migration(source, target).verifyAccount(ALICE)
+        lines = [line for line in report.mismatches if " INBOX: " in line]
+        self.assertEqual(lines, [
+            f"{ALICE} INBOX: HIGHESTMODSEQ 2 in the target, 4 in the source",
+            f"{ALICE} INBOX: UID {uid} modseq 2 in the target, 4 in the source",
+        ])
 
     @defer.inlineCallbacks
     def test_corruptedCopy(self):
@@ -299,6 +380,46 @@ def writeDovecotMaildir(root: str) -> None:
         f.write("V\t2\n\nINBOX\nWork\tProjects\n")
 
 
+def writeCourierMaildir(root: str) -> None:
+    """
+    A Courier-IMAP Maildir++ tree written by hand, in the formats
+    courier-libs uses (C{maildir/maildirkeywords2.c}, see
+    L{mailplat.store.foreign.readCourierKeywords}): C{courierimapuiddb},
+    C{courierimapsubscribed}, and C{courierimapkeywords/} with a C{:list}
+    and update files that override it (C{.<n>.<name>}, the highest C{n}
+    winning, and a plain C{<name>} newer than all of them; an empty one
+    clears), a C{.tmp.} scratch file and a name that is no IMAP keyword.
+    """
+    for folder in ("", ".Work"):
+        for sub in ("cur", "new", "tmp", "courierimapkeywords"):
+            os.makedirs(os.path.join(root, folder, sub))
+
+    def put(path: str, data: bytes, mtime: float = 1500000000) -> None:
+        with open(os.path.join(root, path), "wb") as f:
+            f.write(data)
+        os.utime(os.path.join(root, path), (mtime, mtime))
+
+    put("cur/1500000000.M1P1.host:2,S", b"Subject: one\n\nfirst\n", 1500000000)
+    put("cur/1500000100.M2P1.host:2,", b"Subject: two\n\nsecond\n", 1500000100)
+    put("cur/1500000200.M3P1.host:2,F", b"Subject: three\n\nthird\n", 1500000200)
+    put("new/1500000300.M4P1.host", b"Subject: four\n\nnew one\n", 1500000300)
+    put("courierimapuiddb", b"1 987654321 8\n3 1500000000.M1P1.host\n4 1500000100.M2P1.host\n"
+                            b"7 1500000200.M3P1.host\n")
+    put("courierimapkeywords/:list", b"$Forwarded\nImportant\nJunk\n\n"
+                                     b"1500000000.M1P1.host:0 1\n1500000100.M2P1.host:2\n"
+                                     b"1500000200.M3P1.host:1\n")
+    put("courierimapkeywords/.9.1500000100.M2P1.host", b"Junk\n")
+    put("courierimapkeywords/.12.1500000100.M2P1.host", b"NonJunk\n")
+    put("courierimapkeywords/.20.1500000200.M3P1.host", b"Old\n")
+    put("courierimapkeywords/1500000200.M3P1.host", b"")
+    put("courierimapkeywords/.3.1500000300.M4P1.host", b"$Label1\nbad word\n")
+    put("courierimapkeywords/.tmp.1500000000.scratch", b"Scratch\n")
+    put(".Work/cur/1400000000.M5P1.host:2,RS", b"Subject: work\n\nwork\n", 1400000000)
+    put(".Work/courierimapuiddb", b"1 55555 3\n2 1400000000.M5P1.host\n")
+    put(".Work/courierimapkeywords/:list", b"Later\n\n1400000000.M5P1.host:0\n")
+    put("courierimapsubscribed", b"INBOX\nINBOX.Work\n")
+
+
 class ForeignTests(StoresMixin, unittest.TestCase):
     """
     Importing a Dovecot Maildir keeps its UIDs, UIDVALIDITY, keywords and
@@ -329,11 +450,66 @@ class ForeignTests(StoresMixin, unittest.TestCase):
             (17, frozenset(), 1400000200.0),
         ])
         self.assertEqual(readFile((yield inbox.openMessage(9))), b"Subject: two\r\n\r\nsecond\r\n")
+        self.assertTrue(all(i.modseq > UNKNOWN_MODSEQ_FLOOR for i in infos), infos)
         work = yield account.getMailbox("Work/Projects")
         self.assertEqual(work.uidValidity, 1234567999)
         self.assertEqual([(i.uid, i.flags) for i in (yield work.listMessages())], [(2, frozenset(["\\Deleted"]))])
         yield account.getMailbox("Entw\u00fcrfe")
         self.assertEqual((yield account.listSubscriptions()), ["INBOX", "Work/Projects"])
+        after = sorted((d, sorted(f), os.stat(d).st_mtime_ns) for d, _, f in os.walk(root))
+        self.assertEqual(after, before)
+
+    def test_courierKeywords(self):
+        """
+        Courier's keyword list and update files give each message its
+        keywords: the newest update replaces the list, an empty one clears
+        it, scratch files and names that are no keyword are left out.
+        """
+        root = os.path.abspath(self.mktemp())
+        writeCourierMaildir(root)
+        self.assertEqual(readCourierKeywords(root), {
+            "1500000000.M1P1.host": frozenset(["$Forwarded", "Important"]),
+            "1500000100.M2P1.host": frozenset(["NonJunk"]),
+            "1500000300.M4P1.host": frozenset(["$Label1"]),
+        })
+        self.assertEqual(readCourierKeywords(os.path.join(root, ".Work")),
+                         {"1400000000.M5P1.host": frozenset(["Later"])})
+        self.assertEqual(readCourierKeywords(os.path.join(root, "cur")), {})
+
+    @defer.inlineCallbacks
+    def test_courierImport(self):
+        """
+        A Courier Maildir is imported with its UIDs, UIDVALIDITY, flags,
+        keywords and subscriptions, and left untouched; its messages get
+        new modseqs (Courier keeps none).
+        """
+        root = os.path.abspath(self.mktemp())
+        writeCourierMaildir(root)
+        before = sorted((d, sorted(f), os.stat(d).st_mtime_ns) for d, _, f in os.walk(root))
+        source = ForeignMaildirStore(root, "courier", ALICE)
+        target = self.store("maildir")
+        reports = yield Migration(source, target).run([ALICE])
+        self.assertEqual(reports[0].mismatches, [])
+        account = yield target.getAccount(ALICE)
+        inbox = yield account.getMailbox("INBOX")
+        status = yield inbox.status()
+        self.assertEqual((status.uidValidity, status.uidNext), (987654321, 9))
+        infos = yield inbox.listMessages()
+        self.assertEqual([(i.uid, i.flags, i.internalDate) for i in infos], [
+            (3, frozenset(["\\Seen", "$Forwarded", "Important"]), 1500000000.0),
+            (4, frozenset(["NonJunk"]), 1500000100.0),
+            (7, frozenset(["\\Flagged"]), 1500000200.0),
+            (8, frozenset(["$Label1"]), 1500000300.0),
+        ])
+        # New modseqs, above any a client of Courier (or Dovecot) may hold.
+        self.assertEqual(len({i.modseq for i in infos}), 4)
+        self.assertTrue(all(i.modseq > UNKNOWN_MODSEQ_FLOOR for i in infos), infos)
+        self.assertGreaterEqual(status.highestModseq, max(i.modseq for i in infos))
+        work = yield account.getMailbox("Work")
+        self.assertEqual(work.uidValidity, 55555)
+        self.assertEqual([(i.uid, i.flags) for i in (yield work.listMessages())],
+                         [(2, frozenset(["\\Answered", "\\Seen", "Later"]))])
+        self.assertEqual((yield account.listSubscriptions()), ["INBOX", "Work"])
         after = sorted((d, sorted(f), os.stat(d).st_mtime_ns) for d, _, f in os.walk(root))
         self.assertEqual(after, before)
 

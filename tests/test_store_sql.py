@@ -228,11 +228,11 @@ class SharedDatabaseTestsMixin:
         A new database is at the latest version, once; opening it again
         applies nothing.
         """
-        self.assertEqual(self.rawQuery("SELECT version FROM schema_version"), [(LATEST_VERSION,)])
+        self.assertEqual(self.rawQuery("SELECT version FROM schema_version ORDER BY version"), [(v,) for v in range(1, LATEST_VERSION + 1)])
         other = self.openStore()
         self.assertIsNot(other, self.store)
-        self.assertEqual(self.rawQuery("SELECT version FROM schema_version"), [(LATEST_VERSION,)])
-        tables = {"accounts", "mailboxes", "messages", "blobs", "mailbox_messages", "subscriptions", "users", "domains", "aliases"}
+        self.assertEqual(self.rawQuery("SELECT version FROM schema_version ORDER BY version"), [(v,) for v in range(1, LATEST_VERSION + 1)])
+        tables = {"accounts", "mailboxes", "messages", "blobs", "mailbox_messages", "subscriptions", "users", "domains", "aliases", "mailbox_acl"}
         for table in tables:
             self.assertEqual(self.rawQuery(f"SELECT COUNT(*) FROM {table}"), [(0,)])
 
@@ -700,3 +700,41 @@ class SQLiteCheckerTests(SQLiteDatabaseMixin, CheckerTestsMixin, unittest.TestCa
 class PostgresCheckerTests(PostgresDatabaseMixin, CheckerTestsMixin, unittest.TestCase):
     def checkerArgument(self) -> str:
         return f"{POSTGRES}?schema={self.schema}"
+
+
+class ACLMigrationTests(unittest.TestCase):
+    """
+    A database written before ACLs (schema version 1) gains the
+    C{mailbox_acl} table when a store opens it, its mail untouched.
+    """
+
+    @defer.inlineCallbacks
+    def test_upgradeFromVersion1(self):
+        from mailplat.store.sql.schema import MIGRATIONS, SQLITE, VERSION_TABLE
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "old.sqlite3")
+        conn = sqlite3.connect(path)
+        conn.execute(SQLITE.render(VERSION_TABLE))
+        for statement in MIGRATIONS[0][1]:
+            conn.execute(SQLITE.render(statement))
+        conn.execute("INSERT INTO schema_version (version, applied) VALUES (1, 0)")
+        conn.execute("INSERT INTO accounts (address) VALUES (?)", (ALICE,))
+        conn.execute("INSERT INTO mailboxes (account_id, name, uidvalidity) VALUES (1, 'INBOX', 7)")
+        conn.commit()
+        conn.close()
+        store = SQLStore.sqlite(path)
+        self.addCleanup(store.close)
+        account = yield store.getAccount(ALICE)
+        self.assertEqual((yield account.getACL("INBOX")), {})
+        yield account.setACL("INBOX", BOB, "lr")
+        self.assertEqual((yield store.sharedWith(BOB)), [(ALICE, "INBOX", "lr")])
+        mailbox = yield account.getMailbox("INBOX")
+        self.assertEqual(mailbox.uidValidity, 7)
+        conn = sqlite3.connect(path)
+        try:
+            versions = conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
+        finally:
+            conn.close()
+        self.assertEqual(versions, [(v,) for v in range(1, LATEST_VERSION + 1)])

@@ -1,8 +1,9 @@
 """
 The C{mailplat migrate} admin command: move accounts between stores, or
 import a Dovecot or Courier Maildir, keeping UIDVALIDITY, UIDs, flags,
-keywords, internal dates, mailboxes and subscriptions (see
-L{mailplat.migrate}).
+keywords, internal dates, modseqs (between mailplat stores: Dovecot and
+Courier keep none outside their binary indexes), mailboxes and
+subscriptions (see L{mailplat.migrate}).
 
     mailplat ... migrate --from STORE --to STORE [--user ADDRESS]
 
@@ -34,7 +35,7 @@ class MigrateOptions(usage.Options):
 
     synopsis = "--from STORE --to STORE [--user ADDRESS]"
     description = (
-        "Copy accounts from one store to another, keeping UIDs, flags and dates, then verify the copy. "
+        "Copy accounts from one store to another, keeping UIDs, flags, dates and modseqs, then verify the copy. "
         "--from also takes dovecot-maildir:PATH or courier-maildir:PATH (one user's Maildir, with --user). "
         "Interrupted runs resume where they stopped."
     )

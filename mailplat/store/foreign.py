@@ -20,9 +20,15 @@ What is read, so that clients keep their caches:
     version 1 names with C{.} or C{/} between levels).
   - Courier: C{courierimapuiddb} (also read as C{courierimapuidlist}:
     C{1 <uidvalidity> <uidnext>} then C{<uid> <file>} lines, the format
-    Dovecot's version 1 shares), C{courierimapsubscribed} (C{INBOX.a.b}).
-    Courier keeps keywords in C{courierimapkeywords/}, which is not read:
-    such keywords are not migrated.
+    Dovecot's version 1 shares), C{courierimapsubscribed} (C{INBOX.a.b}),
+    and the keywords in C{courierimapkeywords/} (see
+    L{readCourierKeywords}).
+
+Neither keeps modseqs anywhere but in a binary index (Dovecot's
+C{dovecot.index} and its transaction log; Courier has none), which is not
+read: the readers report a HIGHESTMODSEQ and modseqs of 0 (RFC 7162's
+NOMODSEQ), and the migration gives the messages new modseqs above any
+such a client may hold (L{mailplat.migrate.UNKNOWN_MODSEQ_FLOOR}).
 
 Folder directories are Maildir++ (C{.a.b} is C{a/b}), each level in
 modified UTF-7.  A message file the uidlist does not name (delivered after
@@ -44,6 +50,14 @@ from mailplat.mailbox import MailboxStatus, MessageInfo, buildListing, validateM
 from mailplat.store.maildir import CHUNK, _WireReader, _wireSize, _wireSizeFromName
 
 _LETTER_FLAGS = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen", "T": "\\Deleted"}
+
+#: Courier-IMAP's keyword directory in every maildir (KEYWORDDIR in
+#: courier-libs maildir/maildirwatch.h).
+COURIER_KEYWORDS = "courierimapkeywords"
+
+# Characters an IMAP atom cannot hold (RFC 3501 atom-specials, beyond
+# controls and space).
+_ATOM_SPECIALS = set('(){%*"\\]')
 
 DOVECOT = "dovecot"
 COURIER = "courier"
@@ -76,6 +90,102 @@ def _folderName(directory: str) -> Optional[str]:
     except MailboxError:
         return None
     return None if name == "INBOX" else name
+
+
+def _isKeyword(name: str) -> bool:
+    """
+    Whether C{name} can be an IMAP keyword (an atom not starting with a
+    backslash).
+    """
+    return bool(name) and all("!" <= c <= "~" and c not in _ATOM_SPECIALS for c in name)
+
+
+def _readLines(path: str) -> Optional[List[str]]:
+    """
+    The lines of a file without their line ends, or L{None} when it cannot
+    be read (gone meanwhile, or a directory).
+    """
+    try:
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
+            return f.read().decode("utf-8", "replace").split("\n")
+    except OSError:
+        return None
+
+
+def readCourierKeywords(maildir: str) -> Dict[str, FrozenSet[str]]:
+    """
+    The keywords Courier-IMAP keeps for the messages of C{maildir}, by the
+    message file's base name (its name before C{:}).
+
+    The format, as courier-libs writes and reads it (C{maildir/
+    maildirkeywords2.c}: C{maildir_kwExport}/C{maildir_kwImport} for the
+    list, C{maildir_kwSaveCommon}, C{scan_updates} and C{read_updates} for
+    the update files; the directory is C{KEYWORDDIR} of
+    C{maildir/maildirwatch.h}), all in C{courierimapkeywords/}:
+
+      - C{:list}: the keyword names, one a line, then an empty line, then
+        one line per message with keywords, C{<base name>:<i> <i> ...},
+        each C{<i>} the index (from 0) of a name above.
+      - update files, each holding a message's whole keyword set (one name
+        a line, up to an empty line; none at all clears them), which
+        replace what C{:list} says: C{.<n>.<base name>} (the highest C{n}
+        wins) and C{<base name>} (newer than any C{.<n>.} one).  Other
+        names starting with C{:} and C{.tmp.} scratch files are not
+        updates.
+
+    A name that cannot be an IMAP keyword is left out.  No directory, or
+    an unreadable file, gives no keywords.
+    """
+    directory = os.path.join(maildir, COURIER_KEYWORDS)
+    keywords: Dict[str, FrozenSet[str]] = {}
+    lines = _readLines(os.path.join(directory, ":list"))
+    if lines is not None:
+        names: List[str] = []
+        it = iter(lines)
+        for line in it:
+            if not line:
+                break
+            names.append(line)
+        for line in it:
+            base, colon, indexes = line.partition(":")
+            if not colon:
+                continue
+            chosen = set()
+            for index in indexes.split(" "):
+                if index.isdigit() and int(index) < len(names) and _isKeyword(names[int(index)]):
+                    chosen.add(names[int(index)])
+            keywords[base] = frozenset(chosen)
+    # The newest update of each message: (rank, file name); a plain
+    # <base name> ranks above every counter.
+    newest: Dict[str, Tuple[float, str]] = {}
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        entries = []
+    for entry in entries:
+        if entry.startswith(":"):
+            continue
+        if entry.startswith("."):
+            counter, dot, base = entry[1:].partition(".")
+            if not counter.isdigit() or not dot or not base:
+                continue  # .tmp.<time>.<name> scratch files, or not Courier's
+            rank = float(int(counter))
+        else:
+            base, rank = entry, float("inf")
+        if base not in newest or rank > newest[base][0]:
+            newest[base] = (rank, entry)
+    for base, (_, entry) in newest.items():
+        update = _readLines(os.path.join(directory, entry))
+        if update is None:
+            continue
+        chosen = set()
+        for line in update:
+            if not line:
+                break
+            if _isKeyword(line):
+                chosen.add(line)
+        keywords[base] = frozenset(chosen)
+    return {base: kws for base, kws in keywords.items() if kws}
 
 
 def parseUidlist(text: str) -> Tuple[Optional[int], int, Dict[str, int]]:
@@ -161,6 +271,7 @@ class ForeignMailbox:
 
     def _load(self) -> None:
         keywords = self._keywords()
+        courier = readCourierKeywords(self.path) if self.kind == COURIER else {}
         text = self._uidlist()
         validity, uidNext, uids = parseUidlist(text) if text is not None else (None, 1, {})
         if validity is None or not 1 <= validity <= 2**32 - 1:
@@ -194,7 +305,8 @@ class ForeignMailbox:
             size = _wireSizeFromName(filename)
             if size is None:
                 size = _wireSize(path)
-            self._files[uid] = _File(uid, path, self._flags(filename, keywords), st.st_mtime, size)
+            flags = self._flags(filename, keywords) | courier.get(filename.split(":", 1)[0], frozenset())
+            self._files[uid] = _File(uid, path, flags, st.st_mtime, size)
         self.uidValidity = validity
         self._uidNext = uidNext
 
@@ -212,7 +324,8 @@ class ForeignMailbox:
 
     def status(self) -> defer.Deferred:
         """
-        Counts of the mailbox as read (no message is \\Recent).
+        Counts of the mailbox as read (no message is \\Recent; HIGHESTMODSEQ
+        0: no modseqs are known).
         """
         files = list(self._files.values())
         return defer.succeed(MailboxStatus(
@@ -221,16 +334,16 @@ class ForeignMailbox:
             unseen=sum(1 for f in files if "\\Seen" not in f.flags),
             uidNext=self._uidNext,
             uidValidity=self.uidValidity,
-            highestModseq=1,
+            highestModseq=0,
             size=sum(f.size for f in files),
         ))
 
     def listMessages(self) -> defer.Deferred:
         """
-        Every message, in UID order.
+        Every message, in UID order (modseq 0: not known).
         """
         return defer.succeed([
-            MessageInfo(f.uid, f.flags, f.internalDate, f.size, 1) for _, f in sorted(self._files.items())
+            MessageInfo(f.uid, f.flags, f.internalDate, f.size, 0) for _, f in sorted(self._files.items())
         ])
 
     def openMessage(self, uid: int) -> defer.Deferred:

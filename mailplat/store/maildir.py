@@ -11,9 +11,13 @@ Layout, under the store's root directory::
                                                   line, a blank line, one name a line with
                                                   tabs between levels (version 1 is read too)
         mailplat-specialuse                       "<attribute> <name>" per line
+        mailplat-acl                              ACLs: "<name><tab><identifier><tab><rights>"
         mailplat-uidlist, mailplat-uidlist.lock   UIDs (below), in every maildir
         dovecot-keywords                          "<index> <keyword>": letter a+index
         mailplat-pop3.lock                        flock()ed by lockExclusive
+    <root>/mailplat-shared                        who shares with whom: "<identifier><tab><owner>"
+                                                  (an index; the ACL files are the truth),
+                                                  changed under flock of mailplat-shared.lock
 
 Each folder level is encoded in modified UTF-7 (RFC 3501 5.1.3) as Dovecot
 does on disk, and a literal C{.} inside a level is encoded too (C{&AC4-}),
@@ -91,7 +95,17 @@ from mailplat.errors import (
     NoSuchMessage,
     StoreError,
 )
-from mailplat.interfaces import IAccount, IMailbox, IMailboxImport, IMailboxListener, IStore, IStoreFactory
+from mailplat.interfaces import (
+    ConditionalFlags,
+    IAccount,
+    IAccountACL,
+    IMailbox,
+    IMailboxImport,
+    IMailboxListener,
+    IStore,
+    IStoreACL,
+    IStoreFactory,
+)
 from mailplat.mailbox import (
     DEFAULT_MAILBOXES,
     MailboxStatus,
@@ -102,7 +116,18 @@ from mailplat.mailbox import (
     renamedName,
     validateMailboxName,
 )
-from mailplat.store.memory import ListenerSet, checkImportedUID, checkImportedUIDValidity
+from mailplat.store.memory import (
+    ANYONE,
+    ListenerSet,
+    canonicalACLRights,
+    checkACLIdentifier,
+    renamedACLs,
+    sharedEntries,
+    checkImportedModseq,
+    checkImportedUID,
+    checkImportedUIDValidity,
+    checkUnchangedSince,
+)
 from mailplat.uidvalidity import newUIDValidity
 
 CHUNK = 65536
@@ -113,6 +138,9 @@ KEYWORDS = "dovecot-keywords"
 POP3_LOCK = "mailplat-pop3.lock"
 SUBSCRIPTIONS = "subscriptions"
 SPECIAL_USE = "mailplat-specialuse"
+ACL_FILE = "mailplat-acl"
+SHARED_INDEX = "mailplat-shared"
+SHARED_LOCK = "mailplat-shared.lock"
 FOLDER_MARKER = "maildirfolder"
 
 # Maildir info letters of the IMAP system flags.
@@ -1018,17 +1046,21 @@ class MaildirMailbox:
         return tmp, f"{unique},S={disk},W={wire}", wire
 
     def _appendSync(self, source: BinaryIO, flags: Iterable[str], internalDate: Optional[float],
-                    forcedUID: Optional[int] = None) -> int:
+                    forcedUID: Optional[int] = None, forcedModseq: Optional[int] = None) -> int:
         """
         Add one message alone: written, fsynced and committed on the calling
         thread.
 
         @param forcedUID: the UID to give it (an import), which must be at
             least UIDNEXT; the next free UID otherwise.
+        @param forcedModseq: the modseq to give it (an import);
+            HIGHESTMODSEQ is raised to it.  A new modseq otherwise.
         """
         if self._deleted:
             raise NoSuchMailbox(f"Mailbox {self.name} does not exist any more")
         wanted = applyFlags(frozenset(), flags, "set")
+        if forcedModseq is not None:
+            checkImportedModseq(self.name, forcedModseq)
         if forcedUID is not None:
             with self._mutex:
                 checkImportedUID(self.name, forcedUID, self._uidNext)
@@ -1048,11 +1080,20 @@ class MaildirMailbox:
             mtime = os.stat(target).st_mtime
             uid = self._uidNext
             self._uidNext += 1
-            self._highestModseq += 1
-            self._entries[uid] = _Entry(uid, self._highestModseq, mtime, wire, subdir, filename)
+            if forcedModseq is None:
+                self._highestModseq += 1
+                modseq = self._highestModseq
+            else:
+                modseq = forcedModseq
+                self._highestModseq = max(self._highestModseq, modseq)
+            self._entries[uid] = _Entry(uid, modseq, mtime, wire, subdir, filename)
             self._byBase[base] = uid
             self._listing[base] = (subdir, filename)
-            self._logChanges([_entryLine(self._entries[uid])])
+            lines = [_entryLine(self._entries[uid])]
+            if modseq < self._highestModseq:
+                # Read back, the entry alone would not say HIGHESTMODSEQ.
+                lines.append(f"M{self._highestModseq}\n")
+            self._logChanges(lines)
             return uid
 
         try:
@@ -1119,17 +1160,36 @@ class MaildirMailbox:
         return d
 
     def importMessage(self, uid: int, source: BinaryIO, flags: Iterable[str] = (),
-                      internalDate: Optional[float] = None) -> defer.Deferred:
+                      internalDate: Optional[float] = None, modseq: Optional[int] = None) -> defer.Deferred:
         """
-        Add a message under a given UID (see L{IMailboxImport.importMessage}):
-        written and committed alone, on the calling thread, after the
-        appends under way are committed.
+        Add a message under a given UID, and modseq when given (see
+        L{IMailboxImport.importMessage}): written and committed alone, on
+        the calling thread, after the appends under way are committed.
         """
         flags = list(flags)
         d = self._settled()
         d.addCallback(lambda _: _run(f"import a message into {self.name}", self._appendSync, source, flags,
-                                     internalDate, uid))
+                                     internalDate, uid, modseq))
         return d.addCallback(self._notified)
+
+    def raiseHighestModseq(self, modseq: int) -> defer.Deferred:
+        """
+        Raise HIGHESTMODSEQ to at least C{modseq}, recorded in the uidlist
+        (see L{IMailboxImport.raiseHighestModseq}).
+        """
+        try:
+            checkImportedModseq(self.name, modseq)
+        except MailboxError as e:
+            return defer.fail(e)
+
+        def work() -> None:
+            if modseq > self._highestModseq:
+                self._highestModseq = int(modseq)
+                self._logChanges([f"M{self._highestModseq}\n"])
+
+        d = self._settled()
+        d.addCallback(lambda _: _run(f"raise the HIGHESTMODSEQ of {self.name}", self._locked, work, False))
+        return d
 
     def raiseUIDNext(self, uidNext: int) -> defer.Deferred:
         """
@@ -1272,15 +1332,32 @@ class MaildirMailbox:
         self._listeners.notify(self)
         return result
 
-    def _setFlagsSync(self, uids: Iterable[int], flags: List[str], mode: str) -> Tuple[List[MessageInfo], bool]:
-        def work() -> Tuple[List[MessageInfo], bool]:
+    def _setFlagsSync(self, uids: Iterable[int], flags: List[str], mode: str,
+                      unchangedSince: Optional[int] = None) -> Tuple[List[MessageInfo], bool, List[int]]:
+        """
+        Change flags under the uidlist lock, caught up with the disk first,
+        so the C{unchangedSince} test sees every other process's change
+        and none can come between the test and the rename.
+
+        @return: the new infos, whether any changed, and the UIDs that
+            failed the C{unchangedSince} test.
+        """
+        modified: List[int] = []
+
+        def change(entry: _Entry, dirs: Set[str]) -> Optional[_Entry]:
+            if unchangedSince is not None and entry.modseq > unchangedSince:
+                modified.append(entry.uid)
+                return None
+            return self._changeFlags(entry, flags, mode, dirs)
+
+        def work() -> Tuple[List[MessageInfo], bool, List[int]]:
             result = []
             dirs: Set[str] = set()
             changed: List[str] = []
             try:
                 for uid in sorted(set(uids)):
                     before = self._entries.get(uid)
-                    entry = self._retrying(uid, lambda e: self._changeFlags(e, flags, mode, dirs))
+                    entry = self._retrying(uid, lambda e: change(e, dirs))
                     if entry is not None:
                         result.append(self._info(entry))
                         if entry != before:
@@ -1290,7 +1367,7 @@ class MaildirMailbox:
                     _fsyncDirectory(self._join(sub))
                 if changed or self._dirty:
                     self._logChanges(changed)
-            return result, bool(changed)
+            return result, bool(changed), modified
 
         return self._locked(lambda: self._ownChange(work))
 
@@ -1332,18 +1409,27 @@ class MaildirMailbox:
         self._listing[entry.base] = ("cur", filename)
         return entry
 
-    def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str) -> defer.Deferred:
+    def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str,
+                 unchangedSince: Optional[int] = None) -> defer.Deferred:
         """
-        Change flags (see L{IMailbox.setFlags}); flags live in the file names.
+        Change flags (see L{IMailbox.setFlags}); flags live in the file
+        names.  The C{unchangedSince} test is made under the uidlist lock,
+        which every mailplat process sharing the maildir takes.
         """
         if mode not in ("set", "add", "remove"):
             return defer.fail(ValueError(f"unknown flag mode {mode!r}"))
-        d = _run(f"change flags in {self.name}", self._setFlagsSync, list(uids), list(flags), mode)
+        try:
+            checkUnchangedSince(unchangedSince)
+        except ValueError as e:
+            return defer.fail(e)
+        d = _run(f"change flags in {self.name}", self._setFlagsSync, list(uids), list(flags), mode, unchangedSince)
 
-        def done(outcome: Tuple[List[MessageInfo], bool]) -> List[MessageInfo]:
-            infos, changed = outcome
+        def done(outcome: Tuple[List[MessageInfo], bool, List[int]]) -> Any:
+            infos, changed, modified = outcome
             if changed:
                 self._listeners.notify(self)
+            if unchangedSince is not None:
+                return ConditionalFlags(infos, sorted(modified))
             return infos
 
         return d.addCallback(done)
@@ -1577,8 +1663,206 @@ class AccountFiles:
         """
         return _run(f"read the subscriptions of {self.address}", lambda: sorted(self._subscriptions()))
 
+    # -- access control lists (IAccountACL)
 
-@implementer(IAccount)
+    _store: Any
+
+    @property
+    def store(self) -> Any:
+        """
+        The store holding the account (see L{IAccountACL.store}).
+        """
+        return self._store
+
+    def _isMailbox(self, name: str) -> bool:
+        """
+        Whether C{name} (valid) is a selectable mailbox (each store says how).
+        """
+        raise NotImplementedError("AccountFiles._isMailbox")
+
+    def _acls(self) -> Dict[str, Dict[str, str]]:
+        """
+        The ACLs of the account's mailboxes from C{mailplat-acl}: one
+        C{<name><tab><identifier><tab><rights>} line per entry.  Lines that
+        cannot be read are skipped.
+        """
+        acls: Dict[str, Dict[str, str]] = {}
+        for line in (_readText(os.path.join(self.home, ACL_FILE)) or "").split("\n"):
+            parts = line.split("\t")
+            if len(parts) != 3:
+                continue
+            try:
+                name = validateMailboxName(parts[0])
+                identifier = checkACLIdentifier(name, parts[1], self.address)
+                rights = canonicalACLRights(name, parts[2])
+            except MailboxError:
+                continue
+            if rights:
+                acls.setdefault(name, {})[identifier] = rights
+        return acls
+
+    def _changeACLs(self, change: Callable[[Dict[str, Dict[str, str]]], Dict[str, Dict[str, str]]]) -> None:
+        """
+        Rewrite C{mailplat-acl} with what C{change} makes of the current
+        ACLs (atomically, fsynced), and the store's index of who shares
+        with whom; under the store's ACL lock, so that processes sharing
+        the tree do not lose each other's changes.
+        """
+        with _aclLock(self._store.root):
+            acls = self._acls()
+            changed = change({name: dict(acl) for name, acl in acls.items()})
+            changed = {name: acl for name, acl in changed.items() if acl}
+            if changed == acls:
+                return
+            lines = [
+                f"{name}\t{identifier}\t{rights}\n"
+                for name, acl in sorted(changed.items())
+                for identifier, rights in sorted(acl.items())
+            ]
+            _writeAtomically(os.path.join(self.home, ACL_FILE), "".join(lines).encode("utf-8"))
+            grantees = {identifier for acl in changed.values() for identifier in acl}
+            _indexSharing(self._store.root, self.address, grantees)
+
+    def _aclName(self, name: str) -> str:
+        name = validateMailboxName(name)
+        self._checkExists()
+        if not self._isMailbox(name):
+            raise NoSuchMailbox(f"Mailbox {name} does not exist")
+        return name
+
+    def _getACLSync(self, name: str) -> Dict[str, str]:
+        name = self._aclName(name)
+        return dict(self._acls().get(name, {}))
+
+    def _setACLSync(self, name: str, identifier: str, rights: Optional[str]) -> None:
+        name = self._aclName(name)
+        checkACLIdentifier(name, identifier, self.address)
+        rights = canonicalACLRights(name, rights)
+
+        def change(acls: Dict[str, Dict[str, str]]) -> Dict[str, Dict[str, str]]:
+            acl = acls.setdefault(name, {})
+            if rights:
+                acl[identifier] = rights
+            else:
+                acl.pop(identifier, None)
+            return acls
+
+        self._changeACLs(change)
+
+    def _aclRenamed(self, old: str, new: str) -> None:
+        """
+        Mailbox C{old} and its children were renamed to C{new}: so are
+        their ACLs.
+        """
+        if os.path.exists(os.path.join(self.home, ACL_FILE)):
+            self._changeACLs(lambda acls: renamedACLs(acls, old, new))
+
+    def _aclDropped(self, name: str) -> None:
+        """
+        Mailbox C{name} was deleted: so is its ACL (not its children's).
+        """
+        if os.path.exists(os.path.join(self.home, ACL_FILE)):
+            self._changeACLs(lambda acls: {n: acl for n, acl in acls.items() if n != name})
+
+    def getACL(self, name: str) -> defer.Deferred:
+        """
+        The ACL of mailbox C{name} (see L{IAccountACL.getACL}).
+        """
+        return _run(f"read the ACL of {name}", self._getACLSync, name)
+
+    def setACL(self, name: str, identifier: str, rights: Optional[str]) -> defer.Deferred:
+        """
+        Change the ACL of mailbox C{name} (see L{IAccountACL.setACL}).
+        """
+        return _run(f"change the ACL of {name}", self._setACLSync, name, identifier, rights)
+
+
+class _aclLock:
+    """
+    The C{flock} of C{<root>/mailplat-shared.lock}, held while a
+    C{mailplat-acl} file and the index of sharing change.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.path = os.path.join(root, SHARED_LOCK)
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: Any) -> None:
+        os.close(self.fd)
+
+
+def _readSharing(root: str) -> List[Tuple[str, str]]:
+    """
+    The C{(identifier, owner)} lines of C{<root>/mailplat-shared}.
+    """
+    pairs = []
+    for line in (_readText(os.path.join(root, SHARED_INDEX)) or "").split("\n"):
+        parts = line.split("\t")
+        if len(parts) == 2 and all(parts):
+            pairs.append((parts[0], parts[1]))
+    return pairs
+
+
+def _indexSharing(root: str, owner: str, grantees: Set[str]) -> None:
+    """
+    Record in C{<root>/mailplat-shared} that C{owner} gives rights to
+    exactly C{grantees} (under L{_aclLock}).
+    """
+    pairs = _readSharing(root)
+    kept = [(identifier, o) for identifier, o in pairs if o != owner]
+    kept.extend((identifier, owner) for identifier in sorted(grantees))
+    if sorted(kept) != sorted(pairs):
+        data = "".join(f"{identifier}\t{o}\n" for identifier, o in sorted(kept))
+        _writeAtomically(os.path.join(root, SHARED_INDEX), data.encode("utf-8"))
+
+
+class SharedIndex:
+    """
+    L{IStoreACL} for the Maildir and mbox stores.  C{<root>/mailplat-shared}
+    lists, one C{<identifier><tab><owner>} line each, who gives rights to
+    whom, so that C{sharedWith} reads only the ACL files of the owners that
+    share with the user or with C{anyone}; those files, not the index,
+    say what is shared.  The store gives C{root} and C{_getAccountSync}.
+    """
+
+    root: str
+
+    def _getAccountSync(self, address: str, create: bool) -> Any:
+        raise NotImplementedError("SharedIndex._getAccountSync")
+
+    def _sharedWithSync(self, identifier: str) -> List[Tuple[str, str, str]]:
+        owners = sorted({o for i, o in _readSharing(self.root) if i in (identifier, ANYONE)} - {identifier})
+        out: List[Tuple[str, str, str]] = []
+        for owner in owners:
+            try:
+                account = self._getAccountSync(owner, False)
+            except NoSuchAccount:
+                continue
+            for entry in sharedEntries(owner, account._acls(), identifier):
+                if account._isMailbox(entry[1]):
+                    out.append(entry)
+        return out
+
+    def _forgetSharing(self, owner: str) -> None:
+        """
+        C{owner}'s account is gone: drop it from the index.
+        """
+        with _aclLock(self.root):
+            _indexSharing(self.root, owner, set())
+
+    def sharedWith(self, identifier: str) -> defer.Deferred:
+        """
+        What other accounts share with C{identifier} or C{anyone} (see
+        L{IStoreACL.sharedWith}).
+        """
+        return _run(f"find the mailboxes shared with {identifier}", self._sharedWithSync, identifier)
+
+
+
+@implementer(IAccount, IAccountACL)
 class MaildirAccount(AccountFiles):
     """
     One account: a Maildir++ tree at C{<root>/<domain>/<localpart>/Maildir}.
@@ -1631,6 +1915,9 @@ class MaildirAccount(AccountFiles):
     def _checkExists(self) -> None:
         if not _isMaildir(self.path):
             raise NoSuchAccount(f"No account {self.address}")
+
+    def _isMailbox(self, name: str) -> bool:
+        return _isMaildir(self._folderPath(name))
 
     def _listSync(self) -> List[Any]:
         self._checkExists()
@@ -1710,6 +1997,7 @@ class MaildirAccount(AccountFiles):
         uses = self._specialUses()
         if uses.pop(name, None) is not None:
             self._writeSpecialUses(uses)
+        self._aclDropped(name)
         self._store._dropMailbox(path)
 
     def _renameSync(self, old: str, new: str) -> None:
@@ -1745,6 +2033,7 @@ class MaildirAccount(AccountFiles):
         renamed = {renamedName(n, old, new) or n: u for n, u in uses.items()}
         if renamed != uses:
             self._writeSpecialUses(renamed)
+        self._aclRenamed(old, new)
 
     def _renameInbox(self, new: str) -> None:
         """
@@ -1826,8 +2115,8 @@ class MaildirAccount(AccountFiles):
 # The store.
 
 
-@implementer(IStore)
-class MaildirStore:
+@implementer(IStore, IStoreACL)
+class MaildirStore(SharedIndex):
     """
     Accounts kept as Maildir++ trees under one root directory.
 
@@ -1933,6 +2222,7 @@ class MaildirStore:
         _fsyncDirectory(os.path.dirname(home))
         shutil.rmtree(doomed)
         self._dropUnder(home)
+        self._forgetSharing(address)
         try:
             os.rmdir(os.path.dirname(home))
         except OSError:

@@ -10,6 +10,8 @@ Layout, under the store's root directory::
         subscriptions                          Dovecot's version 2 format (as the
                                                maildir store writes it)
         mailplat-specialuse                    "<attribute> <name>" per line
+        mailplat-acl                           ACLs, as the maildir store keeps them
+    <root>/mailplat-shared                     who shares with whom (as the maildir store)
     and beside every mbox file C{F}:
         F.lock                                 the dotlock (mutt, procmail, Dovecot)
         F.mailplat-uidlist                     modseqs and \\Recent (below)
@@ -112,7 +114,18 @@ from mailplat.errors import (
     NoSuchMessage,
     StoreError,
 )
-from mailplat.interfaces import SYSTEM_FLAGS, IAccount, IMailbox, IMailboxImport, IMailboxListener, IStore, IStoreFactory
+from mailplat.interfaces import (
+    SYSTEM_FLAGS,
+    ConditionalFlags,
+    IAccount,
+    IAccountACL,
+    IMailbox,
+    IMailboxImport,
+    IMailboxListener,
+    IStore,
+    IStoreACL,
+    IStoreFactory,
+)
 from mailplat.mailbox import (
     DEFAULT_MAILBOXES,
     MailboxStatus,
@@ -125,6 +138,7 @@ from mailplat.mailbox import (
 )
 from mailplat.store.maildir import (
     AccountFiles,
+    SharedIndex,
     _ToDisk,
     _ToWire,
     _accountPath,
@@ -133,7 +147,13 @@ from mailplat.store.maildir import (
     _storeError,
     _writeAtomically,
 )
-from mailplat.store.memory import ListenerSet, checkImportedUID, checkImportedUIDValidity
+from mailplat.store.memory import (
+    ListenerSet,
+    checkImportedModseq,
+    checkImportedUID,
+    checkImportedUIDValidity,
+    checkUnchangedSince,
+)
 from mailplat.uidvalidity import newUIDValidity
 
 CHUNK = 65536
@@ -1148,13 +1168,41 @@ class MboxMailbox:
         return self._append(source, flags, internalDate, None)
 
     def importMessage(self, uid: int, source: BinaryIO, flags: Iterable[str] = (),
-                      internalDate: Optional[float] = None) -> defer.Deferred:
+                      internalDate: Optional[float] = None, modseq: Optional[int] = None) -> defer.Deferred:
         """
-        Add a message under a given UID at the end of the file (see
-        L{IMailboxImport.importMessage}); the internal date keeps whole
-        seconds, as every date in an mbox C{From } line.
+        Add a message under a given UID, and modseq when given, at the end
+        of the file (see L{IMailboxImport.importMessage}); the internal
+        date keeps whole seconds, as every date in an mbox C{From } line.
         """
-        return self._append(source, flags, internalDate, uid)
+        if modseq is not None:
+            try:
+                checkImportedModseq(self.name, modseq)
+            except MailboxError as e:
+                return defer.fail(e)
+        return self._append(source, flags, internalDate, uid, modseq)
+
+    def raiseHighestModseq(self, modseq: int) -> defer.Deferred:
+        """
+        Raise HIGHESTMODSEQ to at least C{modseq}, recorded in the side
+        file (see L{IMailboxImport.raiseHighestModseq}).
+        """
+        try:
+            checkImportedModseq(self.name, modseq)
+        except MailboxError as e:
+            return defer.fail(e)
+
+        def work(held: Optional[_Held]) -> Tuple[None, bool]:
+            if modseq <= self._highest:
+                return None, False
+            self._highest = int(modseq)
+            try:
+                self._logSide([f"M{self._highest}\n"])
+            except BaseException:
+                self._failed()
+                raise
+            return None, True
+
+        return self._op(f"raise the HIGHESTMODSEQ of {self.name}", work, exclusive=True)
 
     def setUIDValidity(self, uidValidity: int) -> defer.Deferred:
         """
@@ -1195,10 +1243,10 @@ class MboxMailbox:
         return self._op(f"raise the UIDNEXT of {self.name}", work, exclusive=True)
 
     def _append(self, source: BinaryIO, flags: Iterable[str], internalDate: Optional[float],
-                forcedUID: Optional[int]) -> defer.Deferred:
+                forcedUID: Optional[int], forcedModseq: Optional[int] = None) -> defer.Deferred:
         """
         Add a message at the end of the file, durably, under the next UID or
-        C{forcedUID}.
+        C{forcedUID}, with a new modseq or C{forcedModseq}.
         """
         try:
             if self._deleted:
@@ -1245,7 +1293,12 @@ class MboxMailbox:
                     os.fsync(fd)
                     raise
                 st = os.fstat(fd)
-                self._highest += 1
+                if forcedModseq is None:
+                    self._highest += 1
+                    modseq = self._highest
+                else:
+                    modseq = forcedModseq
+                    self._highest = max(self._highest, modseq)
                 if prefix == b"\n\n":
                     # The last message had no line end and now has one: read
                     # the whole file again at the next call.
@@ -1253,12 +1306,16 @@ class MboxMailbox:
                     digest = flagsDigest(wanted)
                 else:
                     [added] = self._parseFd(fd, m.start, st.st_mtime)
-                    added.uid, added.modseq = uid, self._highest
+                    added.uid, added.modseq = uid, modseq
                     digest = flagsDigest(added.flags)
                     self._setMessages(self._msgs + [added])
                     self._stamp = _stampOf(st)
-                self._modseqs[uid] = (self._highest, digest)
-                self._logSide([f"{uid} {self._highest} {digest}\n"])
+                self._modseqs[uid] = (modseq, digest)
+                lines = [f"{uid} {modseq} {digest}\n"]
+                if modseq < self._highest:
+                    # Read back, the entry alone would not say HIGHESTMODSEQ.
+                    lines.append(f"M{self._highest}\n")
+                self._logSide(lines)
             except BaseException:
                 self._failed()
                 raise
@@ -1272,26 +1329,35 @@ class MboxMailbox:
 
         return d.addBoth(closeSpool)
 
-    def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str) -> defer.Deferred:
+    def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str,
+                 unchangedSince: Optional[int] = None) -> defer.Deferred:
         """
         Change flags (see L{IMailbox.setFlags}); the file is rewritten when
-        any changed.
+        any changed.  The C{unchangedSince} test is made under the
+        dotlock and the exclusive lock, caught up with the file, so no
+        other process changes a message between the test and the rewrite.
         """
         if mode not in ("set", "add", "remove"):
             return defer.fail(ValueError(f"unknown flag mode {mode!r}"))
         flags = list(flags)
         wanted = sorted(set(uids))
         try:
+            checkUnchangedSince(unchangedSince)
             _checkKeywords(applyFlags(frozenset(), flags, "set"))
-        except StoreError as e:
+        except (StoreError, ValueError) as e:
             return defer.fail(e)
+        modified: List[int] = []
 
-        def work(held: Optional[_Held]) -> Tuple[List[MessageInfo], bool]:
+        def work(held: Optional[_Held]) -> Tuple[Any, bool]:
             assert held is not None
             changes: Dict[int, FrozenSet[str]] = {}
+            del modified[:]
             for uid in wanted:
                 m = self._byUid.get(uid)
                 if m is None:
+                    continue
+                if unchangedSince is not None and m.modseq > unchangedSince:
+                    modified.append(uid)
                     continue
                 new = applyFlags(m.flags, flags, mode)
                 if new != m.flags:
@@ -1308,7 +1374,11 @@ class MboxMailbox:
                 except BaseException:
                     self._failed()
                     raise
-            return [self._info(self._byUid[uid]) for uid in wanted if uid in self._byUid], bool(changes)
+            refused = set(modified)
+            infos = [self._info(self._byUid[uid]) for uid in wanted if uid in self._byUid and uid not in refused]
+            if unchangedSince is not None:
+                return ConditionalFlags(infos, list(modified)), bool(changes)
+            return infos, bool(changes)
 
         return self._op(f"change flags in {self.name}", work, exclusive=True)
 
@@ -1486,7 +1556,7 @@ def _removeMboxFiles(path: str) -> None:
 # Accounts.
 
 
-@implementer(IAccount)
+@implementer(IAccount, IAccountACL)
 class MboxAccount(AccountFiles):
     """
     One account: C{<root>/<domain>/<localpart>/} with its C{inbox} file and
@@ -1510,6 +1580,9 @@ class MboxAccount(AccountFiles):
     def _checkExists(self) -> None:
         if not os.path.isfile(os.path.join(self.home, INBOX_FILE)):
             raise NoSuchAccount(f"No account {self.address}")
+
+    def _isMailbox(self, name: str) -> bool:
+        return self._isFile(self._path(name))
 
     # -- files of the account
 
@@ -1630,6 +1703,7 @@ class MboxAccount(AccountFiles):
         uses = self._specialUses()
         if uses.pop(name, None) is not None:
             self._writeSpecialUses(uses)
+        self._aclDropped(name)
         self._store._dropMailbox(path)
 
     def _exists(self, name: str) -> bool:
@@ -1667,6 +1741,7 @@ class MboxAccount(AccountFiles):
         renamed = {renamedName(n, old, new) or n: u for n, u in uses.items()}
         if renamed != uses:
             self._writeSpecialUses(renamed)
+        self._aclRenamed(old, new)
 
     def _renameInbox(self, new: str) -> defer.Deferred:
         """
@@ -1764,8 +1839,8 @@ class MboxAccount(AccountFiles):
 # The store.
 
 
-@implementer(IStore)
-class MboxStore:
+@implementer(IStore, IStoreACL)
+class MboxStore(SharedIndex):
     """
     Accounts kept as mbox files under one root directory.
 
@@ -1858,6 +1933,7 @@ class MboxStore:
         _fsyncDirectory(os.path.dirname(home))
         shutil.rmtree(doomed)
         self._dropUnder(home)
+        self._forgetSharing(address)
         try:
             os.rmdir(os.path.dirname(home))
         except OSError:

@@ -7,7 +7,7 @@ and C{--store memory} for trying mailplat out without touching a disk.
 """
 
 import time
-from typing import BinaryIO, Dict, Iterable, List, Optional, Set
+from typing import Any, BinaryIO, Dict, Iterable, List, Optional, Set, Tuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -23,7 +23,17 @@ from mailplat.errors import (
 )
 from twisted.plugin import IPlugin
 
-from mailplat.interfaces import IAccount, IMailbox, IMailboxImport, IMailboxListener, IStore, IStoreFactory
+from mailplat.interfaces import (
+    ConditionalFlags,
+    IAccount,
+    IAccountACL,
+    IMailbox,
+    IMailboxImport,
+    IMailboxListener,
+    IStore,
+    IStoreACL,
+    IStoreFactory,
+)
 from mailplat.mailbox import (
     DEFAULT_MAILBOXES,
     MailboxStatus,
@@ -60,6 +70,35 @@ def checkImportedUID(name: str, uid: int, uidNext: int) -> None:
     """
     if not isinstance(uid, int) or uid < uidNext or uid > 2**32 - 1:
         raise MailboxError(f"Mailbox {name}: cannot import a message as UID {uid!r}; UIDNEXT is {uidNext}")
+
+
+#: The largest modseq (RFC 7162 mod-sequence-value: 63 bits).
+MAX_MODSEQ = 2**63 - 1
+
+
+def checkImportedModseq(name: str, modseq: int) -> None:
+    """
+    Refuse a modseq an import may not give (see
+    L{IMailboxImport.importMessage} and
+    L{IMailboxImport.raiseHighestModseq}).
+
+    @raise MailboxError: C{modseq} is not an int in 1..L{MAX_MODSEQ}.
+    """
+    if isinstance(modseq, bool) or not isinstance(modseq, int) or not 1 <= modseq <= MAX_MODSEQ:
+        raise MailboxError(f"Mailbox {name}: cannot import the modseq {modseq!r}; a modseq is 1..{MAX_MODSEQ}")
+
+
+def checkUnchangedSince(unchangedSince: Optional[int]) -> None:
+    """
+    Refuse an C{unchangedSince} that is not a modseq (see
+    L{IMailbox.setFlags}): L{None}, or an int in 0..L{MAX_MODSEQ}.
+
+    @raise ValueError: it is not.
+    """
+    if unchangedSince is None:
+        return
+    if isinstance(unchangedSince, bool) or not isinstance(unchangedSince, int) or not 0 <= unchangedSince <= MAX_MODSEQ:
+        raise ValueError(f"unchangedSince must be a modseq (0..{MAX_MODSEQ}), not {unchangedSince!r}")
 
 
 def checkImportedUIDValidity(name: str, uidValidity: int, messages: int) -> None:
@@ -151,18 +190,23 @@ class MemoryMailbox:
             return defer.fail(NoSuchMessage(f"No message with UID {uid}"))
         return defer.succeed(BytesIO(self._bodies[uid]))
 
-    def _add(self, body: bytes, flags: Iterable[str], internalDate: Optional[float], uid: Optional[int] = None) -> int:
+    def _add(self, body: bytes, flags: Iterable[str], internalDate: Optional[float], uid: Optional[int] = None,
+             modseq: Optional[int] = None) -> int:
         uid = self._uidNext if uid is None else uid
         self._uidNext = uid
         self._uidNext += 1
-        self._modseq += 1
+        if modseq is None:
+            self._modseq += 1
+            modseq = self._modseq
+        else:
+            self._modseq = max(self._modseq, modseq)
         self._bodies[uid] = body
         self._messages[uid] = MessageInfo(
             uid=uid,
             flags=applyFlags(frozenset(), flags, "set"),
             internalDate=time.time() if internalDate is None else float(internalDate),
             size=len(body),
-            modseq=self._modseq,
+            modseq=modseq,
         )
         self._unclaimed.add(uid)
         return uid
@@ -185,17 +229,32 @@ class MemoryMailbox:
         return defer.succeed(None)
 
     def importMessage(self, uid: int, source: BinaryIO, flags: Iterable[str] = (),
-                      internalDate: Optional[float] = None) -> defer.Deferred:
+                      internalDate: Optional[float] = None, modseq: Optional[int] = None) -> defer.Deferred:
         """
-        Add a message under a given UID (see L{IMailboxImport.importMessage}).
+        Add a message under a given UID, and modseq when given (see
+        L{IMailboxImport.importMessage}).
         """
         try:
             checkImportedUID(self.name, uid, self._uidNext)
+            if modseq is not None:
+                checkImportedModseq(self.name, modseq)
         except MailboxError as e:
             return defer.fail(e)
-        self._add(readAll(source), flags, internalDate, uid)
+        self._add(readAll(source), flags, internalDate, uid, modseq)
         self._listeners.notify(self)
         return defer.succeed(uid)
+
+    def raiseHighestModseq(self, modseq: int) -> defer.Deferred:
+        """
+        Raise HIGHESTMODSEQ to at least C{modseq} (see
+        L{IMailboxImport.raiseHighestModseq}).
+        """
+        try:
+            checkImportedModseq(self.name, modseq)
+        except MailboxError as e:
+            return defer.fail(e)
+        self._modseq = max(self._modseq, modseq)
+        return defer.succeed(None)
 
     def raiseUIDNext(self, uidNext: int) -> defer.Deferred:
         """
@@ -204,13 +263,26 @@ class MemoryMailbox:
         self._uidNext = max(self._uidNext, int(uidNext))
         return defer.succeed(None)
 
-    def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str) -> defer.Deferred:
+    def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str,
+                 unchangedSince: Optional[int] = None) -> defer.Deferred:
+        """
+        Change flags (see L{IMailbox.setFlags}); the conditional test and
+        the change happen in one synchronous step.
+        """
+        try:
+            checkUnchangedSince(unchangedSince)
+        except ValueError as e:
+            return defer.fail(e)
         flags = list(flags)
         changed = False
         result = []
+        modified = []
         for uid in sorted(set(uids)):
             info = self._messages.get(uid)
             if info is None:
+                continue
+            if unchangedSince is not None and info.modseq > unchangedSince:
+                modified.append(uid)
                 continue
             new = applyFlags(info.flags, flags, mode)
             if new != info.flags:
@@ -221,6 +293,8 @@ class MemoryMailbox:
             result.append(info)
         if changed:
             self._listeners.notify(self)
+        if unchangedSince is not None:
+            return defer.succeed(ConditionalFlags(result, modified))
         return defer.succeed(result)
 
     def expunge(self, uids: Optional[Iterable[int]] = None, requireDeleted: bool = True) -> defer.Deferred:
@@ -268,17 +342,81 @@ class MemoryMailbox:
         return defer.succeed(release)
 
 
-@implementer(IAccount)
+#: The rights of RFC 4314 (section 2.1), in the order an ACL keeps them.
+ACL_RIGHTS = "lrswipkxtea"
+
+#: The ACL identifier that stands for every user (RFC 4314 section 2).
+ANYONE = "anyone"
+
+
+def canonicalACLRights(name: str, rights: Optional[str]) -> str:
+    """
+    C{rights} with each letter once, in L{ACL_RIGHTS} order (see
+    L{IAccountACL.setACL}); L{None} gives C{""}.
+
+    @raise MailboxError: a letter is not one of L{ACL_RIGHTS}.
+    """
+    if rights is None:
+        return ""
+    if not isinstance(rights, str) or any(letter not in ACL_RIGHTS for letter in rights):
+        raise MailboxError(f"Mailbox {name}: {rights!r} are not access rights (letters of {ACL_RIGHTS})")
+    return "".join(letter for letter in ACL_RIGHTS if letter in rights)
+
+
+def checkACLIdentifier(name: str, identifier: str, owner: str) -> str:
+    """
+    Refuse an identifier an ACL may not hold (see L{IAccountACL.setACL}).
+
+    @return: C{identifier}.
+    @raise MailboxError: it is empty, holds white space or control
+        characters, or is the owner's address.
+    """
+    if not isinstance(identifier, str) or not identifier or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in identifier):
+        raise MailboxError(f"Mailbox {name}: {identifier!r} cannot be an ACL identifier")
+    if identifier == owner:
+        raise MailboxError(f"Mailbox {name}: the owner {owner} always has every right; it is not an ACL entry")
+    return identifier
+
+
+def sharedEntries(owner: str, acls: Dict[str, Dict[str, str]], identifier: str) -> List[Tuple[str, str, str]]:
+    """
+    What an owner's ACLs (mailbox name to ACL) give C{identifier} and
+    C{anyone}: the C{(owner, name, rights)} triples of
+    L{IStoreACL.sharedWith}, sorted by name, for any store to reuse.
+    """
+    if owner == identifier:
+        return []
+    out = []
+    for name in sorted(acls):
+        acl = acls[name]
+        granted = acl.get(identifier, "") + acl.get(ANYONE, "")
+        rights = "".join(letter for letter in ACL_RIGHTS if letter in granted)
+        if rights:
+            out.append((owner, name, rights))
+    return out
+
+
+def renamedACLs(acls: Dict[str, Dict[str, str]], old: str, new: str) -> Dict[str, Dict[str, str]]:
+    """
+    The ACLs (mailbox name to ACL) after mailbox C{old} and its children
+    were renamed to C{new} (see L{IAccountACL}).
+    """
+    return {renamedName(name, old, new) or name: acl for name, acl in acls.items()}
+
+
+@implementer(IAccount, IAccountACL)
 class MemoryAccount:
     """
     One account held in memory.
     """
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, store: Any = None) -> None:
         self.address = address
+        self.store = store
         self._mailboxes: Dict[str, MemoryMailbox] = {"INBOX": MemoryMailbox("INBOX")}
         self._noselect: Set[str] = set()
         self._subscriptions: Set[str] = set()
+        self._acls: Dict[str, Dict[str, str]] = {}
 
     def listMailboxes(self) -> defer.Deferred:
         return defer.succeed(
@@ -328,6 +466,7 @@ class MemoryAccount:
                 return defer.succeed(None)
             return defer.fail(NoSuchMailbox(f"Mailbox {name} does not exist"))
         mailbox = self._mailboxes.pop(name)
+        self._acls.pop(name, None)
         if self._hasChildren(name):
             self._noselect.add(name)
         mailbox._messages.clear()
@@ -372,6 +511,7 @@ class MemoryAccount:
             if moved is not None:
                 self._noselect.discard(name)
                 self._noselect.add(moved)
+        self._acls = renamedACLs(self._acls, old, new)
         return defer.succeed(None)
 
     def subscribe(self, name: str) -> defer.Deferred:
@@ -394,8 +534,43 @@ class MemoryAccount:
     def listSubscriptions(self) -> defer.Deferred:
         return defer.succeed(sorted(self._subscriptions))
 
+    def _aclName(self, name: str) -> str:
+        name = validateMailboxName(name)
+        if name not in self._mailboxes:
+            raise NoSuchMailbox(f"Mailbox {name} does not exist")
+        return name
 
-@implementer(IStore)
+    def getACL(self, name: str) -> defer.Deferred:
+        """
+        See L{IAccountACL.getACL}.
+        """
+        try:
+            name = self._aclName(name)
+        except MailboxError as e:
+            return defer.fail(e)
+        return defer.succeed(dict(self._acls.get(name, {})))
+
+    def setACL(self, name: str, identifier: str, rights: Optional[str]) -> defer.Deferred:
+        """
+        See L{IAccountACL.setACL}.
+        """
+        try:
+            name = self._aclName(name)
+            checkACLIdentifier(name, identifier, self.address)
+            rights = canonicalACLRights(name, rights)
+        except MailboxError as e:
+            return defer.fail(e)
+        acl = self._acls.setdefault(name, {})
+        if rights:
+            acl[identifier] = rights
+        else:
+            acl.pop(identifier, None)
+            if not acl:
+                del self._acls[name]
+        return defer.succeed(None)
+
+
+@implementer(IStore, IStoreACL)
 class MemoryStore:
     """
     Accounts held in memory, gone at exit.
@@ -409,7 +584,7 @@ class MemoryStore:
         if account is None:
             if not create:
                 return defer.fail(NoSuchAccount(f"No account {address}"))
-            account = self._accounts[address] = MemoryAccount(address)
+            account = self._accounts[address] = MemoryAccount(address, self)
             for name, use in DEFAULT_MAILBOXES:
                 account.createMailbox(name, use)
                 account.subscribe(name)
@@ -421,6 +596,16 @@ class MemoryStore:
 
     def listAccounts(self) -> defer.Deferred:
         return defer.succeed(sorted(self._accounts))
+
+    def sharedWith(self, identifier: str) -> defer.Deferred:
+        """
+        See L{IStoreACL.sharedWith}: every account's ACLs are looked at
+        (they are in memory).
+        """
+        out: List[Tuple[str, str, str]] = []
+        for address in sorted(self._accounts):
+            out.extend(sharedEntries(address, self._accounts[address]._acls, identifier))
+        return defer.succeed(out)
 
     def deleteAccount(self, address: str) -> defer.Deferred:
         if self._accounts.pop(address, None) is None:

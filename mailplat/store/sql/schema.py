@@ -32,6 +32,14 @@ Tables (version 1):
   - C{subscriptions}; and C{domains}, C{users} (argon2 hashes for the SQL
     checker), C{aliases} for a directory that keeps its data here too.
 
+Version 2:
+
+  - C{mailbox_acl}: the ACL (RFC 4314) of a selectable mailbox, one row per
+    identifier (a login address or C{anyone}) with its canonical rights
+    (never empty).  Keyed by the mailbox's row id, so a rename carries it
+    and a deletion (which removes the row) must remove it first; indexed
+    by identifier for C{sharedWith}.
+
 The SQL directory (L{mailplat.delivery.sqldirectory}) adds what it needs
 with migrations of its own (L{DIRECTORY_MIGRATIONS}), recorded in
 C{directory_schema_version} and applied when a directory opens the
@@ -193,6 +201,18 @@ MIGRATIONS: List[Tuple[int, List[str]]] = [
                 target TEXT NOT NULL,
                 PRIMARY KEY (address, target)
             )""",
+        ],
+    ),
+    (
+        2,
+        [
+            """CREATE TABLE mailbox_acl (
+                mailbox_id BIGINT NOT NULL REFERENCES mailboxes (id),
+                identifier TEXT NOT NULL,
+                rights TEXT NOT NULL,
+                PRIMARY KEY (mailbox_id, identifier)
+            )""",
+            "CREATE INDEX mailbox_acl_identifier ON mailbox_acl (identifier)",
         ],
     ),
 ]

@@ -41,7 +41,16 @@ from mailplat.errors import (
     NoSuchMailbox,
     NoSuchMessage,
 )
-from mailplat.interfaces import IAccount, IMailbox, IMailboxImport, IMailboxListener, IStore
+from mailplat.interfaces import (
+    ConditionalFlags,
+    IAccount,
+    IAccountACL,
+    IMailbox,
+    IMailboxImport,
+    IMailboxListener,
+    IStore,
+    IStoreACL,
+)
 from mailplat.mailbox import (
     DEFAULT_MAILBOXES,
     MailboxStatus,
@@ -52,7 +61,17 @@ from mailplat.mailbox import (
     renamedName,
     validateMailboxName,
 )
-from mailplat.store.memory import ListenerSet, checkImportedUID, checkImportedUIDValidity
+from mailplat.store.memory import (
+    ANYONE,
+    ListenerSet,
+    canonicalACLRights,
+    checkACLIdentifier,
+    sharedEntries,
+    checkImportedModseq,
+    checkImportedUID,
+    checkImportedUIDValidity,
+    checkUnchangedSince,
+)
 from mailplat.store.sql.database import Database, Transaction, chunks, inClause
 from mailplat.store.sql.schema import DELETED_BIT, SEEN_BIT, SYSTEM_FLAG_BITS
 from mailplat.uidvalidity import newUIDValidity
@@ -444,29 +463,31 @@ class SQLMailbox:
         return uid
 
     @defer.inlineCallbacks
-    def importMessage(self, uid: int, source: BinaryIO, flags: Iterable[str] = (), internalDate: Optional[float] = None):
+    def importMessage(self, uid: int, source: BinaryIO, flags: Iterable[str] = (), internalDate: Optional[float] = None,
+                      modseq: Optional[int] = None):
         """
-        Add a message under a given UID (see L{IMailboxImport.importMessage}),
-        in one transaction that checks and moves UIDNEXT under the
-        mailbox's row lock.
+        Add a message under a given UID, and modseq when given (see
+        L{IMailboxImport.importMessage}), in one transaction that checks
+        and moves UIDNEXT and HIGHESTMODSEQ under the mailbox's row lock.
         """
+        if modseq is not None:
+            checkImportedModseq(self.name, modseq)
         flags = applyFlags(frozenset(), flags, "set")
         internalDate = time.time() if internalDate is None else float(internalDate)
         data, digest = yield self.store._db.runBlocking(_readSource, source)
 
         def store(txn: Transaction) -> State:
-            _, uidNext = _lockMailbox(txn, self.mailboxId)
+            highest, uidNext = _lockMailbox(txn, self.mailboxId)
             checkImportedUID(self.name, uid, uidNext)
-            row = txn.execute(
-                "UPDATE mailboxes SET uidnext = ?, highestmodseq = highestmodseq + 1"
-                " WHERE id = ? AND noselect = 0 RETURNING uidnext, highestmodseq",
-                (uid + 1, self.mailboxId),
-            ).fetchone()
-            modseq = int(row[1])
+            given = highest + 1 if modseq is None else modseq
+            txn.execute(
+                "UPDATE mailboxes SET uidnext = ?, highestmodseq = ? WHERE id = ? AND noselect = 0",
+                (uid + 1, max(highest, given), self.mailboxId),
+            )
             messageId = _storeContent(txn, digest, data)
-            _insertMessage(txn, self.mailboxId, uid, messageId, flags, internalDate, len(data), modseq)
+            _insertMessage(txn, self.mailboxId, uid, messageId, flags, internalDate, len(data), given)
             txn.notify(self.mailboxId)
-            return (modseq, int(row[0]))
+            return (max(highest, given), uid + 1)
 
         state = yield self.store._db.run(store, write=True)
         self._changed(state)
@@ -511,13 +532,42 @@ class SQLMailbox:
             self._changed(state)
 
     @defer.inlineCallbacks
-    def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str):
+    def raiseHighestModseq(self, modseq: int):
+        """
+        Raise HIGHESTMODSEQ to at least C{modseq} (see
+        L{IMailboxImport.raiseHighestModseq}).
+        """
+        checkImportedModseq(self.name, modseq)
+
+        def change(txn: Transaction) -> State:
+            current, _ = _lockMailbox(txn, self.mailboxId)
+            if modseq <= current:
+                return None
+            txn.execute("UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (int(modseq), self.mailboxId))
+            return _state(txn, self.mailboxId)
+
+        state = yield self.store._db.run(change, write=True)
+        if state is not None:
+            self._changed(state)
+
+    @defer.inlineCallbacks
+    def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str, unchangedSince: Optional[int] = None):
+        """
+        Change flags (see L{IMailbox.setFlags}) in one transaction under
+        the mailbox's row lock: the C{unchangedSince} test reads the
+        modseqs after the lock is taken, and the update repeats it
+        (C{modseq <= ?}), so no other process or node changes a message
+        between the test and the change.
+        """
         flags = list(flags)
         if mode not in ("set", "add", "remove"):
             raise ValueError(f"unknown flag mode {mode!r}")
+        checkUnchangedSince(unchangedSince)
         wanted = sorted(set(int(u) for u in uids))
+        modified: List[int] = []
 
         def change(txn: Transaction) -> Tuple[List[MessageInfo], State]:
+            del modified[:]
             highest, uidnext = _lockMailbox(txn, self.mailboxId)
             current: List[MessageInfo] = []
             for part in chunks(wanted):
@@ -528,9 +578,12 @@ class SQLMailbox:
                 current.extend(_info(r) for r in rows)
             current.sort(key=lambda i: i.uid)
             result = []
-            updates = []
+            updates: List[tuple] = []
             modseq = highest + 1
             for info in current:
+                if unchangedSince is not None and info.modseq > unchangedSince:
+                    modified.append(info.uid)
+                    continue
                 new = applyFlags(info.flags, flags, mode)
                 if new != info.flags:
                     info = MessageInfo(info.uid, new, info.internalDate, info.size, modseq)
@@ -540,8 +593,12 @@ class SQLMailbox:
             if not updates:
                 return result, None
             txn.execute("UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (modseq, self.mailboxId))
+            if unchangedSince is not None:
+                updates = [u + (unchangedSince,) for u in updates]
             txn.executemany(
-                "UPDATE mailbox_messages SET sysflags = ?, keywords = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?", updates
+                "UPDATE mailbox_messages SET sysflags = ?, keywords = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?"
+                + (" AND modseq <= ?" if unchangedSince is not None else ""),
+                updates,
             )
             txn.notify(self.mailboxId)
             return result, (modseq, uidnext)
@@ -549,6 +606,8 @@ class SQLMailbox:
         result, state = yield self.store._db.run(change, write=True)
         if state is not None:
             self._changed(state)
+        if unchangedSince is not None:
+            return ConditionalFlags(result, list(modified))
         return result
 
     @defer.inlineCallbacks
@@ -650,7 +709,7 @@ class SQLMailbox:
         return self.store._lock(self)
 
 
-@implementer(IAccount)
+@implementer(IAccount, IAccountACL)
 class SQLAccount:
     """
     One account of a L{SQLStore}.
@@ -729,10 +788,12 @@ class SQLAccount:
             if noselect:
                 if children:
                     raise MailboxError(f"Mailbox {name} has children and holds no mail")
+                txn.execute("DELETE FROM mailbox_acl WHERE mailbox_id = ?", (mailboxId,))
                 txn.execute("DELETE FROM mailboxes WHERE id = ?", (mailboxId,))
                 return None
             _lockMailbox(txn, mailboxId)
             _emptyMailbox(txn, mailboxId)
+            txn.execute("DELETE FROM mailbox_acl WHERE mailbox_id = ?", (mailboxId,))
             txn.execute("DELETE FROM mailboxes WHERE id = ?", (mailboxId,))
             if children:
                 txn.execute(
@@ -819,8 +880,53 @@ class SQLAccount:
 
         return self._run(read)
 
+    def _aclMailbox(self, txn: Transaction, name: str) -> int:
+        row = txn.execute(
+            "SELECT id FROM mailboxes WHERE account_id = ? AND name = ? AND noselect = 0", (self.accountId, name)
+        ).fetchone()
+        if row is None:
+            raise NoSuchMailbox(f"Mailbox {name} does not exist")
+        return int(row[0])
 
-@implementer(IStore)
+    @defer.inlineCallbacks
+    def getACL(self, name: str):
+        """
+        See L{IAccountACL.getACL}.
+        """
+        name = validateMailboxName(name)
+
+        def read(txn: Transaction) -> Dict[str, str]:
+            mailboxId = self._aclMailbox(txn, name)
+            rows = txn.execute("SELECT identifier, rights FROM mailbox_acl WHERE mailbox_id = ?", (mailboxId,)).fetchall()
+            return {r[0]: r[1] for r in rows}
+
+        acl = yield self._run(read)
+        return acl
+
+    @defer.inlineCallbacks
+    def setACL(self, name: str, identifier: str, rights: Optional[str]):
+        """
+        See L{IAccountACL.setACL}.
+        """
+        name = validateMailboxName(name)
+        checkACLIdentifier(name, identifier, self.address)
+        rights = canonicalACLRights(name, rights)
+
+        def change(txn: Transaction) -> None:
+            mailboxId = self._aclMailbox(txn, name)
+            if rights:
+                txn.execute(
+                    "INSERT INTO mailbox_acl (mailbox_id, identifier, rights) VALUES (?, ?, ?)"
+                    " ON CONFLICT (mailbox_id, identifier) DO UPDATE SET rights = excluded.rights",
+                    (mailboxId, identifier, rights),
+                )
+            else:
+                txn.execute("DELETE FROM mailbox_acl WHERE mailbox_id = ? AND identifier = ?", (mailboxId, identifier))
+
+        yield self._run(change, write=True)
+
+
+@implementer(IStore, IStoreACL)
 class SQLStore:
     """
     Accounts and mail in a SQL database.
@@ -1000,6 +1106,29 @@ class SQLStore:
 
         return self._db.run(read)
 
+    def sharedWith(self, identifier: str) -> defer.Deferred:
+        """
+        What other accounts share with C{identifier} or C{anyone} (see
+        L{IStoreACL.sharedWith}): one query on the identifier's index.
+        """
+
+        def read(txn: Transaction) -> List[Tuple[str, str, str]]:
+            rows = txn.execute(
+                "SELECT a.address, m.name, l.identifier, l.rights FROM mailbox_acl l"
+                " JOIN mailboxes m ON m.id = l.mailbox_id JOIN accounts a ON a.id = m.account_id"
+                " WHERE l.identifier IN (?, ?) AND m.noselect = 0 AND a.address <> ?",
+                (identifier, ANYONE, identifier),
+            ).fetchall()
+            byOwner: Dict[str, Dict[str, Dict[str, str]]] = {}
+            for owner, name, who, rights in rows:
+                byOwner.setdefault(owner, {}).setdefault(name, {})[who] = rights
+            out: List[Tuple[str, str, str]] = []
+            for owner in sorted(byOwner):
+                out.extend(sharedEntries(owner, byOwner[owner], identifier))
+            return out
+
+        return self._db.run(read)
+
     @defer.inlineCallbacks
     def deleteAccount(self, address: str):
         def delete(txn: Transaction) -> List[int]:
@@ -1010,6 +1139,9 @@ class SQLStore:
             for mailboxId in ids:
                 _emptyMailbox(txn, mailboxId)
                 txn.notify(mailboxId)
+            txn.execute(
+                "DELETE FROM mailbox_acl WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE account_id = ?)", (accountId,)
+            )
             txn.execute("DELETE FROM mailboxes WHERE account_id = ?", (accountId,))
             txn.execute("DELETE FROM subscriptions WHERE account_id = ?", (accountId,))
             txn.execute("DELETE FROM accounts WHERE id = ?", (accountId,))
