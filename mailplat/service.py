@@ -23,6 +23,7 @@ from mailplat.config import DEFAULT_LISTENERS, DISABLED, IMPLICIT_TLS_LISTENERS,
 from mailplat.delivery.directory import StoreDirectory
 from mailplat.delivery.sqldirectory import directoryFor
 from mailplat.delivery.local import LocalDelivery
+from mailplat.imap.index import MessageIndex
 from mailplat.delivery.policy import MaxRecipientsPolicy
 from mailplat.errors import ConfigError
 from mailplat.interfaces import IStore
@@ -33,7 +34,9 @@ from mailplat.policy.dkim import DKIMSigner
 from mailplat.policy.greylist import GreylistPolicy
 from mailplat.policy.spam import RspamdPolicy, SpamdPolicy
 from mailplat.sieve import SieveFilter
-from mailplat.metrics import CountingPortal, Metrics, countDeliveries, instrumentFactory, metricsSite
+from mailplat.metrics import (
+    CountingPortal, Metrics, QueueCollector, countDeliveries, instrumentFactory, metricsSite, prepareDirectory,
+)
 from mailplat.plugins import makeCheckers, makeStore
 from mailplat.queue.sql import queueFor
 from mailplat.relay import Relay, parseHostPort
@@ -289,14 +292,22 @@ class Server:
         self.directory = StoreDirectory(
             self.store, config.domains, file=self.directoryFile, plusDelimiter=config.plusDelimiter,
         )
+        # One message index per process (summaries and full-text search
+        # for IMAP), filled by delivery and by the IMAP sessions.
+        self.index = MessageIndex(os.path.join(config.dataDir, "index"), reactor)
         self.delivery = LocalDelivery(
             self.directory, self.store, self.queue, policies=self._policies(config, resolver),
             hostname=config.hostname, clock=reactor,
             sieve=SieveFilter(config.dataDir, config.hostname, reactor) if config.sieve else None,
-            quota=config.quota,
+            quota=config.quota, index=self.index,
         )
         countDeliveries(self.delivery, self.metrics)
-        self.metrics.gaugeFunction("mailplat_queue_depth", self._queueDepth)
+        # The queue's gauges: read in the process serving the page only.
+        self.metrics.register(QueueCollector(self.queue, reactor))
+        if config.metricsListener != DISABLED and workerCount(config) > 1:
+            # Made here, as the user the server runs as (twistd -u);
+            # emptied when the parent starts serving (service()).
+            prepareDirectory(os.path.join(config.dataDir, "metrics"), empty=False)
         credentials = None
         if config.relayUser is not None or config.relayPassword is not None:
             if not (config.relayUser and config.relayPassword and config.relaySmarthost):
@@ -331,7 +342,8 @@ class Server:
 
         def imap() -> Factory:
             factory = IMAPFactory(portals["imap"], config.hostname, timeout=config.imapTimeout,
-                                  maxLiteralSize=config.maxMessageSize, contextFactory=tls, quotaBytes=config.quota)
+                                  maxLiteralSize=config.maxMessageSize, contextFactory=tls, quotaBytes=config.quota,
+                                  index=self.index)
             # The IMAP server asks netutil.cleartextAllowed with this.
             factory.allowPlaintext = plain
             return factory
@@ -356,18 +368,12 @@ class Server:
                 protocolFactory, config.maxConnectionsPerAddress, config.maxConnections,
                 refusalLine(name, config.hostname), exemptLoopback=config.exemptLoopback,
             )
+            # Counted (connections, commands, TLS handshakes) inside TLS,
+            # so that Twisted tells the counter when a handshake is done.
+            factory = instrumentFactory(factory, name, self.metrics)
             if name in IMPLICIT_TLS_LISTENERS:
                 factory = TLSMemoryBIOFactory(tls, False, factory)
             self.factories[name] = factory
-
-    def _queueDepth(self) -> int:
-        """
-        Messages in the outbound queue: the SQL queue keeps a count from
-        its claim rounds (reading the table here would block the reactor);
-        the file queue lists its directory.
-        """
-        depth = getattr(self.queue, "depth", None)
-        return depth if isinstance(depth, int) else len(self.queue.list())
 
     @staticmethod
     def _policies(config: Config, resolver: Any) -> list:
@@ -397,11 +403,11 @@ class Server:
 
     def listening(self) -> Dict[str, Factory]:
         """
-        The configured listeners' factories, wrapped to count connections
-        and commands into L{metrics}.
+        The configured listeners' factories (they count connections,
+        commands and TLS handshakes into L{metrics}).
         """
         return {
-            name: instrumentFactory(factory, name, self.metrics)
+            name: factory
             for name, factory in self.factories.items()
             if self.config.listeners.get(name, DISABLED) != DISABLED
         }
@@ -416,10 +422,15 @@ class Server:
         from mailplat.workers import WorkerPool, listen, shareable
 
         top = service.MultiService()
-        StoreService(self.store, self.queue, self.directoryFile).setServiceParent(top)
+        StoreService(self.store, self.queue, self.directoryFile, self.index).setServiceParent(top)
         reloader = TLSReloadService(self.tls)
         reloader.setServiceParent(top)
         self.runner.setServiceParent(top)
+        metricsDirectory = None
+        if self.config.metricsListener != DISABLED and workers > 1:
+            # Every process writes its figures here; the page sums them.
+            metricsDirectory = prepareDirectory(os.path.join(self.config.dataDir, "metrics"))
+            self.metrics.shareThrough(metricsDirectory)
         if self.config.metricsListener != DISABLED:
             metrics = strports.service(self.config.metricsListener, metricsSite(self.metrics))
             metrics.setName("metrics")
@@ -443,7 +454,8 @@ class Server:
             listener.setName(name)
             listener.setServiceParent(top)
         if workers > 1:
-            pool = WorkerPool(reactor, self.config, workers - 1, sockets, self.runner.wake)
+            pool = WorkerPool(reactor, self.config, workers - 1, sockets, self.runner.wake,
+                              metricsDirectory=metricsDirectory)
             pool.setServiceParent(top)
             reloader.onReload.append(lambda: pool.signalAll("HUP"))
         return top
@@ -455,7 +467,7 @@ class Server:
         store's shutdown; no queue runner and no metrics page.
         """
         top = service.MultiService()
-        StoreService(self.store, self.queue, self.directoryFile).setServiceParent(top)
+        StoreService(self.store, self.queue, self.directoryFile, self.index).setServiceParent(top)
         TLSReloadService(self.tls).setServiceParent(top)
         factories = self.listening()
         for name, (fd, family) in sockets.items():

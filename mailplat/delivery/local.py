@@ -91,6 +91,9 @@ class LocalDelivery:
     @ivar clock: gives the time for DSN dates (anything with C{seconds()}).
     @ivar sieve: the L{SieveFilter <mailplat.sieve.SieveFilter>} running
         each account's script, or L{None} (everything goes to INBOX).
+    @ivar index: the IMAP L{MessageIndex <mailplat.imap.index.MessageIndex>}
+        told of each stored message (after it is durable, without
+        waiting), or L{None}.
     """
 
     _log = Logger()
@@ -105,7 +108,9 @@ class LocalDelivery:
         clock: Optional[object] = None,
         sieve: Optional[Any] = None,
         quota: int = 0,
+        index: Optional[Any] = None,
     ) -> None:
+        self.index = index
         self.sieve = sieve
         self.quota = quota
         self.directory = directory
@@ -327,7 +332,9 @@ class LocalDelivery:
         for name, create in targets:
             mailbox = yield self._mailbox(account, address, name, create)
             message.seek(0)
-            yield mailbox.append(io.BufferedReader(PrefixedReader(prefix, message), 65536))
+            uid = yield mailbox.append(io.BufferedReader(PrefixedReader(prefix, message), 65536))
+            if self.index is not None:
+                self.index.delivered(account, mailbox, uid, prefix, message)
 
     @defer.inlineCallbacks
     def _junkMailbox(self, account: Any):

@@ -8,14 +8,23 @@ Entries are keyed by C{(account address, mailbox name, UIDVALIDITY, UID)}:
 a message's content never changes under one key (UIDs are never reused
 within a UIDVALIDITY), so entries never go stale; flags and modseq are not
 cached here (they come from the store's L{IMessageInfo}).
+
+With a L{MessageIndex <mailplat.imap.index.MessageIndex>} the cache has a
+second level on disk: what L{MessageCache.remember} computes is also
+written there (with the message's searchable text), and
+L{MessageCache.load} brings summaries back from it, so a restarted server
+answers ENVELOPE, SORT and SEARCH without reading the messages again.
 """
 
 import email.utils
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
+from twisted.internet import defer
+
+from mailplat.imap.search import searchText
 from mailplat.imap.structure import ParsedMessage, _parseAddresses, decodeHeaderText
 
 __all__ = ["MessageSummary", "MessageCache", "summarize", "baseSubject"]
@@ -201,16 +210,20 @@ class MessageCache:
     L{MessageSummary}.
 
     @ivar maxEntries: how many summaries are kept.
+    @ivar index: the persistent second level, or L{None}.
     @ivar hits: lookups answered.
     @ivar misses: lookups not answered.
     """
 
-    def __init__(self, maxEntries: int = 100000) -> None:
+    def __init__(self, maxEntries: int = 100000, index: Optional[Any] = None) -> None:
         """
         @param maxEntries: the bound; a summary is a few hundred octets, so
             the default holds about 100,000 messages in some tens of MB.
+        @param index: the L{MessageIndex <mailplat.imap.index.MessageIndex>}
+            kept behind this cache, or L{None} for memory only.
         """
         self.maxEntries = maxEntries
+        self.index = index
         self._entries: "OrderedDict[CacheKey, MessageSummary]" = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -238,3 +251,55 @@ class MessageCache:
         self._entries.move_to_end(key)
         while len(self._entries) > self.maxEntries:
             self._entries.popitem(last=False)
+
+    def remember(self, key: CacheKey, parsed: ParsedMessage) -> MessageSummary:
+        """
+        Summarize a message just parsed, keep the summary, and queue it
+        with the message's searchable text for the index (if any).
+
+        @return: the summary.
+        """
+        summary = summarize(parsed)
+        self.put(key, summary)
+        if self.index is not None:
+            self.index.add(key, summary, searchText(parsed))
+        return summary
+
+    def load(self, keys: Sequence[CacheKey]) -> "defer.Deferred[None]":
+        """
+        Bring the summaries of C{keys} not in memory back from the index
+        (those it has); fires when they are in the cache.  Without an
+        index, fires at once.
+        """
+        if self.index is None:
+            return defer.succeed(None)
+        groups: dict = {}
+        for key in keys:
+            if key not in self._entries:
+                groups.setdefault(key[:3], []).append(key[3])
+        if not groups:
+            return defer.succeed(None)
+        return self._load(groups)
+
+    @defer.inlineCallbacks
+    def _load(self, groups: dict) -> Any:
+        assert self.index is not None
+        for prefix, uids in groups.items():
+            found = yield self.index.summaries(prefix, uids)
+            for uid, summary in found.items():
+                self.put(prefix + (uid,), summary)
+
+    def copied(self, source: Tuple[str, str, int], target: Tuple[str, str, int], pairs: Iterable[Sequence[int]]) -> None:
+        """
+        Messages were copied (or moved) from the mailbox C{source} to
+        C{target} (each C{(account, mailbox, UIDVALIDITY)}), as C{(source
+        UID, target UID)} pairs: the copies get the originals' entries
+        here and in the index.
+        """
+        pairs = [(p[0], p[1]) for p in pairs]
+        for old, new in pairs:
+            summary = self._entries.get(source + (old,))
+            if summary is not None:
+                self.put(target + (new,), summary)
+        if self.index is not None and pairs:
+            self.index.copy(source, target, pairs)

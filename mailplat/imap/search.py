@@ -15,16 +15,21 @@ Choices worth knowing:
   - The search strings are decoded from the CHARSET given (any text codec
     Python knows).  With the default US-ASCII, 8-bit strings are read as
     UTF-8, since that is what clients that omit CHARSET send.
+  - TEXT and BODY may be answered from a full-text index
+    (L{mailplat.imap.index}) instead of each message: L{searchText} is
+    the text such an index holds (the very text the scan looks in), the
+    query's L{textKeys<SearchQuery.textKeys>} are the keys it can answer,
+    and L{SearchContext.texts} carries its answers.
 """
 
 import abc
 import datetime
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, Container, Dict, List, Optional, Tuple, Union
 
 from mailplat.imap.sequence import SequenceSet, SequenceSetError, parseSequenceSet
-from mailplat.imap.structure import ParsedMessage, lookupCharset
+from mailplat.imap.structure import ParsedMessage, decodeHeaderText, lookupCharset
 from mailplat.interfaces import IMessageInfo
 
 class SearchSyntaxError(ValueError):
@@ -70,6 +75,7 @@ class SearchContext:
     maxUid: int
     message: Optional[Callable[[], ParsedMessage]] = None
     headers: Optional[Callable[[str], Optional[List[str]]]] = None
+    texts: Optional[Dict[Any, Container[int]]] = None
 
     def __post_init__(self) -> None:
         loader = self.message
@@ -211,8 +217,22 @@ class _Body(_Key):
     def __init__(self, needle: str, text: bool) -> None:
         self.needle = needle
         self.text = text
+        self.folded = needle.casefold()
+
+    @property
+    def indexable(self) -> bool:
+        """
+        Whether a trigram index can answer this key: a needle of three
+        characters or more (after case folding) that cannot span two
+        body parts of L{searchText}.
+        """
+        return len(self.folded) >= 3 and PART_SEPARATOR not in self.folded
 
     def matches(self, ctx: SearchContext) -> bool:
+        if ctx.texts is not None:
+            hits = ctx.texts.get(self)
+            if hits is not None:
+                return ctx.uid in hits
         assert ctx.message is not None
         if self.text:
             return ctx.message().textContains(self.needle)
@@ -294,6 +314,92 @@ class SearchQuery:
         Whether the message described by C{ctx} satisfies the program.
         """
         return self._root.matches(ctx)
+
+    def textKeys(self) -> List["_Body"]:
+        """
+        The TEXT and BODY keys of the program a full-text index can answer
+        (see L{_Body.indexable}), each once, in program order.
+        """
+        out: List[_Body] = []
+        _walk(self._root, lambda k: out.append(k) if isinstance(k, _Body) and k.indexable else None)
+        return out
+
+    def needsGiven(self, answered: Container[Any]) -> Tuple[bool, bool]:
+        """
+        C{(needsMessage, needsText)} of the program once the keys in
+        C{answered} (from L{textKeys}) are answered by an index.
+        """
+        return _needs(self._root, answered)
+
+
+def _walk(key: _Key, visit: Callable[[_Key], Any]) -> None:
+    visit(key)
+    if isinstance(key, _Not):
+        _walk(key.key, visit)
+    elif isinstance(key, _Or):
+        _walk(key.left, visit)
+        _walk(key.right, visit)
+    elif isinstance(key, _And):
+        for k in key.keys:
+            _walk(k, visit)
+
+
+def _needs(key: _Key, answered: Container[Any]) -> Tuple[bool, bool]:
+    if isinstance(key, _Body) and key in answered:
+        return False, False
+    if isinstance(key, _Not):
+        return _needs(key.key, answered)
+    children: List[_Key] = []
+    if isinstance(key, _Or):
+        children = [key.left, key.right]
+    elif isinstance(key, _And):
+        children = key.keys
+    else:
+        return key.needsMessage, key.needsText
+    message = text = False
+    for child in children:
+        m, t = _needs(child, answered)
+        message, text = message or m, text or t
+    return message, text
+
+
+#: Joins the decoded body parts in L{SearchText.body}: a needle holding it
+#: is never answered from an index (it could match across two parts).
+PART_SEPARATOR = "\x1e"
+
+
+@dataclass(frozen=True)
+class SearchText:
+    """
+    What TEXT and BODY look in, case-folded: exactly the text
+    L{ParsedMessage.textContains} and L{ParsedMessage.bodyContains} search.
+
+    @ivar head: the decoded top-level header fields, C{"name: value"}
+        lines joined by C{"\\n"}.
+    @ivar body: the decoded text of each text/* part, joined by
+        L{PART_SEPARATOR}.
+    """
+
+    head: str
+    body: str
+
+    def contains(self, needle: str, text: bool) -> bool:
+        """
+        Whether C{needle} (case-folded, without L{PART_SEPARATOR}) is in
+        the body, or with C{text} in the header or the body.
+        """
+        return (text and needle in self.head) or needle in self.body
+
+
+def searchText(parsed: ParsedMessage) -> SearchText:
+    """
+    The L{SearchText} of a parsed message, decoded as the scan decodes it
+    (transfer encoding, charset, RFC 2047 words).
+    """
+    lines = []
+    for f in parsed._root.fields:
+        lines.append(f.name + ": " + decodeHeaderText(f.value().decode("utf-8", errors="replace")))
+    return SearchText("\n".join(lines).casefold(), PART_SEPARATOR.join(parsed._bodyTexts()))
 
 
 _MONTHS = {

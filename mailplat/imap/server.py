@@ -6,7 +6,8 @@ mailplat's IMAP4rev1 server (RFC 3501), with IDLE (RFC 2177), UIDPLUS
 (RFC 5258), LIST-STATUS (RFC 5819), ENABLE (RFC 5161), CONDSTORE and QRESYNC
 (RFC 7162), ESEARCH (RFC 4731), LITERAL+ (RFC 7888), ID (RFC 2971), SORT
 and THREAD=ORDEREDSUBJECT/REFERENCES (RFC 5256), COMPRESS=DEFLATE
-(RFC 4978) and QUOTA (RFC 9208, when a quota is configured), written on C{twisted.internet} and the store contract
+(RFC 4978), QUOTA (RFC 9208, when a quota is configured) and ACL (RFC 4314,
+with a shared namespace: L{mailplat.imap.acl}), written on C{twisted.internet} and the store contract
 (L{mailplat.interfaces}).
 
 A session is an explicit state machine (not authenticated, authenticated,
@@ -45,6 +46,7 @@ from mailplat.errors import (
     NoSuchMessage,
 )
 from mailplat import mutf7
+from mailplat.imap import acl
 from mailplat.imap.cache import MessageCache
 from mailplat.imap.parser import (
     Arguments,
@@ -187,6 +189,10 @@ class SelectedView:
         for FETCH, STORE and SEARCH while it is unchanged, so a command on
         an unchanged big mailbox does not list it again.
     """
+
+    #: The session user's rights on the mailbox (RFC 4314); the owner's
+    #: are all of them.
+    rights = acl.ALL_RIGHTS
 
     def __init__(self, mailbox: IMailbox, readOnly: bool, infos: List[IMessageInfo], recent: Set[int]) -> None:
         self.mailbox = mailbox
@@ -384,6 +390,11 @@ _COMMANDS: Dict[bytes, Tuple[Tuple[str, ...], str, bool]] = {
     b"GETQUOTAROOT": (_AUTH, "do_GETQUOTAROOT", True),
     b"SETQUOTA": (_AUTH, "do_SETQUOTA", True),
     b"IDLE": (_AUTH, "do_IDLE", True),
+    b"SETACL": (_AUTH, "do_SETACL", True),
+    b"DELETEACL": (_AUTH, "do_DELETEACL", True),
+    b"GETACL": (_AUTH, "do_GETACL", True),
+    b"LISTRIGHTS": (_AUTH, "do_LISTRIGHTS", True),
+    b"MYRIGHTS": (_AUTH, "do_MYRIGHTS", True),
     b"CHECK": (_SEL, "do_CHECK", True),
     b"CLOSE": (_SEL, "do_CLOSE", True),
     b"UNSELECT": (_SEL, "do_UNSELECT", True),
@@ -556,6 +567,8 @@ class IMAPServer(Protocol):
         elif self.state != LOGOUT:
             if self._inflater is None:
                 caps.append(b"COMPRESS=DEFLATE")
+            if self.account is not None and self._namespaces().enabled:
+                caps.extend(acl.CAPABILITIES)
             if self.quotaBytes or self.quotaMessages:
                 caps.append(b"QUOTA")
                 if self.quotaBytes:
@@ -756,6 +769,12 @@ class IMAPServer(Protocol):
         except ParseError as e:
             response = tag + b" BAD " + _safe(str(e))
             self._countBad()
+        except acl.NoPermission as e:
+            response = tag + b" NO [NOPERM] " + _safe(str(e))
+        except acl.RightsError as e:
+            response = tag + (b" BAD " if e.bad else b" NO [CANNOT] ") + _safe(str(e))
+            if e.bad:
+                self._countBad()
         except InvalidMailboxName as e:
             response = tag + b" NO [CANNOT] " + _safe(str(e))
         except NoSuchMailbox as e:
@@ -884,6 +903,17 @@ class IMAPServer(Protocol):
 
     # -- helpers -----------------------------------------------------------
 
+    def _namespaces(self) -> acl.Namespaces:
+        """
+        The mailboxes the logged-in account reaches (its own and those
+        shared with it), with the rights it has on them.
+        """
+        namespaces = getattr(self, "_namespacesOf", None)
+        if namespaces is None or namespaces.account is not self.account:
+            assert self.account is not None
+            namespaces = self._namespacesOf = acl.Namespaces(self.account)
+        return namespaces
+
     def _deselect(self) -> None:
         view, self.view = self.view, None
         if view is not None:
@@ -933,6 +963,89 @@ class IMAPServer(Protocol):
         if view.readOnly:
             raise IMAPError("Mailbox is read-only", b"READ-ONLY")
         return view
+
+    def _requireRights(self, rights: str, what: str) -> SelectedView:
+        """
+        The selected view, writable and with C{rights} on its mailbox
+        (else C{NO [READ-ONLY]} or C{NO [NOPERM]}).
+        """
+        view = self._requireWritable()
+        missing = [right for right in rights if right not in view.rights]
+        if missing:
+            raise acl.NoPermission(f"You may not {what} this mailbox (the right {''.join(missing)} is needed)")
+        return view
+
+    @defer.inlineCallbacks
+    def _copyTarget(self, name: str) -> Any:
+        """
+        The target of COPY or MOVE, with the C{i} right (else
+        C{NO [TRYCREATE]} or C{NO [NOPERM]}).
+
+        @return: a Deferred firing with C{(target, mailbox)}.
+        """
+        try:
+            found = yield self._namespaces().open(name, acl.COMMAND_RIGHTS["COPY"], "copy messages into")
+        except NoSuchMailbox:
+            raise IMAPError("Mailbox does not exist", b"TRYCREATE")
+        return found
+
+    @defer.inlineCallbacks
+    def _dropForbiddenFlags(self, target: acl.Target, mailbox: IMailbox, pairs: List[Tuple[int, int]]) -> Any:
+        """
+        After a COPY or MOVE into a mailbox whose flags the user may not
+        all set, clear the copies' flags the user has no right to (RFC 4314
+        section 4: the copies get only the flags the user may set).
+        """
+        if acl.canChangeFlags(target.rights) and "w" in target.rights:
+            return
+        infos = yield self._currentInfos([p[0] for p in pairs])
+        forbidden = sorted({f for info in infos.values() for f in info.flags if not acl.allowedFlags(target.rights, [f])})
+        if forbidden:
+            yield mailbox.setFlags([p[1] for p in pairs], forbidden, "remove")
+
+    def _conditionalFlags(self, view: SelectedView, flags: List[str], mode: str) -> List[str]:
+        """
+        The flags a conditional STORE (UNCHANGEDSINCE) may change under
+        the user's rights: all of them with every flag right; else the
+        allowed ones of C{+FLAGS}/C{-FLAGS}, and C{FLAGS} is refused (one
+        atomic step cannot keep the others' state).
+        """
+        rights = view.rights
+        if acl.canChangeFlags(rights) and "w" in rights:
+            return flags
+        allowed = acl.allowedFlags(rights, flags)
+        if mode == "set" or (flags and not allowed):
+            raise acl.NoPermission("You may not change these flags in this mailbox")
+        return allowed
+
+    @defer.inlineCallbacks
+    def _setFlagsAllowed(self, view: SelectedView, uids: List[int], flags: List[str], mode: str) -> Any:
+        """
+        STORE under the user's rights: flags the user may not change keep
+        their state (RFC 4314 section 4); refused with C{NO [NOPERM]} when
+        none of the flags named may be changed.
+        """
+        rights = view.rights
+        if acl.canChangeFlags(rights) and "w" in rights:
+            updated = yield view.mailbox.setFlags(uids, flags, mode)
+            return updated
+        if flags and not acl.allowedFlags(rights, flags):
+            raise acl.NoPermission("You may not change these flags in this mailbox")
+        if mode != "set":
+            allowed = acl.allowedFlags(rights, flags)
+            if not allowed:
+                return []
+            updated = yield view.mailbox.setFlags(uids, allowed, mode)
+            return updated
+        current = yield self._currentInfos(uids)
+        groups: Dict[frozenset, List[int]] = {}
+        for u in uids:
+            if u in current:
+                groups.setdefault(acl.storedFlags(rights, current[u].flags, flags, mode), []).append(u)
+        updated = []
+        for newFlags, members in groups.items():
+            updated.extend((yield view.mailbox.setFlags(members, sorted(newFlags), "set")))
+        return sorted(updated, key=lambda info: info.uid)
 
     @defer.inlineCallbacks
     def _currentInfos(self, uids: Optional[List[int]]) -> Any:
@@ -1250,12 +1363,14 @@ class IMAPServer(Protocol):
         self._deselect()
         if replacing:
             self._write(b"* OK [CLOSED] Previous mailbox closed")
-        account = self.account
-        assert account is not None
-        mailbox = yield account.getMailbox(name)
+        target, mailbox = yield self._namespaces().open(name, acl.COMMAND_RIGHTS["SELECT"], "read")
         if self._closed:
             return b""
+        # Without a right to change anything the mailbox is read-only.
+        forced = not readOnly and not any(right in target.rights for right in acl.WRITE_RIGHTS)
+        readOnly = readOnly or forced
         view = SelectedView(mailbox, readOnly, [], set())
+        view.rights = target.rights
         self.view = view
         mailbox.addListener(self)
         try:
@@ -1291,6 +1406,8 @@ class IMAPServer(Protocol):
             self._write(b"* OK [UNSEEN %d] First unseen message" % (firstUnseen,))
         if readOnly:
             self._write(b"* OK [PERMANENTFLAGS ()] Read-only mailbox")
+        elif not acl.canChangeFlags(view.rights) or "w" not in view.rights:
+            self._write(b"* OK [PERMANENTFLAGS " + acl.permanentFlags(view.rights) + b"] Flags permitted")
         else:
             self._write(b"* OK [PERMANENTFLAGS " + PERMANENT_FLAGS + b"] Flags permitted")
         self._write(b"* OK [UIDVALIDITY %d] UIDs valid" % (mailbox.uidValidity,))
@@ -1314,7 +1431,7 @@ class IMAPServer(Protocol):
                         % (n, info.uid, _flagsWire(info.flags, view.isRecent(info.uid)), info.modseq)
                     )
         if readOnly:
-            return b"[READ-ONLY] EXAMINE completed"
+            return b"[READ-ONLY] SELECT completed" if forced else b"[READ-ONLY] EXAMINE completed"
         return b"[READ-WRITE] SELECT completed"
 
     def _vanishedEarlier(self, present: Sequence[int], uids: SequenceSet, largest: int) -> bytes:
@@ -1381,7 +1498,7 @@ class IMAPServer(Protocol):
                 raise IMAPError("A mailbox takes one special-use attribute here", b"USEATTR")
             use = uses[0] if uses else None
         args.end()
-        yield self.account.createMailbox(name, use) if use else self.account.createMailbox(name)  # type: ignore[union-attr]
+        yield self._namespaces().create(name, use)
         return b"CREATE completed"
 
     @defer.inlineCallbacks
@@ -1390,7 +1507,7 @@ class IMAPServer(Protocol):
         args.end()
         if name == "INBOX":
             raise IMAPError("INBOX cannot be deleted", b"CANNOT")
-        yield self.account.deleteMailbox(name)  # type: ignore[union-attr]
+        yield self._namespaces().delete(name)
         return b"DELETE completed"
 
     @defer.inlineCallbacks
@@ -1400,13 +1517,15 @@ class IMAPServer(Protocol):
         args.end()
         if new == "INBOX":
             raise IMAPError("Cannot rename a mailbox to INBOX", b"ALREADYEXISTS")
-        yield self.account.renameMailbox(old, new)  # type: ignore[union-attr]
+        yield self._namespaces().rename(old, new)
         return b"RENAME completed"
 
     @defer.inlineCallbacks
     def do_SUBSCRIBE(self, tag: bytes, args: Arguments) -> Any:
         name = self._mailboxName(args)
         args.end()
+        if acl.isShared(name):
+            yield self._namespaces().resolve(name, acl.COMMAND_RIGHTS["SUBSCRIBE"], "subscribe to")
         yield self.account.subscribe(name)  # type: ignore[union-attr]
         return b"SUBSCRIBE completed"
 
@@ -1493,7 +1612,10 @@ class IMAPServer(Protocol):
         account = self.account
         assert account is not None
         entries = yield account.listMailboxes()
-        attrsOf = {e.name: set(e.attributes) for e in entries}
+        namespaces = self._namespaces()
+        attrsOf = {e.name: set(e.attributes) for e in entries if not (namespaces.enabled and acl.isShared(e.name))}
+        if namespaces.enabled and any(acl.patternMayReachShared(reference + p) for p in patterns):
+            attrsOf.update((yield namespaces.listShared()))
         wantSubscribed = b"SUBSCRIBED" in selection or b"SUBSCRIBED" in returns
         subs: Set[str] = set()
         if wantSubscribed:
@@ -1537,9 +1659,9 @@ class IMAPServer(Protocol):
             self._write(line)
             if statusItems is not None and not attrs & {"\\Noselect", "\\NonExistent"}:
                 try:
-                    mailbox = yield account.getMailbox(name)
+                    _, mailbox = yield namespaces.open(name, acl.COMMAND_RIGHTS["STATUS"], "read the status of")
                     status = yield self._statusLine(name, mailbox, statusItems)
-                except (NoSuchMailbox, MailboxError):
+                except (NoSuchMailbox, MailboxError, acl.NoPermission):
                     continue
                 self._write(status)
         return b"LIST completed"
@@ -1571,7 +1693,10 @@ class IMAPServer(Protocol):
 
     def do_NAMESPACE(self, tag: bytes, args: Arguments) -> bytes:
         args.end()
-        self._write(b'* NAMESPACE (("" "/")) NIL NIL')
+        if self._namespaces().enabled:
+            self._write(acl.NAMESPACE_RESPONSE)
+        else:
+            self._write(b'* NAMESPACE (("" "/")) NIL NIL')
         return b"NAMESPACE completed"
 
     @defer.inlineCallbacks
@@ -1579,7 +1704,7 @@ class IMAPServer(Protocol):
         name = self._mailboxName(args)
         wanted = self._statusItems(args.parenList("status items"))
         args.end()
-        mailbox = yield self.account.getMailbox(name)  # type: ignore[union-attr]
+        _, mailbox = yield self._namespaces().open(name, acl.COMMAND_RIGHTS["STATUS"], "read the status of")
         line = yield self._statusLine(name, mailbox, wanted)
         self._write(line)
         return b"STATUS completed"
@@ -1646,10 +1771,11 @@ class IMAPServer(Protocol):
         if size > self.maxLiteralSize:
             raise IMAPError("Message too large", b"TOOBIG")
         try:
-            mailbox = yield self.account.getMailbox(name)  # type: ignore[union-attr]
+            target, mailbox = yield self._namespaces().open(name, acl.COMMAND_RIGHTS["APPEND"], "append to")
         except NoSuchMailbox:
             raise IMAPError("Mailbox does not exist", b"TRYCREATE")
-        yield self._checkQuota(size, 1)
+        flags = acl.allowedFlags(target.rights, flags)
+        yield self._checkQuota(size, 1, target.account)
         source = message.file if isinstance(message, LiteralFile) else BytesIO(message)
         source.seek(0)
         uid = yield mailbox.append(source, flags, date)
@@ -1658,17 +1784,18 @@ class IMAPServer(Protocol):
         return b"[APPENDUID %d %d] APPEND completed" % (mailbox.uidValidity, uid)
 
     @defer.inlineCallbacks
-    def _checkQuota(self, octets: int, messages: int) -> Any:
+    def _checkQuota(self, octets: int, messages: int, account: Optional[IAccount] = None) -> Any:
         """
         Refuse with C{NO [OVERQUOTA]} (RFC 9208 4.3) when adding
-        C{messages} messages of C{octets} octets would pass a quota.
+        C{messages} messages of C{octets} octets would pass a quota (of
+        C{account}, the mailbox's owner; the session's own by default).
         """
         if not (self.quotaBytes or self.quotaMessages):
             return
         from mailplat.quota import OverQuota, checkQuota
 
         try:
-            yield checkQuota(self.account, self.quotaBytes, octets, self.quotaMessages, messages)  # type: ignore[arg-type]
+            yield checkQuota(account or self.account, self.quotaBytes, octets, self.quotaMessages, messages)  # type: ignore[arg-type]
         except OverQuota:
             raise IMAPError("Quota exceeded", b"OVERQUOTA")
 
@@ -1711,8 +1838,8 @@ class IMAPServer(Protocol):
         """
         name = self._mailboxName(args)
         args.end()
-        yield self.account.getMailbox(name)  # type: ignore[union-attr]
-        if not (self.quotaBytes or self.quotaMessages):
+        target, _ = yield self._namespaces().open(name, acl.COMMAND_RIGHTS["STATUS"], "read the quota of")
+        if not (self.quotaBytes or self.quotaMessages) or target.shared:
             self._write(b"* QUOTAROOT " + _mailboxWire(name))
             return b"GETQUOTAROOT completed"
         self._write(b"* QUOTAROOT " + _mailboxWire(name) + b' ""')
@@ -1750,6 +1877,87 @@ class IMAPServer(Protocol):
             raise _bad("Expected DONE")
         return b"IDLE terminated"
 
+    # -- access control lists (RFC 4314) -----------------------------------
+
+    def _aclMailbox(self, args: Arguments) -> str:
+        """
+        The mailbox argument of an ACL command, decoded and validated.
+        """
+        if not self._namespaces().enabled:
+            raise IMAPError("This server's mail store keeps no access control lists", b"CANNOT")
+        return self._mailboxName(args)
+
+    def _identifier(self, args: Arguments) -> Tuple[bytes, str]:
+        raw = args.astring("identifier")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _bad("Invalid identifier")
+        return raw, acl.parseIdentifier(text)
+
+    @defer.inlineCallbacks
+    def do_SETACL(self, tag: bytes, args: Arguments) -> Any:
+        """
+        SETACL mailbox identifier [+|-]rights (RFC 4314 3.1).
+        """
+        name = self._aclMailbox(args)
+        _, identifier = self._identifier(args)
+        rights = args.astring("access rights").decode("ascii", "replace")
+        args.end()
+        yield self._namespaces().setACL(name, identifier, rights)
+        return b"SETACL completed"
+
+    @defer.inlineCallbacks
+    def do_DELETEACL(self, tag: bytes, args: Arguments) -> Any:
+        """
+        DELETEACL mailbox identifier (RFC 4314 3.2).
+        """
+        name = self._aclMailbox(args)
+        _, identifier = self._identifier(args)
+        args.end()
+        yield self._namespaces().setACL(name, identifier, None)
+        return b"DELETEACL completed"
+
+    @defer.inlineCallbacks
+    def do_GETACL(self, tag: bytes, args: Arguments) -> Any:
+        """
+        GETACL mailbox (RFC 4314 3.3): the owner, then every entry.
+        """
+        name = self._aclMailbox(args)
+        args.end()
+        entries = yield self._namespaces().getACL(name)
+        line = b"* ACL " + _mailboxWire(name)
+        for identifier, rights in entries:
+            line += b" " + string(identifier) + b" " + acl.rightsWire(rights)
+        self._write(line)
+        return b"GETACL completed"
+
+    @defer.inlineCallbacks
+    def do_LISTRIGHTS(self, tag: bytes, args: Arguments) -> Any:
+        """
+        LISTRIGHTS mailbox identifier (RFC 4314 3.4).
+        """
+        name = self._aclMailbox(args)
+        raw, identifier = self._identifier(args)
+        args.end()
+        required, optional = yield self._namespaces().listRights(name, identifier)
+        line = b"* LISTRIGHTS " + _mailboxWire(name) + b" " + string(raw) + b" " + acl.rightsWire(required)
+        if optional:
+            line += b" " + optional.encode("ascii")
+        self._write(line)
+        return b"LISTRIGHTS completed"
+
+    @defer.inlineCallbacks
+    def do_MYRIGHTS(self, tag: bytes, args: Arguments) -> Any:
+        """
+        MYRIGHTS mailbox (RFC 4314 3.5).
+        """
+        name = self._aclMailbox(args)
+        args.end()
+        rights = yield self._namespaces().myRights(name)
+        self._write(b"* MYRIGHTS " + _mailboxWire(name) + b" " + acl.rightsWire(rights))
+        return b"MYRIGHTS completed"
+
     # -- selected ----------------------------------------------------------
 
     def do_CHECK(self, tag: bytes, args: Arguments) -> bytes:
@@ -1762,7 +1970,7 @@ class IMAPServer(Protocol):
         view = self.view
         assert view is not None
         self._deselect()
-        if not view.readOnly:
+        if not view.readOnly and acl.COMMAND_RIGHTS["EXPUNGE"] in view.rights:
             yield view.mailbox.expunge()
         return b"CLOSE completed"
 
@@ -1774,7 +1982,7 @@ class IMAPServer(Protocol):
     @defer.inlineCallbacks
     def do_EXPUNGE(self, tag: bytes, args: Arguments) -> Any:
         args.end()
-        view = self._requireWritable()
+        view = self._requireRights(acl.COMMAND_RIGHTS["EXPUNGE"], "expunge messages from")
         yield view.mailbox.expunge()
         view.changed()
         return b"EXPUNGE completed"
@@ -1803,7 +2011,7 @@ class IMAPServer(Protocol):
     def _uidExpunge(self, args: Arguments) -> Any:
         seqset = args.sequenceSet()
         args.end()
-        view = self._requireWritable()
+        view = self._requireRights(acl.COMMAND_RIGHTS["EXPUNGE"], "expunge messages from")
         uids = [view.uids[i] for i in self._resolve(seqset, uid=True)]
         if uids:
             yield view.mailbox.expunge(uids)
@@ -1824,18 +2032,17 @@ class IMAPServer(Protocol):
         assert view is not None
         uids = [view.uids[i] for i in self._resolve(seqset, uid)]
         uids = [u for u in uids if u not in view.ghosts]
-        try:
-            target = yield self.account.getMailbox(name)  # type: ignore[union-attr]
-        except NoSuchMailbox:
-            raise IMAPError("Mailbox does not exist", b"TRYCREATE")
+        destination, target = yield self._copyTarget(name)
         if not uids:
             return b"COPY completed"
         if self.quotaBytes or self.quotaMessages:
             infos = yield self._currentInfos(uids)
-            yield self._checkQuota(sum(i.size for i in infos.values()), len(infos))
+            yield self._checkQuota(sum(i.size for i in infos.values()), len(infos), destination.account)
         pairs = yield view.mailbox.copyTo(uids, target)
         if not pairs:
             return b"COPY completed"
+        yield self._dropForbiddenFlags(destination, target, pairs)
+        self.cache.copied(self._cacheKey(view, 0)[:3], self._mailboxKey(target, 0)[:3], pairs)
         source = _compressUIDs([p[0] for p in pairs])
         dest = _compressUIDs([p[1] for p in pairs])
         return b"[COPYUID %d %s %s] COPY completed" % (target.uidValidity, source, dest)
@@ -1852,18 +2059,17 @@ class IMAPServer(Protocol):
         seqset = args.sequenceSet()
         name = self._mailboxName(args)
         args.end()
-        view = self._requireWritable()
+        view = self._requireRights(acl.COMMAND_RIGHTS["MOVE-SOURCE"], "move messages out of")
         uids = [view.uids[i] for i in self._resolve(seqset, uid)]
         uids = [u for u in uids if u not in view.ghosts]
-        try:
-            target = yield self.account.getMailbox(name)  # type: ignore[union-attr]
-        except NoSuchMailbox:
-            raise IMAPError("Mailbox does not exist", b"TRYCREATE")
+        destination, target = yield self._copyTarget(name)
         if not uids:
             return b"MOVE completed"
         pairs = yield view.mailbox.copyTo(uids, target)
         if not pairs:
             return b"MOVE completed"
+        yield self._dropForbiddenFlags(destination, target, pairs)
+        self.cache.copied(self._cacheKey(view, 0)[:3], self._mailboxKey(target, 0)[:3], pairs)
         source = _compressUIDs([p[0] for p in pairs])
         dest = _compressUIDs([p[1] for p in pairs])
         self._write(b"* OK [COPYUID %d %s %s] Moved" % (target.uidValidity, source, dest))
@@ -1901,17 +2107,17 @@ class IMAPServer(Protocol):
         indexes = self._resolve(seqset, uid)
         uids = [view.uids[i] for i in indexes if view.uids[i] not in view.ghosts]
         failed: List[int] = []
-        if unchangedSince is not None and uids:
-            # The store has no conditional update: check, then set, with
-            # nothing yielding to another session in between for a store
-            # that answers synchronously.
-            current = yield self._currentInfos(uids)
-            failed = [u for u in uids if u in current and current[u].modseq > unchangedSince]
-            refused = set(failed)
-            uids = [u for u in uids if u in current and u not in refused]
         updated = []
-        if uids:
-            updated = yield view.mailbox.setFlags(uids, flags, modes[item])
+        if uids and unchangedSince is not None:
+            # The store tests and changes in one step under its own lock or
+            # transaction, so no other session, process or node can change
+            # a message in between (RFC 7162 3.1.3).
+            outcome = yield view.mailbox.setFlags(
+                uids, self._conditionalFlags(view, flags, modes[item]), modes[item], unchangedSince=unchangedSince
+            )
+            updated, failed = outcome.infos, outcome.modified
+        elif uids:
+            updated = yield self._setFlagsAllowed(view, uids, flags, modes[item])
         if self.view is not view:
             return b"STORE completed"
         view.patchListing(updated)
@@ -1992,11 +2198,13 @@ class IMAPServer(Protocol):
             if gone:
                 self._write(b"* VANISHED (EARLIER) " + gone)
         infos = yield self._currentInfos([u for _, u in wanted])
+        if any(isinstance(a, FetchAttribute) and a.name in ("ENVELOPE", "BODYSTRUCTURE", "BODY") for a in atts):
+            yield self._loadSummaries(view, [u for _, u in wanted])
         if self.view is not view:
             return b"FETCH completed"
         if changedSince is not None:
             wanted = [(i, u) for i, u in wanted if u in infos and infos[u].modseq > changedSince]
-        setSeen = not view.readOnly and any(isinstance(a, BodySection) and not a.peek for a in atts)
+        setSeen = not view.readOnly and "s" in view.rights and any(isinstance(a, BodySection) and not a.peek for a in atts)
         flagsChanged: Set[int] = set()
         if setSeen:
             unseen = [u for _, u in wanted if u in infos and "\\Seen" not in infos[u].flags]
@@ -2099,8 +2307,6 @@ class IMAPServer(Protocol):
         Send one message's FETCH response.  Returns False if the message
         turned out to be gone.
         """
-        from mailplat.imap.cache import summarize
-
         structural = any(isinstance(a, FetchAttribute) and a.name in ("ENVELOPE", "BODYSTRUCTURE", "BODY") for a in atts)
         key = self._cacheKey(view, info.uid)
         summaryHolder = [self.cache.get(key) if structural else None]
@@ -2140,8 +2346,7 @@ class IMAPServer(Protocol):
 
             def summary() -> Any:
                 if summaryHolder[0] is None:
-                    summaryHolder[0] = summarize(parsed())
-                    self.cache.put(key, summaryHolder[0])
+                    summaryHolder[0] = self.cache.remember(key, parsed())
                 return summaryHolder[0]
 
             items: List[Union[bytes, Tuple[bytes, int, int]]] = []
@@ -2228,21 +2433,40 @@ class IMAPServer(Protocol):
             return None
         maxSeq = len(view.uids)
         maxUid = view.uids[-1] if maxSeq else 0
-        from mailplat.imap.cache import summarize
-
-        headersOnly = query.needsMessage and not query.needsText
+        # TEXT/BODY answered from the full-text index when there is one;
+        # ``scan`` are the messages it cannot answer for.
+        texts: Optional[Dict[Any, Any]] = None
+        scan: Set[int] = set()
+        needsMessage, needsText = query.needsMessage, query.needsText
+        if self.cache.index is not None and query.needsText and query.textKeys():
+            found = yield self._indexedTexts(view, infos, query)
+            if self.view is not view:
+                return None
+            if found is not None:
+                texts, scan = found
+                needsMessage, needsText = query.needsGiven(texts)
+        if needsMessage and not needsText:
+            yield self._loadSummaries(view, [u for u in view.uids if u in infos])
+            if self.view is not view:
+                return None
         matched = []
         for index in range(len(view.uids)):
             u = view.uids[index]
             info = infos.get(u)
             if info is None or u in view.ghosts:
                 continue
+            answered = texts if u not in scan else None
+            if answered is not None:
+                mustRead, headersOnly = needsMessage, needsMessage and not needsText
+            else:
+                mustRead, headersOnly = query.needsMessage, query.needsMessage and not query.needsText
             loader = None
             summary = self.cache.get(self._cacheKey(view, u)) if headersOnly else None
             if summary is not None:
                 ctx = SearchContext(
                     seq=index + 1, uid=u, info=info, recent=view.isRecent(u),
                     maxSeq=maxSeq, maxUid=maxUid, message=_needMessage, headers=summary.headerValues,
+                    texts=answered,
                 )
                 try:
                     if query.matches(ctx):
@@ -2250,7 +2474,7 @@ class IMAPServer(Protocol):
                     continue
                 except _NeedMessage:
                     pass
-            if query.needsMessage:
+            if mustRead:
                 try:
                     source = yield view.mailbox.openMessage(u)
                 except NoSuchMessage:
@@ -2260,22 +2484,59 @@ class IMAPServer(Protocol):
                 finally:
                     source.close()
 
-                def loader(content: bytes = content, key: Any = self._cacheKey(view, u)) -> Any:
+                def loader(content: bytes = content, key: Any = self._cacheKey(view, u), fill: bool = headersOnly) -> Any:
                     parsed = parseMessage(content)
-                    if headersOnly:
-                        # Fill the cache so the next header search is warm.
-                        self.cache.put(key, summarize(parsed))
+                    if fill or self.cache.index is not None:
+                        # Fill the cache (and index) so the next search is warm.
+                        self.cache.remember(key, parsed)
                     return parsed
 
             ctx = SearchContext(
                 seq=index + 1, uid=u, info=info, recent=view.isRecent(u),
-                maxSeq=maxSeq, maxUid=maxUid, message=loader,
+                maxSeq=maxSeq, maxUid=maxUid, message=loader, texts=answered,
             )
             if query.matches(ctx):
                 matched.append((index, u, info))
             if self.view is not view:
                 return None
         return matched
+
+    @defer.inlineCallbacks
+    def _indexedTexts(self, view: SelectedView, infos: Dict[int, IMessageInfo], query: Any) -> Any:
+        """
+        The answers of the full-text index to the TEXT/BODY keys of
+        C{query} (see L{mailplat.imap.index.indexedTexts}), after indexing
+        the messages of C{view} it lacks.
+        """
+        from mailplat.imap.index import indexedTexts
+
+        @defer.inlineCallbacks
+        def read(uid: int) -> Any:
+            try:
+                source = yield view.mailbox.openMessage(uid)
+            except NoSuchMessage:
+                return None
+            try:
+                return source.read()
+            finally:
+                source.close()
+
+        uids = [u for u in view.uids if u in infos and u not in view.ghosts]
+        prefix = self._cacheKey(view, 0)[:3]
+        try:
+            return (yield indexedTexts(self.cache, prefix, uids, query.textKeys(), read))
+        except Exception:
+            log.failure("the message index could not answer a search; reading the messages")
+            return None
+
+    def _loadSummaries(self, view: SelectedView, uids: Iterable[int]) -> Any:
+        """
+        Bring the summaries of C{uids} back from the message index into
+        the cache (when there is an index).
+        """
+        if self.cache.index is None:
+            return defer.succeed(None)
+        return self.cache.load([self._cacheKey(view, u) for u in uids])
 
     def _parseProgram(self, args: Arguments, charset: str) -> Any:
         """
@@ -2298,7 +2559,10 @@ class IMAPServer(Protocol):
 
     def _mailboxKey(self, mailbox: IMailbox, uid: int) -> Tuple[str, str, int, int]:
         account = self.account
-        return (getattr(account, "address", ""), mailbox.name, mailbox.uidValidity, uid)
+        if account is None:
+            return ("", mailbox.name, mailbox.uidValidity, uid)
+        # A shared mailbox's messages are its owner's: one key for all.
+        return (self._namespaces().ownerOf(mailbox), mailbox.name, mailbox.uidValidity, uid)
 
     def _remember(self, mailbox: IMailbox, uid: int, content: bytes) -> None:
         """
@@ -2306,15 +2570,12 @@ class IMAPServer(Protocol):
         in memory) and keep its summary, so FETCH ENVELOPE and header
         SEARCH never read it back (DESIGN.md, "Parse once").
         """
-        from mailplat.imap.cache import summarize
         from mailplat.imap.structure import parseMessage
 
         try:
-            summary = summarize(parseMessage(content))
+            self.cache.remember(self._mailboxKey(mailbox, uid), parseMessage(content))
         except Exception:
             log.failure("IMAP could not parse an appended message")
-            return
-        self.cache.put(self._mailboxKey(mailbox, uid), summary)
 
     @defer.inlineCallbacks
     def _summaries(self, view: SelectedView, uids: Iterable[int]) -> Any:
@@ -2322,9 +2583,10 @@ class IMAPServer(Protocol):
         The L{MessageSummary} of each of C{uids} still there, by UID, from
         the cache or parsed (and cached) once.
         """
-        from mailplat.imap.cache import summarize
         from mailplat.imap.structure import parseMessage
 
+        uids = list(uids)
+        yield self._loadSummaries(view, uids)
         out = {}
         for u in uids:
             key = self._cacheKey(view, u)
@@ -2338,8 +2600,7 @@ class IMAPServer(Protocol):
                     data = source.read()
                 finally:
                     source.close()
-                summary = summarize(parseMessage(data))
-                self.cache.put(key, summary)
+                summary = self.cache.remember(key, parseMessage(data))
             out[u] = summary
         return out
 
@@ -2577,6 +2838,7 @@ class IMAPFactory(Factory):
         cache: Optional[MessageCache] = None,
         quotaBytes: int = 0,
         quotaMessages: int = 0,
+        index: Optional[Any] = None,
     ) -> None:
         """
         @param portal: the cred portal logins go through.
@@ -2595,6 +2857,9 @@ class IMAPFactory(Factory):
             refused with C{NO [OVERQUOTA]}, and QUOTA (RFC 9208) is
             advertised.
         @param quotaMessages: each account's limit on messages; 0 for none.
+        @param index: the L{MessageIndex <mailplat.imap.index.MessageIndex>}
+            kept behind the cache (summaries and full-text search on
+            disk), or L{None} for a memory-only cache.
         """
         self.portal = portal
         self.hostname = hostname
@@ -2603,7 +2868,9 @@ class IMAPFactory(Factory):
         self.maxLiteralSize = maxLiteralSize
         self.clock = clock
         self.contextFactory = contextFactory
-        self.cache = cache if cache is not None else MessageCache()
+        self.cache = cache if cache is not None else MessageCache(index=index)
+        if index is not None and self.cache.index is None:
+            self.cache.index = index
         self.quotaBytes = quotaBytes
         self.quotaMessages = quotaMessages
 

@@ -75,8 +75,9 @@ class LoopbackServer:
         while any(wrapper.protocols for wrapper in self._wrappers):
             yield task.deferLater(reactor, 0.01, lambda: None)
         # As the server's StoreService does at shutdown: a queue holding
-        # connections and threads (PostgreSQL) is closed, then the store.
-        for part in (self.server.queue, self.server.directoryFile):
+        # connections and threads (PostgreSQL) and the message index are
+        # closed, then the store.
+        for part in (self.server.queue, self.server.directoryFile, self.server.index):
             close = getattr(part, "close", None)
             if close is not None:
                 yield close()

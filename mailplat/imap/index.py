@@ -1,0 +1,715 @@
+"""
+The persistent message index: the second level behind
+L{MessageCache <mailplat.imap.cache.MessageCache>}, and the full-text
+index SEARCH TEXT and BODY are answered from.
+
+One SQLite file per account, C{<data-dir>/index/<hash of the address>.sqlite},
+in WAL mode so that several worker processes share it, holds:
+
+  - C{mailboxes}: each mailbox name with the UIDVALIDITY its rows belong
+    to; a new UIDVALIDITY drops the mailbox's rows.
+  - C{messages}: per C{(mailbox, UID)}, the L{MessageSummary} (JSON, in
+    the format of L{SCHEMA_VERSION}) and whether its text is indexed.
+  - C{texts}: an FTS5 table with the C{trigram} tokenizer
+    (C{case_sensitive 0}, C{detail=none}) holding each message's
+    L{SearchText} (decoded header fields; decoded text parts).
+
+A message's content never changes under one C{(mailbox, UIDVALIDITY,
+UID)}, so rows never go stale; UIDs expunged since are pruned when a
+search sees them.  The index is a cache: a file that is missing, from an
+older format, or corrupt is rebuilt (and the log says so), never an error
+for the user; whatever it does not hold is read from the store.
+
+Trigram matching: an FTS5 table with C{detail=none} answers a query made
+of single trigrams, so a needle is looked up as the AND of (some of) its
+trigrams, and the candidates are then checked with C{instr} on the stored
+text: the answer is the exact case-insensitive substring test of the scan
+(RFC 3501 6.4.4), because both sides are case-folded by Python the same
+way the scan folds them.
+
+Every SQLite call runs in the index's own bounded thread pool, never on
+the reactor thread; writes are queued and committed in batches, one
+transaction per account per batch.
+"""
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from collections import OrderedDict
+from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from mailplat.imap.cache import CacheKey, MessageSummary, summarize
+from mailplat.imap.search import SearchText, searchText
+from mailplat.imap.structure import parseMessage
+
+__all__ = ["MessageIndex", "SCHEMA_VERSION", "indexedTexts"]
+
+log = Logger()
+
+#: The format of the file and of the serialized summaries; a file of
+#: another version is dropped and rebuilt, never read.
+SCHEMA_VERSION = 1
+#: Writes queued before they are committed without waiting for the timer.
+BATCH = 500
+#: Seconds a queued write waits for company before it is committed.
+FLUSH_DELAY = 0.2
+#: Characters of searchable text kept per message; a message with more is
+#: searched by reading it.
+TEXT_LIMIT = 4 * 1024 * 1024
+#: Largest delivered message indexed at delivery (larger ones are indexed
+#: when a search first needs them).
+DELIVERY_LIMIT = 1024 * 1024
+#: Trigrams of a needle asked of the FTS table (spread over the needle);
+#: C{instr} checks the rest.
+QUERY_TRIGRAMS = 8
+
+# messages.hastext
+_TEXT = 1  # the text is in ``texts``
+_NO_TEXT = 2  # too big or not storable: searched by reading the message
+
+Prefix = Tuple[str, str, int]
+
+_SCHEMA = [
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value)",
+    "CREATE TABLE mailboxes (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, uidvalidity INTEGER NOT NULL)",
+    "CREATE TABLE messages (id INTEGER PRIMARY KEY, mailbox INTEGER NOT NULL, uid INTEGER NOT NULL,"
+    " summary BLOB NOT NULL, hastext INTEGER NOT NULL, UNIQUE (mailbox, uid))",
+    "CREATE VIRTUAL TABLE texts USING fts5(head, body, tokenize='trigram case_sensitive 0', detail=none)",
+]
+_TABLES = ["texts", "messages", "mailboxes", "meta"]
+
+
+def encodeSummary(summary: MessageSummary) -> bytes:
+    """
+    The stored form of a summary (JSON; octet strings as Latin-1).
+    """
+    return json.dumps(
+        [
+            summary.envelope.decode("latin-1"),
+            summary.bodyStructure.decode("latin-1"),
+            summary.body.decode("latin-1"),
+            summary.baseSubject,
+            summary.isReply,
+            summary.sentDate,
+            summary.fromMailbox,
+            summary.toMailbox,
+            summary.ccMailbox,
+            summary.messageId,
+            list(summary.references),
+            [list(pair) for pair in summary.headers],
+            summary.allHeaders,
+        ],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode("utf-8", errors="surrogatepass")
+
+
+def decodeSummary(blob: bytes) -> Optional[MessageSummary]:
+    """
+    The summary stored as C{blob}, or L{None} when it is not one.
+    """
+    try:
+        (envelope, bodyStructure, body, base, isReply, sent, fromBox, toBox, ccBox,
+         messageId, references, headers, allHeaders) = json.loads(bytes(blob).decode("utf-8", errors="surrogatepass"))
+        return MessageSummary(
+            envelope=envelope.encode("latin-1"),
+            bodyStructure=bodyStructure.encode("latin-1"),
+            body=body.encode("latin-1"),
+            baseSubject=base,
+            isReply=bool(isReply),
+            sentDate=None if sent is None else float(sent),
+            fromMailbox=fromBox,
+            toMailbox=toBox,
+            ccMailbox=ccBox,
+            messageId=messageId,
+            references=tuple(references),
+            headers=tuple((str(n), str(v)) for n, v in headers),
+            allHeaders=bool(allHeaders),
+        )
+    except (ValueError, TypeError, AttributeError, UnicodeError):
+        return None
+
+
+def matchQuery(needle: str) -> str:
+    """
+    The FTS5 query for the trigrams of C{needle} (three characters or
+    more): at most L{QUERY_TRIGRAMS} of them, spread over the needle,
+    ANDed.
+    """
+    grams = list(OrderedDict.fromkeys(needle[i : i + 3] for i in range(len(needle) - 2)))
+    if len(grams) > QUERY_TRIGRAMS:
+        step = (len(grams) - 1) / (QUERY_TRIGRAMS - 1)
+        grams = [grams[round(i * step)] for i in range(QUERY_TRIGRAMS)]
+    return " AND ".join('"' + g.replace('"', '""') + '"' for g in grams)
+
+
+def _rebuildable(error: sqlite3.Error) -> bool:
+    """
+    Whether C{error} says the file is damaged or not ours (rebuild it),
+    rather than busy, full or unwritable (try again later).
+    """
+    if not isinstance(error, sqlite3.OperationalError):
+        return isinstance(error, sqlite3.DatabaseError)
+    text = str(error).lower()
+    return any(word in text for word in ("no such", "malformed", "corrupt", "not a database"))
+
+
+def _daemonThread(*args: Any, **kwargs: Any) -> threading.Thread:
+    thread = threading.Thread(*args, **kwargs)
+    thread.daemon = True
+    return thread
+
+
+class _Database:
+    """
+    One account's index file and its connection, used by one thread at a
+    time (C{lock}).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.db: Optional[sqlite3.Connection] = None
+        self.inode: Optional[Tuple[int, int]] = None
+        # mailbox name -> (id, uidvalidity), valid while ``db`` is.
+        self.mailboxes: Dict[str, Tuple[int, int]] = {}
+
+    def open(self) -> sqlite3.Connection:
+        """
+        The connection, (re)opened when the file was deleted or replaced.
+        """
+        try:
+            st = os.stat(self.path)
+            inode: Optional[Tuple[int, int]] = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            inode = None
+        if self.db is not None and inode != self.inode:
+            log.warn("message index {path} was removed or replaced; rebuilding it", path=self.path)
+            self.close()
+        if self.db is None:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            try:
+                self._setUp(db)
+                st = os.stat(self.path)
+            except BaseException:
+                db.close()
+                raise
+            self.db, self.inode = db, (st.st_dev, st.st_ino)
+        return self.db
+
+    def _setUp(self, db: sqlite3.Connection) -> None:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            try:
+                row = db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+                version = row[0] if row else None
+            except sqlite3.OperationalError:
+                version = None
+            if version != SCHEMA_VERSION:
+                if version is not None:
+                    log.info("message index {path} is of format {old}, not {new}; rebuilding it",
+                             path=self.path, old=version, new=SCHEMA_VERSION)
+                for table in _TABLES:
+                    db.execute(f"DROP TABLE IF EXISTS {table}")
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                db.execute("INSERT INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        if self.db is not None:
+            try:
+                self.db.close()
+            except sqlite3.Error:
+                pass
+        self.db, self.inode = None, None
+        self.mailboxes.clear()
+
+    def destroy(self) -> None:
+        """
+        Close and delete the file (and its WAL), to be made again.
+        """
+        self.close()
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            try:
+                os.unlink(self.path + suffix)
+            except OSError:
+                pass
+
+    def mailboxId(self, db: sqlite3.Connection, name: str, uidValidity: int, create: bool) -> Optional[int]:
+        """
+        The id of mailbox C{name} under C{uidValidity}; with C{create}
+        (inside a write transaction) made, or emptied of the rows of
+        another UIDVALIDITY; else L{None} when it has no rows here.
+        """
+        row = db.execute("SELECT id, uidvalidity FROM mailboxes WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            if not create:
+                return None
+            cursor = db.execute("INSERT INTO mailboxes (name, uidvalidity) VALUES (?, ?)", (name, uidValidity))
+            return cursor.lastrowid
+        mailboxId, old = row
+        if old == uidValidity:
+            return mailboxId
+        if not create:
+            return None
+        # A new UIDVALIDITY: the old rows describe other messages.
+        db.execute("DELETE FROM texts WHERE rowid IN (SELECT id FROM messages WHERE mailbox = ?)", (mailboxId,))
+        db.execute("DELETE FROM messages WHERE mailbox = ?", (mailboxId,))
+        db.execute("UPDATE mailboxes SET uidvalidity = ? WHERE id = ?", (uidValidity, mailboxId))
+        return mailboxId
+
+
+class MessageIndex:
+    """
+    The per-account SQLite index files under one directory, shared by
+    every session of a process (and by the processes sharing the data
+    directory).
+
+    @ivar directory: where the files are.
+    @ivar rebuilds: how many damaged files were dropped and made again.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        reactor: Any = None,
+        maxThreads: int = 2,
+        maxOpen: int = 64,
+        run: Optional[Callable[..., "defer.Deferred[Any]"]] = None,
+    ) -> None:
+        """
+        @param directory: the directory of the index files (made when
+            first needed), such as C{<data-dir>/index}.
+        @param reactor: for the thread pool and the write timer; the
+            global reactor if L{None}.
+        @param maxThreads: the bound of the thread pool.
+        @param maxOpen: how many account files are kept open.
+        @param run: calls C{f(*args)} and returns a Deferred of its result;
+            by default in the index's thread pool (tests give a
+            synchronous one).
+        """
+        if reactor is None:
+            from twisted.internet import reactor  # type: ignore[no-redef]
+        self.directory = directory
+        self.rebuilds = 0
+        self._reactor = reactor
+        self._maxThreads = maxThreads
+        self._maxOpen = maxOpen
+        self._pool: Optional[ThreadPool] = None
+        self._run = run if run is not None else self._inPool
+        self._pending: List[tuple] = []
+        self._timer: Any = None
+        self._writing = defer.DeferredLock()
+        self._databases: "OrderedDict[str, _Database]" = OrderedDict()
+        self._databasesLock = threading.Lock()
+        self._closed = False
+
+    # -- threads and files --------------------------------------------------
+
+    def _inPool(self, f: Callable[..., Any], *args: Any) -> "defer.Deferred[Any]":
+        if self._pool is None:
+            self._pool = ThreadPool(minthreads=0, maxthreads=self._maxThreads, name="mailplat-index")
+            # Daemon threads, and stopped with the reactor: a process never
+            # waits on its index to exit (the files are a cache).
+            self._pool.threadFactory = _daemonThread  # type: ignore[method-assign]
+            self._pool.start()
+            self._reactor.addSystemEventTrigger("during", "shutdown", self._stopPool)
+        return threads.deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    def pathFor(self, account: str) -> str:
+        """
+        The index file of C{account}.
+        """
+        digest = hashlib.sha256(account.encode("utf-8", errors="surrogatepass")).hexdigest()[:32]
+        return os.path.join(self.directory, digest + ".sqlite")
+
+    def _database(self, account: str) -> _Database:
+        with self._databasesLock:
+            database = self._databases.get(account)
+            if database is None:
+                database = self._databases[account] = _Database(self.pathFor(account))
+            self._databases.move_to_end(account)
+            while len(self._databases) > self._maxOpen:
+                oldest = next(iter(self._databases.values()))
+                if not oldest.lock.acquire(blocking=False):
+                    break
+                try:
+                    oldest.close()
+                finally:
+                    oldest.lock.release()
+                self._databases.popitem(last=False)
+        return database
+
+    def _with(self, account: str, op: Callable[[_Database, sqlite3.Connection], Any], fallback: Any) -> Any:
+        """
+        Run C{op} on the account's open file (in a pool thread); a damaged
+        file is deleted and C{op} run once more on a new one; a busy or
+        unwritable one gives C{fallback}.
+        """
+        for attempt in (1, 2):
+            database = self._database(account)
+            with database.lock:
+                db = None
+                try:
+                    db = database.open()
+                    return op(database, db)
+                except sqlite3.Error as e:
+                    if db is not None and db.in_transaction:
+                        try:
+                            db.execute("ROLLBACK")
+                        except sqlite3.Error:
+                            pass
+                    if not _rebuildable(e):
+                        log.warn("message index {path} not usable now ({error}); reading the messages instead",
+                                 path=database.path, error=str(e))
+                        return fallback
+                    log.error("message index {path} is damaged ({error}); rebuilding it",
+                              path=database.path, error=str(e))
+                    database.destroy()
+                    self.rebuilds += 1
+                except OSError as e:
+                    log.warn("message index {path} not usable ({error}); reading the messages instead",
+                             path=database.path, error=str(e))
+                    return fallback
+        return fallback
+
+    # -- writes -------------------------------------------------------------
+
+    def _queue(self, row: tuple) -> None:
+        if self._closed:
+            return
+        self._pending.append(row)
+        if len(self._pending) >= BATCH:
+            self.flush()
+        elif self._timer is None:
+            self._timer = self._reactor.callLater(FLUSH_DELAY, self._timerFired)
+
+    def _timerFired(self) -> None:
+        self._timer = None
+        self.flush()
+
+    def add(self, key: CacheKey, summary: MessageSummary, text: Optional[SearchText]) -> None:
+        """
+        Queue a message's summary and searchable text for the index.
+        """
+        self._queue(("add", key, summary, text))
+
+    def delivered(self, account: Any, mailbox: Any, uid: int, prefix: bytes, message: BinaryIO) -> None:
+        """
+        A message was just stored by local delivery as C{prefix} followed
+        by C{message}: queue it to be parsed and indexed off the reactor
+        thread.  Never raises and never waits (a message over
+        L{DELIVERY_LIMIT} is left for the first search that needs it).
+        """
+        try:
+            message.seek(0, os.SEEK_END)
+            size = message.tell()
+            if size + len(prefix) > DELIVERY_LIMIT:
+                return
+            message.seek(0)
+            content = prefix + message.read()
+            key = (getattr(account, "address", ""), mailbox.name, mailbox.uidValidity, uid)
+            self._queue(("raw", key, content))
+        except Exception:
+            log.failure("could not queue a delivered message for the message index")
+
+    def copy(self, source: Prefix, target: Prefix, pairs: Sequence[Tuple[int, int]]) -> None:
+        """
+        Queue: the messages C{pairs} (source UID, target UID) of mailbox
+        C{source} were copied to C{target} (same account) and have the
+        same entries.
+        """
+        self._queue(("copy", source, target, list(pairs)))
+
+    def forget(self, prefix: Prefix, uids: Iterable[int]) -> None:
+        """
+        Queue: drop the rows of C{uids} (expunged) of the mailbox C{prefix}.
+        """
+        uids = list(uids)
+        if uids:
+            self._queue(("forget", prefix, uids))
+
+    def flush(self) -> "defer.Deferred[None]":
+        """
+        Commit every queued write; fires once they are in the files (or
+        failed, which is logged).
+        """
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        rows, self._pending = self._pending, []
+        if not rows:
+            # Still wait for a batch being written.
+            return self._writing.run(defer.succeed, None)
+
+        def write() -> "defer.Deferred[None]":
+            return self._run(self._write, rows)
+
+        d = self._writing.run(write)
+        d.addErrback(lambda f: log.failure("message index write failed", f))
+        return d
+
+    def _write(self, rows: List[tuple]) -> None:
+        """
+        (In a pool thread.)  Write C{rows}: one transaction per account.
+        """
+        byAccount: Dict[str, List[tuple]] = {}
+        for row in rows:
+            if row[0] == "raw":
+                key, content = row[1], row[2]
+                try:
+                    parsed = parseMessage(content)
+                    row = ("add", key, summarize(parsed), searchText(parsed))
+                except Exception:
+                    log.failure("could not index a delivered message")
+                    continue
+            byAccount.setdefault(row[1][0], []).append(row)
+        for account, accountRows in byAccount.items():
+            self._with(account, lambda database, db, accountRows=accountRows: self._writeRows(database, db, accountRows), None)
+
+    def _writeRows(self, database: _Database, db: sqlite3.Connection, rows: List[tuple]) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        ids: Dict[Tuple[str, int], Optional[int]] = {}
+
+        def mailboxId(name: str, uidValidity: int) -> int:
+            if (name, uidValidity) not in ids:
+                ids[(name, uidValidity)] = database.mailboxId(db, name, uidValidity, True)
+            found = ids[(name, uidValidity)]
+            assert found is not None
+            return found
+
+        for row in rows:
+            kind = row[0]
+            if kind == "add":
+                _, (_, name, uidValidity, uid), summary, text = row
+                self._insert(db, mailboxId(name, uidValidity), uid, encodeSummary(summary), text)
+            elif kind == "copy":
+                _, (_, name, uidValidity), (_, targetName, targetValidity), pairs = row
+                source = mailboxId(name, uidValidity)
+                target = mailboxId(targetName, targetValidity)
+                for old, new in pairs:
+                    found = db.execute(
+                        "SELECT m.summary, m.hastext, t.head, t.body FROM messages m LEFT JOIN texts t ON t.rowid = m.id"
+                        " WHERE m.mailbox = ? AND m.uid = ?", (source, old),
+                    ).fetchone()
+                    if found is None:
+                        continue
+                    blob, hastext, head, body = found
+                    text = SearchText(head, body) if hastext == _TEXT and head is not None else None
+                    self._insert(db, target, new, blob, text)
+            elif kind == "forget":
+                _, (_, name, uidValidity), uids = row
+                mailbox = database.mailboxId(db, name, uidValidity, False)
+                if mailbox is None:
+                    continue
+                for uid in uids:
+                    db.execute("DELETE FROM texts WHERE rowid = (SELECT id FROM messages WHERE mailbox = ? AND uid = ?)",
+                               (mailbox, uid))
+                    db.execute("DELETE FROM messages WHERE mailbox = ? AND uid = ?", (mailbox, uid))
+        db.execute("COMMIT")
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, mailbox: int, uid: int, blob: bytes, text: Optional[SearchText]) -> None:
+        if db.execute("SELECT 1 FROM messages WHERE mailbox = ? AND uid = ?", (mailbox, uid)).fetchone():
+            return  # the same content, already indexed (by another session or process)
+        storable = text is not None and len(text.head) + len(text.body) <= TEXT_LIMIT
+        if storable:
+            assert text is not None
+            try:
+                head = text.head.encode("utf-8")
+                body = text.body.encode("utf-8")
+            except UnicodeEncodeError:
+                storable = False
+        cursor = db.execute(
+            "INSERT INTO messages (mailbox, uid, summary, hastext) VALUES (?, ?, ?, ?)",
+            (mailbox, uid, blob, _TEXT if storable else _NO_TEXT),
+        )
+        if storable:
+            db.execute("INSERT INTO texts (rowid, head, body) VALUES (?, ?, ?)",
+                       (cursor.lastrowid, head.decode("utf-8"), body.decode("utf-8")))
+
+    # -- reads --------------------------------------------------------------
+
+    def summaries(self, prefix: Prefix, uids: Iterable[int]) -> "defer.Deferred[Dict[int, MessageSummary]]":
+        """
+        The summaries the index holds for C{uids} of the mailbox C{prefix}
+        (C{(account, mailbox, UIDVALIDITY)}), by UID.
+        """
+        wanted = set(uids)
+        found: Dict[int, MessageSummary] = {}
+        for row in self._pending:
+            if row[0] == "add" and row[1][:3] == prefix and row[1][3] in wanted:
+                found[row[1][3]] = row[2]
+        rest = wanted.difference(found)
+        if not rest:
+            return defer.succeed(found)
+
+        def op(database: _Database, db: sqlite3.Connection) -> Dict[int, MessageSummary]:
+            out: Dict[int, MessageSummary] = {}
+            mailbox = database.mailboxId(db, prefix[1], prefix[2], False)
+            if mailbox is None:
+                return out
+            if len(rest) > 200:
+                rows: Iterable[Tuple[int, bytes]] = db.execute(
+                    "SELECT uid, summary FROM messages WHERE mailbox = ?", (mailbox,))
+            else:
+                rows = []
+                ordered = sorted(rest)
+                for n in range(0, len(ordered), 100):
+                    chunk = ordered[n : n + 100]
+                    rows.extend(db.execute(
+                        "SELECT uid, summary FROM messages WHERE mailbox = ? AND uid IN (%s)" % ",".join("?" * len(chunk)),
+                        [mailbox, *chunk],
+                    ).fetchall())
+            for uid, blob in rows:
+                if uid in rest:
+                    summary = decodeSummary(blob)
+                    if summary is not None:
+                        out[uid] = summary
+            return out
+
+        d = self._run(self._with, prefix[0], op, {})
+        d.addCallback(lambda more: {**more, **found})
+        return d
+
+    def textState(self, prefix: Prefix) -> "defer.Deferred[Optional[Tuple[Set[int], Set[int]]]]":
+        """
+        After the queued writes: C{(indexed, unindexable)}, the UIDs of the
+        mailbox C{prefix} whose text the index holds, and those it keeps
+        no text for (searched by reading them); L{None} when the file
+        cannot be read now.
+        """
+
+        def op(database: _Database, db: sqlite3.Connection) -> Tuple[Set[int], Set[int]]:
+            indexed: Set[int] = set()
+            unindexable: Set[int] = set()
+            mailbox = database.mailboxId(db, prefix[1], prefix[2], False)
+            if mailbox is not None:
+                for uid, hastext in db.execute("SELECT uid, hastext FROM messages WHERE mailbox = ?", (mailbox,)):
+                    (indexed if hastext == _TEXT else unindexable).add(uid)
+            return indexed, unindexable
+
+        d = self.flush()
+        d.addCallback(lambda _: self._run(self._with, prefix[0], op, None))
+        return d
+
+    def search(self, prefix: Prefix, needle: str, text: bool) -> "defer.Deferred[Optional[Set[int]]]":
+        """
+        The UIDs of the mailbox C{prefix} whose indexed text holds
+        C{needle} (case-folded, three characters or more): in the body,
+        or with C{text} in the header fields or the body.  L{None} when
+        the index cannot answer.
+        """
+        where = "instr(t.body, ?) > 0"
+        params: List[Any] = [matchQuery(needle), 0, needle]
+        if text:
+            where = "(instr(t.head, ?) > 0 OR " + where + ")"
+            params.append(needle)
+        # CROSS JOIN keeps the FTS lookup the outer loop (once, not per row).
+        sql = ("SELECT m.uid FROM texts t CROSS JOIN messages m ON m.id = t.rowid"
+               " WHERE texts MATCH ? AND m.mailbox = ? AND " + where)
+
+        def op(database: _Database, db: sqlite3.Connection) -> Optional[Set[int]]:
+            mailbox = database.mailboxId(db, prefix[1], prefix[2], False)
+            if mailbox is None:
+                return set()
+            params[1] = mailbox
+            return {uid for (uid,) in db.execute(sql, params)}
+
+        return self._run(self._with, prefix[0], op, None)
+
+    # -- life ---------------------------------------------------------------
+
+    def _stopPool(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.stop()
+
+    @defer.inlineCallbacks
+    def close(self) -> Any:
+        """
+        Commit what is queued, stop the thread pool and close the files.
+        """
+        if self._closed:
+            return
+        yield self.flush()
+        self._closed = True
+        self._stopPool()
+        with self._databasesLock:
+            for database in self._databases.values():
+                with database.lock:
+                    database.close()
+            self._databases.clear()
+
+
+@defer.inlineCallbacks
+def indexedTexts(
+    cache: Any,
+    prefix: Prefix,
+    uids: Sequence[int],
+    keys: Sequence[Any],
+    read: Callable[[int], "defer.Deferred[Optional[bytes]]"],
+) -> Any:
+    """
+    Answer the TEXT/BODY keys C{keys} (from L{SearchQuery.textKeys
+    <mailplat.imap.search.SearchQuery.textKeys>}) for the messages C{uids}
+    of the mailbox C{prefix} from the index of C{cache}: first index the
+    messages it lacks (read with C{read}, which gives L{None} for a
+    message gone), and drop the rows of UIDs below the highest of
+    C{uids} that are no longer there.
+
+    @return: a Deferred firing with C{(answers, scan)}: C{answers} maps
+        each key to the set of UIDs it matches, C{scan} the UIDs the index
+        cannot answer for (to be searched by reading them); or L{None}
+        when the index cannot answer at all.
+    """
+    index = cache.index
+    state = yield index.textState(prefix)
+    if state is None:
+        return None
+    indexed, unindexable = state
+    present = set(uids)
+    top = max(uids, default=0)
+    gone = [u for u in indexed | unindexable if u < top and u not in present]
+    index.forget(prefix, gone)
+    scan = set(unindexable & present)
+    for u in uids:
+        if u in indexed or u in unindexable:
+            continue
+        data = yield read(u)
+        if data is None:
+            scan.add(u)
+            continue
+        try:
+            parsed = parseMessage(data)
+            cache.remember(prefix + (u,), parsed)
+        except Exception:
+            log.failure("could not index message {uid} of {mailbox}", uid=u, mailbox=prefix[1])
+            scan.add(u)
+    state = yield index.textState(prefix)
+    if state is None:
+        return None
+    indexed = state[0]
+    scan |= present - indexed
+    answers = {}
+    for key in keys:
+        hits = yield index.search(prefix, key.folded, key.text)
+        if hits is None:
+            return None
+        answers[key] = hits
+    return answers, scan

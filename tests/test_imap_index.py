@@ -1,0 +1,467 @@
+"""
+L{mailplat.imap.index}: the persistent second level of the IMAP message
+cache and the full-text index SEARCH TEXT/BODY answer from.
+
+Most tests run the index with a synchronous runner (the SQLite calls done
+at once, on real files) under the StringTransport sessions of
+L{tests.test_imap_server}; L{ThreadPoolTests} runs it on its own thread
+pool under the real reactor.
+"""
+
+import base64
+import os
+import sqlite3
+from io import BytesIO
+from typing import Any, List, Optional, Tuple
+
+from twisted.internet import defer, task
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from mailplat.delivery.directory import StoreDirectory
+from mailplat.delivery.local import LocalDelivery
+from mailplat.imap import index as indexModule
+from mailplat.imap.cache import MessageCache, summarize
+from mailplat.imap.index import MessageIndex, decodeSummary, encodeSummary, matchQuery
+from mailplat.imap.search import searchText
+from mailplat.imap.server import IMAPFactory
+from mailplat.imap.structure import parseMessage
+from tests.e2e.corpus import corpus, crlf
+from tests.test_imap_scale import CountingMailbox
+from tests.test_imap_server import ALICE, Client, IMAPTestBase, message
+
+
+def synchronous(f: Any, *args: Any) -> "defer.Deferred[Any]":
+    """
+    Run C{f} at once (in place of the index's thread pool).
+    """
+    return defer.maybeDeferred(f, *args)
+
+
+def extraCorpus() -> List[Tuple[str, bytes]]:
+    """
+    Messages with the charsets and encodings SEARCH decodes, beyond
+    L{tests.e2e.corpus}.
+    """
+    cp1251 = base64.encodebytes("Здравствуйте, дорогой друг!".encode("windows-1251"))
+    return [
+        ("koi8-subject", b"Subject: =?koi8-r?B?8NLJ18XU?= world\nFrom: x@example.com\n\nhello there\n"),
+        ("cp1251-base64", b"Subject: cyrillic body\nContent-Type: text/plain; charset=windows-1251\n"
+                          b"Content-Transfer-Encoding: base64\n\n" + cp1251),
+        ("qp-utf8", b"Subject: qp\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n"
+                    b"Cr=C3=A8me br=C3=BBl=C3=A9e for every=\none, Gr=C3=B6=C3=9Fe XL\n"),
+        ("two-parts", b"Subject: parts\nContent-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain\n\n"
+                      b"first part ends abc\n--b\nContent-Type: text/plain\n\ndef starts the second\n--b--\n"),
+        ("quotes", b'Subject: say "hi" to %everyone_\nFrom: q@example.com\n\nhe said "hi" and left; 100% sure_\n'),
+        ("turkish", "Subject: İstanbul trip\nContent-Type: text/plain; charset=utf-8\n\nİSTANBUL and ıstanbul, Straße\n".encode()),
+        ("html", b"Subject: html\nContent-Type: text/html; charset=iso-8859-1\n\n<p>caf\xe9 &amp; cr\xe8me</p>\n"),
+        ("latin1-8bit-header", "Subject: Grüße aus Köln\nFrom: =?iso-8859-1?q?J=FCrgen?= <j@example.test>\n\nbody\n".encode()),
+        ("binary-attachment", b"Subject: attach\nContent-Type: multipart/mixed; boundary=z\n\n--z\nContent-Type: text/plain\n\n"
+                              b"see attachment\n--z\nContent-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n"
+                              + base64.encodebytes(b"hidden words in binary") + b"--z--\n"),
+    ]
+
+
+#: Needles for TEXT and BODY: hits and misses, case and charset variants,
+#: short ones (scanned), ones spanning two parts or fields.
+NEEDLES = [
+    "hello", "HELLO", "world", "Привет", "ПРИВЕТ", "мир", "ДРУГ", "дорогой друг", "strasse", "STRASSE", "straße",
+    "größe", "GRÖSSE", "crème", "brûlée for everyone", "every", "café", "CAF", "plain text", "html", "<p>",
+    "inner body", "d1 body", "not a message", "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "body",
+    "subject", "subject: qp", "from: alice", "alice@example", "jürgen", "JÜRGEN", "grüße", "köln", "abc", "cdef", "abc def", "abcdef",
+    "abc\ndef", "istanbul", "İstanbul", "ıstanbul", '"hi"', "100%", "sure_", "%everyone_", "hidden words",
+    "see attachment", "zzz-no-such-text", "ab", "é", "xx", "hi", "\r\n", "a@b", "example.test",
+]
+
+
+def literal(text: str) -> bytes:
+    octets = text.encode("utf-8")
+    return b"{%d}\r\n" % (len(octets),) + octets
+
+
+class Harness(IMAPTestBase):
+    """
+    An IMAP test base whose factory can have a L{MessageIndex} in a
+    temporary directory.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.indexDir = self.mktemp()
+        self.indexClock = task.Clock()
+
+    def makeIndex(self, **kwargs: Any) -> MessageIndex:
+        return MessageIndex(self.indexDir, self.indexClock, run=synchronous, **kwargs)
+
+    def indexedFactory(self, index: Optional[MessageIndex] = None) -> IMAPFactory:
+        return IMAPFactory(self.portal, "mail.example.test", clock=self.clock,
+                           index=index if index is not None else self.makeIndex())
+
+    def search(self, client: Client, program: bytes) -> bytes:
+        out = client.send(b"s UID SEARCH CHARSET UTF-8 " + program + b"\r\n")
+        self.assertTagged(out, b"s", b"OK")
+        lines = [line for line in out.split(b"\r\n") if line.startswith(b"* SEARCH")]
+        self.assertEqual(len(lines), 1, out)
+        return lines[0]
+
+
+class DifferentialTests(Harness):
+    """
+    SEARCH gives the same UIDs from the index as from reading every
+    message.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        for n, (name, data) in enumerate(corpus() + [(name, crlf(data)) for name, data in extraCorpus()]):
+            self.deliver(data, ("\\Seen",) if n % 3 == 0 else ())
+        # Messages of another mailbox must never leak into INBOX answers.
+        self.successResultOf(self.account.createMailbox("Other"))
+        self.deliver(crlf(b"Subject: hello other\n\nhello world\n"), name="Other")
+        self.scanning = self.selected()
+        self.index = self.makeIndex()
+        self.indexed = self.selected(client=self.connect(factory=self.indexedFactory(self.index)))
+        # The other mailbox indexed too.
+        other = self.login(self.connect(factory=self.indexedFactory(self.index)))
+        self.assertTagged(other.command(b"o SELECT Other"), b"o", b"OK")
+        self.assertIn(b"* SEARCH 1", other.command(b"o2 UID SEARCH TEXT hello"))
+
+    def programs(self) -> List[bytes]:
+        out = []
+        for needle in NEEDLES:
+            for key in (b"TEXT ", b"BODY "):
+                out.append(key + literal(needle))
+        out += [
+            b"NOT TEXT " + literal("hello"),
+            b"NOT BODY " + literal("body"),
+            b"OR TEXT " + literal("привет") + b" BODY " + literal("plain text"),
+            b"OR SEEN BODY " + literal("html"),
+            b"UNSEEN TEXT " + literal("subject"),
+            b"SEEN NOT TEXT " + literal("subject"),
+            b"TEXT " + literal("subject") + b" BODY " + literal("body") + b" NOT SUBJECT " + literal("bad"),
+            b"SUBJECT " + literal("p") + b" TEXT " + literal("plain"),
+            b"OR (TEXT " + literal("html") + b" SEEN) NOT (BODY " + literal("xx") + b")",
+            b"TEXT " + literal("body") + b" SENTSINCE 1-Jan-2000",
+            b"LARGER 200 TEXT " + literal("part"),
+            b"2:8 TEXT " + literal("body"),
+        ]
+        return out
+
+    def test_sameAnswers(self) -> None:
+        """
+        Every program answers the same UIDs with and without the index,
+        cold (the index being filled) and warm (reading no message).
+        """
+        counting = CountingMailbox(self.indexed.server.view.mailbox)
+        programs = self.programs()
+        for program in programs:
+            self.assertEqual(self.search(self.indexed, program), self.search(self.scanning, program), program)
+        # Some needles do match: the comparison is not between empty answers.
+        self.assertNotEqual(self.search(self.scanning, b"TEXT " + literal("привет")), b"* SEARCH")
+        self.assertNotEqual(self.search(self.scanning, b"BODY " + literal("größe")), b"* SEARCH")
+        # Warm: indexable needles open nothing (the two sessions share the
+        # store's mailbox object, so the scanning session runs after).
+        del counting.opens[:]
+        warm = [key + literal(needle) for needle in NEEDLES if len(needle.casefold()) >= 3 for key in (b"TEXT ", b"BODY ")]
+        answers = [self.search(self.indexed, program) for program in warm]
+        self.assertEqual(counting.opens, [])
+        self.assertEqual(answers, [self.search(self.scanning, program) for program in warm])
+
+    def test_shortNeedlesScan(self) -> None:
+        """
+        A needle under three characters is answered by reading the
+        messages.
+        """
+        counting = CountingMailbox(self.indexed.server.view.mailbox)
+        self.search(self.indexed, b"TEXT " + literal("hello"))
+        del counting.opens[:]
+        self.assertEqual(self.search(self.indexed, b"BODY xx"), self.search(self.scanning, b"BODY xx"))
+        self.assertNotEqual(counting.opens, [])
+
+    def test_expungedPruned(self) -> None:
+        """
+        UIDs expunged from the mailbox are dropped from the index at the
+        next search, and never answered.
+        """
+        self.search(self.indexed, b"TEXT " + literal("hello"))
+        path = self.index.pathFor(ALICE)
+        self.indexed.command(b"x STORE 1:3 +FLAGS (\\Deleted)")
+        self.assertTagged(self.indexed.command(b"y EXPUNGE"), b"y", b"OK")
+        self.scanning.command(b"n NOOP")
+        self.assertEqual(self.search(self.indexed, b"TEXT " + literal("subject")),
+                         self.search(self.scanning, b"TEXT " + literal("subject")))
+        self.successResultOf(self.index.flush())
+        with sqlite3.connect(path) as db:
+            uids = [u for (u,) in db.execute(
+                "SELECT uid FROM messages JOIN mailboxes m ON m.id = mailbox WHERE m.name = 'INBOX'")]
+        self.assertTrue(uids)
+        self.assertFalse({1, 2, 3} & set(uids))
+
+
+class RestartTests(Harness):
+    """
+    A new index object on the same files answers without reading a
+    message.
+    """
+
+    def test_restart(self) -> None:
+        subjects = ["apples", "bananas", "cherries"]
+        for subject in subjects:
+            self.deliver(message(subject, f"about {subject} and more\r\n".encode()))
+        first = self.makeIndex()
+        client = self.selected(client=self.connect(factory=self.indexedFactory(first)))
+        client.command(b"f FETCH 1:* (ENVELOPE)")
+        self.search(client, b"TEXT nothing-here")
+        self.successResultOf(first.close())
+
+        again = self.selected(client=self.connect(factory=self.indexedFactory(self.makeIndex())))
+        counting = CountingMailbox(again.server.view.mailbox)
+        out = again.command(b"f FETCH 1:* (ENVELOPE BODYSTRUCTURE)")
+        self.assertTagged(out, b"f", b"OK")
+        self.assertIn(b'"bananas"', out)
+        self.assertEqual(self.search(again, b"TEXT BANANAS"), b"* SEARCH 2")
+        self.assertEqual(self.search(again, b'BODY "and more" NOT SUBJECT cherries'), b"* SEARCH 1 2")
+        self.assertEqual(self.search(again, b"SUBJECT apples"), b"* SEARCH 1")
+        out = again.command(b"o SORT (SUBJECT) UTF-8 ALL")
+        self.assertIn(b"* SORT 1 2 3", out)
+        self.assertEqual(counting.opens, [])
+
+    def test_appendIndexed(self) -> None:
+        """
+        A message APPENDed is indexed from the octets in hand.
+        """
+        index = self.makeIndex()
+        client = self.selected(client=self.connect(factory=self.indexedFactory(index)))
+        data = message("appended", b"pineapple body\r\n")
+        out = client.send(b"a APPEND INBOX {%d}\r\n" % len(data) + data + b"\r\n")
+        self.assertTagged(out, b"a", b"OK")
+        client.command(b"n NOOP")
+        self.successResultOf(index.close())
+        again = self.selected(client=self.connect(factory=self.indexedFactory(self.makeIndex())))
+        counting = CountingMailbox(again.server.view.mailbox)
+        self.assertEqual(self.search(again, b"BODY PINEAPPLE"), b"* SEARCH 1")
+        self.assertEqual(counting.opens, [])
+
+    def test_copyIndexed(self) -> None:
+        """
+        COPY and MOVE give the copies the originals' entries.
+        """
+        self.successResultOf(self.account.createMailbox("Saved"))
+        self.successResultOf(self.account.createMailbox("Later"))
+        self.deliver(message("one", b"kiwi\r\n"))
+        self.deliver(message("two", b"mango\r\n"))
+        index = self.makeIndex()
+        client = self.selected(client=self.connect(factory=self.indexedFactory(index)))
+        self.search(client, b"TEXT kiwi")
+        self.assertTagged(client.command(b"c COPY 1 Saved"), b"c", b"OK")
+        self.assertTagged(client.command(b"m MOVE 2 Later"), b"m", b"OK")
+        self.successResultOf(index.close())
+        for name, needle, expected in ((b"Saved", b"KIWI", b"* SEARCH 1"), (b"Later", b"MANGO", b"* SEARCH 1")):
+            again = self.login(self.connect(factory=self.indexedFactory(self.makeIndex())))
+            self.assertTagged(again.command(b"s SELECT " + name), b"s", b"OK")
+            counting = CountingMailbox(again.server.view.mailbox)
+            self.assertEqual(self.search(again, b"BODY " + needle), expected)
+            out = again.command(b"f FETCH 1 (ENVELOPE)")
+            self.assertTagged(out, b"f", b"OK")
+            self.assertEqual(counting.opens, [])
+
+
+class DeliveryTests(Harness):
+    """
+    Local delivery fills the index once the message is stored, and is
+    never held up or failed by it.
+    """
+
+    def deliverMail(self, index: Any, body: bytes) -> None:
+        delivery = LocalDelivery(StoreDirectory(self.store), self.store, index=index)
+        data = b"From: bob@example.test\r\nSubject: delivered\r\n\r\n" + body
+        self.successResultOf(delivery.deliver(None, "bob@example.test", [ALICE], BytesIO(data)))
+
+    def test_deliveryIndexes(self) -> None:
+        index = self.makeIndex()
+        self.deliverMail(index, b"papaya smoothie\r\n")
+        self.successResultOf(index.close())
+        client = self.selected(client=self.connect(factory=self.indexedFactory(self.makeIndex())))
+        counting = CountingMailbox(client.server.view.mailbox)
+        self.assertEqual(self.search(client, b"TEXT PAPAYA"), b"* SEARCH 1")
+        # The Return-Path the delivery adds is part of the indexed text.
+        self.assertEqual(self.search(client, b"TEXT return-path"), b"* SEARCH 1")
+        out = client.command(b"f FETCH 1 (ENVELOPE)")
+        self.assertIn(b'"delivered"', out)
+        self.assertEqual(counting.opens, [])
+
+    def test_brokenIndexNeverFailsDelivery(self) -> None:
+        class Broken:
+            def delivered(self, *args: Any) -> None:
+                raise AssertionError("must not be reached")
+
+        index = self.makeIndex()
+        index._queue = Broken().delivered  # type: ignore[method-assign]
+        self.deliverMail(index, b"still delivered\r\n")
+        errors = self.flushLoggedErrors(AssertionError)
+        self.assertEqual(len(errors), 1)
+        client = self.selected()
+        self.assertEqual(self.search(client, b"BODY delivered"), b"* SEARCH 1")
+
+
+class DamageTests(Harness):
+    """
+    A missing, corrupt or old-format file is rebuilt, never an error.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        for n in range(4):
+            self.deliver(message(f"m{n}", f"needle{n} text\r\n".encode()))
+
+    def fill(self) -> str:
+        index = self.makeIndex()
+        client = self.selected(client=self.connect(factory=self.indexedFactory(index)))
+        self.assertEqual(self.search(client, b"TEXT needle2"), b"* SEARCH 3")
+        self.successResultOf(index.close())
+        return index.pathFor(ALICE)
+
+    def reopen(self) -> Tuple[Client, MessageIndex]:
+        index = self.makeIndex()
+        return self.selected(client=self.connect(factory=self.indexedFactory(index))), index
+
+    def test_corrupt(self) -> None:
+        path = self.fill()
+        with open(path, "r+b") as f:
+            f.write(b"this is not a database at all" * 100)
+        for suffix in ("-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.unlink(path + suffix)
+        client, index = self.reopen()
+        self.assertEqual(self.search(client, b"TEXT needle1"), b"* SEARCH 2")
+        self.assertEqual(index.rebuilds, 1)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+        # Rebuilt: a second search reads nothing.
+        counting = CountingMailbox(client.server.view.mailbox)
+        self.assertEqual(self.search(client, b"TEXT needle3"), b"* SEARCH 4")
+        self.assertEqual(counting.opens, [])
+
+    def test_deletedWhileOpen(self) -> None:
+        path = self.fill()
+        client, index = self.reopen()
+        self.assertEqual(self.search(client, b"TEXT needle0"), b"* SEARCH 1")
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.unlink(path + suffix)
+        self.assertEqual(self.search(client, b"TEXT needle1"), b"* SEARCH 2")
+        self.assertTrue(os.path.exists(path))
+        counting = CountingMailbox(client.server.view.mailbox)
+        self.assertEqual(self.search(client, b"TEXT needle3"), b"* SEARCH 4")
+        self.assertEqual(counting.opens, [])
+
+    def test_unusableFallsBackToReading(self) -> None:
+        """
+        An index that cannot be opened at all (its directory is a file)
+        leaves SEARCH and FETCH to read the messages.
+        """
+        with open(self.indexDir, "w") as f:
+            f.write("not a directory")
+        client, index = self.reopen()
+        self.assertEqual(self.search(client, b"TEXT needle1"), b"* SEARCH 2")
+        self.assertEqual(self.search(client, b"BODY needle3 NOT TEXT needle1"), b"* SEARCH 4")
+        self.assertIn(b'"m2"', client.command(b"f FETCH 3 (ENVELOPE)"))
+        self.assertEqual(index.rebuilds, 0)
+
+    def test_oldFormat(self) -> None:
+        path = self.fill()
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE meta SET value = 0 WHERE key = 'version'")
+            db.execute("UPDATE messages SET summary = 'garbage'")
+        client, index = self.reopen()
+        counting = CountingMailbox(client.server.view.mailbox)
+        out = client.command(b"f FETCH 1 (ENVELOPE)")
+        self.assertIn(b'"m0"', out)
+        # Nothing was read from the old file: the message was opened.
+        self.assertEqual(counting.opens, [1])
+
+    def test_garbledSummaryReadAgain(self) -> None:
+        path = self.fill()
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE messages SET summary = 'garbage'")
+        client, index = self.reopen()
+        out = client.command(b"f FETCH 2 (ENVELOPE)")
+        self.assertIn(b'"m1"', out)
+
+    def test_uidValidityChangeDropsRows(self) -> None:
+        index = self.makeIndex()
+        summary = summarize(parseMessage(message("old")))
+        index.add((ALICE, "Box", 7, 1), summary, searchText(parseMessage(message("old"))))
+        self.assertEqual(list(self.successResultOf(index.summaries((ALICE, "Box", 7), [1]))), [1])
+        fresh = parseMessage(message("new", b"fresh words\r\n"))
+        index.add((ALICE, "Box", 8, 2), summarize(fresh), searchText(fresh))
+        self.successResultOf(index.flush())
+        self.assertEqual(self.successResultOf(index.summaries((ALICE, "Box", 7), [1])), {})
+        self.assertEqual(self.successResultOf(index.textState((ALICE, "Box", 8))), ({2}, set()))
+        self.assertEqual(self.successResultOf(index.search((ALICE, "Box", 8), "fresh", False)), {2})
+
+    def test_tooMuchTextScanned(self) -> None:
+        """
+        A message whose text is over the limit is kept without text and
+        searched by reading it.
+        """
+        self.patch(indexModule, "TEXT_LIMIT", 10)
+        index = self.makeIndex()
+        client = self.selected(client=self.connect(factory=self.indexedFactory(index)))
+        self.assertEqual(self.search(client, b"TEXT needle2"), b"* SEARCH 3")
+        counting = CountingMailbox(client.server.view.mailbox)
+        self.assertEqual(self.search(client, b"TEXT needle1"), b"* SEARCH 2")
+        self.assertEqual(sorted(counting.opens), [1, 2, 3, 4])
+        out = client.command(b"f FETCH 1 (ENVELOPE)")
+        self.assertIn(b'"m0"', out)
+
+
+class FormatTests(SynchronousTestCase):
+    def test_summaryRoundTrip(self) -> None:
+        for name, data in corpus():
+            summary = summarize(parseMessage(data))
+            self.assertEqual(decodeSummary(encodeSummary(summary)), summary, name)
+
+    def test_notASummary(self) -> None:
+        for blob in (b"", b"garbage", b"[1,2]", b'{"a":1}', b"\xff\xfe"):
+            self.assertIsNone(decodeSummary(blob))
+
+    def test_matchQuery(self) -> None:
+        self.assertEqual(matchQuery("abcd"), '"abc" AND "bcd"')
+        self.assertEqual(matchQuery('a"b'), '"a""b"')
+        self.assertEqual(matchQuery("aaaa"), '"aaa"')
+        self.assertEqual(len(matchQuery("abcdefghijklmnopqrstuvwxyz").split(" AND ")), indexModule.QUERY_TRIGRAMS)
+
+    def test_searchTextIsWhatTheScanSearches(self) -> None:
+        for name, data in corpus() + [(name, crlf(data)) for name, data in extraCorpus()]:
+            parsed = parseMessage(data)
+            text = searchText(parsed)
+            for needle in NEEDLES:
+                folded = needle.casefold()
+                self.assertEqual(text.contains(folded, True), parsed.textContains(needle), (name, needle))
+                self.assertEqual(text.contains(folded, False), parsed.bodyContains(needle), (name, needle))
+
+
+class ThreadPoolTests(TestCase):
+    """
+    The index on its own thread pool under the running reactor.
+    """
+
+    @defer.inlineCallbacks
+    def test_writeSearchClose(self) -> None:
+        from twisted.internet import reactor
+
+        index = MessageIndex(self.mktemp(), reactor)
+        self.addCleanup(index.close)
+        cache = MessageCache(index=index)
+        for uid in range(1, 41):
+            cache.remember((ALICE, "INBOX", 5, uid), parseMessage(message(f"s{uid}", f"word{uid % 4} body\r\n".encode())))
+        indexed, unindexable = yield index.textState((ALICE, "INBOX", 5))
+        self.assertEqual((len(indexed), unindexable), (40, set()))
+        hits = yield index.search((ALICE, "INBOX", 5), "word3", False)
+        self.assertEqual(hits, {u for u in range(1, 41) if u % 4 == 3})
+        fresh = MessageCache(index=index)
+        yield fresh.load([(ALICE, "INBOX", 5, 7)])
+        summary = fresh.get((ALICE, "INBOX", 5, 7))
+        assert summary is not None
+        self.assertIn(b'"s7"', summary.envelope)
+        yield index.close()
+        self.assertIsNone(index._pool)
