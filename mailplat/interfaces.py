@@ -398,6 +398,14 @@ class IStore(Interface):
         Every account's address, sorted.
         """
 
+    def hasDomain(domain: str) -> "Deferred[bool]":  # type: ignore[name-defined]  # noqa: F821
+        """
+        Whether at least one account's address is in C{domain}
+        (lower-case, as the addresses are): how the directory tells a
+        local domain when none is configured, asked for every recipient,
+        so it must not cost a listing of every account.
+        """
+
     def deleteAccount(address: str) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
         """
         Remove an account and all its mail.

@@ -368,6 +368,24 @@ class StoreConformanceMixin(ACLConformanceMixin):
         self.assertEqual(again.address, BOB)
 
     @defer.inlineCallbacks
+    def test_hasDomain(self):
+        """
+        A domain is known while one of its accounts exists; a domain that
+        only ends like another, or a LIKE wildcard, is not.
+        """
+        domain = BOB.split("@", 1)[1]
+        self.assertFalse((yield self.store.hasDomain(domain)))
+        yield self.store.getAccount(BOB, create=True)
+        self.assertTrue((yield self.store.hasDomain(domain)))
+        self.assertFalse((yield self.store.hasDomain("x" + domain)))
+        self.assertFalse((yield self.store.hasDomain(domain[1:])))
+        self.assertFalse((yield self.store.hasDomain("%")))
+        self.assertFalse((yield self.store.hasDomain(domain.replace(".", "_"))))
+        self.assertFalse((yield self.store.hasDomain("..")))
+        yield self.store.deleteAccount(BOB)
+        self.assertFalse((yield self.store.hasDomain(domain)))
+
+    @defer.inlineCallbacks
     def test_deleteAccount(self):
         """
         A deleted account and its mail are gone; deleting it again fails.

@@ -359,8 +359,7 @@ class StoreDirectory:
             return True
         if self.domains:
             return False
-        accounts = yield self.store.listAccounts()
-        return any(splitAddress(a)[1] == domain for a in accounts)
+        return (yield self.store.hasDomain(domain))
 
     def movedTo(self, address: str) -> "defer.Deferred[Optional[str]]":
         """

@@ -2204,13 +2204,31 @@ class MaildirStore(SharedIndex):
         if not os.path.isdir(self.root):
             return []
         for domain in os.listdir(self.root):
-            domainPath = os.path.join(self.root, domain)
-            if domain.startswith(".") or not os.path.isdir(domainPath):
-                continue
-            for local in os.listdir(domainPath):
-                if not local.startswith(".") and _isMaildir(os.path.join(domainPath, local, "Maildir")):
-                    addresses.append(f"{local}@{domain}")
+            addresses.extend(self._domainAccountsSync(domain))
         return sorted(addresses)
+
+    def _domainAccountsSync(self, domain: str, first: bool = False) -> List[str]:
+        """
+        The accounts of one domain directory (only the first found, with
+        C{first}).
+        """
+        domainPath = os.path.join(self.root, domain)
+        if domain.startswith(".") or "/" in domain or not os.path.isdir(domainPath):
+            return []
+        addresses = []
+        for local in os.listdir(domainPath):
+            if not local.startswith(".") and _isMaildir(os.path.join(domainPath, local, "Maildir")):
+                addresses.append(f"{local}@{domain}")
+                if first:
+                    break
+        return addresses
+
+    def hasDomain(self, domain: str) -> defer.Deferred:
+        """
+        Whether an account of C{domain} exists (see L{IStore.hasDomain}):
+        one look at that domain's directory.
+        """
+        return _run(f"look up the domain {domain}", lambda: bool(self._domainAccountsSync(domain, first=True)))
 
     def _deleteAccountSync(self, address: str) -> None:
         home = _accountPath(self.root, address)

@@ -597,6 +597,10 @@ class MemoryStore:
     def listAccounts(self) -> defer.Deferred:
         return defer.succeed(sorted(self._accounts))
 
+    def hasDomain(self, domain: str) -> defer.Deferred:
+        suffix = "@" + domain
+        return defer.succeed(any(address.endswith(suffix) for address in self._accounts))
+
     def sharedWith(self, identifier: str) -> defer.Deferred:
         """
         See L{IStoreACL.sharedWith}: every account's ACLs are looked at

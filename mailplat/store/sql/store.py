@@ -1106,6 +1106,19 @@ class SQLStore:
 
         return self._db.run(read)
 
+    def hasDomain(self, domain: str) -> defer.Deferred:
+        """
+        Whether an account of C{domain} exists: one query that stops at
+        the first match.
+        """
+
+        def read(txn: Transaction) -> bool:
+            pattern = "%@" + domain.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            row = txn.execute("SELECT 1 FROM accounts WHERE address LIKE ? ESCAPE '\\' LIMIT 1", (pattern,)).fetchone()
+            return row is not None
+
+        return self._db.run(read)
+
     def sharedWith(self, identifier: str) -> defer.Deferred:
         """
         What other accounts share with C{identifier} or C{anyone} (see
