@@ -127,6 +127,11 @@ class SQLQueueTests(SchemaMixin, TestCase):
         self.assertEqual(self.queue.due(), [])
         yield self.queue.claim()
         self.assertEqual(self.queue.claimedIds(), [queueId])
+        # The pass also read the whole queue's depth and oldest entry (the
+        # metrics page's queue gauges).
+        self.assertEqual(self.queue.depth, 1)
+        entry = self.queue.get(queueId)
+        self.assertEqual(self.queue.oldest, entry.created)
         self.assertEqual([e.id for e in self.queue.due()], [queueId])
         yield self.queue.markDeferred(queueId, ["a@far.test", "b@far.test"], "451 later", 1300)
         self.assertEqual(self.queue.due(), [])

@@ -284,6 +284,7 @@ class _PassResult:
         self.claimed: Dict[str, QueueEntry] = {}
         self.nextDue: Optional[float] = None
         self.depth = 0
+        self.oldest: Optional[float] = None
         self.stamp = 0
 
 
@@ -381,6 +382,8 @@ class SQLQueue:
         self._closed = False
         self.depth = 0
         """Entries in the whole queue, as of the last pass."""
+        self.oldest: Optional[float] = None
+        """When the oldest entry of the whole queue was queued, as of the last pass."""
 
     # Database plumbing.
 
@@ -793,6 +796,7 @@ class SQLQueue:
             # Stopped for want of room, with due entries left: claim again.
             self._backlog = len(result.claimed) >= room and result.nextDue is not None and result.nextDue <= now
             self.depth = result.depth
+            self.oldest = result.oldest
             for entryId in release:
                 if self._generation.get(entryId) == generations.get(entryId):
                     self._forget(entryId)
@@ -872,8 +876,8 @@ class SQLQueue:
             (now, keep + list(result.claimed)),
         )
         result.nextDue = cur.fetchone()[0]
-        cur.execute("SELECT COUNT(*) FROM queue_messages")
-        result.depth = cur.fetchone()[0]
+        cur.execute("SELECT COUNT(*), MIN(created) FROM queue_messages")
+        result.depth, result.oldest = cur.fetchone()
         result.stamp = next(self._stamps)
         return result
 
