@@ -70,7 +70,7 @@ from mailplat.imap.parser import (
     tokenize,
 )
 from mailplat.imap.sequence import SequenceSet, SequenceSetError, parseSequenceSet
-from mailplat.imap.wire import literal, string
+from mailplat.imap.wire import astring, literal, string
 from mailplat.interfaces import HIERARCHY_DELIMITER, SPECIAL_USE, IAccount, IMailbox, IMailboxListener, IMessageInfo
 from mailplat.mailbox import validateMailboxName
 
@@ -1928,7 +1928,7 @@ class IMAPServer(Protocol):
         entries = yield self._namespaces().getACL(name)
         line = b"* ACL " + _mailboxWire(name)
         for identifier, rights in entries:
-            line += b" " + string(identifier) + b" " + acl.rightsWire(rights)
+            line += b" " + astring(identifier) + b" " + acl.rightsWire(rights)
         self._write(line)
         return b"GETACL completed"
 
@@ -1941,7 +1941,7 @@ class IMAPServer(Protocol):
         raw, identifier = self._identifier(args)
         args.end()
         required, optional = yield self._namespaces().listRights(name, identifier)
-        line = b"* LISTRIGHTS " + _mailboxWire(name) + b" " + string(raw) + b" " + acl.rightsWire(required)
+        line = b"* LISTRIGHTS " + _mailboxWire(name) + b" " + astring(raw) + b" " + acl.rightsWire(required)
         if optional:
             line += b" " + optional.encode("ascii")
         self._write(line)

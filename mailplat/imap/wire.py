@@ -22,6 +22,24 @@ def string(value: Union[str, bytes]) -> bytes:
     return b"{%d}\r\n" % (len(value),) + value
 
 
+# ASTRING-CHAR (RFC 3501 section 9): ATOM-CHAR or "]"; anything else, and
+# the word NIL, needs quoting.
+_ASTRING_CHARS = frozenset(range(0x21, 0x7F)) - frozenset(b'(){ %*"\\')
+
+
+def astring(value: Union[str, bytes]) -> bytes:
+    """
+    C{value} as an IMAP astring: a bare atom when every octet may stand in
+    one (as Dovecot writes ACL identifiers such as C{bob@example.test}),
+    else as L{string} gives it.
+    """
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    if value and _ASTRING_CHARS.issuperset(value) and value.upper() != b"NIL":
+        return value
+    return string(value)
+
+
 def nstring(value: Optional[Union[str, bytes]]) -> bytes:
     """
     C{NIL} for L{None}, else L{string}.

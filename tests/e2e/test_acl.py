@@ -91,7 +91,7 @@ class ACLTestsMixin(ClientTestsMixin):
             ok(client.append("Team", "(\\Flagged)", None, b"Subject: plans\r\nFrom: alice@example.test\r\n\r\nThe plans.\r\n"))
             ok(client.setacl("Team", BOB, "lrs"))
             acl = ok(client.getacl("Team"))[0]
-            self.assertEqual(acl, b'"Team" "alice@example.test" lrswipkxteacd "bob@example.test" lrs')
+            self.assertEqual(acl, b'"Team" alice@example.test lrswipkxteacd bob@example.test lrs')
 
         yield threads.deferToThread(alice)
 
