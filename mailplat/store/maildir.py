@@ -2116,7 +2116,58 @@ class MaildirAccount(AccountFiles):
 
 
 @implementer(IStore, IStoreACL)
-class MaildirStore(SharedIndex):
+class AccountTree:
+    """
+    The accounts of a store kept as C{<root>/<domain>/<local part>/}
+    directories (the Maildir and mbox stores): listing them, and the
+    one-domain look that L{IStore.hasDomain} asks for.  The store says
+    what makes a directory an account's home with L{_isAccountHome}.
+    """
+
+    root: str
+
+    def _isAccountHome(self, home: str) -> bool:
+        raise NotImplementedError
+
+    def listAccounts(self) -> defer.Deferred:
+        """
+        Every account's address, sorted.
+        """
+        return _run(f"list the accounts in {self.root}", self._listAccountsSync)
+
+    def hasDomain(self, domain: str) -> defer.Deferred:
+        """
+        Whether an account of C{domain} exists (see L{IStore.hasDomain}):
+        one look at that domain's directory.
+        """
+        return _run(f"look up the domain {domain}", lambda: bool(self._domainAccountsSync(domain, first=True)))
+
+    def _listAccountsSync(self) -> List[str]:
+        addresses = []
+        if not os.path.isdir(self.root):
+            return []
+        for domain in os.listdir(self.root):
+            addresses.extend(self._domainAccountsSync(domain))
+        return sorted(addresses)
+
+    def _domainAccountsSync(self, domain: str, first: bool = False) -> List[str]:
+        """
+        The accounts of one domain directory (only the first found, with
+        C{first}).
+        """
+        domainPath = os.path.join(self.root, domain)
+        if domain.startswith(".") or "/" in domain or not os.path.isdir(domainPath):
+            return []
+        addresses = []
+        for local in os.listdir(domainPath):
+            if not local.startswith(".") and self._isAccountHome(os.path.join(domainPath, local)):
+                addresses.append(f"{local}@{domain}")
+                if first:
+                    break
+        return addresses
+
+
+class MaildirStore(SharedIndex, AccountTree):
     """
     Accounts kept as Maildir++ trees under one root directory.
 
@@ -2199,36 +2250,8 @@ class MaildirStore(SharedIndex):
         _fsyncDirectory(os.path.dirname(home))
         return account
 
-    def _listAccountsSync(self) -> List[str]:
-        addresses = []
-        if not os.path.isdir(self.root):
-            return []
-        for domain in os.listdir(self.root):
-            addresses.extend(self._domainAccountsSync(domain))
-        return sorted(addresses)
-
-    def _domainAccountsSync(self, domain: str, first: bool = False) -> List[str]:
-        """
-        The accounts of one domain directory (only the first found, with
-        C{first}).
-        """
-        domainPath = os.path.join(self.root, domain)
-        if domain.startswith(".") or "/" in domain or not os.path.isdir(domainPath):
-            return []
-        addresses = []
-        for local in os.listdir(domainPath):
-            if not local.startswith(".") and _isMaildir(os.path.join(domainPath, local, "Maildir")):
-                addresses.append(f"{local}@{domain}")
-                if first:
-                    break
-        return addresses
-
-    def hasDomain(self, domain: str) -> defer.Deferred:
-        """
-        Whether an account of C{domain} exists (see L{IStore.hasDomain}):
-        one look at that domain's directory.
-        """
-        return _run(f"look up the domain {domain}", lambda: bool(self._domainAccountsSync(domain, first=True)))
+    def _isAccountHome(self, home: str) -> bool:
+        return _isMaildir(os.path.join(home, "Maildir"))
 
     def _deleteAccountSync(self, address: str) -> None:
         home = _accountPath(self.root, address)
@@ -2267,12 +2290,6 @@ class MaildirStore(SharedIndex):
                 return False
 
         return _run(f"look up the account {address}", check)
-
-    def listAccounts(self) -> defer.Deferred:
-        """
-        Every account's address, sorted.
-        """
-        return _run(f"list the accounts in {self.root}", self._listAccountsSync)
 
     def deleteAccount(self, address: str) -> defer.Deferred:
         """

@@ -138,6 +138,7 @@ from mailplat.mailbox import (
 )
 from mailplat.store.maildir import (
     AccountFiles,
+    AccountTree,
     SharedIndex,
     _ToDisk,
     _ToWire,
@@ -1840,7 +1841,7 @@ class MboxAccount(AccountFiles):
 
 
 @implementer(IStore, IStoreACL)
-class MboxStore(SharedIndex):
+class MboxStore(SharedIndex, AccountTree):
     """
     Accounts kept as mbox files under one root directory.
 
@@ -1910,36 +1911,8 @@ class MboxStore(SharedIndex):
         _fsyncDirectory(os.path.dirname(home))
         return account
 
-    def _listAccountsSync(self) -> List[str]:
-        addresses = []
-        if not os.path.isdir(self.root):
-            return []
-        for domain in os.listdir(self.root):
-            addresses.extend(self._domainAccountsSync(domain))
-        return sorted(addresses)
-
-    def _domainAccountsSync(self, domain: str, first: bool = False) -> List[str]:
-        """
-        The accounts of one domain directory (only the first found, with
-        C{first}).
-        """
-        domainPath = os.path.join(self.root, domain)
-        if domain.startswith(".") or "/" in domain or not os.path.isdir(domainPath):
-            return []
-        addresses = []
-        for local in os.listdir(domainPath):
-            if not local.startswith(".") and os.path.isfile(os.path.join(domainPath, local, INBOX_FILE)):
-                addresses.append(f"{local}@{domain}")
-                if first:
-                    break
-        return addresses
-
-    def hasDomain(self, domain: str) -> defer.Deferred:
-        """
-        Whether an account of C{domain} exists (see L{IStore.hasDomain}):
-        one look at that domain's directory.
-        """
-        return _run(f"look up the domain {domain}", lambda: bool(self._domainAccountsSync(domain, first=True)))
+    def _isAccountHome(self, home: str) -> bool:
+        return os.path.isfile(os.path.join(home, INBOX_FILE))
 
     def _deleteAccountSync(self, address: str) -> None:
         home = _accountPath(self.root, address)
@@ -1978,12 +1951,6 @@ class MboxStore(SharedIndex):
                 return False
 
         return _run(f"look up the account {address}", check)
-
-    def listAccounts(self) -> defer.Deferred:
-        """
-        Every account's address, sorted.
-        """
-        return _run(f"list the accounts in {self.root}", self._listAccountsSync)
 
     def deleteAccount(self, address: str) -> defer.Deferred:
         """
