@@ -167,6 +167,36 @@ class MaildirLayoutTests(MaildirTestCase):
         self.assertEqual(self.files("tmp"), [])
 
     @defer.inlineCallbacks
+    def test_listingsShareInfos(self):
+        """
+        Two listings of an unchanged mailbox hand out the same
+        L{MessageInfo} objects (every selected IMAP session keeps one, so
+        10,000 idle sessions must not each hold their own); a message whose
+        flags change, or whose keyword letters get renamed by another
+        program, gets a new one.
+        """
+        inbox = yield self.inbox()
+        first = yield inbox.append(BytesIO(message()), ["$Work"])
+        second = yield inbox.append(BytesIO(message()))
+        a = yield inbox.listMessages()
+        b = yield inbox.listMessages()
+        self.assertEqual([x is y for x, y in zip(a, b)], [True, True])
+        yield inbox.setFlags([second], ["\\Seen"], "add")
+        c = yield inbox.listMessages()
+        self.assertIs(c[0], a[0])
+        self.assertIsNot(c[1], a[1])
+        self.assertEqual(c[1].flags, frozenset(["\\Seen"]))
+        # Another program renames keyword "a" in dovecot-keywords.
+        path = os.path.join(self.maildir, "dovecot-keywords")
+        with open(path, "w") as f:
+            f.write("0 $Personal\n")
+        stamp = os.stat(path)
+        os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 5_000_000_000))
+        d = yield inbox.listMessages()
+        self.assertEqual(d[0].uid, first)
+        self.assertEqual(d[0].flags, frozenset(["$Personal"]))
+
+    @defer.inlineCallbacks
     def test_claimMovesToCur(self):
         inbox = yield self.inbox()
         uid = yield inbox.append(BytesIO(message()))
