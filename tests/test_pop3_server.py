@@ -9,7 +9,7 @@ import hmac
 import poplib
 import re
 from io import BytesIO
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import IUsernamePassword
@@ -564,6 +564,29 @@ class TransactionTests(POP3TestsMixin, SynchronousTestCase):
         flags = {i.uid: i.flags for i in self.successResultOf(self.inbox.listMessages())}
         self.assertIn("\\Seen", flags[self.uids()[0]])
         self.assertNotIn("\\Seen", flags[self.uids()[1]])
+
+    def test_retrFlagsOnce(self) -> None:
+        """
+        RETR asks the store to flag a message \\Seen only when it is not
+        already: no store round trip for a message seen before the login or
+        retrieved earlier in the session.
+        """
+        self.successResultOf(self.inbox.setFlags([self.uids()[1]], ["\\Seen"], "add"))
+        calls: List[Any] = []
+        real = self.inbox.setFlags
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            calls.append(args)
+            return real(*args, **kwargs)
+
+        self.inbox.setFlags = counting  # type: ignore[method-assign]
+        self.addCleanup(setattr, self.inbox, "setFlags", real)
+        proto, transport = self.login()
+        for command in (b"RETR 1\r\n", b"RETR 1\r\n", b"RETR 2\r\n"):
+            self.assertTrue(self.send(proto, transport, command).startswith(b"+OK"))
+        self.assertEqual(calls, [([self.uids()[0]], ["\\Seen"], "add")])
+        flags = {i.uid: i.flags for i in self.successResultOf(self.inbox.listMessages())}
+        self.assertIn("\\Seen", flags[self.uids()[0]])
 
     def test_retrByteStuffing(self) -> None:
         """

@@ -312,6 +312,9 @@ class POP3Server(Protocol):
         self._uids = array("Q")
         self._sizes = array("Q")
         self._deleted = bytearray()
+        # 1 for a message \Seen at login or retrieved since: its RETR
+        # need not flag it again (a store round trip per message).
+        self._seen = bytearray()
         self._uidValidity = 0
         self._highest = 0
 
@@ -791,6 +794,7 @@ class POP3Server(Protocol):
         self._uids = array("Q", (info.uid for info in infos))
         self._sizes = array("Q", (info.size for info in infos))
         self._deleted = bytearray(len(self._uids))
+        self._seen = bytearray(1 if "\\Seen" in info.flags else 0 for info in infos)
         self._uidValidity = mailbox.uidValidity
         self._highest = 0
         self.state = TRANSACTION
@@ -920,9 +924,10 @@ class POP3Server(Protocol):
             return
         finally:
             self._sender = None
-        if topLines is None:
+        if topLines is None and not self._seen[index]:
             try:
                 await mailbox.setFlags([uid], ["\\Seen"], "add")
+                self._seen[index] = 1
             except Exception:
                 log.failure("POP3 could not flag UID {uid} \\Seen", uid=uid)
 
