@@ -1,17 +1,29 @@
 """
-What an idle IMAP client costs the server: open C{--connections} (2,000
-by default) sessions that log in, select INBOX and enter IDLE, then report
-how much the server process's resident memory (C{VmRSS} in
-C{/proc/<pid>/status}) grew per connection.  Bounded: at most
-C{--parallel} logins in flight, one pass, then every connection closes.
+What idle IMAP clients cost the server: open C{--connections} sessions
+that log in, select INBOX and enter IDLE, then report the server's memory
+with every session idling: the resident set size (RSS) and the
+proportional set size (PSS: shared pages divided among the processes
+sharing them) summed over all the server's processes, from
+C{/proc/<pid>/smaps_rollup}, and the growth per connection.  Bounded: at
+most C{--parallel} logins in flight, one pass, then every connection
+closes.
 
-Against a server started here (its own process, a Maildir store in a
-temporary directory, limits raised for the run):
+mailplat beside Dovecot (needs root and Debian's dovecot-imapd; the
+default): both get their own copy of one account whose INBOX holds
+C{--messages} messages (written straight into C{cur/},
+L{bench.peers.maildir}); mailplat runs under C{twistd ... --workers 1}
+with its limits and login throttle raised for the run
+(L{bench.peers.mailplat}), Dovecot from a scratch configuration
+(L{bench.peers.dovecot}) that gives each session its own C{imap}
+process, so it is measured on fewer connections (C{--dovecot-connections},
+1,000 by default) and compared per connection:
 
-    /work/venv/bin/python bench/idle_connections.py [--connections 2000]
+    ulimit -n 25000
+    /work/venv/bin/python bench/idle_connections.py [--connections 10000] [--dovecot-connections 1000]
+    /work/venv/bin/python bench/idle_connections.py --server mailplat --connections 10000
 
-Against a running server (give its pid, so its memory can be read, and
-an account that exists; the server's C{limits.max_connections},
+Against a running server (give its pid, whose process tree is measured,
+and an account that exists; the server's C{limits.max_connections},
 C{limits.exempt_loopback} and login throttle, which counts logins under
 way against the account, must allow the count and C{--parallel}):
 
@@ -19,42 +31,35 @@ way against the account, must allow the count and C{--parallel}):
         --user alice@example.test --password-file FILE
 
 Ten thousand connections need about that many descriptors on each side
-(server and this client):
-
-    ulimit -n 25000 && /work/venv/bin/python bench/idle_connections.py --connections 10000
-
-The figure printed is (RSS with every session idling - RSS after one
-warm-up session) / connections; the first session pays for imports and
-caches, so it is left out.
+(server and this client).  The growth is (memory with every session
+idling - memory after one warm-up session) / connections; the first
+session pays for imports and caches, so it is left out.
 """
 
 import argparse
 import os
 import resource
+import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, List, Optional
+from collections import Counter
+from typing import Any, Callable, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from twisted.internet import defer, protocol  # noqa: E402
 from twisted.protocols.basic import LineReceiver  # noqa: E402
 
+from bench.peers import system  # noqa: E402
+from bench.peers.dovecot import Dovecot  # noqa: E402
+from bench.peers.maildir import Fill, copyTree  # noqa: E402
+from bench.peers.mailplat import Mailplat  # noqa: E402
+
 USER = "bench@example.test"
 PASSWORD = "bench password 1"
-
-
-def rssKiB(pid: int) -> int:
-    """
-    The resident set size of process C{pid}, in KiB.
-    """
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 class IdleClient(LineReceiver):
@@ -130,123 +135,39 @@ def openSessions(reactor: Any, host: str, port: int, count: int, parallel: int, 
     return clients
 
 
-def spawnServer(count: int) -> "tuple[subprocess.Popen, int]":
+def measure(host: str, port: int, pids: Callable[[], List[int]], count: int, parallel: int, user: str,
+            password: str, select: bool) -> dict:
     """
-    Start a server in its own process (see L{serve}); return it and its
-    IMAP port.
+    Open one warm-up session, read the memory, open C{count} more, wait a
+    second, read it again, close them all.
+
+    @param pids: gives the server's processes at the time of asking.
+    @return: C{before} and C{after} (RSS, PSS) in KiB, C{opened},
+        C{elapsed} and C{processes} (how many there were at the end).
     """
-    dataDir = tempfile.mkdtemp(prefix="mailplat-bench-idle-")
-    child = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve", dataDir, "--connections", str(count)],
-        stdout=subprocess.PIPE,
-        stdin=subprocess.PIPE,
-    )
-    assert child.stdout is not None
-    line = child.stdout.readline()
-    if not line.startswith(b"port "):
-        child.kill()
-        raise SystemExit(f"the server did not start (said {line!r})")
-    return child, int(line.split()[1])
-
-
-def serve(dataDir: str, count: int) -> None:
-    """
-    The child process: a mailplat server with only IMAP on an ephemeral
-    loopback port and one account; prints C{port N}, serves until its
-    standard input closes.
-    """
-    from twisted.internet import reactor, stdio
-
-    from mailplat.auth.passwd import PasswordFile
-    from mailplat.config import DEFAULT_LISTENERS, DISABLED, Config
-    from mailplat.service import Server
-
-    config = Config(
-        hostname="mail.example.test",
-        dataDir=dataDir,
-        listeners={name: DISABLED for name in DEFAULT_LISTENERS},
-        maxConnections=count + 100,
-        exemptLoopback=True,
-        # Logins under way count against the account until they succeed:
-        # thousands at once would be throttled.
-        loginDelayAfter=count + 100,
-        loginRefuseAfter=count + 200,
-    )
-    server = Server(config)
-    PasswordFile(os.path.join(dataDir, "passwd")).setPassword(USER, PASSWORD)
-
-    class Stop(protocol.Protocol):
-        def connectionLost(self, reason: Any = None) -> None:
-            reactor.stop()
-
-    def started(_: object) -> None:
-        port = reactor.listenTCP(0, server.factories["imap"], interface="127.0.0.1", backlog=1024)
-        sys.stdout.write(f"port {port.getHost().port}\n")
-        sys.stdout.flush()
-        stdio.StandardIO(Stop())
-
-    server.store.getAccount(USER, create=True).addCallback(started)
-    reactor.run()
-
-
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--connections", type=int, default=2000)
-    parser.add_argument("--parallel", type=int, default=100, help="logins in flight at once")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, help="a running server's IMAP port (default: start one)")
-    parser.add_argument("--pid", type=int, help="the running server's process id")
-    parser.add_argument("--user", default=USER)
-    parser.add_argument("--password-file", help="file holding the password (default: the spawned server's)")
-    parser.add_argument("--no-select", action="store_true", help="log in only: no SELECT, no IDLE")
-    parser.add_argument("--serve", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.serve:
-        serve(args.serve, args.connections)
-        return
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = args.connections + 64
-    if soft < need:
-        if hard != resource.RLIM_INFINITY and hard < need:
-            raise SystemExit(f"{args.connections} connections need about {need} descriptors; `ulimit -n` allows {hard}")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-
-    child = None
-    password = PASSWORD
-    if args.port is None:
-        child, port = spawnServer(args.connections)
-        pid = child.pid
-    else:
-        if args.pid is None:
-            raise SystemExit("--port needs --pid (the server whose memory is measured)")
-        port, pid = args.port, args.pid
-        if args.password_file:
-            with open(args.password_file) as f:
-                password = f.read().strip()
-
-    from twisted.internet import reactor
+    from twisted.internet import reactor, task
 
     outcome: dict = {}
 
     @defer.inlineCallbacks
-    def run():
-        select = not args.no_select
-        warm = yield openSessions(reactor, args.host, port, 1, 1, args.user, password, select)
+    def run():  # type: ignore[no-untyped-def]
+        warm = yield openSessions(reactor, host, port, 1, 1, user, password, select)
         if not warm:
             raise RuntimeError("the warm-up session failed")
-        before = rssKiB(pid)
+        yield task.deferLater(reactor, 1.0, lambda: None)
+        before = system.memoryKiB(pids())
         started = time.monotonic()
-        clients = yield openSessions(reactor, args.host, port, args.connections, args.parallel, args.user, password, select)
+        clients = yield openSessions(reactor, host, port, count, parallel, user, password, select)
         elapsed = time.monotonic() - started
         # Let the server settle (buffers released, deferred work done).
-        from twisted.internet import task
-
-        yield task.deferLater(reactor, 1.0, lambda: None)
-        after = rssKiB(pid)
-        outcome.update(before=before, after=after, opened=len(clients), elapsed=elapsed)
+        yield task.deferLater(reactor, 2.0, lambda: None)
+        processes = pids()
+        after = system.memoryKiB(processes)
+        outcome.update(before=before, after=after, opened=len(clients), elapsed=elapsed,
+                       processes=len(processes), commands=Counter(system.commandName(p) for p in processes))
         for client in clients + warm:
             client.transport.loseConnection()
+        yield task.deferLater(reactor, 1.0, lambda: None)
 
     def done(result: object) -> None:
         if reactor.running:
@@ -254,20 +175,102 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     reactor.callWhenRunning(lambda: run().addErrback(lambda f: print(f.getTraceback())).addBoth(done))
     reactor.run()
-    if child is not None:
-        assert child.stdin is not None
-        child.stdin.close()
-        child.wait(30)
     if not outcome:
         raise SystemExit(1)
-    grown = outcome["after"] - outcome["before"]
+    return outcome
+
+
+def show(name: str, outcome: dict, select: bool) -> None:
+    """
+    Print one server's figures.
+    """
     opened = outcome["opened"]
-    print(f"sessions idling: {opened} of {args.connections} ({'login only' if args.no_select else 'SELECT INBOX + IDLE'})")
-    print(f"opened in {outcome['elapsed']:.1f} s")
-    print(f"server RSS: {outcome['before'] / 1024:.1f} MiB before, {outcome['after'] / 1024:.1f} MiB after")
+    (rss0, pss0), (rss1, pss1) = outcome["before"], outcome["after"]
+    kinds = ", ".join(f"{n} {c}" for c, n in outcome["commands"].most_common(4))
+    print(f"{name}: {opened} sessions idling ({'SELECT INBOX + IDLE' if select else 'login only'}), "
+          f"opened in {outcome['elapsed']:.1f} s; {outcome['processes']} processes ({kinds})")
+    print(f"  RSS summed: {rss0 / 1024:.1f} MiB before, {rss1 / 1024:.1f} MiB after; "
+          f"PSS summed: {pss0 / 1024:.1f} MiB before, {pss1 / 1024:.1f} MiB after")
     if opened:
-        print(f"growth per connection: {grown * 1024 / opened / 1024:.1f} KiB")
+        print(f"  per connection: RSS {(rss1 - rss0) / opened:.1f} KiB, PSS {(pss1 - pss0) / opened:.1f} KiB")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connections", type=int, default=10000, help="sessions on mailplat (or the running server)")
+    parser.add_argument("--dovecot-connections", type=int, default=1000, help="sessions on Dovecot")
+    parser.add_argument("--server", choices=["both", "mailplat", "dovecot"], default="both")
+    parser.add_argument("--messages", type=int, default=1000, help="messages in the account's INBOX")
+    parser.add_argument("--parallel", type=int, default=100, help="logins in flight at once")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, help="a running server's IMAP port (default: start them here)")
+    parser.add_argument("--pid", type=int, help="the running server's process id")
+    parser.add_argument("--user", default=USER)
+    parser.add_argument("--password-file", help="file holding the running server's password")
+    parser.add_argument("--no-select", action="store_true", help="log in only: no SELECT, no IDLE")
+    parser.add_argument("--twistd", default="", help="command running twistd for mailplat (default: the venv's)")
+    args = parser.parse_args(argv)
+    select = not args.no_select
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = max(args.connections, args.dovecot_connections) + 200
+    if soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            raise SystemExit(f"{args.connections} connections need about {need} descriptors; `ulimit -n` allows {hard}")
+        # Raised here, and inherited by the servers started below.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+    if args.port is not None:
+        if args.pid is None:
+            raise SystemExit("--port needs --pid (the server whose memory is measured)")
+        password = PASSWORD
+        if args.password_file:
+            with open(args.password_file) as f:
+                password = f.read().strip()
+        outcome = measure(args.host, args.port, lambda: system.processTree(args.pid), args.connections,
+                          args.parallel, args.user, password, select)
+        show(f"server {args.pid}", outcome, select)
+        return
+
+    # The Twisted reactor runs once per process: each server is measured
+    # by a child process of this script.
+    print(f"machine: {system.machine()}")
+    names = ["mailplat", "dovecot"] if args.server == "both" else [args.server]
+    tree = tempfile.mkdtemp(prefix="mpbidle")
+    try:
+        written, took = Fill(tree).add([USER], max(1, args.messages))
+        print(f"filled one INBOX of {written} messages in {took:.1f} s", flush=True)
+        for name in names:
+            count = args.connections if name == "mailplat" else args.dovecot_connections
+            subprocess.run([sys.executable, os.path.abspath(__file__), "--_one", name, tree, str(count),
+                            str(args.parallel), "1" if select else "0", args.twistd], check=False)
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+def one(name: str, tree: str, count: int, parallel: int, select: bool, twistd: str = "") -> None:
+    """
+    In a child process: start one server on a copy of C{tree}, measure it,
+    stop it.
+    """
+    users = {USER: PASSWORD}
+    if name == "mailplat":
+        server: Any = Mailplat(users, connections=count, workers=1, twistd=shlex.split(twistd) or None)
+    else:
+        server = Dovecot(users, connections=count)
+    copyTree(os.path.join(tree, "example.test"), os.path.join(server.mailRoot, "example.test"))
+    with server:
+        outcome = measure("127.0.0.1", server.ports["imap"], server.pids, count, parallel, USER, PASSWORD, select)
+        show(f"{name} ({'twistd --workers 1' if name == 'mailplat' else 'one imap process per session'})",
+             outcome, select)
+        if name == "dovecot":
+            sessions = server.sessionPids()
+            rss, pss = system.memoryKiB(sessions)
+            print(f"  (after closing: {len(sessions)} imap processes left, PSS {pss / 1024:.1f} MiB)")
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "--_one":
+        one(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1", sys.argv[7])
+    else:
+        main()

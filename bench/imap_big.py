@@ -1,16 +1,34 @@
 """
 IMAP on big mailboxes: how long SELECT, C{UID FETCH 1:* (FLAGS)},
-C{FETCH 1:* (ENVELOPE)} (cold cache, then warm) and a header SEARCH take
-on one mailbox of 10,000 and 100,000 small messages, over a
-StringTransport (no network: the figures are the server's own work).
+C{FETCH 1:* (ENVELOPE)} and header SEARCHes take on one mailbox of 10,000
+(and 100,000) small messages.
 
-    /work/venv/bin/python bench/imap_big.py [--messages 10000,100000]
+Over the network, mailplat beside Dovecot (the default; needs root and
+Debian's dovecot-imapd):
 
-The mailbox is a MemoryStore filled through the store (not timed), so
-the figures leave out disk reads: they are the IMAP layer's cost.  (The
-Maildir store answers from its thread pool, which a StringTransport
-session without a running reactor cannot wait on.)  Bounded: the largest
-size accepted is 200,000 messages.
+    /work/venv/bin/python bench/imap_big.py [--messages 10000] [--repeat 3]
+    /work/venv/bin/python bench/imap_big.py --messages 100000 --repeat 1     # about 5 minutes
+
+One Maildir of C{--messages} messages is written straight into C{cur/}
+(L{bench.peers.maildir}), then each server in turn gets its own copy
+(C{cp -al}: new directories, the files linked), is started (mailplat
+with C{twistd ... --workers 1}, Dovecot from a scratch configuration,
+L{bench.peers}), and one client on
+127.0.0.1 runs the commands below in a first session (the server has
+never seen the mailbox: mailplat builds its uidlist, Dovecot its index)
+and again in a second session, then the server is stopped.  Each
+command's time is from sending it to its tagged OK, read with a C-level
+buffered reader; the answers are checked (every message fetched, the
+same SEARCH results from both servers).  With C{--repeat N} the whole
+run is repeated (the servers' order alternating) and medians are shown.
+
+Over a StringTransport, mailplat's IMAP layer only on a MemoryStore (no
+network, no disk; the figures are the server's own Python work):
+
+    /work/venv/bin/python bench/imap_big.py --memory [--messages 10000,100000]
+
+Bounded: the largest size accepted is 200,000 messages, the fill stops
+after 10 minutes, every command must answer within 10 minutes.
 """
 
 import argparse
@@ -132,11 +150,132 @@ def run(messages: int) -> List[Tuple[str, float, int]]:
     return rows
 
 
+#: Commands of each network session: (label, command, check) where check
+#: names what the answer must hold.
+FIRST_SESSION = [
+    ("SELECT INBOX (first: no uidlist/index yet)", b"SELECT INBOX", "exists"),
+    ("UID FETCH 1:* (FLAGS)", b"UID FETCH 1:* (FLAGS)", "all"),
+    ("SEARCH FROM s13 (nothing cached)", b"SEARCH FROM s13", "search"),
+    ("FETCH 1:* (ENVELOPE) first", b"FETCH 1:* (ENVELOPE)", "all"),
+    ("FETCH 1:* (ENVELOPE) again", b"FETCH 1:* (ENVELOPE)", "all"),
+    ('SEARCH SUBJECT "topic number 7"', b'SEARCH SUBJECT "topic number 7"', "search"),
+    ("SEARCH HEADER Message-ID 4242", b"SEARCH HEADER Message-ID 4242", "search"),
+]
+SECOND_SESSION = [
+    ("new session: SELECT INBOX", b"SELECT INBOX", "exists"),
+    ("new session: UID FETCH 1:* (FLAGS)", b"UID FETCH 1:* (FLAGS)", "all"),
+    ("new session: FETCH 1:* (ENVELOPE)", b"FETCH 1:* (ENVELOPE)", "all"),
+    ("new session: SEARCH FROM s13", b"SEARCH FROM s13", "search"),
+]
+USER, PASSWORD = "big@example.test", "big password"
+
+
+def networkRun(server: Any, tree: str, messages: int, answers: dict) -> dict:
+    """
+    Give C{server} its own copy of the filled C{tree}, start it, run both
+    sessions, stop it.
+
+    @param answers: SEARCH results by command, shared between the
+        servers of a run: a server answering differently stops the run.
+    @return: seconds by label, and C{"memory"}: the server's summed PSS
+        (KiB) after the sessions.
+    """
+    from bench.peers import system
+    from bench.peers.imapclient import BlockingIMAP
+    from bench.peers.maildir import copyTree
+
+    copyTree(os.path.join(tree, "example.test"), os.path.join(server.mailRoot, "example.test"))
+    times: dict = {}
+    with server:
+        for commands in (FIRST_SESSION, SECOND_SESSION):
+            client = BlockingIMAP(server.ports["imap"])
+            client.login(USER, PASSWORD)
+            for label, line, check in commands:
+                start = time.perf_counter()
+                lines, octets = client.command(line)
+                times[label] = time.perf_counter() - start
+                if check == "exists":
+                    if not any(x == b"* %d EXISTS\r\n" % messages for x in lines):
+                        raise SystemExit(f"{server.name}: {line!r} did not show {messages} messages: {lines[:5]!r}")
+                elif check == "all":
+                    fetched = sum(1 for x in lines if b" FETCH (" in x[:30])
+                    if fetched != messages:
+                        raise SystemExit(f"{server.name}: {line!r} fetched {fetched} of {messages} messages")
+                else:
+                    found = sorted(int(n) for x in lines if x.startswith(b"* SEARCH") for n in x.split()[2:])
+                    if answers.setdefault(line, found) != found:
+                        raise SystemExit(f"{server.name}: {line!r} found {len(found)} messages, "
+                                         f"the other server {len(answers[line])}")
+            client.close()
+        times["memory"] = system.memoryKiB(server.pids())[1]
+    return times
+
+
+def network(messages: int, repeat: int, twistd: str = "", names: str = "mailplat,dovecot") -> None:
+    """
+    Fill one mailbox, then time both servers on their copies of it,
+    C{repeat} times; print one table with medians and ratios.
+    """
+    import shlex
+    import shutil
+    import tempfile
+
+    from bench.peers import system
+    from bench.peers.dovecot import Dovecot
+    from bench.peers.maildir import Fill
+    from bench.peers.mailplat import Mailplat
+
+    print(f"machine: {system.machine()}")
+    tree = tempfile.mkdtemp(prefix="mpbbig")
+    try:
+        written, took = Fill(tree).add([USER], messages, small=True, seconds=600)
+        if written != messages:
+            raise SystemExit(f"the fill stopped after {written} messages (10 minutes): use a smaller --messages")
+        print(f"filled {messages} messages in {took:.1f} s")
+        results: dict = {"mailplat": [], "dovecot": []}
+        answers: dict = {}
+        for n in range(repeat):
+            makers = {"mailplat": lambda: Mailplat({USER: PASSWORD}, workers=1, twistd=shlex.split(twistd) or None),
+                      "dovecot": lambda: Dovecot({USER: PASSWORD})}
+            servers = [make() for name, make in makers.items() if name in names.split(",")]
+            for server in servers if n % 2 == 0 else reversed(servers):
+                began = time.monotonic()
+                results[server.name].append(networkRun(server, tree, messages, answers))
+                print(f"  run {n + 1}: {server.name} done in {time.monotonic() - began:.1f} s "
+                      f"(load {system.machine().rsplit('average ', 1)[1]})", flush=True)
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+    labels = [label for label, _, _ in FIRST_SESSION + SECOND_SESSION]
+    print(f"\n{messages} messages over 127.0.0.1, median of {repeat} run(s); ratio = Dovecot time / mailplat time "
+          "(above 1: mailplat faster)")
+    print("| command | mailplat ms | Dovecot ms | ratio |")
+    print("|---|---:|---:|---:|")
+    for label in labels:
+        ours = system.median([r[label] for r in results["mailplat"]]) * 1000
+        theirs = system.median([r[label] for r in results["dovecot"]]) * 1000 if results["dovecot"] else float("nan")
+        print(f"| {label} | {ours:.1f} | {theirs:.1f} | {system.ratio(ours, theirs, False)} |")
+    ours = system.median([r["memory"] for r in results["mailplat"]]) / 1024
+    theirs = system.median([r["memory"] for r in results["dovecot"]]) / 1024 if results["dovecot"] else float("nan")
+    print(f"| server memory after (PSS, MiB, all processes) | {ours:.1f} | {theirs:.1f} | "
+          f"{system.ratio(ours, theirs, False)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", default="10000,100000", help="comma-separated mailbox sizes")
+    parser.add_argument("--messages", default=None,
+                        help="comma-separated mailbox sizes (default: 10000 over the network, 10000,100000 with --memory)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per server (network), medians shown")
+    parser.add_argument("--memory", action="store_true", help="mailplat only, MemoryStore over a StringTransport")
+    parser.add_argument("--twistd", default="", help="command running twistd for mailplat (default: the venv's)")
+    parser.add_argument("--servers", default="mailplat,dovecot", help="which servers to run (network)")
     args = parser.parse_args()
-    for count in [min(max(1, int(n)), 200000) for n in args.messages.split(",")]:
+    sizes = args.messages or ("10000,100000" if args.memory else "10000")
+    counts = [min(max(1, int(n)), 200000) for n in sizes.split(",")]
+    if not args.memory:
+        for count in counts:
+            network(count, max(1, min(args.repeat, 9)), args.twistd, args.servers)
+        return
+    for count in counts:
         start = time.perf_counter()
         rows = run(count)
         print(f"{count} messages, memory store (run took {time.perf_counter() - start:.1f} s)")

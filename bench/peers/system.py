@@ -1,0 +1,111 @@
+"""
+The machine and process figures a benchmark result records: core count,
+kernel, load, and the memory of a server's process tree.
+"""
+
+import os
+import platform
+import statistics
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+
+def machine() -> str:
+    """
+    One line naming the machine and its load right now: C{nproc},
+    C{uname -r} and the load averages of C{uptime}.
+    """
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    return f"nproc {os.cpu_count()}, kernel {platform.release()}, load average {load}"
+
+
+def children() -> Dict[int, List[int]]:
+    """
+    Every process's children, by parent pid, read from C{/proc}.
+    """
+    tree: Dict[int, List[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name (field 2) may hold spaces: parse after its ')'.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(name))
+    return tree
+
+
+def processTree(pid: int) -> List[int]:
+    """
+    C{pid} and all its descendants.
+    """
+    tree = children()
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(tree.get(p, []))
+    return out
+
+
+def commandName(pid: int) -> str:
+    """
+    The process's command name (C{/proc/<pid>/comm}), or C{""} if it is gone.
+    """
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def memoryKiB(pids: Iterable[int]) -> Tuple[int, int]:
+    """
+    The summed resident set size and proportional set size (PSS: shared
+    pages divided among the processes sharing them) of C{pids}, in KiB.
+    Summed RSS counts a shared library once per process; PSS does not.
+    """
+    rss = pss = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+        except OSError:
+            continue
+    return rss, pss
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """
+    The C{fraction} (0-1) percentile of C{values}, by nearest rank.
+    """
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(round(fraction * len(ordered) + 0.5)) - 1))]
+
+
+def median(values: Sequence[float]) -> float:
+    """
+    The median, or NaN for no values.
+    """
+    return statistics.median(values) if values else float("nan")
+
+
+def ratio(ours: float, theirs: float, higherIsBetter: bool) -> str:
+    """
+    How mailplat compares with Dovecot, written so that above 1 is better
+    for mailplat: C{ours / theirs} for throughput, C{theirs / ours} for
+    times.
+    """
+    if not ours or not theirs or ours != ours or theirs != theirs:
+        return "n/a"
+    value = ours / theirs if higherIsBetter else theirs / ours
+    return f"{value:.2f}x"
