@@ -2148,9 +2148,8 @@ class AccountTree:
     """
 
     root: str
-
-    def _isAccountHome(self, home: str) -> bool:
-        raise NotImplementedError
+    #: Whether the directory C{home} holds an account (given by the store).
+    _isAccountHome: Callable[[str], bool]
 
     def listAccounts(self) -> defer.Deferred:
         """
