@@ -68,7 +68,7 @@ DOMAIN = "example.test"
 KB = 1024
 
 
-class MailplatSMTP:
+class MailplatSMTP(system.ScratchServer):
     """
     mailplat serving SMTP only, started as the README says:
 
@@ -133,28 +133,6 @@ class MailplatSMTP:
 
     def delivered(self, address: str) -> int:
         return countMaildir(self.maildir(address))
-
-    def pids(self) -> List[int]:
-        return system.processTree(self.process.pid) if self.process else []
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                for pid in reversed(self.pids()):
-                    try:
-                        os.kill(pid, 9)
-                    except OSError:
-                        pass
-                self.process.wait(10)
-        self.process = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
 
 def cpuSeconds(pids: Sequence[int]) -> float:
     """

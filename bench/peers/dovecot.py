@@ -115,7 +115,7 @@ def waitForGreeting(port: int, seconds: float = 30.0) -> None:
     raise RuntimeError(f"nothing greeted on port {port} within {seconds:.0f} s ({last})")
 
 
-class Dovecot:
+class Dovecot(system.ScratchServer):
     """
     One scratch Dovecot: L{start}, then L{stop} (or use it as a context
     manager).
@@ -191,31 +191,3 @@ class Dovecot:
         The per-session processes (C{imap}, C{pop3}).
         """
         return [p for p in self.pids() if system.commandName(p) in ("imap", "pop3")]
-
-    def stop(self) -> None:
-        """
-        Stop Dovecot (SIGTERM to the master, which stops its children) and
-        wait for it.
-        """
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                for pid in reversed(self.pids()):
-                    try:
-                        os.kill(pid, 9)
-                    except OSError:
-                        pass
-                self.process.wait(10)
-        self.process = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> "Dovecot":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()

@@ -18,7 +18,6 @@ With C{argon2=True} the users are added with C{mailplat user add
 """
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ exempt_loopback = true
 """
 
 
-class Mailplat:
+class Mailplat(system.ScratchServer):
     """
     One mailplat under C{twistd}: L{start}, then L{stop} (or use it as a
     context manager).
@@ -116,36 +115,3 @@ class Mailplat:
                 return f.read()
         except OSError:
             return ""
-
-    def pids(self) -> List[int]:
-        """
-        The twistd process and its workers.
-        """
-        return system.processTree(self.process.pid) if self.process else []
-
-    def stop(self) -> None:
-        """
-        Stop twistd (SIGTERM; it stops its workers) and wait for it.
-        """
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                for pid in reversed(self.pids()):
-                    try:
-                        os.kill(pid, 9)
-                    except OSError:
-                        pass
-                self.process.wait(10)
-        self.process = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> "Mailplat":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()

@@ -5,8 +5,10 @@ kernel, load, and the memory of a server's process tree.
 
 import os
 import platform
+import shutil
 import statistics
-from typing import Dict, Iterable, List, Sequence, Tuple
+import subprocess
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 
 def machine() -> str:
@@ -109,3 +111,54 @@ def ratio(ours: float, theirs: float, higherIsBetter: bool) -> str:
         return "n/a"
     value = ours / theirs if higherIsBetter else theirs / ours
     return f"{value:.2f}x"
+
+
+class ScratchServer:
+    """
+    A server a bench started as a child process in a scratch directory of
+    its own: its process tree, stopping it (SIGTERM, then SIGKILL to the
+    tree after 60 s) and removing the directory.  Subclasses set
+    C{process} (a L{subprocess.Popen}) in C{start} and C{dir}.
+    """
+
+    process: Optional[subprocess.Popen] = None
+    dir: str
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def pids(self) -> List[int]:
+        """
+        The server's process and all its descendants.
+        """
+        return processTree(self.process.pid) if self.process else []
+
+    def stop(self) -> None:
+        """
+        Stop the server and wait for it.
+        """
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                for pid in reversed(self.pids()):
+                    try:
+                        os.kill(pid, 9)
+                    except OSError:
+                        pass
+                self.process.wait(10)
+        self.process = None
+
+    def cleanup(self) -> None:
+        """
+        Stop the server and remove its scratch directory.
+        """
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
