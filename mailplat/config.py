@@ -67,6 +67,10 @@ class Config:
         CPU core.
     @ivar metricsListener: endpoint of the Prometheus metrics page, or
         L{DISABLED}.
+    @ivar imapIndex: keep the per-node IMAP message index (summaries and
+        full-text search) on disk.
+    @ivar imapIndexDir: where that index lives; None means
+        C{<dataDir>/index}.
     """
 
     source: Optional[str] = None
@@ -108,6 +112,8 @@ class Config:
     quota: int = 0
     maxErrors: int = 20
     sieve: bool = True
+    imapIndex: bool = True
+    imapIndexDir: Optional[str] = None
     policySpf: str = "tag"
     policyDkimVerify: bool = True
     policyDmarc: str = "reject"
@@ -282,6 +288,10 @@ _SCHEMA: Dict[str, Dict[str, Tuple[str, Any]]] = {
         "plus_delimiter": ("plusDelimiter", lambda w, v: _delimiter(w, v)),
         "sieve": ("sieve", _boolean),
     },
+    "imap": {
+        "index": ("imapIndex", _boolean),
+        "index_dir": ("imapIndexDir", _string),
+    },
     "policy": {
         "spf": ("policySpf", lambda w, v: _choice(w, v, ("off", "tag", "reject"))),
         "dkim_verify": ("policyDkimVerify", _boolean),
@@ -354,7 +364,7 @@ def loadFile(path: str, base: Optional[Config] = None) -> Config:
     def relative(p: str) -> str:
         return p if os.path.isabs(p) else os.path.join(here, p)
 
-    for attr in ("dataDir", "tlsCert", "tlsKey"):
+    for attr in ("dataDir", "tlsCert", "tlsKey", "imapIndexDir"):
         if attr in changes:
             changes[attr] = relative(changes[attr])
     if "tlsSNI" in changes:

@@ -293,8 +293,11 @@ class Server:
             self.store, config.domains, file=self.directoryFile, plusDelimiter=config.plusDelimiter,
         )
         # One message index per process (summaries and full-text search
-        # for IMAP), filled by delivery and by the IMAP sessions.
-        self.index = MessageIndex(os.path.join(config.dataDir, "index"), reactor)
+        # for IMAP), filled by delivery and by the IMAP sessions; without
+        # it ([imap] index = false) every session parses what it needs.
+        self.index: Optional[MessageIndex] = None
+        if config.imapIndex:
+            self.index = MessageIndex(config.imapIndexDir or os.path.join(config.dataDir, "index"), reactor)
         self.delivery = LocalDelivery(
             self.directory, self.store, self.queue, policies=self._policies(config, resolver),
             hostname=config.hostname, clock=reactor,

@@ -294,3 +294,84 @@ class TLSConfigTests(SynchronousTestCase):
         error = self.assertRaises(ConfigError, Server, config)
         self.assertIn("/nonexistent/c.pem", str(error))
         self.assertIn("not found", str(error))
+
+
+def _imapFactory(server):
+    """
+    The IMAP factory under the wrappers (metrics, connection limits) of
+    C{server}'s C{imap} listener.
+    """
+    factory = server.factories["imap"]
+    while not hasattr(factory, "cache"):
+        factory = factory.wrappedFactory
+    return factory
+
+
+class IMAPIndexConfigTests(SynchronousTestCase):
+    """
+    C{[imap] index} and C{index_dir}: whether the server keeps the message
+    index on disk, and where.
+    """
+
+    def write(self, text: str) -> str:
+        path = self.mktemp()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_default(self) -> None:
+        """
+        By default the index is on, in the data directory.
+        """
+        from mailplat.service import Server
+
+        config = Config(dataDir=os.path.abspath(self.mktemp()), store="memory")
+        server = Server(config)
+        self.assertEqual(server.index.directory, os.path.join(config.dataDir, "index"))
+        self.assertIs(server.delivery.index, server.index)
+        self.assertIs(_imapFactory(server).cache.index, server.index)
+
+    def test_values(self) -> None:
+        """
+        A relative C{index_dir} is relative to the file, as C{data_dir} is.
+        """
+        path = self.write('[imap]\nindex = false\nindex_dir = "cache/index"\n')
+        config = loadFile(path)
+        self.assertFalse(config.imapIndex)
+        self.assertEqual(config.imapIndexDir, os.path.join(os.path.dirname(os.path.abspath(path)), "cache/index"))
+
+    def test_badValue(self) -> None:
+        """
+        A value that is not a boolean is a config error naming the key.
+        """
+        path = self.write('[imap]\nindex = "yes"\n')
+        error = self.assertRaises(ConfigError, loadFile, path)
+        self.assertIn("imap.index", str(error))
+        self.assertIn(path, str(error))
+
+    def test_off(self) -> None:
+        """
+        With C{index = false} neither delivery nor IMAP keeps an index, and
+        nothing is written under the data directory's C{index}.
+        """
+        from mailplat.service import Server
+
+        config = Config(dataDir=os.path.abspath(self.mktemp()), store="memory", imapIndex=False)
+        server = Server(config)
+        self.assertIsNone(server.index)
+        self.assertIsNone(server.delivery.index)
+        self.assertIsNone(_imapFactory(server).cache.index)
+        self.assertFalse(os.path.exists(os.path.join(config.dataDir, "index")))
+
+    def test_elsewhere(self) -> None:
+        """
+        C{index_dir} moves the index.
+        """
+        from mailplat.service import Server
+
+        elsewhere = os.path.abspath(self.mktemp())
+        config = Config(dataDir=os.path.abspath(self.mktemp()), store="memory", imapIndexDir=elsewhere)
+        server = Server(config)
+        self.assertEqual(server.index.directory, elsewhere)
+        self.assertTrue(server.index.pathFor("alice@example.test").startswith(elsewhere + os.sep))
