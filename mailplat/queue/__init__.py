@@ -141,6 +141,16 @@ class QueueEntry:
         """
         return [r for r in self.recipients if r.state in ACTIVE_STATES]
 
+    def makeDue(self, now: float, release: bool = False) -> None:
+        """
+        Make every waiting recipient due by C{now} (the admin's flush);
+        with C{release}, take the entry off hold too.
+        """
+        if release:
+            self.held = False
+        for r in self.active():
+            r.nextAttempt = min(r.nextAttempt, now)
+
     def recipient(self, address: str) -> RecipientStatus:
         """
         The status of C{address}.
@@ -462,14 +472,8 @@ class Queue:
         """
         Release a held entry; it is tried at once.
         """
-
-        def change(entry: QueueEntry) -> None:
-            entry.held = False
-            now = self.clock.seconds()
-            for r in entry.active():
-                r.nextAttempt = min(r.nextAttempt, now)
-
-        return self._set(entryId, change, notify=True)
+        now = self.clock.seconds()
+        return self._set(entryId, lambda entry: entry.makeDue(now, release=True), notify=True)
 
     def flush(self, entryId: Optional[str] = None) -> "defer.Deferred[List[str]]":
         """
@@ -481,8 +485,7 @@ class Queue:
         now = self.clock.seconds()
 
         def change(entry: QueueEntry) -> None:
-            for r in entry.active():
-                r.nextAttempt = min(r.nextAttempt, now)
+            entry.makeDue(now)
 
         try:
             if entryId is not None:

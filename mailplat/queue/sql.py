@@ -690,13 +690,7 @@ class SQLQueue:
         Release a held entry; it is tried at once (on any node).
         """
         now = self.clock.seconds()
-
-        def change(entry: QueueEntry) -> None:
-            entry.held = False
-            for r in entry.active():
-                r.nextAttempt = min(r.nextAttempt, now)
-
-        return self._update(entryId, change, wake=True)
+        return self._update(entryId, lambda entry: entry.makeDue(now, release=True), wake=True)
 
     def flush(self, entryId: Optional[str] = None) -> "defer.Deferred[List[str]]":
         """
@@ -708,8 +702,7 @@ class SQLQueue:
         now = self.clock.seconds()
 
         def change(entry: QueueEntry) -> None:
-            for r in entry.active():
-                r.nextAttempt = min(r.nextAttempt, now)
+            entry.makeDue(now)
 
         if entryId is not None:
             return self._update(entryId, change, wake=True).addCallback(lambda _: [entryId])
