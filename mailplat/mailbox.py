@@ -5,7 +5,7 @@ mailbox names, so that each store does not re-invent them.
 
 import unicodedata
 from dataclasses import dataclass, field
-from typing import FrozenSet, Iterable, List
+from typing import Any, Dict, FrozenSet, Hashable, Iterable, List, Optional, Tuple
 
 from zope.interface import implementer
 
@@ -34,6 +34,60 @@ class MessageInfo:
     internalDate: float
     size: int
     modseq: int = 1
+
+
+class SharedInfos:
+    """
+    One L{MessageInfo} per message version, shared by every listing of a
+    mailbox: a session keeps the listing it was given for as long as the
+    mailbox does not change (an idle IMAP session, for ever), so a store
+    that built new objects at each listing would cost every idle session
+    the whole mailbox's metadata.  Equal flag sets are shared too.
+
+    A store keeps one per mailbox object and asks it for each message it
+    lists with a C{version} (anything hashable that changes whenever the
+    message's info does, such as the row it was read from); safe to call
+    from a store's threads (at worst two equal objects are made).
+    """
+
+    #: Most distinct flag sets kept (beyond it the table starts again).
+    MAX_FLAG_SETS = 4096
+
+    def __init__(self) -> None:
+        self._byUid: Dict[int, Tuple[Hashable, MessageInfo]] = {}
+        self._flagSets: Dict[FrozenSet[str], FrozenSet[str]] = {}
+
+    def get(self, uid: int, version: Hashable) -> Optional[MessageInfo]:
+        """
+        The info handed out for C{uid} at C{version}, or L{None}.
+        """
+        kept = self._byUid.get(uid)
+        if kept is not None and kept[0] == version:
+            return kept[1]
+        return None
+
+    def keep(self, version: Hashable, info: MessageInfo) -> MessageInfo:
+        """
+        Remember C{info} as its message's at C{version}; returns the info to
+        hand out (with a shared flag set).
+        """
+        flags = self._flagSets.get(info.flags)
+        if flags is None:
+            if len(self._flagSets) >= self.MAX_FLAG_SETS:
+                self._flagSets = {}
+            flags = self._flagSets[info.flags] = info.flags
+        elif flags is not info.flags:
+            info = MessageInfo(info.uid, flags, info.internalDate, info.size, info.modseq)
+        self._byUid[info.uid] = (version, info)
+        return info
+
+    def listed(self, infos: List[Any]) -> None:
+        """
+        C{infos} is a whole listing: forget the messages not in it.
+        """
+        if len(self._byUid) > len(infos):
+            present = {i.uid for i in infos}
+            self._byUid = {u: kept for u, kept in self._byUid.items() if u in present}
 
 
 @dataclass(frozen=True)

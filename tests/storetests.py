@@ -773,6 +773,28 @@ class StoreConformanceMixin(ACLConformanceMixin):
         self.assertEqual([(i.uid, i.flags) for i in infos], [(uid, frozenset())])
 
     @defer.inlineCallbacks
+    def test_listingsShareInfos(self):
+        """
+        Two listings of an unchanged mailbox, through two handles of it,
+        hand out the same info objects, so that every session keeping a
+        listing (an idle IMAP session keeps one for ever) does not keep a
+        copy of the mailbox's metadata; a changed message gets a new one.
+        """
+        inbox = yield self.mailbox()
+        for _ in range(3):
+            yield inbox.append(BytesIO(message()), ["\\Seen"])
+        first = yield inbox.listMessages()
+        other = yield (yield self.account()).getMailbox("INBOX")
+        second = yield other.listMessages()
+        self.assertEqual(len(first), 3)
+        self.assertTrue(all(a is b for a, b in zip(first, second)))
+        yield inbox.setFlags([first[0].uid], ["\\Flagged"], "add")
+        third = yield inbox.listMessages()
+        self.assertIsNot(third[0], first[0])
+        self.assertEqual(third[0].flags, frozenset(["\\Seen", "\\Flagged"]))
+        self.assertIs(third[1], first[1])
+
+    @defer.inlineCallbacks
     def test_modseq(self):
         """
         A change raises a message's modseq above every earlier one; a no-op

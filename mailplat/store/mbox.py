@@ -130,6 +130,7 @@ from mailplat.mailbox import (
     DEFAULT_MAILBOXES,
     MailboxStatus,
     MessageInfo,
+    SharedInfos,
     applyFlags,
     buildListing,
     parentNames,
@@ -705,6 +706,8 @@ class MboxMailbox:
         self.path = path
         self._store = store
         self._listeners = ListenerSet()
+        # Listings hand out shared infos (see SharedInfos).
+        self._infos = SharedInfos()
         self._queue = _SerialQueue()
         self._deleted = False
         self._loaded = False
@@ -1032,7 +1035,16 @@ class MboxMailbox:
         return self._op(f"read mailbox {self.name}", lambda held: (None, False))
 
     def _info(self, m: _Msg) -> MessageInfo:
-        return MessageInfo(m.uid, m.flags, m.internalDate, m.size, m.modseq)
+        version = (m.flags, m.internalDate, m.size, m.modseq)
+        info = self._infos.get(m.uid, version)
+        if info is None:
+            info = self._infos.keep(version, MessageInfo(m.uid, m.flags, m.internalDate, m.size, m.modseq))
+        return info
+
+    def _listing(self) -> List[MessageInfo]:
+        infos = [self._info(m) for m in self._msgs]
+        self._infos.listed(infos)
+        return infos
 
     def status(self) -> defer.Deferred:
         """
@@ -1056,7 +1068,7 @@ class MboxMailbox:
         """
         Every message, in UID order (see L{IMailbox.listMessages}).
         """
-        return self._op(f"read mailbox {self.name}", lambda held: ([self._info(m) for m in self._msgs], False))
+        return self._op(f"read mailbox {self.name}", lambda held: (self._listing(), False))
 
     def claimRecent(self) -> defer.Deferred:
         """

@@ -55,6 +55,7 @@ from mailplat.mailbox import (
     DEFAULT_MAILBOXES,
     MailboxStatus,
     MessageInfo,
+    SharedInfos,
     applyFlags,
     buildListing,
     parentNames,
@@ -300,6 +301,8 @@ class SQLMailbox:
         self._state = state
         self._listeners = ListenerSet()
         self._registered: List[IMailboxListener] = []
+        # Listings hand out shared infos (see SharedInfos).
+        self._infos = SharedInfos()
         self._poll: Optional[task.LoopingCall] = None
 
     def __repr__(self) -> str:
@@ -414,7 +417,15 @@ class SQLMailbox:
             rows = txn.execute(
                 f"SELECT {_INFO_COLUMNS} FROM mailbox_messages WHERE mailbox_id = ? ORDER BY uid", (self.mailboxId,)
             ).fetchall()
-            return state, [_info(r) for r in rows]
+            shared = self._infos
+            infos = []
+            for row in rows:
+                info = shared.get(row[0], row)
+                if info is None:
+                    info = shared.keep(row, _info(row))
+                infos.append(info)
+            shared.listed(infos)
+            return state, infos
 
         return self.store._db.run(read).addCallback(self._afterRead)
 

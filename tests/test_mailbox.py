@@ -1,0 +1,56 @@
+"""
+L{mailplat.mailbox}: the value types and rules every store shares.
+"""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mailplat.mailbox import MessageInfo, SharedInfos
+
+
+class SharedInfosTests(SynchronousTestCase):
+    """
+    L{SharedInfos} hands out one info per message version.
+    """
+
+    def test_sameVersion(self) -> None:
+        """
+        An info kept at a version is handed out again for that version
+        only.
+        """
+        shared = SharedInfos()
+        info = shared.keep(("v", 1), MessageInfo(7, frozenset(["\\Seen"]), 1.0, 10, 3))
+        self.assertIs(shared.get(7, ("v", 1)), info)
+        self.assertIsNone(shared.get(7, ("v", 2)))
+        self.assertIsNone(shared.get(8, ("v", 1)))
+
+    def test_flagSetsShared(self) -> None:
+        """
+        Equal flag sets of different messages become one object, and the
+        info keeps its values.
+        """
+        shared = SharedInfos()
+        a = shared.keep(1, MessageInfo(1, frozenset(["\\Seen", "$Work"]), 1.0, 10, 3))
+        b = shared.keep(2, MessageInfo(2, frozenset(["$Work", "\\Seen"]), 2.0, 20, 4))
+        self.assertIs(a.flags, b.flags)
+        self.assertEqual((b.uid, b.flags, b.internalDate, b.size, b.modseq),
+                         (2, frozenset(["\\Seen", "$Work"]), 2.0, 20, 4))
+
+    def test_flagSetsBounded(self) -> None:
+        """
+        The table of flag sets does not grow past C{MAX_FLAG_SETS}.
+        """
+        shared = SharedInfos()
+        shared.MAX_FLAG_SETS = 4
+        for uid in range(1, 20):
+            shared.keep(uid, MessageInfo(uid, frozenset([f"k{uid}"]), 1.0, 1, 1))
+        self.assertLessEqual(len(shared._flagSets), 4)
+
+    def test_listedForgets(self) -> None:
+        """
+        A whole listing forgets the messages no longer in it (expunged).
+        """
+        shared = SharedInfos()
+        infos = [shared.keep(u, MessageInfo(u, frozenset(), 1.0, 1, 1)) for u in (1, 2, 3)]
+        shared.listed([infos[0], infos[2]])
+        self.assertIsNone(shared.get(2, 2))
+        self.assertIs(shared.get(3, 3), infos[2])
