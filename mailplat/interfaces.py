@@ -215,6 +215,35 @@ class IMailbox(Interface):
         """
 
 
+class IMessageReader(Interface):
+    """
+    A fast seam of a mailbox: a small message's wire form read at once,
+    without a L{Deferred}, for a store that can do so cheaply on the
+    calling (reactor) thread: a local file or memory.  POP3 answers a
+    C{RETR} of a small message this way, with no Deferred, file object or
+    thread hop per message.  The one exception to "a method that may touch
+    a disk returns a Deferred": a read of a few KiB from a local file costs
+    less than the Deferred.
+
+    Optional in the contract: a protocol takes it with
+    C{IMessageReader(mailbox, None)} and falls back on
+    L{IMailbox.openMessage} without it, or when it answers L{None}.  A
+    store whose reads wait on a network or a database thread (SQL) does
+    not provide it.
+    """
+
+    def readMessage(uid: int, limit: int) -> Optional[bytes]:
+        """
+        The wire form of message C{uid} (exactly what
+        L{IMailbox.openMessage} yields), or L{None} when it is longer than
+        C{limit} octets (the caller then streams it).
+
+        @raise mailplat.errors.NoSuchMessage: the UID is not in the
+            mailbox (any more).
+        @raise mailplat.errors.StoreError: the message could not be read.
+        """
+
+
 class IMailboxImport(Interface):
     """
     The import seam of a mailbox: what a migration (C{mailplat migrate})

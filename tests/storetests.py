@@ -32,6 +32,7 @@ from mailplat.interfaces import (
     IMailbox,
     IMailboxImport,
     IMailboxListener,
+    IMessageReader,
     IStore,
     IStoreACL,
 )
@@ -1320,3 +1321,114 @@ class StoreConformanceMixin(ACLConformanceMixin):
         self.assertEqual((yield work.status()).highestModseq, 1000)
         [changed] = yield work.setFlags([6], ["\\Flagged"], "add")
         self.assertGreater(changed.modseq, 1000)
+
+    # the fast read seam (IMessageReader, optional)
+
+    @defer.inlineCallbacks
+    def reader(self, mailbox: Any = None):
+        """
+        C{mailbox} (INBOX by default) as an L{IMessageReader}; the test is
+        skipped for a store that does not offer one.
+        """
+        mailbox = (yield self.mailbox()) if mailbox is None else mailbox
+        reader = IMessageReader(mailbox, None)
+        if reader is None:
+            raise SkipTest("the store offers no IMessageReader (optional)")
+        self.assertTrue(verifyObject(IMessageReader, reader))
+        return reader
+
+    @defer.inlineCallbacks
+    def test_readMessageExact(self):
+        """
+        readMessage gives exactly the octets openMessage yields, for the
+        awkward endings of test_openMessageExact, and L{None} exactly when
+        the message is longer than the limit.
+        """
+        inbox = yield self.mailbox()
+        reader = yield self.reader(inbox)
+        for data in (
+            message(),
+            message(body=b"no newline at the end"),
+            message(body=b"ends in CR\r"),
+            message(body=b".dot\r\n\r\n" * 3000),
+            message(body=b"x" * 70000 + b"\r\n" + b"y" * 700),
+            b"S: x\r\n\r\n" + b"z" * 65526 + b"\r\nend\r\n",
+        ):
+            uid = yield inbox.append(BytesIO(data))
+            self.assertEqual(readFile((yield inbox.openMessage(uid))), data)
+            self.assertEqual(reader.readMessage(uid, len(data)), data)
+            self.assertEqual(reader.readMessage(uid, len(data) + 4096), data)
+            self.assertIsNone(reader.readMessage(uid, len(data) - 1))
+            self.assertIsNone(reader.readMessage(uid, 0))
+
+    @defer.inlineCallbacks
+    def test_readMessageMissing(self):
+        """
+        An unknown or expunged UID raises NoSuchMessage, at once.
+        """
+        inbox = yield self.mailbox()
+        reader = yield self.reader(inbox)
+        self.assertRaises(NoSuchMessage, reader.readMessage, 12345, 65536)
+        uid = yield inbox.append(BytesIO(message()))
+        yield inbox.expunge([uid], requireDeleted=False)
+        self.assertRaises(NoSuchMessage, reader.readMessage, uid, 65536)
+
+    @defer.inlineCallbacks
+    def test_readMessageOtherProcess(self):
+        """
+        A second store instance on the same data (another process) reads a
+        message whose flags the first changed since it listed it (a Maildir
+        renames the file), and raises NoSuchMessage once the first has
+        expunged it.
+        """
+        if not self.persistent:
+            raise SkipTest("store does not persist: no second instance on the same data")
+        first = yield self.mailbox()
+        second = yield self.mailbox(store=self.openStore())
+        reader = yield self.reader(second)
+        data = message(body=b"read by the other process\r\n")
+        uid = yield first.append(BytesIO(data))
+        self.assertEqual([i.uid for i in (yield second.listMessages())], [uid])
+        yield first.setFlags([uid], ["\\Seen", "\\Flagged"], "add")
+        self.assertEqual(reader.readMessage(uid, 65536), data)
+        yield first.expunge([uid], requireDeleted=False)
+        self.assertRaises(NoSuchMessage, reader.readMessage, uid, 65536)
+
+    @defer.inlineCallbacks
+    def test_otherInstanceSeesEveryChange(self):
+        """
+        Two store instances on the same data (two processes), changing one
+        mailbox by turns, each see every change of the other at once: new
+        messages, flags, expunges, \\Recent claims and the counts (a store
+        that learns of its own changes without looking at its data again
+        must not miss the other's).
+        """
+        if not self.persistent:
+            raise SkipTest("store does not persist: no second instance on the same data")
+        first = yield self.mailbox()
+        second = yield self.mailbox(store=self.openStore())
+
+        @defer.inlineCallbacks
+        def seen(mailbox):
+            infos = yield mailbox.listMessages()
+            status = yield mailbox.status()
+            return [(i.uid, sorted(i.flags), i.modseq) for i in infos], (status.messages, status.unseen, status.uidNext)
+
+        a = yield first.append(BytesIO(message("a")))
+        b = yield first.append(BytesIO(message("b")), ["\\Seen"])
+        self.assertEqual((yield seen(second)), (yield seen(first)))
+        yield second.setFlags([a], ["\\Flagged"], "add")
+        c = yield second.append(BytesIO(message("c")))
+        self.assertEqual((yield seen(first)), (yield seen(second)))
+        self.assertEqual([uid for uid, _, _ in (yield seen(first))[0]], [a, b, c])
+        self.assertEqual(sorted((yield first.claimRecent())), [a, b, c])
+        self.assertEqual((yield second.claimRecent()), [])
+        yield first.expunge([b], requireDeleted=False)
+        yield first.setFlags([c], ["\\Seen"], "add")
+        yield second.setFlags([a], ["\\Flagged"], "remove")
+        yield second.expunge([c], requireDeleted=False)
+        expected = yield seen(second)
+        self.assertEqual([(uid, flags) for uid, flags, _ in expected[0]], [(a, [])])
+        self.assertEqual(expected[1], (1, 1, c + 1))
+        self.assertEqual((yield seen(first)), expected)
+        self.assertEqual(readFile((yield first.openMessage(a))), message("a"))

@@ -30,6 +30,7 @@ from mailplat.interfaces import (
     IMailbox,
     IMailboxImport,
     IMailboxListener,
+    IMessageReader,
     IStore,
     IStoreACL,
     IStoreFactory,
@@ -143,7 +144,7 @@ class ListenerSet:
                 log.failure("mailbox listener {listener!r} failed", listener=listener)
 
 
-@implementer(IMailbox, IMailboxImport)
+@implementer(IMailbox, IMailboxImport, IMessageReader)
 class MemoryMailbox:
     """
     One mailbox held in memory.
@@ -189,6 +190,15 @@ class MemoryMailbox:
         if uid not in self._bodies:
             return defer.fail(NoSuchMessage(f"No message with UID {uid}"))
         return defer.succeed(BytesIO(self._bodies[uid]))
+
+    def readMessage(self, uid: int, limit: int) -> Optional[bytes]:
+        """
+        See L{IMessageReader}.
+        """
+        body = self._bodies.get(uid)
+        if body is None:
+            raise NoSuchMessage(f"No message with UID {uid}")
+        return body if len(body) <= limit else None
 
     def _add(self, body: bytes, flags: Iterable[str], internalDate: Optional[float], uid: Optional[int] = None,
              modseq: Optional[int] = None) -> int:
