@@ -106,6 +106,20 @@ class PausingTransport(StringTransport):
         return data
 
 
+class WriteRecorder(StringTransport):
+    """
+    A transport that keeps each write apart.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.writes: List[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
+
+
 class ReadRecorder(BytesIO):
     """
     A message file that remembers the sizes asked of C{read}.
@@ -123,9 +137,17 @@ class ReadRecorder(BytesIO):
 class POP3TestsMixin:
     """
     Building blocks: a store with one account, a portal, sessions.
+
+    @cvar streamed: send every message through C{openMessage} and a
+        L{MessageSender}, as for a store without L{IMessageReader} (SQL),
+        instead of reading small ones at once.
     """
 
+    streamed = False
+
     def setUp(self) -> None:
+        if self.streamed:
+            self.patch(server, "SMALL_MESSAGE", -1)
         self.store = MemoryStore()
         self.clock = task.Clock()
         self.account = self.successResultOf(self.store.getAccount(ALICE, create=True))
@@ -555,23 +577,39 @@ class TransactionTests(POP3TestsMixin, SynchronousTestCase):
         self.assertEqual(self.send(proto, transport, b"LIST 99999999999999\r\n"), b"-ERR Invalid message number\r\n")
         self.assertEqual(self.send(proto, transport, b"LIST 1 2\r\n"), b"-ERR LIST takes at most one argument\r\n")
 
+    def flags(self) -> List[frozenset]:
+        return [i.flags for i in self.successResultOf(self.inbox.listMessages())]
+
     def test_retr(self) -> None:
         """
-        RETR sends the message with its size, and flags it \\Seen.
+        RETR sends the message with its size, in one write.
         """
-        proto, transport = self.login()
+        proto, transport = self.login(transport=WriteRecorder(peerAddress=LOOPBACK))
+        transport.writes.clear()
         self.assertEqual(self.send(proto, transport, b"RETR 1\r\n"), b"+OK %d octets\r\n" % (len(MSG1),) + MSG1 + b".\r\n")
-        flags = {i.uid: i.flags for i in self.successResultOf(self.inbox.listMessages())}
-        self.assertIn("\\Seen", flags[self.uids()[0]])
-        self.assertNotIn("\\Seen", flags[self.uids()[1]])
+        self.assertEqual(len(transport.writes), 1)
 
-    def test_retrFlagsOnce(self) -> None:
+    def test_pipelinedRetrs(self) -> None:
         """
-        RETR asks the store to flag a message \\Seen only when it is not
-        already: no store round trip for a message seen before the login or
-        retrieved earlier in the session.
+        Pipelined RETRs are answered in order, one write each, whatever
+        else comes between them.
         """
-        self.successResultOf(self.inbox.setFlags([self.uids()[1]], ["\\Seen"], "add"))
+        proto, transport = self.login(transport=WriteRecorder(peerAddress=LOOPBACK))
+        transport.writes.clear()
+        reply = self.send(proto, transport, b"RETR 1\r\nRETR 3\r\nNOOP\r\nRETR 2\r\n")
+        self.assertEqual(reply, b"+OK %d octets\r\n" % (len(MSG1),) + MSG1 + b".\r\n"
+                         + b"+OK %d octets\r\n" % (len(MSG3),) + MSG3 + b"\r\n.\r\n+OK\r\n"
+                         + b"+OK %d octets\r\n" % (len(MSG2),) + MSG2.replace(b"\n.", b"\n..") + b".\r\n")
+        self.assertEqual(len(transport.writes), 4)
+
+    def test_retrSeenAtQuit(self) -> None:
+        """
+        RETR changes nothing in the mailbox; QUIT flags \\Seen the messages
+        retrieved, except those deleted, in one setFlags call that leaves
+        out those already seen (Dovecot's UPDATE state does the same).
+        """
+        uids = self.uids()
+        self.successResultOf(self.inbox.setFlags([uids[1]], ["\\Seen"], "add"))
         calls: List[Any] = []
         real = self.inbox.setFlags
 
@@ -581,12 +619,84 @@ class TransactionTests(POP3TestsMixin, SynchronousTestCase):
 
         self.inbox.setFlags = counting  # type: ignore[method-assign]
         self.addCleanup(setattr, self.inbox, "setFlags", real)
+        self.successResultOf(self.inbox.append(BytesIO(MSG1)))
+        uids = self.uids()
         proto, transport = self.login()
-        for command in (b"RETR 1\r\n", b"RETR 1\r\n", b"RETR 2\r\n"):
-            self.assertTrue(self.send(proto, transport, command).startswith(b"+OK"))
-        self.assertEqual(calls, [([self.uids()[0]], ["\\Seen"], "add")])
-        flags = {i.uid: i.flags for i in self.successResultOf(self.inbox.listMessages())}
-        self.assertIn("\\Seen", flags[self.uids()[0]])
+        for command in (b"RETR 1", b"RETR 1", b"RETR 2", b"RETR 3", b"TOP 4 1", b"DELE 3"):
+            self.assertTrue(self.send(proto, transport, command + b"\r\n").startswith(b"+OK"))
+        self.assertEqual(calls, [])
+        self.assertEqual([("\\Seen" in f) for f in self.flags()], [False, True, False, False])
+        self.assertEqual(self.send(proto, transport, b"QUIT\r\n"), b"+OK mailplat signing off (3 messages left)\r\n")
+        self.assertEqual(calls, [([uids[0]], ["\\Seen"], "add")])
+        self.assertEqual(self.uids(), [uids[0], uids[1], uids[3]])
+        self.assertEqual([("\\Seen" in f) for f in self.flags()], [True, True, False])
+
+    def test_retrConnectionLost(self) -> None:
+        """
+        A session that ends without QUIT flags nothing \\Seen.
+        """
+        proto, transport = self.login()
+        self.send(proto, transport, b"RETR 1\r\nRETR 2\r\n")
+        self.lose(proto, transport)
+        self.assertEqual(self.flags(), [frozenset()] * 3)
+        self.successResultOf(self.inbox.lockExclusive())()
+
+    def test_retrRset(self) -> None:
+        """
+        RSET forgets what was retrieved: QUIT then flags only what RETR
+        sent after it.
+        """
+        proto, transport = self.login()
+        self.send(proto, transport, b"RETR 1\r\nRSET\r\nRETR 2\r\nQUIT\r\n")
+        self.assertEqual([("\\Seen" in f) for f in self.flags()], [False, True, False])
+
+    def test_seenFailsAtQuit(self) -> None:
+        """
+        When the \\Seen flags cannot be set, QUIT still removes what was
+        deleted and answers +OK (nothing the client asked for is lost); the
+        failure is logged.
+        """
+        self.inbox.setFlags = lambda *a, **k: defer.fail(OSError("disk gone"))  # type: ignore[method-assign]
+        proto, transport = self.login()
+        self.send(proto, transport, b"RETR 1\r\nDELE 2\r\n")
+        self.assertEqual(self.send(proto, transport, b"QUIT\r\n"), b"+OK mailplat signing off (2 messages left)\r\n")
+        self.assertEqual(len(self.uids()), 2)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.successResultOf(self.inbox.lockExclusive())()
+
+    def test_pipelinedRetrsWaitForTheTransport(self) -> None:
+        """
+        Pipelined RETRs wait while the transport's buffer is full (the
+        session is its producer): a client that does not read holds at
+        most about one buffer and one message of replies, and past
+        MAX_PENDING_LINES queued lines the session stops reading.
+        """
+        body = b"Subject: mid\r\n\r\n" + b"x" * 20000 + b"\r\n"
+        self.successResultOf(self.inbox.append(BytesIO(body)))
+        proto, transport = self.login(transport=PausingTransport(peerAddress=LOOPBACK))
+        proto.dataReceived(b"RETR 4\r\n" * 100 + b"NOOP\r\n")
+        self.assertLessEqual(len(transport.value()), transport.bufferSize + len(body) + 100)
+        self.assertEqual(transport.producerState, "paused")
+        rounds = 0
+        while rounds < 1000 and not transport.drain().endswith(b".\r\n+OK\r\n"):
+            rounds += 1
+        reply = b"+OK %d octets\r\n" % (len(body),) + body + b".\r\n"
+        self.assertEqual(transport.received.getvalue(), reply * 100 + b"+OK\r\n")
+        self.assertGreater(rounds, 10)
+        self.assertLessEqual(transport.largestBuffer, transport.bufferSize + len(body) + 100)
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_quitUnregisters(self) -> None:
+        """
+        The session is the transport's producer until it closes the
+        connection (a paused producer would hold the close back).
+        """
+        proto, transport = self.login()
+        self.assertIs(transport.producer, proto)
+        self.assertTrue(transport.streaming)
+        self.send(proto, transport, b"QUIT\r\n")
+        self.assertIsNone(transport.producer)
+        self.assertTrue(transport.disconnecting)
 
     def test_retrByteStuffing(self) -> None:
         """
@@ -833,7 +943,12 @@ class TransactionTests(POP3TestsMixin, SynchronousTestCase):
         traceback on the wire; the session goes on.
         """
         proto, transport = self.login()
-        self.inbox.openMessage = lambda uid: defer.fail(RuntimeError("boom"))
+
+        def boom(*args: Any) -> Any:
+            raise RuntimeError("boom")
+
+        self.inbox.openMessage = lambda uid: defer.maybeDeferred(boom)
+        self.inbox.readMessage = boom
         self.assertEqual(self.send(proto, transport, b"RETR 1\r\n"), b"-ERR [SYS/TEMP] Internal error\r\n")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(self.send(proto, transport, b"NOOP\r\n"), b"+OK\r\n")
@@ -858,6 +973,14 @@ class TransactionTests(POP3TestsMixin, SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
         self.assertEqual(proto.state, server.AUTHORIZATION)
         self.successResultOf(self.inbox.lockExclusive())()
+
+
+class StreamedTransactionTests(TransactionTests):
+    """
+    The same, with every message streamed (L{POP3TestsMixin.streamed}).
+    """
+
+    streamed = True
 
 
 class ErrorLimitTests(POP3TestsMixin, SynchronousTestCase):
@@ -1050,10 +1173,8 @@ class StreamingTests(POP3TestsMixin, SynchronousTestCase):
         transport.clear()
         proto.dataReceived(b"RETR 4\r\nNOOP\r\n")
         rounds = 0
-        while transport.producer is not None:
-            transport.drain()
+        while rounds < 1000 and not transport.drain().endswith(b".\r\n+OK\r\n"):
             rounds += 1
-        transport.drain()
         received = transport.received.getvalue()
         header = b"+OK %d octets\r\n" % (len(body),)
         expected = header + b"\r\n".join(
@@ -1064,6 +1185,7 @@ class StreamingTests(POP3TestsMixin, SynchronousTestCase):
         self.assertLessEqual(transport.largestBuffer, 2 * server.CHUNK_SIZE + 100)
         self.assertEqual(set(files[0].reads), {server.CHUNK_SIZE})
         self.assertTrue(files[0].closed)
+        proto.dataReceived(b"QUIT\r\n")
         flags = [i.flags for i in self.successResultOf(self.inbox.listMessages()) if i.uid == uid][0]
         self.assertIn("\\Seen", flags)
 
@@ -1081,6 +1203,26 @@ class StreamingTests(POP3TestsMixin, SynchronousTestCase):
         self.assertEqual(
             reply,
             b"+OK %d octets\r\n" % (len(body),) + first + b"..dot\r\n" + b"b" * (server.CHUNK_SIZE - 1) + b"\r\n..\r\n.\r\n",
+        )
+
+    def test_smallAndBigInOrder(self) -> None:
+        """
+        Small messages answered at once and a big one streamed, pipelined,
+        come out in the order asked.
+        """
+        body = self.bigMessage()
+        self.successResultOf(self.inbox.append(BytesIO(body)))
+        proto, transport = self.login(transport=PausingTransport(peerAddress=LOOPBACK))
+        proto.dataReceived(b"RETR 1\r\nRETR 4\r\nRETR 3\r\nNOOP\r\n")
+        rounds = 0
+        while rounds < 1000 and not transport.drain().endswith(b".\r\n+OK\r\n"):
+            rounds += 1
+        stuffed = b"\r\n".join(b"." + l if l.startswith(b".") else l for l in body.split(b"\r\n"))
+        self.assertEqual(
+            transport.received.getvalue(),
+            b"+OK %d octets\r\n" % (len(MSG1),) + MSG1 + b".\r\n"
+            + b"+OK %d octets\r\n" % (len(body),) + stuffed + b".\r\n"
+            + b"+OK %d octets\r\n" % (len(MSG3),) + MSG3 + b"\r\n.\r\n+OK\r\n",
         )
 
     def test_connectionLostWhileStreaming(self) -> None:
@@ -1106,6 +1248,39 @@ class StreamingTests(POP3TestsMixin, SynchronousTestCase):
         self.lose(proto, transport)
         self.assertTrue(files[0].closed)
         self.assertNotIn("\\Seen", self.successResultOf(self.inbox.listMessages())[3].flags)
+        self.successResultOf(self.inbox.lockExclusive())()
+
+    def test_readErrorBeforeAnyText(self) -> None:
+        """
+        A message whose first read fails is answered [SYS/TEMP], as nothing
+        of it was sent, and the session goes on.
+        """
+        class Broken(BytesIO):
+            def read(self, size=-1):
+                raise OSError("bad sector")
+
+        self.inbox.openMessage = lambda uid: defer.succeed(Broken())
+        self.patch(server, "SMALL_MESSAGE", -1)
+        proto, transport = self.login()
+        self.assertEqual(self.send(proto, transport, b"RETR 1\r\n"), server._INTERNAL_ERROR + b"\r\n")
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(self.send(proto, transport, b"NOOP\r\n"), b"+OK\r\n")
+
+    def test_timeoutWhileStreaming(self) -> None:
+        """
+        A client that stops reading in the middle of a big message is
+        disconnected by the idle timeout, with no error line written into
+        the message's text.
+        """
+        self.successResultOf(self.inbox.append(BytesIO(self.bigMessage())))
+        proto, transport = self.login(transport=PausingTransport(peerAddress=LOOPBACK))
+        proto.dataReceived(b"RETR 4\r\n")
+        self.assertTrue(transport.value().startswith(b"+OK "))
+        self.clock.advance(600)
+        self.assertTrue(transport.disconnecting)
+        self.assertNotIn(b"-ERR", transport.value())
+        self.lose(proto, transport)
         self.successResultOf(self.inbox.lockExclusive())()
 
     def test_readErrorMidStream(self) -> None:
@@ -1159,6 +1334,17 @@ class HelperTests(SynchronousTestCase):
         An empty message is just the terminator.
         """
         self.assertEqual(self.feedAll([b""]), b".\r\n")
+        self.assertEqual(server.multiLineResponse(b"+OK\r\n", b""), b"+OK\r\n.\r\n")
+
+    def test_wholeMessageAsStreamed(self) -> None:
+        """
+        L{server.multiLineResponse}, for a message read whole, gives what
+        the L{DotStuffer} gives for it in pieces, after the status line.
+        """
+        for text in (b".", b"\n", b"\r", b"a", b".a\r\n", b"a\r\n.", b"a\r\n.\r\n", b"..\r\n..",
+                     b"x\r\n\r\n.\r\n..\r\nend", b"no newline", b"bare LF\n.dot\n", b"CR at end\r"):
+            self.assertEqual(server.multiLineResponse(b"+OK\r\n", text),
+                             b"+OK\r\n" + self.feedAll([text[:1], text[1:]]), text)
 
     def test_topEverySplit(self) -> None:
         """
