@@ -703,3 +703,76 @@ class DecodedTextTests(unittest.TestCase):
         self.assertTrue(parsed.textContains("s@example.com"))
         self.assertTrue(parsed.textContains("plain BODY"))
         self.assertFalse(parsed.textContains("nowhere"))
+
+
+class HeaderOnlyTests(unittest.TestCase):
+    """
+    L{headerEnd} and L{fieldValues} read a header as L{parseMessage}
+    does, from the header block alone.
+    """
+
+    PIECES = [
+        b"From: a@b\r\n", b"from : x\r\n", b"Subject: =?utf-8?q?caf=C3=A9?=\r\n", b" continued\r\n", b"\tmore\r\n",
+        b"\r\n", b"\n", b"X-Bad line\r\n", b"To:\r\n", b"Subject:a\nb\n", b"body text\r\n", b"\r", b":x\r\n",
+        b"Cc: a, b\r\n", b"SUBJECT:  Two  \r\n", b"x" * 1001 + b": y\r\n", b"y" * 999 + b": z\r\n",
+        b"z" * 998 + b"  : w\n", b"From:\xff\xfe\r\n", b"Received: from x\r\n by y\r\n", b" leading\r\n",
+        b"Subject\t: tab\r\n", b"Sub ject: no\r\n", b"From: q", b"\x00x: y\n",
+    ]
+    NAMES = ["from", "subject", "to", "cc", "received", "x-bad", "", "sub ject", "x" * 1001, "y" * 999, "caf\xe9"]
+
+    def test_sameAsWholeParse(self) -> None:
+        """
+        On messages made of well- and ill-formed header lines, the values
+        of every field from the header block are those of the whole
+        parse, and a prefix of the message gives either "read more" (-1)
+        or the same end.
+        """
+        import random
+
+        from mailplat.imap.structure import fieldValues, headerEnd
+
+        rng = random.Random(7)
+        for trial in range(1500):
+            data = b"".join(rng.choice(self.PIECES) for _ in range(rng.randint(0, 8)))
+            parsed = parseMessage(data)
+            end = headerEnd(data, True)
+            for name in self.NAMES:
+                self.assertEqual(fieldValues(data[:end], name), parsed.headerValues(name), (data, name))
+            for cut in range(len(data) + 1):
+                self.assertIn(headerEnd(data[:cut], False), (-1, end), (data, cut))
+
+    def test_headerEnd(self) -> None:
+        """
+        The header ends before the blank line, or before the first line
+        that is not part of a field; without the rest of the message a
+        header that may go on asks for more.
+        """
+        from mailplat.imap.structure import headerEnd
+
+        self.assertEqual(headerEnd(SIMPLE, False), SIMPLE.index(b"\r\n\r\n") + 2)
+        self.assertEqual(headerEnd(b"A: b\r\nnot a field\r\nC: d\r\n\r\n", False), 6)
+        self.assertEqual(headerEnd(b"A: b\r\n", False), -1)
+        self.assertEqual(headerEnd(b"A: b\r\n", True), 6)
+        self.assertEqual(headerEnd(b"A: b\r\nC", False), -1)
+
+    def test_fieldLineLimits(self) -> None:
+        """
+        A field's colon must be within the first 1,001 octets of its line
+        (blanks before it allowed), its name printable without a colon; a
+        line that is not a field ends the header, and its body starts
+        there.
+        """
+        def header(data: bytes) -> bytes:
+            return parseMessage(data).section((), "HEADER")
+
+        ok = b"y" * 999 + b": z\r\n"
+        self.assertEqual(parseMessage(ok + b"\r\nb").headerValues("y" * 999), ["z"])
+        blanks = b"z" * 998 + b"  : w\r\n"
+        self.assertEqual(parseMessage(blanks).headerValues("z" * 998), ["w"])
+        tooFar = b"z" * 998 + b"   : w\r\n"
+        self.assertEqual(header(b"A: b\r\n" + tooFar + b"C: d\r\n"), b"A: b\r\n")
+        self.assertEqual(header(b" leading\r\nA: b\r\n\r\nx"), b"")
+        self.assertEqual(header(b"A: b\r\n cont\r\n\r\nx"), b"A: b\r\n cont\r\n\r\n")
+        self.assertEqual(parseMessage(b"A: b\r\n cont\r\n\r\nx").headerValues("a"), ["b cont"])
+        self.assertEqual(header(b"A: b\r\nB c: d\r\n\r\n"), b"A: b\r\n")
+        self.assertEqual(header(b"A : b\r\n\n"), b"A : b\r\n\n")

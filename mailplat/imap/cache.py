@@ -20,14 +20,21 @@ import email.utils
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from twisted.internet import defer
 
-from mailplat.imap.search import searchText
-from mailplat.imap.structure import ParsedMessage, _parseAddresses, decodeHeaderText
+from mailplat.imap.search import FoldedValues, searchText
+from mailplat.imap.structure import (
+    ParsedMessage,
+    addressList,
+    decodeHeaderText,
+    fieldValues,
+    headerEnvelope,
+    parseMessage,
+)
 
-__all__ = ["MessageSummary", "MessageCache", "summarize", "baseSubject"]
+__all__ = ["MessageSummary", "HeaderSummary", "MessageCache", "summarize", "summarizeHeader", "baseSubject"]
 
 CacheKey = Tuple[str, str, int, int]
 
@@ -40,8 +47,10 @@ class MessageSummary:
     The parsed answers about one message.
 
     @ivar envelope: ENVELOPE in wire form.
-    @ivar bodyStructure: BODYSTRUCTURE in wire form.
-    @ivar body: BODY (non-extensible structure) in wire form.
+    @ivar bodyStructure: BODYSTRUCTURE in wire form; L{None} in a summary
+        made from the header alone (L{summarizeHeader}).
+    @ivar body: BODY (non-extensible structure) in wire form; L{None} with
+        C{bodyStructure}.
     @ivar baseSubject: the RFC 5256 base subject, case-folded.
     @ivar isReply: the subject had a reply/forward leader or trailer.
     @ivar sentDate: the Date: field as a POSIX timestamp, L{None} when
@@ -60,8 +69,8 @@ class MessageSummary:
     """
 
     envelope: bytes
-    bodyStructure: bytes
-    body: bytes
+    bodyStructure: Optional[bytes]
+    body: Optional[bytes]
     baseSubject: str
     isReply: bool
     sentDate: Optional[float]
@@ -153,7 +162,7 @@ def baseSubject(subject: str) -> Tuple[str, bool]:
 def _firstMailbox(raw: Optional[bytes]) -> str:
     if raw is None:
         return ""
-    for address in _parseAddresses(raw):
+    for address in addressList(raw):
         if address.mailbox is not None and address.host is not None:
             return address.mailbox.casefold()
     return ""
@@ -165,9 +174,83 @@ def _ids(raw: Optional[bytes]) -> Tuple[str, ...]:
     return tuple(_MSGID.findall(raw.decode("latin-1")))
 
 
-def summarize(parsed: ParsedMessage) -> MessageSummary:
+class HeaderSummary:
+    """
+    What a message's header block alone (as L{headerEnd
+    <mailplat.imap.structure.headerEnd>} delimits it) answers, worked out
+    when asked: the ENVELOPE by itself (all a first C{FETCH 1:*
+    (ENVELOPE)} of a mailbox nobody summarised needs), a header field's
+    values by themselves, and the rest of a L{MessageSummary} (sort and
+    thread keys) the first time one of them is asked for (L{full}).  It
+    has no body structure: C{bodyStructure} and C{body} are L{None}.  It
+    lives in memory only (the message index keeps whole summaries).
+    """
+
+    __slots__ = ("header", "_envelope", "_full")
+
+    bodyStructure = None
+    body = None
+
+    def __init__(self, header: bytes) -> None:
+        self.header = header
+        self._envelope: Optional[bytes] = None
+        self._full: Optional[MessageSummary] = None
+
+    @property
+    def envelope(self) -> bytes:
+        """
+        ENVELOPE in wire form.
+        """
+        if self._envelope is None:
+            self._envelope = self._full.envelope if self._full is not None else headerEnvelope(self.header)
+        return self._envelope
+
+    def full(self) -> MessageSummary:
+        """
+        The L{MessageSummary} of the header (L{summarizeHeader}), made
+        once.
+        """
+        if self._full is None:
+            self._full = summarizeHeader(self.header, self._envelope)
+        return self._full
+
+    def headerValues(self, name: str) -> List[str]:
+        """
+        The decoded values of the top-level fields C{name} (lower case),
+        as L{MessageSummary.headerValues} gives them (every field is
+        here).
+        """
+        return fieldValues(self.header, name)
+
+    def __getattr__(self, name: str) -> Any:
+        # The other MessageSummary attributes (sort and thread keys).
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.full(), name)
+
+
+#: What the cache holds for a message.
+Summary = Union[MessageSummary, HeaderSummary]
+
+
+def summarizeHeader(header: bytes, envelope: Optional[bytes] = None) -> MessageSummary:
+    """
+    The L{MessageSummary} of a message from its header block alone (see
+    L{headerEnd<mailplat.imap.structure.headerEnd>}): everything but the
+    body structure (C{bodyStructure} and C{body} are L{None}).
+
+    @param envelope: the header's ENVELOPE when already worked out.
+    """
+    return summarize(parseMessage(header + b"\r\n"), structure=False, envelope=envelope)
+
+
+def summarize(parsed: ParsedMessage, structure: bool = True, envelope: Optional[bytes] = None) -> MessageSummary:
     """
     Compute a message's L{MessageSummary} from its parse.
+
+    @param structure: compute the body structure too (else it is
+        L{None}: the parse holds the header only).
+    @param envelope: the message's ENVELOPE when already worked out.
     """
     root = parsed._root
     subjectRaw = root.fieldValue("subject")
@@ -188,9 +271,9 @@ def summarize(parsed: ParsedMessage) -> MessageSummary:
         references = _ids(root.fieldValue("in-reply-to"))[:1]
     headers, allHeaders = _decodedHeaders(parsed)
     return MessageSummary(
-        envelope=parsed.envelope(),
-        bodyStructure=parsed.bodyStructure(True),
-        body=parsed.bodyStructure(False),
+        envelope=parsed.envelope() if envelope is None else envelope,
+        bodyStructure=parsed.bodyStructure(True) if structure else None,
+        body=parsed.bodyStructure(False) if structure else None,
         baseSubject=base,
         isReply=isReply,
         sentDate=sent,
@@ -224,14 +307,16 @@ class MessageCache:
         """
         self.maxEntries = maxEntries
         self.index = index
-        self._entries: "OrderedDict[CacheKey, MessageSummary]" = OrderedDict()
+        self._entries: "OrderedDict[CacheKey, Summary]" = OrderedDict()
+        self._headers: "OrderedDict[CacheKey, bytes]" = OrderedDict()
+        self._columns: "OrderedDict[Tuple[str, str, int, str], Dict[int, FoldedValues]]" = OrderedDict()
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: CacheKey) -> Optional[MessageSummary]:
+    def get(self, key: CacheKey) -> Optional[Summary]:
         """
         The summary kept for C{key}, or L{None}.
         """
@@ -243,14 +328,64 @@ class MessageCache:
         self.hits += 1
         return summary
 
-    def put(self, key: CacheKey, summary: MessageSummary) -> None:
+    def peek(self, key: CacheKey) -> Optional[Summary]:
+        """
+        The summary kept for C{key}, or L{None}, without counting the
+        lookup or making the entry recently used (for a pass over a whole
+        mailbox, which says nothing about which entries matter).
+        """
+        return self._entries.get(key)
+
+    def put(self, key: CacheKey, summary: Summary) -> None:
         """
         Keep C{summary}, dropping the least recently used beyond the bound.
+        A summary from the header alone (L{HeaderSummary}) stays in memory
+        only: the message index keeps whole summaries (L{remember}).
         """
         self._entries[key] = summary
         self._entries.move_to_end(key)
         while len(self._entries) > self.maxEntries:
             self._entries.popitem(last=False)
+
+    def header(self, key: CacheKey) -> Optional[bytes]:
+        """
+        The header block kept for C{key} by L{keepHeader}, or L{None}.
+        """
+        return self._headers.get(key)
+
+    def keepHeader(self, key: CacheKey, header: bytes) -> None:
+        """
+        Keep the header block (the top-level fields, as
+        L{headerEnd<mailplat.imap.structure.headerEnd>} delimits them) of
+        a message read for a header search, so that a search on another
+        field does not read the message again; at most C{maxEntries} are
+        kept, the least recently kept dropped first.
+        """
+        self._headers[key] = header
+        self._headers.move_to_end(key)
+        while len(self._headers) > self.maxEntries:
+            self._headers.popitem(last=False)
+
+    def column(self, prefix: Tuple[str, str, int], name: str) -> Dict[int, FoldedValues]:
+        """
+        The case-folded decoded values of the header field C{name}
+        (lower case) of the messages of the mailbox C{prefix} (account,
+        mailbox, UIDVALIDITY), by UID, as far as they are known: header
+        SEARCH matches in these without a lookup per message in the
+        summaries, and adds the UIDs it lacked.  A message's values never
+        change under its key, so entries never go stale.  When a column is
+        made and the columns hold more than twice C{maxEntries} values in
+        all, the least recently used are dropped.
+        """
+        key = prefix + (name,)
+        column = self._columns.get(key)
+        if column is None:
+            column = self._columns[key] = {}
+            total = sum(len(c) for c in self._columns.values())
+            while total > 2 * self.maxEntries and len(self._columns) > 1:
+                total -= len(self._columns.popitem(last=False)[1])
+        self._columns.move_to_end(key)
+        return column
 
     def remember(self, key: CacheKey, parsed: ParsedMessage) -> MessageSummary:
         """
@@ -301,5 +436,8 @@ class MessageCache:
             summary = self._entries.get(source + (old,))
             if summary is not None:
                 self.put(target + (new,), summary)
+            header = self._headers.get(source + (old,))
+            if header is not None:
+                self.keepHeader(target + (new,), header)
         if self.index is not None and pairs:
             self.index.copy(source, target, pairs)

@@ -556,7 +556,8 @@ class MessageIndex:
             if row[0] == "add" and row[1][:3] == prefix and row[1][3] in wanted:
                 found[row[1][3]] = row[2]
         rest = wanted.difference(found)
-        if not rest:
+        if not rest or not os.path.exists(self.pathFor(prefix[0])):
+            # (No file yet: nothing to read, and no reason to make one.)
             return defer.succeed(found)
 
         def op(database: _Database, db: sqlite3.Connection) -> Dict[int, MessageSummary]:

@@ -46,7 +46,20 @@ class BadCharset(ValueError):
     """
 
 
-@dataclass
+#: A header field's values in a message, decoded and case-folded: one
+#: C{str} for the usual one field, else a tuple (empty when absent).
+FoldedValues = Union[str, Tuple[str, ...]]
+
+
+def foldValues(values: List[str]) -> FoldedValues:
+    """
+    The L{FoldedValues} of a field's decoded values.
+    """
+    if len(values) == 1:
+        return values[0].casefold()
+    return tuple(v.casefold() for v in values)
+
+
 class SearchContext:
     """
     What a search program is matched against: one message of the selected
@@ -58,37 +71,58 @@ class SearchContext:
     @ivar recent: whether it is \\Recent in this session.
     @ivar maxSeq: the number of messages (what C{*} means in a sequence set).
     @ivar maxUid: the highest UID in the mailbox (C{*} in a UID set).
-    @ivar message: returns the parsed message; only called when the query
-        L{needs it<SearchQuery.needsMessage>}, and at most once per context
-        (the result is kept).
     @ivar headers: when given, returns the decoded values of a top-level
         header field (lower-case name) from the message's cached summary,
         or L{None} when the summary does not hold that field; header keys
         ask it first and parse the message only when it cannot answer.
+    @ivar texts: the answers of a full-text index, by TEXT/BODY key: the
+        UIDs each matches.
+    @ivar columns: when given, the L{FoldedValues} of header fields by
+        lower-case name, then by UID, for every message searched: header
+        keys look there before anything else.
     """
 
-    seq: int
-    uid: int
-    info: IMessageInfo
-    recent: bool
-    maxSeq: int
-    maxUid: int
-    message: Optional[Callable[[], ParsedMessage]] = None
-    headers: Optional[Callable[[str], Optional[List[str]]]] = None
-    texts: Optional[Dict[Any, Container[int]]] = None
+    __slots__ = ("seq", "uid", "info", "recent", "maxSeq", "maxUid", "headers", "texts", "columns", "_loader", "_parsed")
 
-    def __post_init__(self) -> None:
-        loader = self.message
-        cache: List[ParsedMessage] = []
+    def __init__(
+        self,
+        seq: int,
+        uid: int,
+        info: IMessageInfo,
+        recent: bool,
+        maxSeq: int,
+        maxUid: int,
+        message: Optional[Callable[[], ParsedMessage]] = None,
+        headers: Optional[Callable[[str], Optional[List[str]]]] = None,
+        texts: Optional[Dict[Any, Container[int]]] = None,
+        columns: Optional[Dict[str, Dict[int, FoldedValues]]] = None,
+    ) -> None:
+        """
+        @param message: returns the parsed message; only called when the
+            query L{needs it<SearchQuery.needsMessage>}, and at most once
+            (L{message} keeps the result).
+        """
+        self.seq = seq
+        self.uid = uid
+        self.info = info
+        self.recent = recent
+        self.maxSeq = maxSeq
+        self.maxUid = maxUid
+        self.headers = headers
+        self.texts = texts
+        self.columns = columns
+        self._loader = message
+        self._parsed: Optional[ParsedMessage] = None
 
-        def load() -> ParsedMessage:
-            if not cache:
-                if loader is None:
-                    raise ValueError("this search needs the message but no loader was given")
-                cache.append(loader())
-            return cache[0]
-
-        self.message = load
+    def message(self) -> ParsedMessage:
+        """
+        The parsed message, loaded at the first call.
+        """
+        if self._parsed is None:
+            if self._loader is None:
+                raise ValueError("this search needs the message but no loader was given")
+            self._parsed = self._loader()
+        return self._parsed
 
 
 class _Key(abc.ABC):
@@ -180,7 +214,6 @@ class _SentDate(_Key):
         self.op = op
 
     def matches(self, ctx: SearchContext) -> bool:
-        assert ctx.message is not None
         day = ctx.message().sentDate()
         if day is None:
             return False
@@ -203,9 +236,17 @@ class _Header(_Key):
         self.needle = needle.casefold()
 
     def matches(self, ctx: SearchContext) -> bool:
+        columns = ctx.columns
+        if columns is not None:
+            column = columns.get(self.name)
+            if column is not None:
+                folded = column.get(ctx.uid)
+                if folded is not None:
+                    if folded.__class__ is str:
+                        return self.needle in folded  # type: ignore[operator]
+                    return any(self.needle in v for v in folded)
         values = ctx.headers(self.name) if ctx.headers is not None else None
         if values is None:
-            assert ctx.message is not None
             values = ctx.message().headerValues(self.name)
         return any(self.needle in v.casefold() for v in values)
 
@@ -233,7 +274,6 @@ class _Body(_Key):
             hits = ctx.texts.get(self)
             if hits is not None:
                 return ctx.uid in hits
-        assert ctx.message is not None
         if self.text:
             return ctx.message().textContains(self.needle)
         return ctx.message().bodyContains(self.needle)
@@ -322,6 +362,15 @@ class SearchQuery:
         """
         out: List[_Body] = []
         _walk(self._root, lambda k: out.append(k) if isinstance(k, _Body) and k.indexable else None)
+        return out
+
+    def headerFields(self) -> List[str]:
+        """
+        The lower-case names of the header fields the program's header
+        keys (FROM, TO, CC, BCC, SUBJECT, HEADER) look at, each once.
+        """
+        out: List[str] = []
+        _walk(self._root, lambda k: out.append(k.name) if isinstance(k, _Header) and k.name not in out else None)
         return out
 
     def needsGiven(self, answered: Container[Any]) -> Tuple[bool, bool]:

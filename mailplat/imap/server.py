@@ -18,11 +18,13 @@ L{CommandFramer} (and the transport is paused if too much piles up).
 
 import base64
 import bisect
+import functools
+import itertools
 import re
 import zlib
 from array import array
 from io import BytesIO
-from typing import IO, Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import IO, Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import LoginFailed
@@ -71,7 +73,15 @@ from mailplat.imap.parser import (
 )
 from mailplat.imap.sequence import SequenceSet, SequenceSetError, parseSequenceSet
 from mailplat.imap.wire import astring, literal, string
-from mailplat.interfaces import HIERARCHY_DELIMITER, SPECIAL_USE, IAccount, IMailbox, IMailboxListener, IMessageInfo
+from mailplat.interfaces import (
+    HIERARCHY_DELIMITER,
+    SPECIAL_USE,
+    IAccount,
+    IMailbox,
+    IMailboxListener,
+    IMessageInfo,
+    IMessageReader,
+)
 from mailplat.mailbox import validateMailboxName
 
 __all__ = ["IMAPServer", "IMAPFactory"]
@@ -85,6 +95,12 @@ LOGOUT = "logout"
 
 # Bodies longer than this are sent from the file with a pull producer.
 STREAM_THRESHOLD = 256 * 1024
+# A header SEARCH reads the headers of this many uncached messages per
+# turn of the reactor.
+HEADER_BATCH = 1000
+# Octets of a message read first for its header (doubled while the
+# header goes on).
+HEADER_READ = 8192
 # Literals of APPEND longer than this are collected in a temporary file.
 SPOOL_THRESHOLD = 64 * 1024
 # Failed logins before the connection is closed.
@@ -144,11 +160,48 @@ def _safe(text: str) -> bytes:
     return text.encode("ascii", "backslashreplace")
 
 
-def _flagsWire(flags: Iterable[str], recent: bool = False) -> bytes:
+def _formatFlags(flags: Iterable[str], recent: bool) -> bytes:
     ordered = sorted(flags, key=lambda f: (not f.startswith("\\"), f.lower()))
     if recent:
         ordered.append("\\Recent")
     return b"(" + " ".join(ordered).encode("utf-8", "replace") + b")"
+
+
+# The wire form of each flag set seen, without and with \Recent: a big
+# mailbox has few distinct flag sets, so FETCH FLAGS formats each once.
+_FLAGS_WIRE: Tuple[Dict[FrozenSet[str], bytes], Dict[FrozenSet[str], bytes]] = ({}, {})
+# Distinct flag sets remembered before the memo starts again (keywords
+# can make many).
+_FLAGS_WIRE_LIMIT = 4096
+
+
+def _flagsWire(flags: Iterable[str], recent: bool = False) -> bytes:
+    """
+    A flag list in wire form, system flags first, with C{\\Recent} when
+    C{recent}; memoised for the C{frozenset}s L{IMessageInfo} holds.
+    """
+    if flags.__class__ is not frozenset:
+        return _formatFlags(flags, recent)
+    memo = _FLAGS_WIRE[recent]
+    wire = memo.get(flags)  # type: ignore[call-overload]
+    if wire is None:
+        if len(memo) >= _FLAGS_WIRE_LIMIT:
+            memo.clear()
+        wire = memo[flags] = _formatFlags(flags, recent)  # type: ignore[index]
+    return wire
+
+
+# FETCH items the store's L{IMessageInfo} answers alone, with their
+# response format.
+_INFO_ITEMS = {
+    "UID": b"UID %d",
+    "FLAGS": b"FLAGS %s",
+    "MODSEQ": b"MODSEQ (%d)",
+    "RFC822.SIZE": b"RFC822.SIZE %d",
+    "INTERNALDATE": b"INTERNALDATE %s",
+}
+# Octets of FETCH responses gathered before they are written.
+_WRITE_BATCH = 256 * 1024
 
 
 def _mailboxWire(name: str) -> bytes:
@@ -184,6 +237,8 @@ class SelectedView:
         (RFC 3501 7.4.1 defers EXPUNGE responses during FETCH, STORE and
         SEARCH).
     @ivar dirty: a change notification arrived since the last sync.
+    @ivar cachePrefix: the account, mailbox and UIDVALIDITY part of the
+        message cache's keys (L{IMAPServer._cacheKey}), once worked out.
     @ivar generation: bumped by every change notification (and by this
         session's own expunges); the last listing of the mailbox is reused
         for FETCH, STORE and SEARCH while it is unchanged, so a command on
@@ -203,6 +258,7 @@ class SelectedView:
         self.ghosts: Set[int] = set()
         self.dirty = False
         self.generation = 0
+        self.cachePrefix: Optional[Tuple[str, str, int]] = None
         self._listing: Optional[List[IMessageInfo]] = None
         self._listingUids = array("I")
         self._listingGeneration = -1
@@ -254,6 +310,21 @@ class SelectedView:
             if i < len(listingUids) and listingUids[i] == u:
                 out[u] = listing[i]
         return out
+
+    def infosAt(self, indexes: Sequence[int]) -> List[Optional[IMessageInfo]]:
+        """
+        From the kept (current) listing: the info of the message at each
+        of C{indexes} (sequence number - 1), or L{None} for one no longer
+        there.  When the listing holds exactly the view's messages (the
+        usual case) this is a lookup by position, with no per-UID search.
+        """
+        listing = self._listing
+        assert listing is not None
+        uids = self.uids
+        if self._listingUids == uids:
+            return [listing[i] for i in indexes]
+        byUid = dict(zip(self._listingUids, listing))
+        return [byUid.get(uids[i]) for i in indexes]
 
     def patchListing(self, infos: Iterable[IMessageInfo]) -> None:
         """
@@ -948,9 +1019,13 @@ class IMAPServer(Protocol):
         assert view is not None
         count = len(view.uids)
         if uid:
-            largest = view.uids[-1] if count else 0
-            found = list(seqset.numbers(largest, existing=view.uids))  # type: ignore[arg-type]
-            return [view.indexOf(u) for u in found]
+            # Each range of UIDs is a run of positions in the sorted view.
+            uids = view.uids
+            largest = uids[-1] if count else 0
+            indexes: List[int] = []
+            for low, high in seqset.resolve(largest):
+                indexes.extend(range(bisect.bisect_left(uids, low), bisect.bisect_right(uids, high)))
+            return indexes
         for low, high in seqset.ranges:
             for n in (low, high):
                 if n is not None and n > count:  # type: ignore[operator]
@@ -2184,7 +2259,6 @@ class IMAPServer(Protocol):
         view = self.view
         assert view is not None
         indexes = self._resolve(seqset, uid)
-        wanted = [(i, view.uids[i]) for i in indexes]
         if vanished:
             # Every message of the store counts as present, including any
             # that arrived since the last EXISTS.
@@ -2197,9 +2271,19 @@ class IMAPServer(Protocol):
             gone = self._vanishedEarlier(present, seqset, largest)
             if gone:
                 self._write(b"* VANISHED (EARLIER) " + gone)
+        if all(isinstance(a, FetchAttribute) and a.name in _INFO_ITEMS for a in atts):
+            complete = yield self._fetchInfoItems(view, indexes, [a.name for a in atts], changedSince)
+            if not complete:
+                raise IMAPError("Some of the requested messages no longer exist", b"EXPUNGEISSUED")
+            return b"FETCH completed"
+        wanted = [(i, view.uids[i]) for i in indexes]
         infos = yield self._currentInfos([u for _, u in wanted])
-        if any(isinstance(a, FetchAttribute) and a.name in ("ENVELOPE", "BODYSTRUCTURE", "BODY") for a in atts):
+        structural = {a.name for a in atts if isinstance(a, FetchAttribute) and a.name in ("ENVELOPE", "BODYSTRUCTURE", "BODY")}
+        if structural:
             yield self._loadSummaries(view, [u for _, u in wanted])
+            if structural == {"ENVELOPE"} and not any(isinstance(a, BodySection) for a in atts) and self.view is view:
+                # ENVELOPE needs the header only: no message read whole.
+                yield self._headerSummaries(view, [u for _, u in wanted if u in infos])
         if self.view is not view:
             return b"FETCH completed"
         if changedSince is not None:
@@ -2251,6 +2335,70 @@ class IMAPServer(Protocol):
             raise IMAPError("Some of the requested messages no longer exist", b"EXPUNGEISSUED")
         return b"FETCH completed"
 
+    @defer.inlineCallbacks
+    def _fetchInfoItems(
+        self, view: SelectedView, indexes: List[int], names: List[str], changedSince: Optional[int]
+    ) -> Any:
+        """
+        FETCH of items the listing answers alone (L{_INFO_ITEMS}: UID,
+        FLAGS, MODSEQ, RFC822.SIZE, INTERNALDATE), as one tight pass: each
+        item's values for every message at once, each flag set formatted
+        once (L{_flagsWire}), the lines joined and written in a few big
+        writes.
+
+        @param indexes: the positions (sequence number - 1) to answer.
+        @param names: the items, in the order asked.
+        @param changedSince: CHANGEDSINCE: only messages of a greater
+            modseq, and none reported missing.
+        @return: a Deferred firing with whether every message was there.
+        """
+        uids = view.uids
+        infos: List[Optional[IMessageInfo]]
+        if view.listing() is None:
+            byUid = yield self._currentInfos([uids[i] for i in indexes])
+            if self.view is not view:
+                return True
+        if view.listing() is not None:
+            infos = view.infosAt(indexes)
+        else:
+            # Changed while listing: answer from that listing anyway.
+            infos = [byUid.get(uids[i]) for i in indexes]
+        complete = True
+        ghosts = view.ghosts
+        # (all(): no info missing, tested without an == per message.)
+        if changedSince is not None or ghosts or not all(infos):
+            seqs, chosen = [], []
+            for i, info in zip(indexes, infos):
+                if info is None or uids[i] in ghosts:
+                    complete = complete and changedSince is not None
+                    continue
+                if changedSince is None or info.modseq > changedSince:
+                    seqs.append(i + 1)
+                    chosen.append(info)
+        else:
+            seqs, chosen = [i + 1 for i in indexes], infos  # type: ignore[assignment]
+        if not chosen:
+            return complete
+        recent = view.recent
+        columns: List[List[Any]] = [seqs]
+        for name in names:
+            if name == "UID":
+                columns.append([info.uid for info in chosen])
+            elif name == "FLAGS":
+                columns.append([_flagsWire(info.flags, info.uid in recent) for info in chosen])
+            elif name == "MODSEQ":
+                columns.append([info.modseq for info in chosen])
+            elif name == "RFC822.SIZE":
+                columns.append([info.size for info in chosen])
+            else:
+                columns.append([formatDateTime(info.internalDate) for info in chosen])
+        template = b"* %d FETCH (" + b" ".join(_INFO_ITEMS[name] for name in names) + b")\r\n"
+        lines = [template % row for row in zip(*columns)]
+        step = max(1, _WRITE_BATCH // len(lines[0]))
+        for n in range(0, len(lines), step):
+            self._writeRaw(b"".join(lines[n : n + step]))
+        return complete
+
     def _fetchQuick(
         self, view: SelectedView, index: int, info: IMessageInfo, atts: List[Any], addFlags: bool
     ) -> Optional[bytes]:
@@ -2284,9 +2432,9 @@ class IMAPServer(Protocol):
                         return None
                 if name == "ENVELOPE":
                     items.append(b"ENVELOPE " + summary.envelope)
-                elif name == "BODYSTRUCTURE":
+                elif name == "BODYSTRUCTURE" and summary.bodyStructure is not None:
                     items.append(b"BODYSTRUCTURE " + summary.bodyStructure)
-                elif name == "BODY":
+                elif name == "BODY" and summary.body is not None:
                     items.append(b"BODY " + summary.body)
                 else:
                     return None
@@ -2308,8 +2456,11 @@ class IMAPServer(Protocol):
         turned out to be gone.
         """
         structural = any(isinstance(a, FetchAttribute) and a.name in ("ENVELOPE", "BODYSTRUCTURE", "BODY") for a in atts)
+        needsStructure = any(isinstance(a, FetchAttribute) and a.name in ("BODYSTRUCTURE", "BODY") for a in atts)
         key = self._cacheKey(view, info.uid)
         summaryHolder = [self.cache.get(key) if structural else None]
+        if needsStructure and summaryHolder[0] is not None and summaryHolder[0].bodyStructure is None:
+            summaryHolder[0] = None  # from the header only: parse the message
         needsFile = any(isinstance(a, BodySection) for a in atts) or (structural and summaryHolder[0] is None)
         source: Optional[IO[bytes]] = None
         if needsFile:
@@ -2445,35 +2596,42 @@ class IMAPServer(Protocol):
             if found is not None:
                 texts, scan = found
                 needsMessage, needsText = query.needsGiven(texts)
+        # Header keys match in the cache's columns of decoded values,
+        # filled first for the messages they lack (reading only headers).
+        columns: Dict[str, Dict[int, Any]] = {}
+        gone: Set[int] = set()
         if needsMessage and not needsText:
-            yield self._loadSummaries(view, [u for u in view.uids if u in infos])
-            if self.view is not view:
+            ghosts = view.ghosts
+            present = [u for u in view.uids if u in infos and u not in ghosts and u not in scan]
+            found = yield self._headerColumns(view, present, query.headerFields())
+            if found is None or self.view is not view:
                 return None
+            columns, gone = found
         matched = []
-        for index in range(len(view.uids)):
-            u = view.uids[index]
+        uids, ghosts, recent = view.uids, view.ghosts, view.recent
+        # One context for the messages matched without reading them (it
+        # keeps nothing of its own between messages).
+        light = SearchContext(0, 0, None, False, maxSeq, maxUid, _needMessage, texts=texts,  # type: ignore[arg-type]
+                              columns=columns)
+        for index in range(len(uids)):
+            u = uids[index]
             info = infos.get(u)
-            if info is None or u in view.ghosts:
+            if info is None or u in ghosts or u in gone:
                 continue
             answered = texts if u not in scan else None
+            if u not in scan and not needsText:
+                light.seq, light.uid, light.info, light.recent = index + 1, u, info, u in recent
+                try:
+                    if query.matches(light):
+                        matched.append((index, u, info))
+                    continue
+                except _NeedMessage:
+                    pass
             if answered is not None:
                 mustRead, headersOnly = needsMessage, needsMessage and not needsText
             else:
                 mustRead, headersOnly = query.needsMessage, query.needsMessage and not query.needsText
             loader = None
-            summary = self.cache.get(self._cacheKey(view, u)) if headersOnly else None
-            if summary is not None:
-                ctx = SearchContext(
-                    seq=index + 1, uid=u, info=info, recent=view.isRecent(u),
-                    maxSeq=maxSeq, maxUid=maxUid, message=_needMessage, headers=summary.headerValues,
-                    texts=answered,
-                )
-                try:
-                    if query.matches(ctx):
-                        matched.append((index, u, info))
-                    continue
-                except _NeedMessage:
-                    pass
             if mustRead:
                 try:
                     source = yield view.mailbox.openMessage(u)
@@ -2500,6 +2658,168 @@ class IMAPServer(Protocol):
             if self.view is not view:
                 return None
         return matched
+
+    @defer.inlineCallbacks
+    def _headerColumns(self, view: SelectedView, uids: List[int], names: List[str]) -> Any:
+        """
+        The cache's columns of the header fields C{names} (see
+        L{MessageCache.column}), filled for C{uids}: from the summaries
+        (in memory or in the message index), else from kept header blocks,
+        else by reading each message's header only (L{_readHeaders}) and
+        keeping it (L{MessageCache.keepHeader}); L{HEADER_BATCH} messages
+        are read per turn of the reactor, so a big mailbox does not stall
+        the other sessions.  Nothing is parsed whole and nothing goes to
+        the message index: a header search costs a header read per
+        message the first time, a dictionary lookup afterwards.
+
+        @return: a Deferred firing with C{(columns by name, UIDs found
+            gone)}, or L{None} when the view was closed meanwhile.
+        """
+        from mailplat.imap.search import foldValues
+        from mailplat.imap.structure import fieldValues
+
+        prefix = self._cacheKey(view, 0)[:3]
+        cache = self.cache
+        columns = {name: cache.column(prefix, name) for name in names}
+        missing: Set[int] = set()
+        for column in columns.values():
+            missing.update(itertools.filterfalse(column.__contains__, uids))
+        lacking = sorted(missing)
+        gone: Set[int] = set()
+        if not lacking:
+            return columns, gone
+        yield self._loadSummaries(view, lacking)
+        if self.view is not view:
+            return None
+        unread = []
+        for u in lacking:
+            key = prefix + (u,)
+            summary = cache.peek(key)
+            header = None
+            for name, column in columns.items():
+                if u in column:
+                    continue
+                values = summary.headerValues(name) if summary is not None else None
+                if values is None:
+                    if header is None:
+                        header = cache.header(key)
+                        if header is None:
+                            unread.append(u)
+                            break
+                    values = fieldValues(header, name)
+                column[u] = foldValues(values)
+        for start in range(0, len(unread), HEADER_BATCH):
+            if start:
+                yield self._pause()
+                if self.view is not view:
+                    return None
+            batch = unread[start : start + HEADER_BATCH]
+            headers = yield self._readHeaders(view.mailbox, batch)
+            if self.view is not view:
+                return None
+            for u in batch:
+                header = headers.get(u)
+                if header is None:
+                    gone.add(u)
+                    continue
+                cache.keepHeader(prefix + (u,), header)
+                for name, column in columns.items():
+                    if u not in column:
+                        column[u] = foldValues(fieldValues(header, name))
+        return columns, gone
+
+    @defer.inlineCallbacks
+    def _headerSummaries(self, view: SelectedView, uids: List[int]) -> Any:
+        """
+        Give each of C{uids} without a summary in the cache one made from
+        its header alone (L{HeaderSummary}, which works out only what is
+        asked of it): from the header block a header SEARCH kept, else read
+        (L{HEADER_BATCH} messages per turn of the reactor).
+
+        @return: a Deferred firing with the summary of each of C{uids}
+            still there, by UID (held here, so none is lost to the cache's
+            bound on a mailbox bigger than the cache).
+        """
+        from mailplat.imap.cache import HeaderSummary
+
+        prefix = self._cacheKey(view, 0)[:3]
+        cache = self.cache
+        found = {}
+        unread = []
+        for u in uids:
+            key = prefix + (u,)
+            summary = cache.get(key)
+            if summary is None:
+                header = cache.header(key)
+                if header is None:
+                    unread.append(u)
+                    continue
+                summary = HeaderSummary(header)
+                cache.put(key, summary)
+            found[u] = summary
+        for start in range(0, len(unread), HEADER_BATCH):
+            if start:
+                yield self._pause()
+                if self.view is not view:
+                    return found
+            batch = unread[start : start + HEADER_BATCH]
+            headers = yield self._readHeaders(view.mailbox, batch)
+            for u in batch:
+                header = headers.get(u)
+                if header is not None:
+                    found[u] = summary = HeaderSummary(header)
+                    cache.put(prefix + (u,), summary)
+        return found
+
+    def _pause(self) -> defer.Deferred:
+        """
+        A Deferred firing at the next turn of the reactor (or of the
+        session's clock), so long work lets other sessions in between.
+        """
+        pause: defer.Deferred = defer.Deferred()
+        self.clock.callLater(0, pause.callback, None)
+        return pause
+
+    @defer.inlineCallbacks
+    def _readHeaders(self, mailbox: IMailbox, uids: List[int]) -> Any:
+        """
+        The header blocks of the messages C{uids} (see L{_headerOf}): a
+        message of at most L{HEADER_READ} octets read whole through the
+        store's L{IMessageReader} when it has one, the others opened, all
+        asked of the store at once (a store that answers at once is not
+        waited for one message at a time).
+
+        @return: a Deferred firing with the header of each UID, L{None}
+            for a message gone.
+        """
+        from mailplat.imap.structure import headerEnd
+
+        found: Dict[int, Optional[bytes]] = {}
+        failures: List[Failure] = []
+        waiting = []
+        reader = IMessageReader(mailbox, None)
+        for u in uids:
+            if reader is not None:
+                # A small message read whole at once, without a Deferred
+                # or a file object (a store reading local files can).
+                try:
+                    data = reader.readMessage(u, HEADER_READ)
+                except NoSuchMessage:
+                    found[u] = None
+                    continue
+                if data is not None:
+                    found[u] = data[: headerEnd(data, True)]
+                    continue
+            d = mailbox.openMessage(u)
+            d.addCallbacks(_headerOf, _noMessage)
+            d.addCallbacks(functools.partial(found.__setitem__, u), failures.append)
+            if not d.called:
+                waiting.append(d)
+        if waiting:
+            yield defer.DeferredList(waiting)
+        if failures:
+            failures[0].raiseException()
+        return found
 
     @defer.inlineCallbacks
     def _indexedTexts(self, view: SelectedView, infos: Dict[int, IMessageInfo], query: Any) -> Any:
@@ -2536,7 +2856,8 @@ class IMAPServer(Protocol):
         """
         if self.cache.index is None:
             return defer.succeed(None)
-        return self.cache.load([self._cacheKey(view, u) for u in uids])
+        prefix = self._cacheKey(view, 0)[:3]
+        return self.cache.load([prefix + (u,) for u in uids])
 
     def _parseProgram(self, args: Arguments, charset: str) -> Any:
         """
@@ -2555,7 +2876,14 @@ class IMAPServer(Protocol):
         return query
 
     def _cacheKey(self, view: SelectedView, uid: int) -> Tuple[str, str, int, int]:
-        return self._mailboxKey(view.mailbox, uid)
+        # The account/mailbox/UIDVALIDITY part is worked out once per view
+        # (finding a shared mailbox's owner is not free), again only if
+        # the mailbox was renamed.
+        prefix = view.cachePrefix
+        mailbox = view.mailbox
+        if prefix is None or prefix[1] != mailbox.name or prefix[2] != mailbox.uidValidity:
+            prefix = view.cachePrefix = self._mailboxKey(mailbox, 0)[:3]
+        return prefix + (uid,)
 
     def _mailboxKey(self, mailbox: IMailbox, uid: int) -> Tuple[str, str, int, int]:
         account = self.account
@@ -2581,28 +2909,19 @@ class IMAPServer(Protocol):
     def _summaries(self, view: SelectedView, uids: Iterable[int]) -> Any:
         """
         The L{MessageSummary} of each of C{uids} still there, by UID, from
-        the cache or parsed (and cached) once.
+        the cache or made from the message's header once (see
+        L{_headerSummaries}).
         """
-        from mailplat.imap.structure import parseMessage
-
         uids = list(uids)
         yield self._loadSummaries(view, uids)
-        out = {}
-        for u in uids:
-            key = self._cacheKey(view, u)
-            summary = self.cache.get(key)
-            if summary is None:
-                try:
-                    source = yield view.mailbox.openMessage(u)
-                except NoSuchMessage:
-                    continue
-                try:
-                    data = source.read()
-                finally:
-                    source.close()
-                summary = self.cache.remember(key, parseMessage(data))
-            out[u] = summary
-        return out
+        if self.view is not view:
+            return {}
+        from mailplat.imap.cache import HeaderSummary
+
+        found = yield self._headerSummaries(view, uids)
+        # SORT and THREAD ask for the sort keys many times: the whole
+        # summary of the header, not the lazy one.
+        return {u: s.full() if isinstance(s, HeaderSummary) else s for u, s in found.items()}
 
     def do_SORT(self, tag: bytes, args: Arguments) -> defer.Deferred:
         return self._sort(args, uid=False)
@@ -2734,6 +3053,36 @@ class _NeedMessage(Exception):
 
 def _needMessage() -> Any:
     raise _NeedMessage()
+
+
+def _headerOf(source: IO[bytes]) -> bytes:
+    """
+    Read the header block of a message (its top-level fields, as
+    L{headerEnd<mailplat.imap.structure.headerEnd>} delimits them) from
+    the start of the open C{source}, only as far as needed, and close it.
+    """
+    from mailplat.imap.structure import headerEnd
+
+    try:
+        data = b""
+        size = HEADER_READ
+        while True:
+            chunk = source.read(size)
+            data += chunk
+            end = headerEnd(data, not chunk)
+            if end >= 0:
+                return data[:end]
+            size *= 2
+    finally:
+        source.close()
+
+
+def _noMessage(failure: Failure) -> None:
+    """
+    A message turned out to be gone: L{None} stands for it.
+    """
+    failure.trap(NoSuchMessage)
+    return None
 
 
 def _modseqValue(token: Any) -> int:

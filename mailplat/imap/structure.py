@@ -43,6 +43,7 @@ import binascii
 import codecs
 import datetime
 import email.utils
+import functools
 import re
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -71,19 +72,26 @@ class _Field:
     it, line ends included).
     """
 
-    __slots__ = ("name", "raw")
+    __slots__ = ("name", "raw", "_value")
 
     def __init__(self, name: str, raw: bytes) -> None:
         self.name = name
         self.raw = raw
+        self._value: Optional[bytes] = None
 
     def value(self) -> bytes:
         """
         The field's value unfolded (line breaks removed, the white space
-        after them kept), with surrounding white space stripped.
+        after them kept), with surrounding white space stripped; worked
+        out once (ENVELOPE and the summary ask for some fields many times).
         """
-        colon = self.raw.index(b":")
-        return _FOLD.sub(b"", self.raw[colon + 1 :]).strip(b" \t\r\n")
+        if self._value is None:
+            colon = self.raw.index(b":")
+            value = self.raw[colon + 1 :].strip(b" \t\r\n")
+            if b"\n" in value:  # folded (stripping first gives the same)
+                value = _FOLD.sub(b"", value).strip(b" \t\r\n")
+            self._value = value
+        return self._value
 
 
 def _validFieldName(name: bytes) -> bool:
@@ -99,38 +107,109 @@ def _parseHeader(data: bytes, start: int, end: int) -> Tuple[List[_Field], int]:
     """
     Parse the header fields in C{data[start:end]}.
 
+    A field is a line of a name (printable octets other than C{:}, up to
+    1,000), optional blanks and a colon within the first 1,001 octets,
+    with the continuation lines (starting with a blank) after it; the
+    header ends at the blank line, or without one at the first line that
+    is neither.
+
     @return: the fields and the offset where the body starts (just after
         the blank line, or at the first line that is not part of a field).
     """
     fields: List[_Field] = []
-    fieldStart = -1
-    fieldName = ""
+    match = _FIELD.match
     pos = start
-    while pos < end:
-        nl = data.find(b"\n", pos, end)
-        lineEnd = end if nl < 0 else nl + 1
+    while True:
+        m = match(data, pos, end)
+        if m is None:
+            break
+        fields.append(_Field(m.group(1).decode("ascii").lower(), data[pos : m.end()]))
+        pos = m.end()
+    if pos < end:
         first = data[pos : pos + 1]
         if first == b"\n" or (first == b"\r" and data[pos + 1 : pos + 2] == b"\n"):
             # The blank line ending the header.
-            if fieldStart >= 0:
-                fields.append(_Field(fieldName, data[fieldStart:pos]))
-            return fields, lineEnd
-        if first in (b" ", b"\t") and fieldStart >= 0:
-            pos = lineEnd
-            continue
-        colon = data.find(b":", pos, min(lineEnd, pos + 1001))
-        name = data[pos:colon].rstrip(b" \t") if colon >= 0 else b""
-        if not _validFieldName(name):
-            # Not a header line: the header ends without its blank line.
-            break
-        if fieldStart >= 0:
-            fields.append(_Field(fieldName, data[fieldStart:pos]))
-        fieldStart = pos
-        fieldName = name.decode("ascii").lower()
-        pos = lineEnd
-    if fieldStart >= 0:
-        fields.append(_Field(fieldName, data[fieldStart:pos]))
+            nl = data.find(b"\n", pos, end)
+            return fields, end if nl < 0 else nl + 1
     return fields, pos
+
+
+# A header field as L{_parseHeader} reads one: a name of printable octets
+# other than ":" followed by optional blanks and the colon (within the
+# first 1,001 octets of the line), the rest of the line, and the
+# continuation lines (starting with a blank) after it.
+_FIELD_LINE = rb"(?=[^:\n]{0,1000}:)([\x21-\x39\x3b-\x7e]+)[ \t]*:[^\n]*(?:\n|\Z)(?:[ \t][^\n]*(?:\n|\Z))*"
+_FIELD = re.compile(_FIELD_LINE)
+_FIELD_LINES = re.compile(rb"(?:" + _FIELD_LINE + rb")*")
+# After a field's name: the colon, and the value with its continuation
+# lines (without the last line end).
+_FIELD_VALUE = re.compile(rb"[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)")
+
+
+def headerEnd(data: bytes, final: bool) -> int:
+    """
+    Where the top-level header fields of a message that starts with
+    C{data} end, as L{parseMessage} reads them: before the blank line, or
+    before the first line that is not part of a field.  Searching a
+    header needs only C{data[:headerEnd(data, ...)]}, not the message.
+
+    @param final: C{data} is the whole message.
+    @return: the offset, or -1 when C{data} may end inside the header
+        (read more).
+    """
+    match = _FIELD_LINES.match(data)
+    assert match is not None  # the pattern matches the empty string
+    end = match.end()
+    if final:
+        return end
+    if end == len(data) or data.find(b"\n", end) < 0:
+        return -1
+    return end
+
+
+def headerEnvelope(header: bytes) -> bytes:
+    """
+    The ENVELOPE of a message from its header block alone (as
+    L{headerEnd} delimits it): what L{ParsedMessage.envelope} gives, with
+    nothing else parsed.
+    """
+    fields, _ = _parseHeader(header, 0, len(header))
+    return _envelope(_Part(0, len(header), len(header), fields))
+
+
+def fieldValues(header: bytes, name: str) -> List[str]:
+    """
+    The values of the fields C{name} (lower case) of a header block (as
+    L{headerEnd} delimits it), unfolded and RFC 2047-decoded: what
+    L{ParsedMessage.headerValues} gives for the message, without parsing
+    the other fields.
+    """
+    octets = name.lower().encode("ascii", errors="replace") if name.isascii() else b""
+    if not _validFieldName(octets) or b":" in octets:
+        return []  # no field has such a name
+    # Every line of the block that is not a continuation starts a field:
+    # find the lines starting with the name (lower-casing keeps offsets),
+    # then the colon and the value after it.
+    lowered = header.lower()
+    starts = [0] if lowered.startswith(octets) else []
+    marker = b"\n" + octets
+    at = lowered.find(marker)
+    while at >= 0:
+        starts.append(at + 1)
+        at = lowered.find(marker, at + 1)
+    out = []
+    skip = len(octets)
+    for start in starts:
+        match = _FIELD_VALUE.match(header, start + skip)
+        if match is None:
+            continue  # a longer name
+        raw = match.group(1)
+        if b"\n" in raw:
+            raw = _FOLD.sub(b"", raw)
+        text = raw.strip(b" \t\r\n").decode("utf-8", errors="replace")
+        # (Without "=?" there is no encoded word to decode.)
+        out.append(decodeHeaderText(text) if "=?" in text else text)
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -267,9 +346,12 @@ def _parseParameters(toks: List[Tuple[str, str, bool]], i: int) -> List[Tuple[st
     return result
 
 
+@functools.lru_cache(maxsize=1024)
 def _parseContentValue(value: bytes, withSubtype: bool) -> Tuple[str, str, List[Tuple[str, str]]]:
     """
-    Parse a Content-Type (C{withSubtype}) or Content-Disposition value.
+    Parse a Content-Type (C{withSubtype}) or Content-Disposition value;
+    remembered for the values seen last (most repeat from message to
+    message), so the parameter list is shared: never change it.
 
     @return: C{(type, subtype, parameters)}; type is C{""} when missing
         or malformed.
@@ -318,6 +400,29 @@ class _Address:
             return nstring(None if v is None else v.encode("latin-1"))
 
         return b"(" + b" ".join([n(self.name), n(self.adl), n(self.mailbox), n(self.host)]) + b")"
+
+
+@functools.lru_cache(maxsize=4096)
+def addressList(value: bytes) -> Tuple[_Address, ...]:
+    """
+    L{_parseAddresses} of an address field's value, remembered for the
+    values seen last: senders and recipients repeat from message to
+    message, and parsing them is most of the cost of an ENVELOPE.  The
+    addresses are shared: never change them.
+    """
+    return tuple(_parseAddresses(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def _addressListWire(value: bytes) -> Optional[bytes]:
+    """
+    The ENVELOPE address list of an address field's value, or L{None}
+    when it holds no address.
+    """
+    parsed = addressList(value)
+    if not parsed:
+        return None
+    return b"(" + b"".join(a.wire() for a in parsed) + b")"
 
 
 def _phraseText(toks: Sequence[Tuple[str, str, bool]]) -> str:
@@ -482,6 +587,8 @@ def decodeHeaderText(text: str) -> str:
     two words survives).  Words in an unknown charset are left as they are;
     bad octets become U+FFFD.
     """
+    if "=?" not in text:
+        return text  # no encoded word
     out: List[str] = []
     pos = 0
     pendingCharset: Optional[str] = None
@@ -555,6 +662,7 @@ class _Part:
         "params",
         "children",
         "message",
+        "_byName",
     )
 
     def __init__(self, start: int, bodyStart: int, end: int, fields: List[_Field]) -> None:
@@ -567,15 +675,18 @@ class _Part:
         self.params: List[Tuple[str, str]] = []
         self.children: Optional[List["_Part"]] = None
         self.message: Optional["_Part"] = None
+        self._byName: Optional[Dict[str, _Field]] = None
 
     def field(self, name: str) -> Optional[_Field]:
         """
         The first field named C{name} (lower case), or L{None}.
         """
-        for f in self.fields:
-            if f.name == name:
-                return f
-        return None
+        byName = self._byName
+        if byName is None:
+            byName = self._byName = {}
+            for f in self.fields:
+                byName.setdefault(f.name, f)
+        return byName.get(name)
 
     def fieldValue(self, name: str) -> Optional[bytes]:
         """
@@ -689,10 +800,7 @@ def _envelope(part: _Part) -> bytes:
         value = part.fieldValue(name)
         if value is None:
             return None
-        parsed = _parseAddresses(value)
-        if not parsed:
-            return None
-        return b"(" + b"".join(a.wire() for a in parsed) + b")"
+        return _addressListWire(value)
 
     addr = {name: addresses(name) for name in _ENVELOPE_ADDRESS_FIELDS}
     for name in ("sender", "reply-to"):
