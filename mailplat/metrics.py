@@ -699,10 +699,11 @@ def _deliveryResult(failure: Failure) -> str:
 
 
 def _size(message: Any) -> Optional[int]:
-    try:
-        return os.fstat(message.fileno()).st_size
-    except (AttributeError, OSError, ValueError, TypeError):
-        pass
+    """
+    The size of a message file, found by seeking: never by C{fileno()},
+    which makes a C{SpooledTemporaryFile} (the SMTP spool) roll over to a
+    file on disk, a file created and removed per message.
+    """
     try:
         here = message.tell()
         size = message.seek(0, os.SEEK_END)
@@ -734,12 +735,21 @@ def countDeliveries(delivery: Any, metrics: Metrics) -> None:
         def record(result: Any, outcome: str) -> None:
             metrics.inc("mailplat_deliveries_total", result=outcome)
             reason = "" if outcome == "ok" else getattr(result, "getErrorMessage", lambda: "")()
+            reason = f" ({reason})" if reason else ""
+            recipientList = list(recipients or ())
+            shownSize = size if size is not None else "?"
+            duration = max(0.0, metrics.timer() - started)
+            # The line is written once per message: made here with one
+            # f-string, as the text log shows it, rather than by the
+            # logger's field-by-field formatting (several times dearer);
+            # the fields are in the event all the same.
             log.info(
-                "delivery from <{sender}> to {recipients}: {result}{reason}, {size} bytes, {duration:.3f}s",
-                event="delivery", sender=sender or "", recipients=list(recipients or ()), result=outcome,
-                reason=f" ({reason})" if reason else "", size=size if size is not None else "?",
-                peer=getattr(session, "peerHost", None), user=getattr(session, "authenticated", None),
-                duration=max(0.0, metrics.timer() - started),
+                "{text}",
+                text=f"delivery from <{sender or ''}> to {recipientList}: {outcome}{reason}, {shownSize} bytes, "
+                     f"{duration:.3f}s",
+                event="delivery", sender=sender or "", recipients=recipientList, result=outcome,
+                reason=reason, size=shownSize, peer=getattr(session, "peerHost", None),
+                user=getattr(session, "authenticated", None), duration=duration,
             )
 
         def ok(result: Any) -> Any:

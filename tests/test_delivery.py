@@ -5,8 +5,11 @@ their mail goes.
 
 import io
 import os
+import threading
+from unittest import SkipTest
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from mailplat.delivery.directory import StoreDirectory
@@ -346,3 +349,205 @@ class EnvelopeParameterTests(SynchronousTestCase):
         [entry] = self.queue.list()
         with self.queue.openMessage(entry.id) as f:
             self.assertIn(b"whole body", f.read())
+
+
+class RouteTests(SynchronousTestCase):
+    """
+    The route decided for each recipient at RCPT is the one L{deliver
+    <LocalDelivery.deliver>} follows, without looking the address up
+    again; an account gone since then gets no copy.
+    """
+
+    def setUp(self) -> None:
+        from mailplat.smtp.envelope import Envelope
+
+        self.store = MemoryStore()
+        for address in ("alice@example.test", "bob@example.test"):
+            self.successResultOf(self.store.getAccount(address, create=True))
+        self.directory = StoreDirectory(self.store)
+        self.delivery = LocalDelivery(self.directory, self.store)
+        self.lookups: list = []
+        for name in ("isLocalAddress", "isLocalDomain", "expand"):
+            original = getattr(self.directory, name)
+
+            def counting(*args, _name=name, _original=original, **kwargs):
+                self.lookups.append(_name)
+                return _original(*args, **kwargs)
+
+            self.patch(self.directory, name, counting)
+        self.session = FakeSession()
+        self.session.transaction = Envelope()
+
+    def accept(self, *recipients: str) -> None:
+        for recipient in recipients:
+            self.assertIsNone(self.successResultOf(self.delivery.validateRecipient(self.session, recipient)))
+
+    def count(self, address: str) -> int:
+        inbox = self.successResultOf(self.successResultOf(self.store.getAccount(address)).getMailbox("INBOX"))
+        return len(self.successResultOf(inbox.listMessages()))
+
+    def test_lookedUpOnce(self) -> None:
+        """
+        RCPT asks whether the address is in a local domain once per
+        recipient (the expansion does not ask again; an address with an
+        account needs no look at the domain); delivery asks nothing more.
+        """
+        self.accept("alice@example.test", "bob@example.test")
+        self.assertEqual(self.lookups, ["isLocalAddress", "expand"] * 2)
+        self.successResultOf(self.delivery.deliver(self.session, "s@far.test", ["alice@example.test", "bob@example.test"],
+                                                   io.BytesIO(b"\r\nx\r\n")))
+        self.assertEqual(self.lookups, ["isLocalAddress", "expand"] * 2)
+        self.assertEqual((self.count("alice@example.test"), self.count("bob@example.test")), (1, 1))
+
+    def test_notValidatedLookedUp(self) -> None:
+        """
+        A recipient with no route noted (a caller that did not validate
+        it) is looked up at delivery.
+        """
+        self.accept("alice@example.test")
+        del self.lookups[:]
+        self.successResultOf(self.delivery.deliver(self.session, "s@far.test", ["alice@example.test", "bob@example.test"],
+                                                   io.BytesIO(b"\r\nx\r\n")))
+        self.assertEqual(self.lookups, ["isLocalAddress", "expand"])
+        self.assertEqual((self.count("alice@example.test"), self.count("bob@example.test")), (1, 1))
+
+    def test_isLocalAddress(self) -> None:
+        """
+        An address with an account is in a local domain without the store
+        being asked about the domain; one without asks it; with domains
+        configured, the store is not asked at all.
+        """
+        asked: list = []
+        hasDomain = self.store.hasDomain
+
+        def counting(domain: str):
+            asked.append(domain)
+            return hasDomain(domain)
+
+        self.patch(self.store, "hasDomain", counting)
+        self.assertTrue(self.successResultOf(self.directory.isLocalAddress("alice@example.test")))
+        self.assertEqual(asked, [])
+        self.assertTrue(self.successResultOf(self.directory.isLocalAddress("nobody@example.test")))
+        self.assertFalse(self.successResultOf(self.directory.isLocalAddress("alice@far.test")))
+        self.assertEqual(asked, ["example.test", "far.test"])
+        configured = StoreDirectory(self.store, ["other.test"])
+        self.assertFalse(self.successResultOf(configured.isLocalAddress("alice@example.test")))
+        self.assertTrue(self.successResultOf(configured.isLocalAddress("x@other.test")))
+        self.assertEqual(asked, ["example.test", "far.test"])
+
+    def test_expandOfLocalDomain(self) -> None:
+        """
+        C{expand} told the domain is local does not ask again.
+        """
+        resolution = self.successResultOf(self.directory.expand("alice@example.test", domainIsLocal=True))
+        self.assertEqual(resolution.local, ["alice@example.test"])
+        self.assertEqual(self.lookups, ["expand"])
+
+    def test_accountGoneSinceRcpt(self) -> None:
+        """
+        An account deleted between RCPT and the end of the data gets no
+        copy; the others do, and the message is accepted.
+        """
+        self.accept("alice@example.test", "bob@example.test")
+        self.successResultOf(self.store.deleteAccount("bob@example.test"))
+        self.successResultOf(self.delivery.deliver(self.session, "s@far.test", ["alice@example.test", "bob@example.test"],
+                                                   io.BytesIO(b"\r\nx\r\n")))
+        self.assertEqual(self.count("alice@example.test"), 1)
+
+    def test_everyAccountGoneSinceRcpt(self) -> None:
+        """
+        When every account is gone, the message is refused as it would
+        have been at RCPT.
+        """
+        self.accept("bob@example.test")
+        self.successResultOf(self.store.deleteAccount("bob@example.test"))
+        reply = self.failureResultOf(
+            self.delivery.deliver(self.session, "s@far.test", ["bob@example.test"], io.BytesIO(b"\r\nx\r\n")), SMTPReply
+        ).value
+        self.assertEqual((reply.code, reply.enhanced), (550, "5.1.1"))
+
+
+class DurableReplyTests(TestCase):
+    """
+    Over a Maildir store with group commit, the SMTP server's 250 for a
+    message comes only after the commit that makes it durable: the file
+    written (in the store's pool, not on the reactor thread), the
+    filesystem flushed, the file renamed into C{new/} and that directory
+    fsynced, and its uidlist line appended with an fdatasync.
+    """
+
+    def setUp(self) -> defer.Deferred:
+        from mailplat.store import maildir
+        from mailplat.store.maildir import MaildirStore
+
+        if maildir._syncfs is None or not maildir.SYNCFS:
+            raise SkipTest("group commit without syncfs(2) fsyncs each file in the pool")
+        self.maildir = maildir
+        self.store = MaildirStore(self.mktemp())
+        self.addCleanup(self.store.close)
+        # The INBOX is made, and its uidlist written, before the events are
+        # recorded.
+        d = self.store.getAccount("alice@example.test", create=True)
+        return d.addCallback(lambda account: account.getMailbox("INBOX"))
+
+    def record(self) -> list:
+        """
+        Record, in order, the steps of a commit and whether each ran on
+        the reactor (main) thread.
+        """
+        events: list = []
+        maildir = self.maildir
+
+        def wrap(owner: object, name: str, label) -> None:
+            original = getattr(owner, name)
+
+            def recorded(*args, **kwargs):
+                result = original(*args, **kwargs)
+                events.append((label(*args), threading.current_thread() is threading.main_thread()))
+                return result
+
+            self.patch(owner, name, recorded)
+
+        wrap(maildir.MaildirMailbox, "_writeTmp", lambda *a: "write")
+        wrap(maildir, "_syncFilesystem", lambda *a: "syncfs")
+        wrap(maildir, "_fsyncDirectory", lambda path: "fsync " + os.path.basename(path))
+        wrap(maildir.MaildirMailbox, "_logChanges", lambda *a: "uidlist")
+        return events
+
+    def test_replyAfterCommit(self) -> defer.Deferred:
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        from mailplat.smtp.server import SMTPFactory
+
+        events = self.record()
+        delivery = LocalDelivery(StoreDirectory(self.store), self.store)
+        factory = SMTPFactory(delivery, "mx.example.test", clock=Clock())
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        replied: defer.Deferred = defer.Deferred()
+        write = transport.write
+
+        def writing(data: bytes) -> None:
+            write(data)
+            if b"250 2.0.0 Ok: queued" in data:
+                events.append(("250", threading.current_thread() is threading.main_thread()))
+                replied.callback(None)
+
+        transport.write = writing  # type: ignore[method-assign]
+        proto.makeConnection(transport)
+        proto.dataReceived(b"EHLO c.test\r\nMAIL FROM:<s@far.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        proto.dataReceived(b"Subject: t\r\n\r\ndurable\r\n.\r\n")
+        # Not acknowledged while the commit runs in the pool.
+        self.assertNotIn(b"queued", transport.value())
+
+        def check(_: None) -> None:
+            proto.connectionLost(None)
+            self.assertEqual([name for name, _ in events], ["write", "syncfs", "fsync new", "uidlist", "250"])
+            self.assertEqual([main for _, main in events], [False, False, False, False, True])
+            inbox = os.path.join(self.store.root, "example.test", "alice", "Maildir", "new")
+            [name] = os.listdir(inbox)
+            with open(os.path.join(inbox, name), "rb") as f:
+                self.assertTrue(f.read().endswith(b"Subject: t\n\ndurable\n"))
+
+        return replied.addCallback(check)

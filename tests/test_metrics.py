@@ -13,6 +13,7 @@ import smtplib
 import socket
 import ssl
 import sys
+import tempfile
 from typing import Any, List
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
@@ -23,7 +24,7 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import eventsFromJSONLogFile, globalLogPublisher
+from twisted.logger import eventsFromJSONLogFile, formatEvent, globalLogPublisher
 from twisted.test.proto_helpers import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, readBody
@@ -216,6 +217,29 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual((logged[0]["sender"], logged[0]["recipients"], logged[0]["size"]),
                          ("a@b.test", ["c@d.test"], 10))
         self.assertEqual((logged[0]["peer"], logged[0]["user"]), ("192.0.2.1", "alice@example.test"))
+        self.assertEqual(formatEvent(logged[0]), "delivery from <a@b.test> to ['c@d.test']: ok, 10 bytes, 0.000s")
+        self.assertEqual(formatEvent(logged[1]), "delivery from <> to ['c@d.test']: rejected (550 5.1.1 No such user), 0 bytes, 0.000s")
+
+    def test_countDeliveriesLeavesSpoolInMemory(self) -> None:
+        """
+        The size of a message spooled in memory is read without making the
+        spool move to a file on disk.
+        """
+        events = _Events(self)
+
+        class Delivery:
+            def deliver(self, session, sender, recipients, message):
+                return defer.succeed(None)
+
+        d = Delivery()
+        countDeliveries(d, Metrics())
+        spool = tempfile.SpooledTemporaryFile(max_size=1000)
+        spool.write(b"x" * 100)
+        spool.seek(0)
+        self.successResultOf(d.deliver(None, None, ["c@d.test"], spool))
+        self.assertFalse(spool._rolled)  # type: ignore[attr-defined]
+        self.assertEqual(spool.tell(), 0)
+        self.assertEqual(events.of("delivery")[0]["size"], 100)
 
     def test_jsonLogObserver(self) -> None:
         """

@@ -1042,7 +1042,10 @@ class TimeoutTests(ServerTestsMixin, SynchronousTestCase):
         self.assertEqual(self.replies(), [])
         d.callback(None)
         self.assertTrue(self.replies()[0].startswith("250 2.0.0 "))
-        self.clock.advance(300)
+        # Idle from the reply on.
+        self.clock.advance(299)
+        self.assertEqual(self.replies(), [])
+        self.clock.advance(1)
         self.assertEqual(self.replies(), [f"421 4.4.2 {HOST} Idle timeout, closing connection"])
 
     def test_noTimerAfterClose(self) -> None:
@@ -1101,7 +1104,7 @@ class SpoolFailureTests(ServerTestsMixin, SynchronousTestCase):
     def test_diskFull(self) -> None:
         from mailplat.smtp import server
 
-        self.patch(server.tempfile, "SpooledTemporaryFile", lambda max_size: WriteFailingFile())
+        self.patch(server, "_Spool", lambda factory, declared: WriteFailingFile())
         self.transaction()
         self.send(b"DATA\r\n")
         temp = self.proto._file
@@ -1110,6 +1113,89 @@ class SpoolFailureTests(ServerTestsMixin, SynchronousTestCase):
         self.assertEqual(self.send(b"y\r\n.\r\n"), ["451 4.3.0 Temporary failure, please try again later"])
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
         self.assertEqual(self.delivery.messages, [])
+
+
+class SpoolMemoryTests(ServerTestsMixin, SynchronousTestCase):
+    """
+    Message data stays in memory up to what the factory's budget lends
+    each message, and the loan is given back when the message is done.
+    """
+
+    body = b"x" * 76 + b"\r\n"
+
+    def receive(self, lines: int, answer: Any = None) -> Any:
+        """
+        Send a message of C{lines} lines; the spool the delivery got.
+        """
+        self.delivery.deliverAnswer = answer
+        self.transaction()
+        self.send(b"DATA\r\n")
+        self.send(self.body * lines + b".\r\n")
+        return self.delivery.files[-1]
+
+    def test_inMemoryWithinBudget(self) -> None:
+        """
+        A 100 KB message, over the fixed threshold, stays in memory while
+        the budget lends room for it; the loan is back after the reply.
+        """
+        d: Deferred = Deferred()
+        spool = self.receive(1300, d)
+        self.assertFalse(spool._rolled)
+        self.assertGreater(self.factory._spoolLent, 0)
+        d.callback(None)
+        self.assertTrue(self.replies()[0].startswith("250 2.0.0 Ok: queued as "))
+        self.assertEqual(self.factory._spoolLent, 0)
+
+    def test_diskPastBudget(self) -> None:
+        """
+        With no budget left, a message over the fixed threshold goes to
+        disk, and one under it stays in memory.
+        """
+        self.connect(spoolMemory=0)
+        self.assertTrue(self.receive(1300)._rolled)
+        self.assertFalse(self.receive(10)._rolled)
+        self.assertEqual(self.factory._spoolLent, 0)
+
+    def test_budgetShared(self) -> None:
+        """
+        The budget lends each message at most SPOOL_MEMORY_MAX, or its
+        declared size, and never more than it holds; nothing for a message
+        small enough to stay in memory anyway, or declared too large to.
+        """
+        from mailplat.smtp import server
+
+        factory = SMTPFactory(FakeDelivery(), HOST, clock=Clock(), spoolMemory=server.SPOOL_MEMORY_MAX + 100 * 1024)
+        first, second, third = (factory.lendSpoolMemory() for _ in range(3))
+        self.assertEqual((first, second, third), (server.SPOOL_MEMORY_MAX, 100 * 1024, 0))
+        factory.returnSpoolMemory(first)
+        self.assertEqual(factory.lendSpoolMemory(200 * 1024), 200 * 1024)
+        self.assertEqual(factory.lendSpoolMemory(server.SPOOL_THRESHOLD), 0)
+        self.assertEqual(factory.lendSpoolMemory(server.SPOOL_MEMORY_MAX + 1), 0)
+
+    def test_declaredSize(self) -> None:
+        """
+        A message declared with C{SIZE} borrows about that much.
+        """
+        d: Deferred = Deferred()
+        self.delivery.deliverAnswer = d
+        self.ehlo()
+        self.send(b"MAIL FROM:<alice@example.org> SIZE=200000\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+        self.assertTrue(200000 < self.factory._spoolLent < 210000)
+        self.send(self.body * 2000 + b".\r\n")
+        self.assertFalse(self.delivery.files[-1]._rolled)
+        d.callback(None)
+        self.assertEqual(self.factory._spoolLent, 0)
+
+    def test_returnedWhenConnectionLost(self) -> None:
+        """
+        A message cut off by the connection's end gives its loan back.
+        """
+        self.transaction()
+        self.send(b"DATA\r\n")
+        self.send(self.body * 10)
+        self.assertGreater(self.factory._spoolLent, 0)
+        self.proto.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(self.factory._spoolLent, 0)
 
 
 class ExtensionTests(SynchronousTestCase):

@@ -347,19 +347,39 @@ class StoreDirectory:
         self.file = file if file is not None else (DirectoryFile(path) if path is not None else None)
         self.plusDelimiter = plusDelimiter
 
-    @defer.inlineCallbacks
-    def isLocalDomain(self, domain: str):
+    def isLocalDomain(self, domain: str) -> "defer.Deferred[bool]":
         """
         See L{IDirectory.isLocalDomain}.
         """
         domain = domain.lower().rstrip(".")
         if domain in self.domains:
-            return True
-        if self.file is not None and domain in self.file.domains():
-            return True
+            return defer.succeed(True)
+        try:
+            virtual = self.file is not None and domain in self.file.domains()
+        except Exception:
+            return defer.fail()
+        if virtual:
+            return defer.succeed(True)
         if self.domains:
-            return False
-        return (yield self.store.hasDomain(domain))
+            return defer.succeed(False)
+        return self.store.hasDomain(domain)
+
+    def isLocalAddress(self, address: str) -> "defer.Deferred[bool]":
+        """
+        Whether the domain of C{address} (normalised) is local: as
+        L{isLocalDomain}, but when the domains come from the accounts (none
+        configured or in the directory file), an account for C{address}
+        itself answers yes without the store looking through the domain's
+        accounts.
+        """
+        domain = splitAddress(address)[1]
+        if self.domains or not domain:
+            return self.isLocalDomain(domain)
+
+        def hasAccount(found: bool) -> Any:
+            return True if found else self.isLocalDomain(domain)
+
+        return self.store.hasAccount(address).addCallback(hasAccount)
 
     def movedTo(self, address: str) -> "defer.Deferred[Optional[str]]":
         """
@@ -384,19 +404,21 @@ class StoreDirectory:
         return result
 
     @defer.inlineCallbacks
-    def expand(self, address: str):
+    def expand(self, address: str, domainIsLocal: bool = False):
         """
         Where mail for C{address} goes: accounts here and remote forwards.
         An address in a domain that is not local resolves to nothing (the
         caller decides whether it may be relayed).
 
+        @param domainIsLocal: the caller has just found the address's
+            domain local (L{isLocalDomain}), so it is not asked again.
         @return: a Deferred firing with a L{Resolution}.
         @raise AliasLoop: (as a failure) only loops were found.
         """
         address = normalizeAddress(address)
         local, domain = splitAddress(address)
         result = Resolution()
-        if not local or not domain or not (yield self.isLocalDomain(domain)):
+        if not local or not domain or not (domainIsLocal or (yield self.isLocalDomain(domain))):
             return result
         yield self._expand(address, [], result)
         if not result and result.loop:

@@ -39,7 +39,7 @@ from mailplat.address import normalizeAddress, splitAddress
 from mailplat.delivery.directory import AliasLoop, Resolution
 from mailplat.delivery.dsn import DELIVERED, FAILED, RecipientReport, makeDSN, readHeaders
 from mailplat.delivery.policy import REJECT, IPolicy
-from mailplat.errors import MailboxExists, NoSuchMailbox, SMTPReply
+from mailplat.errors import MailboxExists, NoSuchAccount, NoSuchMailbox, SMTPReply
 from mailplat.interfaces import IDelivery, IDirectory, IStore
 from mailplat.policy.authresults import JUNK_HEADER
 from mailplat.quota import quotaUsage
@@ -47,6 +47,9 @@ from mailplat.smtp.envelope import Envelope, RecipientParameters
 
 #: The header a Sieve redirect adds (kept in step with mailplat.sieve).
 REDIRECT_HEADER = "X-Mailplat-Sieve-Redirected"
+
+#: The route of a recipient of another domain, relayed through the queue.
+_RELAY = "relay"
 
 
 class PrefixedReader(io.RawIOBase):
@@ -127,20 +130,41 @@ class LocalDelivery:
         """
         return defer.succeed(None)
 
-    @defer.inlineCallbacks
-    def _expand(self, address: str):
+    def _expand(self, address: str) -> "defer.Deferred[Resolution]":
         """
-        The L{Resolution} of an address of a local domain.
+        The L{Resolution} of an address of a domain just found local.
         """
         expand = getattr(self.directory, "expand", None)
         if expand is not None:
-            resolution = yield expand(address)
+            d = defer.maybeDeferred(expand, address, domainIsLocal=True)
         else:
-            resolution = Resolution(local=list((yield self.directory.resolve(address))))
+            d = defer.maybeDeferred(self.directory.resolve, address).addCallback(
+                lambda local: Resolution(local=list(local))
+            )
+        return d.addCallback(self._keepForwards, address)
+
+    def _keepForwards(self, resolution: Resolution, address: str) -> Resolution:
+        """
+        Drop the remote forwards of C{resolution} when there is no queue to
+        send them through (logged).
+        """
         if self.queue is None and resolution.remote:
             self._log.warn("no queue: forwards of {address} to {remote} dropped", address=address, remote=resolution.remote)
             resolution.remote = []
         return resolution
+
+    def _isLocal(self, address: str, domain: str) -> "defer.Deferred[bool]":
+        """
+        Whether C{address}, in C{domain}, is in a local domain: asked of the
+        directory by address when it can answer that way (see
+        L{StoreDirectory.isLocalAddress
+        <mailplat.delivery.directory.StoreDirectory.isLocalAddress>}),
+        else by domain.
+        """
+        isLocalAddress = getattr(self.directory, "isLocalAddress", None)
+        if isLocalAddress is not None:
+            return isLocalAddress(address)
+        return self.directory.isLocalDomain(domain)
 
     def _mayRelay(self, session: object) -> bool:
         """
@@ -161,9 +185,14 @@ class LocalDelivery:
         forwards to other domains.  For another domain: accepted for an
         authenticated client (the message is relayed through the queue),
         else C{554 5.7.1}.
+
+        The route decided for an accepted recipient is noted in the
+        transaction's L{Envelope} (C{routes}), which L{deliver} follows
+        rather than looking the address up again.
         """
+        routes = getattr(getattr(session, "transaction", None), "routes", None)
         local, domain = splitAddress(recipient)
-        if domain and local and (yield self.directory.isLocalDomain(domain)):
+        if domain and local and (yield self._isLocal(recipient, domain)):
             movedTo = getattr(self.directory, "movedTo", None)
             if movedTo is not None:
                 target = yield movedTo(recipient)
@@ -185,38 +214,68 @@ class LocalDelivery:
                         # Temporary: the sender retries while the user
                         # makes room (RFC 3463 X.2.2, mailbox full).
                         raise SMTPReply(452, "4.2.2", f"<{recipient}>: Mailbox full")
+            if routes is not None:
+                routes[recipient] = resolution
             if resolution.remote and not resolution.local:
                 return SMTPReply(251, "2.1.5", "User not local; will forward")
             return None
         if domain and local and self._mayRelay(session):
+            if routes is not None:
+                routes[recipient] = _RELAY
             return None
         raise SMTPReply(554, "5.7.1", f"<{recipient}>: Relay access denied")
 
-    @defer.inlineCallbacks
-    def _route(self, session: object, recipients: List[str]):
+    def _route(self, session: object, recipients: List[str], routes: Dict[str, Any]) -> defer.Deferred:
         """
         Split the recipients into local accounts and remote addresses.
 
+        @param routes: the routes L{validateRecipient} noted for this
+            transaction; a recipient without one is looked up.
         @return: a Deferred firing with C{(accounts, remote, origin)}:
             C{origin} maps each account and remote address to the first
             recipient (of C{recipients}) that led to it.
+        """
+        recipients = [normalizeAddress(r) for r in recipients]
+        missing = [r for r in recipients if r not in routes]
+        if not missing:
+            return defer.succeed(self._split(recipients, routes))
+        return self._lookUp(session, missing).addCallback(lambda found: self._split(recipients, {**routes, **found}))
+
+    @defer.inlineCallbacks
+    def _lookUp(self, session: object, recipients: List[str]):
+        """
+        The routes of recipients no route was noted for: a L{Resolution},
+        or L{_RELAY}; a recipient mail cannot go to has none.
+        """
+        routes: Dict[str, Any] = {}
+        for recipient in recipients:
+            local, domain = splitAddress(recipient)
+            if domain and local and (yield self._isLocal(recipient, domain)):
+                try:
+                    routes[recipient] = yield self._expand(recipient)
+                except AliasLoop:
+                    pass
+            elif domain and local and self._mayRelay(session):
+                routes[recipient] = _RELAY
+        return routes
+
+    @staticmethod
+    def _split(recipients: List[str], routes: Dict[str, Any]) -> Tuple[List[str], List[str], Dict[str, str]]:
+        """
+        The accounts and remote addresses the recipients' routes lead to
+        (each once, in order), with the recipient each came from first.
         """
         accounts: List[str] = []
         remote: List[str] = []
         origin: Dict[str, str] = {}
         for recipient in recipients:
-            recipient = normalizeAddress(recipient)
-            local, domain = splitAddress(recipient)
-            if domain and local and (yield self.directory.isLocalDomain(domain)):
-                try:
-                    resolution = yield self._expand(recipient)
-                except AliasLoop:
-                    continue
-                targets: List[Tuple[List[str], List[str]]] = [(accounts, resolution.local), (remote, resolution.remote)]
-            elif domain and local and self._mayRelay(session):
-                targets = [(remote, [recipient])]
-            else:
+            route = routes.get(recipient)
+            if route is None:
                 continue
+            if route is _RELAY:
+                targets: List[Tuple[List[str], List[str]]] = [(remote, [recipient])]
+            else:
+                targets = [(accounts, route.local), (remote, route.remote)]
             for into, addresses in targets:
                 for address in addresses:
                     if address not in into:
@@ -274,7 +333,7 @@ class LocalDelivery:
         """
         if envelope is None:
             envelope = getattr(session, "transaction", None) or Envelope()
-        accounts, remote, origin = yield self._route(session, recipients)
+        accounts, remote, origin = yield self._route(session, recipients, envelope.routes)
         if not accounts and not remote:
             raise SMTPReply(550, "5.1.1", "No recipient exists any more")
         tags = yield self._judge(session, sender, recipients, message)
@@ -288,9 +347,13 @@ class LocalDelivery:
             )
             self._log.info("queued {id} from <{sender}> for {remote}", id=queueId, sender=sender or "", remote=remote)
         returnPath = b"Return-Path: <" + (sender or "").encode("utf-8") + b">\r\n"
+        stored = []
         for address in accounts:
-            yield self._store(address, sender, message, returnPath + tags)
-        yield self._successReports(sender, envelope, accounts, origin, message)
+            if (yield self._store(address, sender, message, returnPath + tags)):
+                stored.append(address)
+        if not stored and not remote:
+            raise SMTPReply(550, "5.1.1", "No recipient exists any more")
+        yield self._successReports(sender, envelope, stored, origin, message)
 
     @defer.inlineCallbacks
     def _store(self, address: str, sender: Optional[str], message: BinaryIO, prefix: bytes):
@@ -298,8 +361,16 @@ class LocalDelivery:
         Store the message in the account of C{address}: in INBOX, or where
         the account's Sieve script says (and do the script's other
         actions).
+
+        @return: a Deferred firing with C{False} when the account is gone
+            (since its recipient was accepted: the route was decided at
+            C{RCPT}), else with C{True} once the message is stored.
         """
-        account = yield self.store.getAccount(address)
+        try:
+            account = yield self.store.getAccount(address)
+        except NoSuchAccount:
+            self._log.info("{address} has no account any more; no copy stored for it", address=address)
+            return False
         # A policy's junk verdict (in the header lines the policies added,
         # never the message's own headers) files the message into the
         # account's \Junk mailbox instead of INBOX; a Sieve script decides
@@ -330,11 +401,15 @@ class LocalDelivery:
                 elif action.name == "vacation":
                     yield self._vacation(address, sender, message, action)
         for name, create in targets:
-            mailbox = yield self._mailbox(account, address, name, create)
+            if name == "INBOX":
+                mailbox = yield account.getMailbox(name)
+            else:
+                mailbox = yield self._mailbox(account, address, name, create)
             message.seek(0)
             uid = yield mailbox.append(io.BufferedReader(PrefixedReader(prefix, message), 65536))
             if self.index is not None:
                 self.index.delivered(account, mailbox, uid, prefix, message)
+        return True
 
     @defer.inlineCallbacks
     def _junkMailbox(self, account: Any):
@@ -438,25 +513,34 @@ class LocalDelivery:
         seconds = getattr(self.clock, "seconds", None)
         return seconds() if seconds is not None else time.time()
 
-    @defer.inlineCallbacks
     def _successReports(
         self, sender: Optional[str], envelope: Envelope, accounts: List[str], origin: Dict[str, str], message: BinaryIO
-    ):
+    ) -> Optional[defer.Deferred]:
         """
         Send one "delivered" DSN (RFC 3461 6.2) for the local accounts
         whose recipient asked for C{NOTIFY=SUCCESS}; never to the null
         sender.  The message is already stored: a DSN that cannot be sent
         is logged, never a failure of the delivery.
+
+        @return: L{None} when there is none to send (the usual case), else
+            a Deferred firing once it is sent or its failure logged.
         """
         if sender is None:
-            return
+            return None
         reports = []
         for address in accounts:
             parameters = self._parametersFor(envelope, address, origin[address])
             if parameters.wants("SUCCESS"):
                 reports.append(RecipientReport(address=address, action=DELIVERED, status="2.0.0", orcpt=parameters.orcpt))
         if not reports:
-            return
+            return None
+        return self._sendSuccessReports(sender, envelope, reports, message)
+
+    @defer.inlineCallbacks
+    def _sendSuccessReports(self, sender: str, envelope: Envelope, reports: List[RecipientReport], message: BinaryIO):
+        """
+        Send the "delivered" DSN of L{_successReports}.
+        """
         now = self._now()
         dsn = makeDSN(self.hostname, sender, reports, message, now, ret=envelope.ret, envid=envelope.envid, arrivalDate=now)
         try:

@@ -12,7 +12,7 @@ generation.
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 
 @dataclass
@@ -50,16 +50,24 @@ class Envelope:
     @ivar smtputf8: the client gave C{SMTPUTF8} (RFC 6531): addresses and
         headers may be UTF-8.
     @ivar body: the C{BODY} value (C{"7BIT"}, C{"8BITMIME"}), or L{None}.
+    @ivar size: the message size the client declared (RFC 1870 C{SIZE}),
+        or L{None}.
     @ivar recipients: normalised recipient address to its
         L{RecipientParameters}; a recipient given without parameters may
         be missing.
+    @ivar routes: the delivery's own notes, normalised recipient address
+        to where it decided at C{RCPT} that the recipient's mail goes, so
+        that C{deliver} need not look each address up again (the server
+        never reads it; see L{mailplat.delivery.local.LocalDelivery}).
     """
 
     ret: Optional[str] = None
     envid: Optional[str] = None
     smtputf8: bool = False
     body: Optional[str] = None
+    size: Optional[int] = None
     recipients: Dict[str, RecipientParameters] = field(default_factory=dict)
+    routes: Dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def recipient(self, address: str) -> RecipientParameters:
         """

@@ -40,7 +40,7 @@ import email.utils
 import secrets
 import tempfile
 from datetime import datetime, timezone
-from typing import IO, Any, Callable, List, Optional
+from typing import IO, Any, Callable, List, Optional, Tuple
 
 from twisted.cred.error import LoginFailed
 from twisted.cred.portal import Portal
@@ -77,8 +77,13 @@ MAX_COMMAND_LINE = 512
 MAX_TEXT_LINE = 1000
 # RFC 4954 4: a line of an AUTH exchange is at most 12288 octets with CRLF.
 MAX_SASL_LINE = 12288
-# Message data up to this size stays in memory; larger spills to disk.
+# Message data up to this size always stays in memory; larger spills to
+# disk, unless the factory's shared budget (SMTPFactory.spoolMemory) lends
+# the message room for up to SPOOL_MEMORY_MAX octets in memory.
 SPOOL_THRESHOLD = 64 * 1024
+SPOOL_MEMORY_MAX = 1024 * 1024
+# Room for the Received header beyond a declared SIZE.
+_HEADER_ROOM = 1024
 
 _ERROR_LIMIT = 20
 
@@ -150,6 +155,31 @@ def _addressLiteral(host: str) -> str:
     if host and all(c.isdigit() or c == "." for c in host):
         return f"[{host}]"
     return "".join(c for c in host if c.isalnum() or c in "-._") or "unknown"
+
+
+class _Spool(tempfile.SpooledTemporaryFile[bytes]):
+    """
+    The spool of one message: in memory up to L{SPOOL_THRESHOLD}, or up to
+    what the factory's budget lends it (given back when it is closed),
+    then a temporary file.  A message that stays in memory costs no file
+    created and removed on disk.
+    """
+
+    def __init__(self, factory: "SMTPFactory", declared: Optional[int] = None) -> None:
+        """
+        @param declared: the size the client declared with C{SIZE}, if it
+            did: no more than that (and room for our trace header) is
+            borrowed.
+        """
+        self._factory: Optional["SMTPFactory"] = factory
+        self._lent = factory.lendSpoolMemory(None if declared is None else declared + _HEADER_ROOM)
+        super().__init__(max_size=max(SPOOL_THRESHOLD, self._lent))
+
+    def close(self) -> None:
+        factory, self._factory = self._factory, None
+        if factory is not None and self._lent:
+            factory.returnSpoolMemory(self._lent)
+        super().close()
 
 
 class _Reply:
@@ -854,6 +884,7 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
                     return _Reply(501, "5.5.4", "Syntax error in SIZE parameter")
                 if int(value) > self.factory.maxMessageSize:
                     return _Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+                envelope.size = int(value)
             elif key == "BODY":
                 if value is None or value.upper() not in ("7BIT", "8BITMIME"):
                     return _Reply(555, "5.5.4", "Unsupported BODY parameter")
@@ -994,7 +1025,7 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
             self._reply(_Reply(503, "5.5.1", "DATA not allowed after BDAT in a transaction"))
             return
         self._messageId = secrets.token_hex(8).upper()
-        self._file = tempfile.SpooledTemporaryFile(max_size=SPOOL_THRESHOLD)
+        self._file = _Spool(self.factory, self._envelope.size)
         self._file.write(self._receivedHeader())
         self._size = 0
         self._prevCRLF = True  # the DATA line ended with CRLF
@@ -1100,7 +1131,7 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
         elif not self._bdat:
             self._bdat = True
             self._messageId = secrets.token_hex(8).upper()
-            self._file = tempfile.SpooledTemporaryFile(max_size=SPOOL_THRESHOLD)
+            self._file = _Spool(self.factory, self._envelope.size)
             self._file.write(self._receivedHeader())
             self._size = 0
             self._tooBig = False
@@ -1194,9 +1225,7 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
         if session.esmtp:
             suffix = ("S" if session.tls else "") + ("A" if session.authenticated else "")
             proto += suffix
-        when = email.utils.format_datetime(
-            datetime.fromtimestamp(self.factory.clock.seconds(), timezone.utc)
-        )
+        when = self.factory.dateHeader()
         lines = [
             f"Received: from {session.helo} ({_addressLiteral(session.peerHost)})",
             f"\tby {self.factory.hostname} (mailplat) with {proto} id {self._messageId}",
@@ -1383,6 +1412,11 @@ class SMTPFactory(protocol.ServerFactory):
         docstring).
     @ivar allowPlaintext: accept passwords without TLS from any address,
         not only from loopback.
+    @ivar spoolMemory: octets of message data all the sessions together
+        may keep in memory beyond L{SPOOL_THRESHOLD} each (a message takes
+        at most L{SPOOL_MEMORY_MAX} of it, while it is being received and
+        delivered); past it, message data over L{SPOOL_THRESHOLD} goes to
+        a temporary file.
     """
 
     protocol = SMTPServer
@@ -1400,6 +1434,7 @@ class SMTPFactory(protocol.ServerFactory):
         contextFactory: Optional[Any] = None,
         role: str = "mx",
         allowPlaintext: bool = False,
+        spoolMemory: int = 64 * 1024 * 1024,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -1417,3 +1452,39 @@ class SMTPFactory(protocol.ServerFactory):
         self.timeout = timeout
         self.maxRecipients = maxRecipients
         self.clock = clock
+        self.spoolMemory = spoolMemory
+        self._spoolLent = 0
+        self._date: Tuple[int, str] = (-1, "")
+
+    def lendSpoolMemory(self, wanted: Optional[int] = None) -> int:
+        """
+        Lend a message's spool room in memory from L{spoolMemory}: C{wanted}
+        octets (the message's declared size), or L{SPOOL_MEMORY_MAX} when it
+        is not known, or what is left of the budget if that is less; 0 when
+        that is no more than L{SPOOL_THRESHOLD} (always in memory) or the
+        message is declared larger than L{SPOOL_MEMORY_MAX} (it goes to
+        disk).  Given back with L{returnSpoolMemory}.
+        """
+        if wanted is not None and wanted > SPOOL_MEMORY_MAX:
+            return 0
+        lent = min(SPOOL_MEMORY_MAX if wanted is None else wanted, self.spoolMemory - self._spoolLent)
+        if lent <= SPOOL_THRESHOLD:
+            return 0
+        self._spoolLent += lent
+        return lent
+
+    def returnSpoolMemory(self, lent: int) -> None:
+        """
+        Give back what L{lendSpoolMemory} lent.
+        """
+        self._spoolLent -= lent
+
+    def dateHeader(self) -> str:
+        """
+        The time now as an RFC 5322 date (for C{Received} headers), made
+        once per second.
+        """
+        now = int(self.clock.seconds())
+        if now != self._date[0]:
+            self._date = (now, email.utils.format_datetime(datetime.fromtimestamp(now, timezone.utc)))
+        return self._date[1]
