@@ -4,6 +4,8 @@ SMTP durable acceptance, mailplat beside Postfix, measured in the same run.
     /work/venv/bin/python bench/compare_smtp.py [--repeats 3] [--quick] [--no-plot]
                                                 [--json bench/results/smtp_vs_postfix.json]
                                                 [--png bench/results/smtp_vs_postfix.png]
+                                                [--commit REV | --mailplat-source DIR] [--baseline REV]
+                                                [--sessions 10 50] [--sizes 2 100] [--drivers py smtp-source]
 
 Needs root (for the scratch Postfix) and Postfix's C{smtp-source} and
 C{smtp-sink}.  Everything listens on 127.0.0.1, in scratch directories
@@ -33,6 +35,10 @@ are in the recipient's Maildir and reports that rate too ("in Maildir").
 It also reads the CPU time of each server's processes (children that
 exited included) to give the server's CPU per message.
 
+With C{--baseline REV}, mailplat as committed at REV runs too (C{baseline}
+rows, C{--workers 1} and C{2}), in the same rotation: a change measured
+before and after, side by side, on the same machine at the same time.
+
 Every point is repeated (C{--repeats}, default 3), the servers in a
 different order each time; the table gives the median of the repeats.
 Prints one table; writes every run to the JSON file and the plot of
@@ -57,82 +63,46 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from bench import smtp_accept  # noqa: E402
-from bench.peers import system  # noqa: E402
-from bench.peers.postfix import (  # noqa: E402
-    Postfix, SMTPSink, accountMaildir, countMaildir, freePort, waitForSMTP,
-)
+from bench.peers.mailplat import Mailplat  # noqa: E402
+from bench.peers.postfix import Postfix, SMTPSink, accountMaildir, countMaildir  # noqa: E402
 
-BIN = os.path.dirname(sys.executable)
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 DOMAIN = "example.test"
 KB = 1024
 
 
-class MailplatSMTP(system.ScratchServer):
+class MailplatSMTP(Mailplat):
     """
-    mailplat serving SMTP only, started as the README says:
+    mailplat serving SMTP only (L{bench.peers.mailplat.Mailplat} with
+    C{listen=("smtp",)}), started as the README says:
 
-        twistd -n --pidfile= mailplat --data-dir D --hostname mailplat.bench.test \\
-            --smtp tcp:PORT:interface=127.0.0.1 --submission none ... --workers N
+        twistd -n --pidfile= mailplat --config C --data-dir D --smtp tcp:PORT:interface=127.0.0.1 \\
+            --submission none ... --workers N --auth mailplat --hostname mailplat.bench.test
 
     with its users made first by C{mailplat --data-dir D user add ADDRESS
     --password-stdin}.  Everything else is the default configuration.
     """
 
     def __init__(self, addresses: Sequence[str], workers: int, source: str = REPO,
-                 extra: Sequence[str] = ()) -> None:
+                 extra: Sequence[str] = (), name: Optional[str] = None) -> None:
         """
         @param source: the mailplat tree to run (put first on C{PYTHONPATH}):
             this checkout by default, or e.g. a C{git archive} of a commit.
         @param extra: more C{twistd mailplat} options (e.g. C{--domain}).
+        @param name: the server's name in the table (C{mailplat wN}).
         """
-        self.name = f"mailplat w{workers}"
-        self.source = source
-        self.extra = list(extra)
-        self.workers = workers
-        self.addresses = list(addresses)
-        self.dir = tempfile.mkdtemp(prefix="mpbsmtp")
-        self.dataDir = os.path.join(self.dir, "data")
-        self.mailRoot = os.path.join(self.dataDir, "mail")
-        self.port = freePort()
-        self.logPath = os.path.join(self.dir, "twistd.log")
-        self.process: Optional[subprocess.Popen] = None
-
-    def start(self) -> "MailplatSMTP":
-        # The store and checker plugins live in the tree's twisted/plugins/,
-        # which an editable install does not always show.
-        env = dict(os.environ, PYTHONPATH=self.source + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        for address in self.addresses:
-            subprocess.run([os.path.join(BIN, "mailplat"), "--data-dir", self.dataDir, "user", "add", address,
-                            "--password-stdin"], input=b"bench password\n", check=True,
-                           stdout=subprocess.DEVNULL, env=env)
-        argv = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "--logfile", self.logPath, "mailplat",
-                "--data-dir", self.dataDir, "--hostname", "mailplat.bench.test",
-                "--smtp", f"tcp:{self.port}:interface=127.0.0.1", "--workers", str(self.workers)]
-        for name in ("submission", "smtps", "pop3", "pop3s", "imap", "imaps"):
-            argv += [f"--{name}", "none"]
-        argv += self.extra
-        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, cwd=self.dir, env=env)
-        try:
-            waitForSMTP(self.port, 60)
-        except Exception:
-            self.stop()
-            raise RuntimeError("mailplat did not start; its log:\n" + self.log()[-3000:])
-        return self
-
-    def log(self) -> str:
-        try:
-            with open(self.logPath, errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
+        super().__init__({address: "bench password" for address in addresses}, workers=workers, argon2=True,
+                         listen=("smtp",), source=source,
+                         extra=["--hostname", "mailplat.bench.test", *extra])
+        self.name = name or f"mailplat w{workers}"
+        self.port = self.ports["smtp"]
 
     def maildir(self, address: str) -> str:
         return accountMaildir(self.mailRoot, address)
 
     def delivered(self, address: str) -> int:
         return countMaildir(self.maildir(address))
+
 
 def cpuSeconds(pids: Sequence[int]) -> float:
     """
@@ -236,20 +206,23 @@ def runPoint(server: object, driver: str, sessions: int, size: int, messages: in
     }
 
 
-def plan(quick: bool) -> List[Tuple[str, int, int, int]]:
+def plan(quick: bool, sessions: Optional[Sequence[int]] = None, sizes: Optional[Sequence[int]] = None,
+         drivers: Optional[Sequence[str]] = None) -> List[Tuple[str, int, int, int]]:
     """
-    The points: (driver, sessions, size, messages).
+    The points: (driver, sessions, size, messages); only those with the
+    given sessions, sizes (KB) and drivers when these are given.
     """
     points: List[Tuple[str, int, int, int]] = []
     scale = 4 if quick else 1
-    for sessions in (1, 5, 10, 20, 50):
-        points.append(("py", sessions, 2 * KB, min(2000, max(400, 200 * sessions)) // scale))
-    for sessions in (10, 50):
-        points.append(("py", sessions, 100 * KB, 400 // scale))
-    for sessions in (10, 50):
-        points.append(("smtp-source", sessions, 2 * KB, 2000 // scale))
-        points.append(("smtp-source", sessions, 100 * KB, 400 // scale))
-    return points
+    for count in (1, 5, 10, 20, 50):
+        points.append(("py", count, 2 * KB, min(2000, max(400, 200 * count)) // scale))
+    for count in (10, 50):
+        points.append(("py", count, 100 * KB, 400 // scale))
+    for count in (10, 50):
+        points.append(("smtp-source", count, 2 * KB, 2000 // scale))
+        points.append(("smtp-source", count, 100 * KB, 400 // scale))
+    return [p for p in points if (sessions is None or p[1] in sessions) and (sizes is None or p[2] // KB in sizes)
+            and (drivers is None or p[0] in drivers)]
 
 
 def median(runs: List[Dict[str, object]], key: str) -> float:
@@ -283,7 +256,7 @@ def summarise(runs: List[Dict[str, object]]) -> List[Dict[str, object]]:
         r["ratio"] = r["rate"] / p["rate"] if p and p["rate"] else float("nan")  # type: ignore[operator]
         r["maildirRatio"] = (r["maildirRate"] / p["maildirRate"]  # type: ignore[operator]
                              if p and p["maildirRate"] == p["maildirRate"] and p["maildirRate"] else float("nan"))
-    order = {"mailplat w1": 0, "mailplat w2": 1, "postfix": 2, "smtp-sink": 3}
+    order = {"baseline w1": 0, "baseline w2": 1, "mailplat w1": 2, "mailplat w2": 3, "postfix": 4, "smtp-sink": 5}
     rows.sort(key=lambda r: (r["driver"] != "py", r["size"], r["sessions"], order.get(r["server"], 9)))
     return rows
 
@@ -303,7 +276,7 @@ def table(rows: List[Dict[str, object]]) -> str:
            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         name = str(r["server"])
-        workers = name[-1] if name.startswith("mailplat") else ("-" if name == "smtp-sink" else "n/a")
+        workers = name[-1] if name.startswith(("mailplat", "baseline")) else ("-" if name == "smtp-sink" else "n/a")
         out.append(
             f"| {name.split(' ')[0]} | {workers} | {r['driver'].replace('py', 'smtp_accept')} | {r['sessions']} "
             f"| {int(r['size']) // KB} KB | {r['messages']} "
@@ -325,8 +298,8 @@ def plot(rows: List[Dict[str, object]], path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    styles = {"mailplat w1": ("C0", "o-"), "mailplat w2": ("C1", "s-"), "postfix": ("C2", "^-"),
-              "smtp-sink": ("C7", "x--")}
+    styles = {"baseline w1": ("C0", "o:"), "baseline w2": ("C1", "s:"), "mailplat w1": ("C0", "o-"),
+              "mailplat w2": ("C1", "s-"), "postfix": ("C2", "^-"), "smtp-sink": ("C7", "x--")}
     for server, (color, style) in styles.items():
         points = sorted((int(r["sessions"]), float(r["rate"]), float(r["maildirRate"])) for r in rows  # type: ignore
                         if r["server"] == server and r["driver"] == "py" and r["size"] == 2 * KB)
@@ -390,34 +363,60 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--commit", metavar="REV",
                         help="run mailplat as committed at REV (a 'git archive' into a scratch directory), "
                              "not the working tree")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run mailplat as committed at REV ('baseline' rows), in the same rotation: "
+                             "before and after a change measured side by side")
+    parser.add_argument("--sessions", type=int, nargs="+", metavar="N", help="only the points with these sessions")
+    parser.add_argument("--sizes", type=int, nargs="+", metavar="KB", help="only the points of these sizes (2, 100)")
+    parser.add_argument("--drivers", nargs="+", choices=("py", "smtp-source"),
+                        help="only these clients (py: bench/smtp_accept.py)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("compare_smtp.py needs root for the scratch Postfix", file=sys.stderr)
         return 2
 
-    snapshot = None
-    if args.commit:
-        snapshot = tempfile.mkdtemp(prefix="mpbsrc")
-        archive = subprocess.run(["git", "-C", REPO, "archive", args.commit], capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", snapshot], input=archive.stdout, check=True)
-        args.mailplat_source = snapshot
+    snapshots = []
     try:
+        if args.commit:
+            snapshots.append(_snapshot(args.commit))
+            args.mailplat_source = snapshots[-1]
+        args.baseline_source = None
+        if args.baseline:
+            snapshots.append(_snapshot(args.baseline))
+            args.baseline_source = snapshots[-1]
         return _main(args)
     finally:
-        if snapshot:
+        for snapshot in snapshots:
             shutil.rmtree(snapshot, ignore_errors=True)
 
 
+def _snapshot(rev: str) -> str:
+    """
+    A scratch directory holding mailplat as committed at C{rev}.
+    """
+    snapshot = tempfile.mkdtemp(prefix="mpbsrc")
+    archive = subprocess.run(["git", "-C", REPO, "archive", rev], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", snapshot], input=archive.stdout, check=True)
+    return snapshot
+
+
+def _commitName(rev: str) -> str:
+    commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", rev], capture_output=True,
+                            text=True).stdout.strip()
+    return f"commit {commit} (git archive)"
+
+
 def _main(args: argparse.Namespace) -> int:
-    points = plan(args.quick)
+    points = plan(args.quick, args.sessions, args.sizes, args.drivers)
     addresses = sorted({address(s, size, d) for d, s, size, _ in points} | {f"warm@{DOMAIN}"})
     before = machine()
     before["mailplat"] = revision(os.path.abspath(args.mailplat_source))
     if args.commit:
-        commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", args.commit], capture_output=True,
-                                text=True).stdout.strip()
-        before["mailplat"] = f"commit {commit} (git archive)"
+        before["mailplat"] = _commitName(args.commit)
     print(f"# mailplat from {before['mailplat']}", flush=True)
+    if args.baseline:
+        before["baseline"] = _commitName(args.baseline)
+        print(f"# baseline from {before['baseline']}", flush=True)
     print(f"# nproc {before['nproc']}, kernel {before['kernel']}, {before['postfix'] and 'Postfix ' + before['postfix']}",
           flush=True)
     print(f"# {before['uptime']}", flush=True)
@@ -426,8 +425,13 @@ def _main(args: argparse.Namespace) -> int:
     began = time.monotonic()
     try:
         source = os.path.abspath(args.mailplat_source)
-        for make in (lambda: MailplatSMTP(addresses, 1, source), lambda: MailplatSMTP(addresses, 2, source),
-                     lambda: Postfix(addresses), lambda: SMTPSink()):
+        makers = [lambda: MailplatSMTP(addresses, 1, source), lambda: MailplatSMTP(addresses, 2, source),
+                  lambda: Postfix(addresses), lambda: SMTPSink()]
+        if args.baseline_source:
+            baseline = args.baseline_source
+            makers[:0] = [lambda: MailplatSMTP(addresses, 1, baseline, name="baseline w1"),
+                          lambda: MailplatSMTP(addresses, 2, baseline, name="baseline w2")]
+        for make in makers:
             server = make()
             servers.append(server)
             server.start()  # type: ignore[attr-defined]

@@ -9,6 +9,15 @@ Debian's dovecot-imapd):
     /work/venv/bin/python bench/imap_big.py [--messages 10000] [--repeat 3]
     /work/venv/bin/python bench/imap_big.py --messages 100000 --repeat 1     # about 5 minutes
 
+Before and after a change, in the same runs: C{--baseline CMD} times a
+second mailplat run by C{CMD} instead of the venv's twistd, for instance
+an older checkout put first on C{sys.path}:
+
+    git archive e9395e0 mailplat | tar -x -C /tmp/before
+    printf 'import sys\nsys.path.insert(0, "/tmp/before")\nfrom twisted.scripts.twistd import run\nrun()\n' \
+        > /tmp/twistd_before.py
+    /work/venv/bin/python bench/imap_big.py --baseline "/work/venv/bin/python /tmp/twistd_before.py"
+
 One Maildir of C{--messages} messages is written straight into C{cur/}
 (L{bench.peers.maildir}), then each server in turn gets its own copy
 (C{cp -al}: new directories, the files linked), is started (mailplat
@@ -18,9 +27,12 @@ L{bench.peers}), and one client on
 never seen the mailbox: mailplat builds its uidlist, Dovecot its index)
 and again in a second session, then the server is stopped.  Each
 command's time is from sending it to its tagged OK, read with a C-level
-buffered reader; the answers are checked (every message fetched, the
-same SEARCH results from both servers).  With C{--repeat N} the whole
-run is repeated (the servers' order alternating) and medians are shown.
+buffered reader, and beside it the CPU time the server's processes used
+meanwhile (L{cpuSeconds}: on a machine shared with other work, CPU time
+compares the servers more fairly than elapsed time); the answers are
+checked (every message fetched, the same SEARCH results from both
+servers).  With C{--repeat N} the whole run is repeated (the servers'
+order alternating) and medians are shown.
 
 Over a StringTransport, mailplat's IMAP layer only on a MemoryStore (no
 network, no disk; the figures are the server's own Python work):
@@ -32,6 +44,8 @@ after 10 minutes, every command must answer within 10 minutes.
 """
 
 import argparse
+import ctypes
+import ctypes.util
 import os
 import sys
 import time
@@ -96,7 +110,8 @@ class Session:
     def __init__(self, store: Any, cache: MessageCache) -> None:
         checker = InMemoryUsernamePasswordDatabaseDontUse()
         checker.addUser(ADDRESS.encode(), b"pw")
-        factory = IMAPFactory(Portal(MailRealm(store), [checker]), "bench", clock=task.Clock(), cache=cache)
+        self.clock = task.Clock()
+        factory = IMAPFactory(Portal(MailRealm(store), [checker]), "bench", clock=self.clock, cache=cache)
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
         self.server = factory.buildProtocol(None)
         self.server.makeConnection(self.transport)
@@ -109,6 +124,12 @@ class Session:
         self.transport.clear()
         start = time.perf_counter()
         self.server.dataReceived(line + b"\r\n")
+        # Long work (a header search reading many messages) waits a turn
+        # of the clock between batches: give it the turns.
+        for _ in range(100000):
+            if self.server._busy is False:
+                break
+            self.clock.advance(0)
         elapsed = time.perf_counter() - start
         out = self.transport.value()
         assert b"\r\nx OK" in out or out.startswith(b"x OK"), out[-300:]
@@ -170,6 +191,30 @@ SECOND_SESSION = [
 USER, PASSWORD = "big@example.test", "big password"
 
 
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def cpuSeconds(pids: List[int]) -> float:
+    """
+    The CPU time (user and system, every thread) the processes C{pids}
+    have used so far, to the nanosecond (C{clock_getcpuclockid(3)}; the
+    tick counts of C{/proc/<pid>/stat} are too coarse for a command of a
+    few milliseconds).  A process gone meanwhile counts 0.
+    """
+    total = 0.0
+    for pid in pids:
+        clock = ctypes.c_int()
+        spec = _Timespec()
+        if _libc.clock_getcpuclockid(pid, ctypes.byref(clock)) == 0 and \
+                _libc.clock_gettime(clock.value, ctypes.byref(spec)) == 0:
+            total += spec.tv_sec + spec.tv_nsec / 1e9
+    return total
+
+
 def networkRun(server: Any, tree: str, messages: int, answers: dict) -> dict:
     """
     Give C{server} its own copy of the filled C{tree}, start it, run both
@@ -191,9 +236,12 @@ def networkRun(server: Any, tree: str, messages: int, answers: dict) -> dict:
             client = BlockingIMAP(server.ports["imap"])
             client.login(USER, PASSWORD)
             for label, line, check in commands:
+                pids = server.pids()
+                cpu = cpuSeconds(pids)
                 start = time.perf_counter()
                 lines, octets = client.command(line)
                 times[label] = time.perf_counter() - start
+                times[label + " cpu"] = cpuSeconds(pids) - cpu
                 if check == "exists":
                     if not any(x == b"* %d EXISTS\r\n" % messages for x in lines):
                         raise SystemExit(f"{server.name}: {line!r} did not show {messages} messages: {lines[:5]!r}")
@@ -211,10 +259,14 @@ def networkRun(server: Any, tree: str, messages: int, answers: dict) -> dict:
     return times
 
 
-def network(messages: int, repeat: int, twistd: str = "", names: str = "mailplat,dovecot") -> None:
+def network(messages: int, repeat: int, twistd: str = "", names: str = "mailplat,dovecot", baseline: str = "") -> None:
     """
     Fill one mailbox, then time both servers on their copies of it,
     C{repeat} times; print one table with medians and ratios.
+
+    @param baseline: a command running another twistd (an older mailplat,
+        see C{--baseline}): that mailplat is timed too, as C{baseline}, in
+        the same rotation, for before/after figures from one run.
     """
     import shlex
     import shutil
@@ -232,32 +284,58 @@ def network(messages: int, repeat: int, twistd: str = "", names: str = "mailplat
         if written != messages:
             raise SystemExit(f"the fill stopped after {written} messages (10 minutes): use a smaller --messages")
         print(f"filled {messages} messages in {took:.1f} s")
-        results: dict = {"mailplat": [], "dovecot": []}
+        results: dict = {"mailplat": [], "baseline": [], "dovecot": []}
         answers: dict = {}
+
+        def baselineServer() -> Any:
+            server = Mailplat({USER: PASSWORD}, workers=1, twistd=shlex.split(baseline))
+            server.name = "baseline"
+            return server
+
         for n in range(repeat):
             makers = {"mailplat": lambda: Mailplat({USER: PASSWORD}, workers=1, twistd=shlex.split(twistd) or None),
+                      "baseline": baselineServer,
                       "dovecot": lambda: Dovecot({USER: PASSWORD})}
-            servers = [make() for name, make in makers.items() if name in names.split(",")]
-            for server in servers if n % 2 == 0 else reversed(servers):
+            chosen = [name for name in makers if name in names.split(",") and (name != "baseline" or baseline)]
+            # Each server in turn, the order rotating from run to run.
+            for name in chosen[n % len(chosen):] + chosen[: n % len(chosen)]:
+                server = makers[name]()
                 began = time.monotonic()
-                results[server.name].append(networkRun(server, tree, messages, answers))
-                print(f"  run {n + 1}: {server.name} done in {time.monotonic() - began:.1f} s "
+                results[name].append(networkRun(server, tree, messages, answers))
+                print(f"  run {n + 1}: {name} done in {time.monotonic() - began:.1f} s "
                       f"(load {system.machine().rsplit('average ', 1)[1]})", flush=True)
     finally:
         shutil.rmtree(tree, ignore_errors=True)
     labels = [label for label, _, _ in FIRST_SESSION + SECOND_SESSION]
     print(f"\n{messages} messages over 127.0.0.1, median of {repeat} run(s); ratio = Dovecot time / mailplat time "
-          "(above 1: mailplat faster)")
-    print("| command | mailplat ms | Dovecot ms | ratio |")
-    print("|---|---:|---:|---:|")
+          "(above 1: mailplat faster); CPU = the server processes' CPU time during the command")
+    print("| command | mailplat ms | Dovecot ms | ratio | mailplat CPU ms | Dovecot CPU ms | CPU ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+
+    def median(name: str, key: str) -> float:
+        return system.median([r[key] for r in results[name]]) * 1000 if results[name] else float("nan")
+
     for label in labels:
-        ours = system.median([r[label] for r in results["mailplat"]]) * 1000
-        theirs = system.median([r[label] for r in results["dovecot"]]) * 1000 if results["dovecot"] else float("nan")
-        print(f"| {label} | {ours:.1f} | {theirs:.1f} | {system.ratio(ours, theirs, False)} |")
+        ours, theirs = median("mailplat", label), median("dovecot", label)
+        oursCpu, theirsCpu = median("mailplat", label + " cpu"), median("dovecot", label + " cpu")
+        print(f"| {label} | {ours:.1f} | {theirs:.1f} | {system.ratio(ours, theirs, False)} "
+              f"| {oursCpu:.1f} | {theirsCpu:.1f} | {system.ratio(oursCpu, theirsCpu, False)} |")
     ours = system.median([r["memory"] for r in results["mailplat"]]) / 1024
     theirs = system.median([r["memory"] for r in results["dovecot"]]) / 1024 if results["dovecot"] else float("nan")
     print(f"| server memory after (PSS, MiB, all processes) | {ours:.1f} | {theirs:.1f} | "
           f"{system.ratio(ours, theirs, False)} |")
+    if results["baseline"]:
+        print("\nbaseline (--baseline) against mailplat, same runs; ratio = baseline / mailplat (above 1: mailplat faster)")
+        print("| command | baseline ms | mailplat ms | ratio | baseline CPU ms | mailplat CPU ms | CPU ratio |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for label in labels:
+            old, new = median("baseline", label), median("mailplat", label)
+            oldCpu, newCpu = median("baseline", label + " cpu"), median("mailplat", label + " cpu")
+            print(f"| {label} | {old:.1f} | {new:.1f} | {system.ratio(new, old, False)} "
+                  f"| {oldCpu:.1f} | {newCpu:.1f} | {system.ratio(newCpu, oldCpu, False)} |")
+        old = system.median([r["memory"] for r in results["baseline"]]) / 1024
+        print(f"| server memory after (PSS, MiB, all processes) | {old:.1f} | {ours:.1f} | "
+              f"{system.ratio(ours, old, False)} |")
 
 
 def main() -> None:
@@ -268,12 +346,14 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="mailplat only, MemoryStore over a StringTransport")
     parser.add_argument("--twistd", default="", help="command running twistd for mailplat (default: the venv's)")
     parser.add_argument("--servers", default="mailplat,dovecot", help="which servers to run (network)")
+    parser.add_argument("--baseline", default="",
+                        help="command running the twistd of another mailplat to time beside this one (network)")
     args = parser.parse_args()
     sizes = args.messages or ("10000,100000" if args.memory else "10000")
     counts = [min(max(1, int(n)), 200000) for n in sizes.split(",")]
     if not args.memory:
         for count in counts:
-            network(count, max(1, min(args.repeat, 9)), args.twistd, args.servers)
+            network(count, max(1, min(args.repeat, 9)), args.twistd, args.servers + ",baseline", args.baseline)
         return
     for count in counts:
         start = time.perf_counter()

@@ -29,7 +29,11 @@ default of a real start; L{bench.peers.mailplat}), Dovecot from a scratch
 configuration (L{bench.peers.dovecot}); passwords are plain secrets on
 both (Twisted's C{memory:} checker, Dovecot's C{{PLAIN}} passwd-file).
 The servers' order alternates between repeats; medians over the repeats
-are shown.  Loopback only; bounded by C{--seconds} per server and run
+are shown.  With C{--baseline CMD}, a second mailplat run by C{CMD} (say
+an older checkout: C{"env PYTHONPATH=/tmp/old /work/venv/bin/twistd"},
+after C{git worktree add /tmp/old HEAD}) joins the alternation, for a
+paired before/after comparison in one run (C{--servers
+mailplat,baseline} leaves Dovecot out).  Loopback only; bounded by C{--seconds} per server and run
 (at most 300) and a 60-second limit on every command.
 """
 
@@ -42,7 +46,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -57,6 +61,14 @@ OPERATIONS = [
     "STORE \\Deleted", "EXPUNGE", "IDLE+DONE", "LOGOUT",
 ]
 TIMEOUT = 60.0
+
+
+class Baseline(Mailplat):
+    """
+    mailplat run by another command (C{--baseline}), reported apart.
+    """
+
+    name = "baseline"
 
 
 def address(n: int) -> str:
@@ -135,12 +147,30 @@ class Client:
         self.rounds += 1
 
 
-async def drive(port: int, clients: int, messages: int, seconds: float, rounds: int, idle: float) -> dict:
+def cpuSeconds(pids: List[int]) -> float:
+    """
+    The CPU time (user and system, with that of their reaped children) of
+    C{pids}, from C{/proc/<pid>/stat}.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])
+    return total / ticks
+
+
+async def drive(port: int, clients: int, messages: int, seconds: float, rounds: int, idle: float,
+                serverCPU: Callable[[], float] = lambda: 0.0) -> dict:
     """
     Warm up, then run C{clients} clients until C{seconds} or C{rounds}.
 
     @return: elapsed seconds, operation samples, rounds, client CPU
-        seconds, errors.
+        seconds, the server's CPU seconds (from C{serverCPU}), errors.
     """
     samples: Dict[str, List[float]] = {name: [] for name in OPERATIONS}
     users = [Client(n, port, messages, idle, samples) for n in range(clients)]
@@ -157,11 +187,12 @@ async def drive(port: int, clients: int, messages: int, seconds: float, rounds: 
                 return
 
     cpu = time.process_time()
+    server = serverCPU()
     start = time.perf_counter()
     await asyncio.gather(*(loop(u) for u in users))
     elapsed = time.perf_counter() - start
     return {"elapsed": elapsed, "samples": samples, "rounds": sum(u.rounds for u in users),
-            "cpu": time.process_time() - cpu, "errors": errors}
+            "cpu": time.process_time() - cpu, "serverCPU": serverCPU() - server, "errors": errors}
 
 
 def measure(server, tree: str, clients: int, args: argparse.Namespace) -> dict:  # type: ignore[no-untyped-def]
@@ -171,7 +202,7 @@ def measure(server, tree: str, clients: int, args: argparse.Namespace) -> dict: 
     copyTree(os.path.join(tree, "example.test"), os.path.join(server.mailRoot, "example.test"))
     with server:
         result = asyncio.run(drive(server.ports["imap"], clients, args.messages, args.seconds, args.rounds,
-                                   args.idle_ms / 1000))
+                                   args.idle_ms / 1000, lambda: cpuSeconds(server.pids())))
         result["memory"] = system.memoryKiB(server.pids())[1]
         if result["errors"]:
             print(f"    {server.name}: {len(result['errors'])} client(s) failed; first: {result['errors'][0]}")
@@ -186,9 +217,13 @@ def report(clients: int, results: Dict[str, List[dict]], args: argparse.Namespac
         return system.median([f(r) for r in results[name]])
 
     runs = max(len(r) for r in results.values())
+    if results.get("baseline"):
+        reportBaseline(clients, results, args, med)
+        if not results["dovecot"]:
+            return
     for name in ("mailplat", "dovecot"):
         if not results[name]:
-            results[name] = [{"ops": 0.0, "rounds": 0, "elapsed": 1.0, "cpu": 0.0, "memory": 0,
+            results[name] = [{"ops": 0.0, "rounds": 0, "elapsed": 1.0, "cpu": 0.0, "serverCPU": 0.0, "memory": 0,
                               "samples": {op: [] for op in OPERATIONS}}]
     print(f"\n{clients} clients, {args.messages} messages per INBOX, mailplat --workers {args.workers}, "
           f"median of {runs} run(s) of {args.seconds:.0f} s")
@@ -200,6 +235,8 @@ def report(clients: int, results: Dict[str, List[dict]], args: argparse.Namespac
     print(f"| rounds/s | {r1:.1f} | {r2:.1f} | {system.ratio(r1, r2, True)} |")
     c1, c2 = med("mailplat", lambda r: r["cpu"] / r["elapsed"]), med("dovecot", lambda r: r["cpu"] / r["elapsed"])
     print(f"| load generator CPU (cores) | {c1:.2f} | {c2:.2f} | |")
+    s1, s2 = med("mailplat", cpuPerOperation), med("dovecot", cpuPerOperation)
+    print(f"| server CPU ms per operation | {s1 * 1000:.2f} | {s2 * 1000:.2f} | {system.ratio(s1, s2, False)} |")
     m1, m2 = med("mailplat", lambda r: r["memory"] / 1024), med("dovecot", lambda r: r["memory"] / 1024)
     print(f"| server memory at the end (PSS, MiB) | {m1:.0f} | {m2:.0f} | |")
     print("\n| operation | mailplat p50 ms | p99 ms | Dovecot p50 ms | p99 ms | p50 ratio |")
@@ -209,6 +246,39 @@ def report(clients: int, results: Dict[str, List[dict]], args: argparse.Namespac
                     med(name, lambda r: system.percentile(r["samples"][op], 0.99)) * 1000) for name in results}
         print(f"| {op} | {p['mailplat'][0]:.2f} | {p['mailplat'][1]:.2f} | {p['dovecot'][0]:.2f} | "
               f"{p['dovecot'][1]:.2f} | {system.ratio(p['mailplat'][0], p['dovecot'][0], False)} |")
+
+
+def cpuPerOperation(result: dict) -> float:
+    """
+    The server's CPU seconds per operation in one run.
+    """
+    return float(result["serverCPU"]) / max(1, sum(len(v) for v in result["samples"].values()))
+
+
+def reportBaseline(clients: int, results: Dict[str, List[dict]], args: argparse.Namespace, med) -> None:  # type: ignore[no-untyped-def]
+    """
+    The paired comparison of mailplat with the C{--baseline} mailplat:
+    each run's figure, and the medians.
+    """
+    print(f"\n{clients} clients, mailplat against the baseline ({args.baseline}), --workers {args.workers}, "
+          f"{len(results['baseline'])} run(s) each of {args.seconds:.0f} s, alternating")
+    print("| | mailplat | baseline | mailplat/baseline |")
+    print("|---|---:|---:|---:|")
+    for n, (ours, theirs) in enumerate(zip(results["mailplat"], results["baseline"]), 1):
+        print(f"| run {n} operations/s | {ours['ops']:.0f} | {theirs['ops']:.0f} | "
+              f"{system.ratio(ours['ops'], theirs['ops'], True)} |")
+    ours, theirs = med("mailplat", lambda r: r["ops"]), med("baseline", lambda r: r["ops"])
+    print(f"| median operations/s | **{ours:.0f}** | {theirs:.0f} | **{system.ratio(ours, theirs, True)}** |")
+    c1, c2 = med("mailplat", cpuPerOperation), med("baseline", cpuPerOperation)
+    print(f"| server CPU ms per operation | {c1 * 1000:.2f} | {c2 * 1000:.2f} | {system.ratio(c1, c2, False)} |")
+    print("\n| operation | mailplat p50 ms | p99 ms | baseline p50 ms | p99 ms |")
+    print("|---|---:|---:|---:|---:|")
+    for op in OPERATIONS:
+        p = {name: (med(name, lambda r: system.percentile(r["samples"][op], 0.5)) * 1000,
+                    med(name, lambda r: system.percentile(r["samples"][op], 0.99)) * 1000)
+             for name in ("mailplat", "baseline")}
+        print(f"| {op} | {p['mailplat'][0]:.2f} | {p['mailplat'][1]:.2f} | {p['baseline'][0]:.2f} | "
+              f"{p['baseline'][1]:.2f} |")
 
 
 def main() -> int:
@@ -221,7 +291,11 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="mailplat's --workers")
     parser.add_argument("--idle-ms", type=float, default=0.0, help="time spent in IDLE before DONE")
     parser.add_argument("--twistd", default="", help="command running twistd for mailplat (default: the venv's)")
-    parser.add_argument("--servers", default="mailplat,dovecot", help="which servers to run")
+    parser.add_argument("--baseline", default="",
+                        help="command running twistd for a second mailplat measured in alternation (a paired "
+                             "before/after run)")
+    parser.add_argument("--servers", default="mailplat,dovecot",
+                        help="which servers to run (mailplat, dovecot; baseline is added by --baseline)")
     args = parser.parse_args()
     args.seconds = min(max(1.0, args.seconds), 300.0)
     args.messages = min(max(10, args.messages), 20000)
@@ -234,12 +308,15 @@ def main() -> int:
         print(f"filled {max(counts)} INBOXes of {written} messages in {took:.1f} s")
         for clients in counts:
             users = {address(n): password(n) for n in range(clients)}
-            results: Dict[str, List[dict]] = {"mailplat": [], "dovecot": []}
+            results: Dict[str, List[dict]] = {"mailplat": [], "dovecot": [], "baseline": []}
+            wanted = args.servers.split(",") + (["baseline"] if args.baseline else [])
             for run in range(max(1, min(args.repeat, 9))):
                 makers = {"mailplat": lambda: Mailplat(users, connections=clients + 10, workers=args.workers,
                                                        twistd=shlex.split(args.twistd) or None),
+                          "baseline": lambda: Baseline(users, connections=clients + 10, workers=args.workers,
+                                                       twistd=shlex.split(args.baseline)),
                           "dovecot": lambda: Dovecot(users, connections=clients + 10)}
-                servers = [make() for name, make in makers.items() if name in args.servers.split(",")]
+                servers = [make() for name, make in makers.items() if name in wanted]
                 for server in servers if run % 2 == 0 else reversed(servers):
                     result = measure(server, tree, clients, args)
                     failed = failed or bool(result["errors"])

@@ -8,14 +8,23 @@ Dovecot in the same run on the same mail.
                               [--window 50] [--seconds 120]
 
     /work/venv/bin/python bench/pop3_retr.py --vs-dovecot [--messages 10000] [--repeat 3] [--workers 1]
+                                             [--baseline REV]
 
 With C{--vs-dovecot} (root, Debian's dovecot-pop3d) one maildrop of
 C{--messages} messages (1-25 KB, L{bench.peers.maildir}) is written
 straight into C{cur/}, each server gets its own copy (C{cp -al}: new
-directories, the files linked) and is started (L{bench.peers}), and two sessions run one after the other: the
-first finds a maildrop the server has never indexed and RETR marks each
-message seen, the second finds it indexed and already seen.  The
-servers' order alternates between repeats; medians are shown.
+directories, the files linked) and is started (L{bench.peers}), and two
+sessions run one after the other: the first finds a maildrop the server
+has never indexed (a third of it unseen, which its QUIT flags seen), the
+second finds it indexed and seen.  The servers' order alternates between
+repeats; medians are shown.  Beside
+each step's wall-clock time the table gives the server's CPU time per
+RETR (summed over its processes and threads, from
+C{/proc/<pid>/task/<tid>/schedstat}), which a loaded machine disturbs
+less.  C{--baseline REV} runs a third server, mailplat with
+C{mailplat/pop3/server.py} as it was at git revision C{REV}, or as in the
+file C{REV} names (the rest of the tree as it is), in the same
+alternation: a paired A/B of a POP3 change.
 
 Loopback only.  RETRs are pipelined C{--window} at a time (RFC 2449
 PIPELINING), the way a fetching client such as fetchmail does; the
@@ -25,9 +34,11 @@ Bounded by the maildrop and a time limit; prints one table row.
 
 import argparse
 import io
+import os
 import socket
 import sys
 import time
+from typing import Callable, Dict, Iterable, List, Optional
 
 
 def fill(dataDir: str, user: str, count: int, size: int) -> None:
@@ -96,14 +107,46 @@ class Session:
         self.sock.sendall(data)
 
 
-def measure(host: str, port: int, user: str, password: str, window: int, seconds: float) -> dict:
+def cpuTimes(pids: Iterable[int]) -> Dict[int, float]:
+    """
+    CPU seconds used so far by each process of C{pids} (all its threads),
+    from the scheduler's nanosecond counters.
+    """
+    times: Dict[int, float] = {}
+    for pid in pids:
+        total = 0
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+        except OSError:
+            continue
+        times[pid] = total / 1e9
+    return times
+
+
+def cpuSpent(before: Dict[int, float], after: Dict[int, float]) -> float:
+    """
+    CPU seconds used between two L{cpuTimes} readings by the processes
+    present at both.
+    """
+    return sum(after[pid] - before[pid] for pid in after if pid in before)
+
+
+def measure(host: str, port: int, user: str, password: str, window: int, seconds: float,
+            pids: Optional[Callable[[], List[int]]] = None) -> dict:
     """
     One session: login, STAT, UIDL, RETR of every message (C{window} in
     flight), QUIT.
 
-    @return: seconds by step, C{count}, C{received} and C{octets}.
+    @param pids: the server's processes, for its CPU time during RETR
+        and QUIT.
+    @return: seconds by step, C{count}, C{received}, C{octets}, and the
+        CPU seconds of the server (C{RETR cpu}, C{QUIT cpu}) and of this
+        client (C{RETR client cpu}).
     """
     timings: dict = {}
+    serverCPU = (lambda: cpuTimes(pids())) if pids is not None else (lambda: {})
     s = Session(port, host)
     s.ok()
     start = time.monotonic()
@@ -124,6 +167,7 @@ def measure(host: str, port: int, user: str, password: str, window: int, seconds
     s.multiline()
     timings["UIDL"] = time.monotonic() - start
 
+    cpu, clientCPU = serverCPU(), time.process_time()
     start = time.monotonic()
     deadline = start + seconds
     octets = sent = received = 0
@@ -139,62 +183,109 @@ def measure(host: str, port: int, user: str, password: str, window: int, seconds
         octets += s.multiline()
         received += 1
     timings["RETR"] = time.monotonic() - start
+    timings["RETR client cpu"] = time.process_time() - clientCPU
+    after = serverCPU()
+    timings["RETR cpu"] = cpuSpent(cpu, after)
     start = time.monotonic()
     s.send(b"QUIT\r\n")
     s.ok()
     timings["QUIT"] = time.monotonic() - start
+    timings["QUIT cpu"] = cpuSpent(after, serverCPU())
     timings.update(count=count, received=received, octets=octets)
     return timings
 
 
+#: Runs twistd with mailplat/pop3/server.py taken from another file.
+BASELINE_TWISTD = """\
+import importlib.util, sys
+import mailplat.pop3
+spec = importlib.util.spec_from_file_location("mailplat.pop3.server", {path!r})
+module = importlib.util.module_from_spec(spec)
+sys.modules["mailplat.pop3.server"] = mailplat.pop3.server = module
+spec.loader.exec_module(module)
+from twisted.scripts.twistd import run
+sys.argv[0] = "twistd"
+run()
+"""
+
+
 def versusDovecot(args: argparse.Namespace) -> int:
     """
-    The same maildrop on mailplat and on Dovecot; one table with ratios.
+    The same maildrop on mailplat and on Dovecot (and on mailplat with
+    the POP3 server of C{--baseline}); one table with ratios.
     """
-    import os
     import shutil
+    import subprocess
     import tempfile
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from bench.peers import system
     from bench.peers.dovecot import Dovecot
     from bench.peers.maildir import Fill, copyTree
-    from bench.peers.mailplat import Mailplat
+    from bench.peers.mailplat import REPO, Mailplat
 
     user, password = "pop@example.test", "pop password"
     print(f"machine: {system.machine()}")
     tree = tempfile.mkdtemp(prefix="mpbpop")
     results: dict = {}
     ok = True
+    baseline = f"mailplat@{os.path.basename(args.baseline)}" if args.baseline else None
     try:
-        written, took = Fill(tree).add([user], args.messages, seconds=600)
+        twistd = None
+        if args.baseline and os.path.isfile(args.baseline):
+            old = os.path.abspath(args.baseline)
+        elif args.baseline:
+            old = os.path.join(tree, "pop3_server_baseline.py")
+            with open(old, "wb") as f:
+                f.write(subprocess.run(["git", "-C", REPO, "show", f"{args.baseline}:mailplat/pop3/server.py"],
+                                       check=True, capture_output=True).stdout)
+        if args.baseline:
+            wrapper = os.path.join(tree, "twistd_baseline.py")
+            with open(wrapper, "w") as f:
+                f.write(BASELINE_TWISTD.format(path=old))
+            twistd = [sys.executable, wrapper]
+        mail = os.path.join(tree, "mail")
+        written, took = Fill(mail).add([user], args.messages, seconds=600)
         print(f"filled {written} messages in {took:.1f} s")
         for n in range(max(1, min(args.repeat, 9))):
-            servers = [Mailplat({user: password}, workers=args.workers), Dovecot({user: password})]
-            for server in servers if n % 2 == 0 else reversed(servers):
-                copyTree(os.path.join(tree, "example.test"), os.path.join(server.mailRoot, "example.test"))
+            servers: list = [("mailplat", Mailplat({user: password}, workers=args.workers))]
+            if twistd is not None:
+                servers.append((baseline, Mailplat({user: password}, workers=args.workers, twistd=twistd)))
+            servers.append(("dovecot", Dovecot({user: password})))
+            for name, server in servers if n % 2 == 0 else reversed(servers):
+                copyTree(os.path.join(mail, "example.test"), os.path.join(server.mailRoot, "example.test"))
                 with server:
                     for session in ("first", "second"):
-                        r = measure("127.0.0.1", server.ports["pop3"], user, password, args.window, args.seconds)
+                        r = measure("127.0.0.1", server.ports["pop3"], user, password, args.window, args.seconds,
+                                    server.pids)
                         ok = ok and r["received"] == r["count"] == written
-                        results.setdefault((server.name, session), []).append(r)
-                        print(f"  run {n + 1}: {server.name} {session} session: RETR {r['received']} "
-                              f"in {r['RETR']:.2f} s (load {system.machine().rsplit('average ', 1)[1]})", flush=True)
+                        results.setdefault((name, session), []).append(r)
+                        print(f"  run {n + 1}: {name} {session} session: RETR {r['received']} "
+                              f"in {r['RETR']:.2f} s, server CPU {r['RETR cpu']:.2f} s, QUIT {r['QUIT']:.3f} s "
+                              f"(load {system.machine().rsplit('average ', 1)[1]})", flush=True)
     finally:
         shutil.rmtree(tree, ignore_errors=True)
+    names = ["mailplat"] + ([baseline] if baseline else []) + ["dovecot"]
     print(f"\nPOP3, {written} messages, window {args.window}, mailplat --workers {args.workers}, "
           f"median of {len(results[('mailplat', 'first')])} run(s); ratio = Dovecot time / mailplat time")
-    print("| session | step | mailplat s | Dovecot s | ratio |")
-    print("|---|---|---:|---:|---:|")
+    ours = [n for n in names if n != "dovecot"]
+    print("| session | step | " + " | ".join(names) + " | " + " | ".join(f"{n}/Dovecot" for n in ours) + " |")
+    print("|---|---|" + "---:|" * (len(names) + len(ours)))
+
+    def row(session: str, label: str, figure: Callable[[dict], float], fmt: str, higherIsBetter: bool) -> None:
+        values = {n: system.median([figure(r) for r in results[(n, session)]]) for n in names}
+        cells = [format(values[n], fmt) for n in names]
+        ratios = [system.ratio(values[n], values["dovecot"], higherIsBetter) for n in ours]
+        print(f"| {session} | {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+
     for session in ("first", "second"):
         for step in ("login", "STAT", "UIDL", "RETR", "QUIT"):
-            ours = system.median([r[step] for r in results[("mailplat", session)]])
-            theirs = system.median([r[step] for r in results[("dovecot", session)]])
-            print(f"| {session} | {step} | {ours:.3f} | {theirs:.3f} | {system.ratio(ours, theirs, False)} |")
-        ours = system.median([r["received"] / r["RETR"] for r in results[("mailplat", session)]])
-        theirs = system.median([r["received"] / r["RETR"] for r in results[("dovecot", session)]])
-        print(f"| {session} | RETR messages/s | **{ours:.0f}** | {theirs:.0f} | "
-              f"**{system.ratio(ours, theirs, True)}** |")
+            row(session, f"{step} s", lambda r: r[step], ".3f", False)
+        row(session, "**RETR messages/s**", lambda r: r["received"] / r["RETR"], ".0f", True)
+        row(session, "server CPU per RETR, µs", lambda r: r["RETR cpu"] / max(1, r["received"]) * 1e6, ".1f", False)
+        row(session, "server CPU at QUIT, ms", lambda r: r["QUIT cpu"] * 1e3, ".1f", False)
+        row(session, "client CPU per RETR, µs", lambda r: r["RETR client cpu"] / max(1, r["received"]) * 1e6,
+            ".1f", False)
     return 0 if ok else 1
 
 
@@ -213,6 +304,8 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=10000, help="with --vs-dovecot: maildrop size")
     parser.add_argument("--repeat", type=int, default=3, help="with --vs-dovecot: runs per server")
     parser.add_argument("--workers", type=int, default=1, help="with --vs-dovecot: mailplat's --workers")
+    parser.add_argument("--baseline", help="with --vs-dovecot: also run mailplat with the POP3 server of this git revision "
+                        "(or this file)")
     args = parser.parse_args()
     if args.fill:
         if not args.data_dir:

@@ -3,7 +3,10 @@ mailplat started for a benchmark as a user would start it:
 
     twistd -n --pidfile= mailplat --config <scratch>/mailplat.toml --data-dir <scratch>/data \\
         --imap tcp:PORT:interface=127.0.0.1 --pop3 tcp:PORT:interface=127.0.0.1 \\
-        --smtp none ... --workers N --auth CHECKER
+        --smtp none ... --workers N --auth CHECKER [more options]
+
+(IMAP and POP3 by default; C{listen} picks the listeners, e.g. SMTP alone
+for C{bench/compare_smtp.py}),
 
 with a configuration file written here that raises C{[limits]
 max_connections} to the connection count and the login throttle (which
@@ -21,10 +24,11 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from bench.peers import system
 from bench.peers.dovecot import freePort, waitForGreeting
+from bench.peers.postfix import waitForSMTP
 
 BIN = os.path.dirname(sys.executable)
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -48,18 +52,26 @@ class Mailplat(system.ScratchServer):
 
     @ivar mailRoot: the Maildir store's root, C{<data-dir>/mail}; an
         account's INBOX is C{<mailRoot>/<domain>/<local>/Maildir}.
-    @ivar ports: C{{"imap": port, "pop3": port}}.
+    @ivar ports: listener name to its port, C{{"imap": port, "pop3": port}}
+        by default.
     """
 
     name = "mailplat"
 
     def __init__(self, users: Dict[str, str], connections: int = 1000, workers: int = 1,
-                 argon2: bool = False, scratch: Optional[str] = None, twistd: Optional[List[str]] = None) -> None:
+                 argon2: bool = False, scratch: Optional[str] = None, twistd: Optional[List[str]] = None,
+                 listen: Sequence[str] = ("imap", "pop3"), source: str = REPO, extra: Sequence[str] = ()) -> None:
         """
         @param twistd: the command that runs twistd (default: the venv's
             C{twistd}); another one, such as a script that patches a
             module before running twistd, lets a change be measured
             before it is made.
+        @param listen: the listeners to serve (C{smtp}, C{imap}, C{pop3},
+            ...), each on a free port of 127.0.0.1; the others are off.
+        @param source: the mailplat tree to run, first on C{PYTHONPATH}
+            (this checkout by default, or e.g. a C{git archive} of a commit).
+        @param extra: more C{twistd mailplat} options (C{--hostname},
+            C{--domain} ...).
         """
         self.dir = scratch or tempfile.mkdtemp(prefix="mpbmp")
         self.dataDir = os.path.join(self.dir, "data")
@@ -69,7 +81,9 @@ class Mailplat(system.ScratchServer):
         self.connections = connections
         self.workers = workers
         self.argon2 = argon2
-        self.ports = {"imap": freePort(), "pop3": freePort()}
+        self.ports = {name: freePort() for name in listen}
+        self.source = source
+        self.extra = list(extra)
         self.process: Optional[subprocess.Popen] = None
         self.logPath = os.path.join(self.dir, "twistd.log")
         self.twistd = twistd or [os.path.join(BIN, "twistd")]
@@ -83,27 +97,27 @@ class Mailplat(system.ScratchServer):
         with open(config, "w") as f:
             f.write(CONFIG.format(connections=self.connections + 100, throttle=self.connections + 100,
                                   refuse=self.connections + 200))
+        # The twistd plugin lives in the tree's twisted/plugins/.
+        env = dict(os.environ, PYTHONPATH=self.source + os.pathsep + os.environ.get("PYTHONPATH", ""))
         if self.argon2:
             for user, password in self.users.items():
                 subprocess.run([os.path.join(BIN, "mailplat"), "--data-dir", self.dataDir, "user", "add", user,
                                 "--password-stdin"], input=password.encode(), check=True,
-                               stdout=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, env=env)
             auth = ["--auth", "mailplat"]
         else:
             auth = ["--auth", "memory:" + ":".join(f"{u}:{p}" for u, p in self.users.items())]
-        listen = {"imap": f"tcp:{self.ports['imap']}:interface=127.0.0.1",
-                  "pop3": f"tcp:{self.ports['pop3']}:interface=127.0.0.1"}
+        listen = {name: f"tcp:{port}:interface=127.0.0.1" for name, port in self.ports.items()}
         argv = self.twistd + ["-n", "--pidfile=", "--logfile", self.logPath, "mailplat",
                 "--config", config, "--data-dir", self.dataDir, "--workers", str(self.workers)] + auth
         for name in ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps"):
             argv += [f"--{name}", listen.get(name, "none")]
-        # The twistd plugin lives in this checkout's twisted/plugins/.
-        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        argv += self.extra
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, cwd=self.dir, env=env)
         try:
-            waitForGreeting(self.ports["imap"], 60)
-            waitForGreeting(self.ports["pop3"], 60)
+            for name, port in self.ports.items():
+                (waitForSMTP if name in ("smtp", "submission") else waitForGreeting)(port, 60)
         except Exception:
             self.stop()
             raise RuntimeError("mailplat did not start; its log:\n" + self.log()[-3000:])
