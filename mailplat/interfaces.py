@@ -35,6 +35,7 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
+    from mailplat.errors import SMTPReply
     from mailplat.mailbox import MailboxStatus
     from mailplat.smtp.server import SMTPSession
 
@@ -549,10 +550,13 @@ class IDelivery(Interface):
         Accept or refuse the reverse path (C{None} for the null sender C{<>}).
         """
 
-    def validateRecipient(session: "SMTPSession", recipient: str) -> "Deferred[None]":
+    def validateRecipient(session: "SMTPSession", recipient: str) -> "Deferred[Optional[SMTPReply]]":
         """
         Accept or refuse one forward path (normalised address).
         Refusals: C{550 5.1.1} unknown user, C{554 5.7.1} relay denied.
+        Fires with L{None} to accept with C{250}, or with a 2xx
+        L{SMTPReply} to accept in its words (C{251 2.1.5 User not local;
+        will forward}).
         """
 
     def deliver(session: "SMTPSession", sender: Optional[str], recipients: List[str], message: BinaryIO) -> "Deferred[None]":

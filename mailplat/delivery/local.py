@@ -29,7 +29,7 @@ import io
 import shutil
 import tempfile
 import time
-from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Dict, Generator, List, Optional, Sequence, Tuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -40,7 +40,7 @@ from mailplat.delivery.directory import AliasLoop, Resolution
 from mailplat.delivery.dsn import DELIVERED, FAILED, RecipientReport, makeDSN, readHeaders
 from mailplat.delivery.policy import REJECT, IPolicy
 from mailplat.errors import MailboxExists, NoSuchMailbox, SMTPReply
-from mailplat.interfaces import IDelivery, IDirectory, IStore
+from mailplat.interfaces import IDelivery, IDirectory, IMailbox, IStore
 from mailplat.policy.authresults import JUNK_HEADER
 from mailplat.quota import quotaUsage
 from mailplat.smtp.envelope import Envelope, RecipientParameters
@@ -128,7 +128,7 @@ class LocalDelivery:
         return defer.succeed(None)
 
     @defer.inlineCallbacks
-    def _expand(self, address: str):
+    def _expand(self, address: str) -> Generator["defer.Deferred[Any]", Any, Resolution]:
         """
         The L{Resolution} of an address of a local domain.
         """
@@ -152,7 +152,7 @@ class LocalDelivery:
         return session is None or bool(getattr(session, "authenticated", None))
 
     @defer.inlineCallbacks
-    def validateRecipient(self, session: object, recipient: str):
+    def validateRecipient(self, session: object, recipient: str) -> Generator["defer.Deferred[Any]", Any, Optional[SMTPReply]]:
         """
         For a local domain: C{551 5.1.6} for an address the directory
         marks as moved (naming the new one), C{550 5.1.1} for an unknown user, C{550 5.4.6}
@@ -193,7 +193,7 @@ class LocalDelivery:
         raise SMTPReply(554, "5.7.1", f"<{recipient}>: Relay access denied")
 
     @defer.inlineCallbacks
-    def _route(self, session: object, recipients: List[str]):
+    def _route(self, session: object, recipients: List[str]) -> Generator["defer.Deferred[Any]", Any, Tuple[List[str], List[str], Dict[str, str]]]:
         """
         Split the recipients into local accounts and remote addresses.
 
@@ -225,7 +225,7 @@ class LocalDelivery:
         return accounts, remote, origin
 
     @defer.inlineCallbacks
-    def _judge(self, session: object, sender: Optional[str], recipients: List[str], message: BinaryIO):
+    def _judge(self, session: object, sender: Optional[str], recipients: List[str], message: BinaryIO) -> Generator["defer.Deferred[Any]", Any, bytes]:
         """
         Ask every policy; raise the first rejection.
 
@@ -262,7 +262,7 @@ class LocalDelivery:
         recipients: List[str],
         message: BinaryIO,
         envelope: Optional[Envelope] = None,
-    ):
+    ) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         Queue the message for its remote recipients, then append it to the
         INBOX of every account the recipients resolve to (each account
@@ -293,7 +293,7 @@ class LocalDelivery:
         yield self._successReports(sender, envelope, accounts, origin, message)
 
     @defer.inlineCallbacks
-    def _store(self, address: str, sender: Optional[str], message: BinaryIO, prefix: bytes):
+    def _store(self, address: str, sender: Optional[str], message: BinaryIO, prefix: bytes) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         Store the message in the account of C{address}: in INBOX, or where
         the account's Sieve script says (and do the script's other
@@ -337,7 +337,7 @@ class LocalDelivery:
                 self.index.delivered(account, mailbox, uid, prefix, message)
 
     @defer.inlineCallbacks
-    def _junkMailbox(self, account: Any):
+    def _junkMailbox(self, account: Any) -> Generator["defer.Deferred[Any]", Any, str]:
         """
         The name of the account's \\Junk special-use mailbox; C{Junk}
         (made if missing) when none is marked.
@@ -352,7 +352,7 @@ class LocalDelivery:
         return "Junk"
 
     @defer.inlineCallbacks
-    def _mailbox(self, account: Any, address: str, name: str, create: bool):
+    def _mailbox(self, account: Any, address: str, name: str, create: bool) -> Generator["defer.Deferred[Any]", Any, IMailbox]:
         """
         The mailbox C{name} of C{account}; created when missing with
         C{create}, else INBOX (logged).
@@ -375,7 +375,7 @@ class LocalDelivery:
         return (yield account.getMailbox("INBOX"))
 
     @defer.inlineCallbacks
-    def _redirect(self, address: str, sender: Optional[str], message: BinaryIO, target: Optional[str]):
+    def _redirect(self, address: str, sender: Optional[str], message: BinaryIO, target: Optional[str]) -> Generator["defer.Deferred[Any]", Any, bool]:
         """
         Send the message on to C{target} (through the queue for another
         domain) with the original sender, marked as redirected by
@@ -408,7 +408,7 @@ class LocalDelivery:
         return True
 
     @defer.inlineCallbacks
-    def _reject(self, address: str, sender: Optional[str], message: BinaryIO, reason: str):
+    def _reject(self, address: str, sender: Optional[str], message: BinaryIO, reason: str) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         RFC 5429 C{reject}: a refusal in DSN form to the sender (never to
         C{<>}).
@@ -423,7 +423,7 @@ class LocalDelivery:
             self._log.failure("sieve: could not send the rejection of mail for {address} to <{to}>", address=address, to=sender)
 
     @defer.inlineCallbacks
-    def _vacation(self, address: str, sender: Optional[str], message: BinaryIO, action: Any):
+    def _vacation(self, address: str, sender: Optional[str], message: BinaryIO, action: Any) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         RFC 5230 C{vacation}: the auto-reply, sent from C{<>} when due.
         """
@@ -441,7 +441,7 @@ class LocalDelivery:
     @defer.inlineCallbacks
     def _successReports(
         self, sender: Optional[str], envelope: Envelope, accounts: List[str], origin: Dict[str, str], message: BinaryIO
-    ):
+    ) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         Send one "delivered" DSN (RFC 3461 6.2) for the local accounts
         whose recipient asked for C{NOTIFY=SUCCESS}; never to the null

@@ -506,10 +506,10 @@ class _Parser:
             flag, present = _FLAG_KEYS[name]
             return _Flag(flag, present), pos
         if name in ("KEYWORD", "UNKEYWORD"):
-            flag = self._arg(tokens, pos, name, "a keyword")
-            if not flag:
+            keyword = self._arg(tokens, pos, name, "a keyword")
+            if not keyword:
                 raise SearchSyntaxError(f"{name} needs a keyword")
-            return _Flag(flag.decode("utf-8", errors="replace"), name == "KEYWORD"), pos + 1
+            return _Flag(keyword.decode("utf-8", errors="replace"), name == "KEYWORD"), pos + 1
         if name == "NEW":
             return _New(), pos
         if name == "OLD":

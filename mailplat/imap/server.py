@@ -22,11 +22,10 @@ import re
 import zlib
 from array import array
 from io import BytesIO
-from typing import IO, Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import IO, Any, Callable, Dict, Iterable, List, NoReturn, Optional, Sequence, Set, Tuple, Union, cast
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import LoginFailed
-from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IPullProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
@@ -71,7 +70,7 @@ from mailplat.imap.parser import (
 )
 from mailplat.imap.sequence import SequenceSet, SequenceSetError, parseSequenceSet
 from mailplat.imap.wire import astring, literal, string
-from mailplat.interfaces import HIERARCHY_DELIMITER, SPECIAL_USE, IAccount, IMailbox, IMailboxListener, IMessageInfo
+from mailplat.interfaces import HIERARCHY_DELIMITER, SPECIAL_USE, IAccount, IMailbox, IMailboxListener, IMessageInfo, LoginPortal
 from mailplat.mailbox import validateMailboxName
 
 __all__ = ["IMAPServer", "IMAPFactory"]
@@ -421,9 +420,11 @@ class IMAPServer(Protocol):
     @ivar view: the L{SelectedView} in the selected state.
     """
 
+    transport: netutil.IConnectionTransport
+
     def __init__(
         self,
-        portal: Portal,
+        portal: LoginPortal,
         hostname: str,
         timeout: float = 1800.0,
         maxLineLength: int = 65536,
@@ -452,7 +453,9 @@ class IMAPServer(Protocol):
             MESSAGE); 0 for none.
         """
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[no-redef]
+            from twisted.internet import reactor
+
+            clock = reactor
         self.portal = portal
         self.hostname = hostname
         self.timeout = timeout
@@ -953,7 +956,7 @@ class IMAPServer(Protocol):
             return [view.indexOf(u) for u in found]
         for low, high in seqset.ranges:
             for n in (low, high):
-                if n is not None and n > count:  # type: ignore[operator]
+                if n is not None and n > count:
                     raise _bad("Invalid message sequence number")
         return [n - 1 for n in seqset.numbers(count)]
 
@@ -1147,7 +1150,7 @@ class IMAPServer(Protocol):
         if self._closed:
             return
         self._inflater = zlib.decompressobj(-15)
-        self.transport = _DeflatingTransport(self.transport)
+        self.transport = cast(netutil.IConnectionTransport, _DeflatingTransport(self.transport))
         pending = self._framer.takeBuffered()
         if pending:
             # Sent right after COMPRESS, so already compressed.
@@ -1225,7 +1228,7 @@ class IMAPServer(Protocol):
             raise _bad("Authentication response too long")
         return line
 
-    def _loginFailed(self) -> None:
+    def _loginFailed(self) -> NoReturn:
         """
         Count a failed login (closing after L{MAX_AUTH_FAILURES}) and end
         the command with C{NO [AUTHENTICATIONFAILED]}.
@@ -2397,8 +2400,8 @@ class IMAPServer(Protocol):
                 if n:
                     pending.append(b" ")
                 if isinstance(item, tuple):
-                    name, start, length = item
-                    pending.append(name + b" {%d}\r\n" % (length,))
+                    itemName, start, length = item
+                    pending.append(itemName + b" {%d}\r\n" % (length,))
                     self._writeRaw(b"".join(pending))
                     pending = []
                     assert source is not None
@@ -2824,11 +2827,14 @@ class IMAPFactory(Factory):
     Builds L{IMAPServer} sessions.
     """
 
-    protocol = IMAPServer  # type: ignore[assignment]
+    protocol = IMAPServer
+    #: Whether passwords are accepted without TLS from any address (set by
+    #: the service from C{auth.allow_plaintext}).
+    allowPlaintext = False
 
     def __init__(
         self,
-        portal: Portal,
+        portal: LoginPortal,
         hostname: str,
         timeout: float = 1800.0,
         maxLineLength: int = 65536,

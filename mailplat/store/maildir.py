@@ -310,7 +310,7 @@ def _loadSyncfs() -> Optional[Callable[[int], int]]:
         return None
     syncfs.argtypes = [ctypes.c_int]
     syncfs.restype = ctypes.c_int
-    return syncfs  # type: ignore[no-any-return]
+    return syncfs
 
 
 _syncfs = _loadSyncfs()
@@ -500,7 +500,7 @@ class MaildirMailbox:
     directories.
     """
 
-    def __init__(self, name: str, path: str, pool: Optional[Callable[[], ThreadPool]] = None) -> None:
+    def __init__(self, name: str, path: str, pool: Optional[Callable[[], Optional[ThreadPool]]] = None) -> None:
         """
         @param pool: gives the running thread pool appends are written and
             committed in; without one, an append is written and committed
@@ -1019,7 +1019,7 @@ class MaildirMailbox:
                     self._refreshSync()
                     continue
                 break
-            return io.BufferedReader(_WireReader(f), CHUNK)  # type: ignore[return-value]
+            return io.BufferedReader(_WireReader(f), CHUNK)
         raise NoSuchMessage(f"No message with UID {uid} in {self.name}")
 
     def openMessage(self, uid: int) -> defer.Deferred:
@@ -1151,7 +1151,7 @@ class MaildirMailbox:
             # cache, cheaper here than a trip through the pool.
             written = _run(what, self._writeTmp, source, internalDate, False)
         else:
-            written = deferToThreadPool(reactor, pool, _guarded, what, self._writeTmp, source, internalDate)
+            written = deferToThreadPool(reactor, pool, _guarded, what, self._writeTmp, source, internalDate)  # type: ignore[arg-type]
 
         def ready(result: Tuple[str, str, int]) -> None:
             tmp, base, wire = result
@@ -1249,7 +1249,7 @@ class MaildirMailbox:
         if pool is None:
             d = _run(f"store messages in {self.name}", self._commitSync, batch)
         else:
-            d = deferToThreadPool(reactor, pool, _guarded, f"store messages in {self.name}", self._commitSync, batch)
+            d = deferToThreadPool(reactor, pool, _guarded, f"store messages in {self.name}", self._commitSync, batch)  # type: ignore[arg-type]
 
         def finished(outcome: Any) -> None:
             self._committing = False
@@ -1895,14 +1895,9 @@ class MaildirAccount(AccountFiles):
         self.address = address
         self._store = store
         self.path = path
-
-    @property
-    def home(self) -> str:
-        """
-        The account's home: the Maildir itself, where Dovecot keeps
-        C{subscriptions}.
-        """
-        return self.path
+        # The account's home: the Maildir itself, where Dovecot keeps
+        # subscriptions.
+        self.home = path
 
     def _folderPath(self, name: str) -> str:
         if name == "INBOX":
@@ -2138,7 +2133,6 @@ class MaildirAccount(AccountFiles):
 # The store.
 
 
-@implementer(IStore, IStoreACL)
 class AccountTree:
     """
     The accounts of a store kept as C{<root>/<domain>/<local part>/}
@@ -2189,6 +2183,7 @@ class AccountTree:
         return addresses
 
 
+@implementer(IStore, IStoreACL)
 class MaildirStore(SharedIndex, AccountTree):
     """
     Accounts kept as Maildir++ trees under one root directory.
@@ -2216,7 +2211,7 @@ class MaildirStore(SharedIndex, AccountTree):
             pool = ThreadPool(minthreads=0, maxthreads=self.poolSize, name=f"maildir:{self.root}")
             pool.start()
             self._threadPool = pool
-            self._shutdownTrigger = reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+            self._shutdownTrigger = reactor.addSystemEventTrigger(
                 "during", "shutdown", self._stopPool
             )
         return self._threadPool
@@ -2320,7 +2315,7 @@ class MaildirStore(SharedIndex, AccountTree):
         return _run(f"delete the account {address}", self._deleteAccountSync, address)
 
     @defer.inlineCallbacks
-    def close(self):  # type: ignore[no-untyped-def]
+    def close(self):
         """
         Wait for the appends under way to be committed, stop the thread
         pool and forget the cached mailboxes; the store keeps no file open
@@ -2333,7 +2328,7 @@ class MaildirStore(SharedIndex, AccountTree):
         if self._shutdownTrigger is not None:
             from twisted.internet import reactor
 
-            reactor.removeSystemEventTrigger(self._shutdownTrigger)  # type: ignore[attr-defined]
+            reactor.removeSystemEventTrigger(self._shutdownTrigger)
         self._stopPool()
 
 
