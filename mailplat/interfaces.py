@@ -28,9 +28,16 @@ Conventions that hold for every method below:
 * Internal dates are POSIX timestamps (C{float}, seconds, UTC).
 """
 
-from typing import Any, BinaryIO, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Dict, Iterable, List, NamedTuple, Optional, Protocol, Tuple, Type
 
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from mailplat.errors import SMTPReply
+    from mailplat.mailbox import MailboxStatus
+    from mailplat.smtp.server import SMTPSession
 
 HIERARCHY_DELIMITER = "/"
 
@@ -99,19 +106,19 @@ class IMailbox(Interface):
     name = Attribute("str: the mailbox's full name, '/'-delimited; 'INBOX' for the inbox.")
     uidValidity = Attribute("int: UIDVALIDITY, fixed for the life of the mailbox (1..2**32-1).")
 
-    def status() -> "Deferred[MailboxStatus]":  # type: ignore[name-defined]  # noqa: F821
+    def status() -> "Deferred[MailboxStatus]":
         """
         Counts for STATUS, SELECT and POP3 STAT.
 
         @return: a Deferred firing with a L{mailplat.mailbox.MailboxStatus}.
         """
 
-    def listMessages() -> "Deferred[List[IMessageInfo]]":  # type: ignore[name-defined]  # noqa: F821
+    def listMessages() -> "Deferred[List[IMessageInfo]]":
         """
         Every message now in the mailbox, in ascending UID order.
         """
 
-    def claimRecent() -> "Deferred[List[int]]":  # type: ignore[name-defined]  # noqa: F821
+    def claimRecent() -> "Deferred[List[int]]":
         """
         Claim the \\Recent messages for the calling session.
 
@@ -121,7 +128,7 @@ class IMailbox(Interface):
         call this.
         """
 
-    def openMessage(uid: int) -> "Deferred[BinaryIO]":  # type: ignore[name-defined]  # noqa: F821
+    def openMessage(uid: int) -> "Deferred[BinaryIO]":
         """
         Open a message for reading in its wire (CRLF) form.
 
@@ -135,7 +142,7 @@ class IMailbox(Interface):
         source: BinaryIO,
         flags: Iterable[str] = (),
         internalDate: Optional[float] = None,
-    ) -> "Deferred[int]":  # type: ignore[name-defined]  # noqa: F821
+    ) -> "Deferred[int]":
         """
         Add a message; fires with its new UID only once it is durable
         (fsynced), so the caller may acknowledge it.
@@ -152,7 +159,7 @@ class IMailbox(Interface):
         flags: Iterable[str],
         mode: str,
         unchangedSince: Optional[int] = None,
-    ) -> "Deferred[Any]":  # type: ignore[name-defined]  # noqa: F821
+    ) -> "Deferred[Any]":
         """
         Change flags of the given messages.
 
@@ -173,7 +180,7 @@ class IMailbox(Interface):
             messages still there that failed it.
         """
 
-    def expunge(uids: Optional[Iterable[int]] = None, requireDeleted: bool = True) -> "Deferred[List[int]]":  # type: ignore[name-defined]  # noqa: F821
+    def expunge(uids: Optional[Iterable[int]] = None, requireDeleted: bool = True) -> "Deferred[List[int]]":
         """
         Remove messages for good, durably, before firing.
 
@@ -184,7 +191,7 @@ class IMailbox(Interface):
         @return: Deferred firing with the removed UIDs, ascending.
         """
 
-    def copyTo(uids: Iterable[int], target: "IMailbox") -> "Deferred[List[tuple]]":  # type: ignore[name-defined]  # noqa: F821
+    def copyTo(uids: Iterable[int], target: "IMailbox") -> "Deferred[List[tuple]]":
         """
         Copy messages (content, flags, internal date) into C{target}, which
         may belong to another store or account; the copies are new and
@@ -205,7 +212,7 @@ class IMailbox(Interface):
         Stop telling C{listener}; unknown listeners are ignored.
         """
 
-    def lockExclusive() -> "Deferred[Callable[[], None]]":  # type: ignore[name-defined]  # noqa: F821
+    def lockExclusive() -> "Deferred[Callable[[], None]]":
         """
         Take the mailbox's exclusive session lock (POP3 maildrop lock,
         RFC 2449 IN-USE).  Fires with a callable that releases it.
@@ -244,7 +251,7 @@ class IMessageReader(Interface):
         """
 
 
-class IMailboxImport(Interface):
+class IMailboxImport(IMailbox):
     """
     The import seam of a mailbox: what a migration (C{mailplat migrate})
     needs beyond L{IMailbox} to copy a mailbox from another store without
@@ -271,7 +278,7 @@ class IMailboxImport(Interface):
     with yet (a migration's target), before it is served.
     """
 
-    def setUIDValidity(uidValidity: int) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+    def setUIDValidity(uidValidity: int) -> "Deferred[None]":
         """
         Give the mailbox the UIDVALIDITY C{uidValidity} (1..2**32-1),
         durably.  Allowed only while the mailbox holds no message; its
@@ -287,7 +294,7 @@ class IMailboxImport(Interface):
         flags: Iterable[str] = (),
         internalDate: Optional[float] = None,
         modseq: Optional[int] = None,
-    ) -> "Deferred[int]":  # type: ignore[name-defined]  # noqa: F821
+    ) -> "Deferred[int]":
         """
         Add a message under the given UID, as L{IMailbox.append} does
         otherwise (durable before firing, flags without \\Recent, the
@@ -305,14 +312,14 @@ class IMailboxImport(Interface):
             range.
         """
 
-    def raiseUIDNext(uidNext: int) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+    def raiseUIDNext(uidNext: int) -> "Deferred[None]":
         """
         Make UIDNEXT at least C{uidNext}, durably (a mailbox whose last
         messages were expunged keeps the UIDNEXT its clients know).  A
         lower value changes nothing.
         """
 
-    def raiseHighestModseq(modseq: int) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+    def raiseHighestModseq(modseq: int) -> "Deferred[None]":
         """
         Make HIGHESTMODSEQ at least C{modseq} (1..2**63-1), durably (a
         mailbox whose last change was an expunge keeps the HIGHESTMODSEQ
@@ -344,20 +351,20 @@ class IAccount(Interface):
 
     address = Attribute("str: the account's address, which is also its login name.")
 
-    def listMailboxes() -> "Deferred[List[IMailboxEntry]]":  # type: ignore[name-defined]  # noqa: F821
+    def listMailboxes() -> "Deferred[List[IMailboxEntry]]":
         """
         Every mailbox of the account, INBOX included, sorted by name, with
         intermediate hierarchy names that do not exist as mailboxes given
         \\Noselect.
         """
 
-    def getMailbox(name: str) -> "Deferred[IMailbox]":  # type: ignore[name-defined]  # noqa: F821
+    def getMailbox(name: str) -> "Deferred[IMailbox]":
         """
         @raise mailplat.errors.NoSuchMailbox: (as a failure).
         @raise mailplat.errors.InvalidMailboxName: (as a failure).
         """
 
-    def createMailbox(name: str, specialUse: Optional[str] = None) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+    def createMailbox(name: str, specialUse: Optional[str] = None) -> "Deferred[None]":
         """
         Create a mailbox (and any missing superiors, RFC 3501 6.3.3).
 
@@ -365,7 +372,7 @@ class IAccount(Interface):
         @raise mailplat.errors.InvalidMailboxName: (as a failure).
         """
 
-    def deleteMailbox(name: str) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+    def deleteMailbox(name: str) -> "Deferred[None]":
         """
         Delete a mailbox and its messages.  INBOX cannot be deleted.  A
         mailbox with children is kept as a \\Noselect name with its messages
@@ -376,26 +383,26 @@ class IAccount(Interface):
         @raise mailplat.errors.MailboxError: (as a failure) when refused.
         """
 
-    def renameMailbox(old: str, new: str) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+    def renameMailbox(old: str, new: str) -> "Deferred[None]":
         """
         Rename a mailbox with all its children.  Renaming INBOX moves its
         messages into a new mailbox and leaves INBOX empty (RFC 3501 6.3.5).
         UIDVALIDITY of a renamed mailbox may change.
         """
 
-    def subscribe(name: str) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+    def subscribe(name: str) -> "Deferred[None]":
         """
         Add C{name} to the subscriptions (it need not exist).
         """
 
-    def unsubscribe(name: str) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+    def unsubscribe(name: str) -> "Deferred[None]":
         """
         Remove C{name} from the subscriptions.
 
         @raise mailplat.errors.NoSuchMailbox: (as a failure) not subscribed.
         """
 
-    def listSubscriptions() -> "Deferred[List[str]]":  # type: ignore[name-defined]  # noqa: F821
+    def listSubscriptions() -> "Deferred[List[str]]":
         """
         The subscribed names, sorted.
         """
@@ -407,7 +414,7 @@ class IStore(Interface):
     L{IStoreFactory} plugin.
     """
 
-    def getAccount(address: str, create: bool = False) -> "Deferred[IAccount]":  # type: ignore[name-defined]  # noqa: F821
+    def getAccount(address: str, create: bool = False) -> "Deferred[IAccount]":
         """
         The account for C{address} (already normalised by
         L{mailplat.address.normalizeAddress}).  With C{create}, a missing
@@ -417,17 +424,17 @@ class IStore(Interface):
         @raise mailplat.errors.NoSuchAccount: (as a failure).
         """
 
-    def hasAccount(address: str) -> "Deferred[bool]":  # type: ignore[name-defined]  # noqa: F821
+    def hasAccount(address: str) -> "Deferred[bool]":
         """
         Whether an account exists for C{address}.
         """
 
-    def listAccounts() -> "Deferred[List[str]]":  # type: ignore[name-defined]  # noqa: F821
+    def listAccounts() -> "Deferred[List[str]]":
         """
         Every account's address, sorted.
         """
 
-    def hasDomain(domain: str) -> "Deferred[bool]":  # type: ignore[name-defined]  # noqa: F821
+    def hasDomain(domain: str) -> "Deferred[bool]":
         """
         Whether at least one account's address is in C{domain}
         (lower-case, as the addresses are): how the directory tells a
@@ -435,14 +442,14 @@ class IStore(Interface):
         so it must not cost a listing of every account.
         """
 
-    def deleteAccount(address: str) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+    def deleteAccount(address: str) -> "Deferred[None]":
         """
         Remove an account and all its mail.
 
         @raise mailplat.errors.NoSuchAccount: (as a failure).
         """
 
-    def close() -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+    def close() -> "Deferred[None]":
         """
         Release files, connections and threads; called once at shutdown.
         """
@@ -476,7 +483,7 @@ class IAccountACL(Interface):
         " shared with it."
     )
 
-    def getACL(name: str) -> "Deferred[Dict[str, str]]":  # type: ignore[name-defined]  # noqa: F821
+    def getACL(name: str) -> "Deferred[Dict[str, str]]":
         """
         The ACL of mailbox C{name}: a new dict of identifier to canonical
         rights, without the owner; empty when nothing was granted.
@@ -485,7 +492,7 @@ class IAccountACL(Interface):
             mailbox C{name}.
         """
 
-    def setACL(name: str, identifier: str, rights: Optional[str]) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+    def setACL(name: str, identifier: str, rights: Optional[str]) -> "Deferred[None]":
         """
         Give C{identifier} exactly C{rights} on mailbox C{name}, durably;
         C{None} or C{""} removes its entry (removing a missing entry is not
@@ -507,7 +514,7 @@ class IStoreACL(Interface):
     accounts a user may reach, found without opening every account.
     """
 
-    def sharedWith(identifier: str) -> "Deferred[List[Tuple[str, str, str]]]":  # type: ignore[name-defined]  # noqa: F821
+    def sharedWith(identifier: str) -> "Deferred[List[Tuple[str, str, str]]]":
         """
         The mailboxes other accounts have shared with C{identifier} (a
         login address) or with C{"anyone"}.
@@ -547,12 +554,12 @@ class IDirectory(Interface):
     so that a custom checker does not have to answer it.
     """
 
-    def isLocalDomain(domain: str) -> "Deferred[bool]":  # type: ignore[name-defined]  # noqa: F821
+    def isLocalDomain(domain: str) -> "Deferred[bool]":
         """
         Whether mail for C{domain} (lower-case, no trailing dot) is ours.
         """
 
-    def resolve(address: str) -> "Deferred[List[str]]":  # type: ignore[name-defined]  # noqa: F821
+    def resolve(address: str) -> "Deferred[List[str]]":
         """
         The account addresses that mail for C{address} (normalised) is
         delivered to; an empty list when nobody here receives it.
@@ -567,18 +574,21 @@ class IDelivery(Interface):
     refuse with a given code.
     """
 
-    def validateSender(session: "SMTPSession", sender: Optional[str]) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+    def validateSender(session: "SMTPSession", sender: Optional[str]) -> "Deferred[None]":
         """
         Accept or refuse the reverse path (C{None} for the null sender C{<>}).
         """
 
-    def validateRecipient(session: "SMTPSession", recipient: str) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+    def validateRecipient(session: "SMTPSession", recipient: str) -> "Deferred[Optional[SMTPReply]]":
         """
         Accept or refuse one forward path (normalised address).
         Refusals: C{550 5.1.1} unknown user, C{554 5.7.1} relay denied.
+        Fires with L{None} to accept with C{250}, or with a 2xx
+        L{SMTPReply} to accept in its words (C{251 2.1.5 User not local;
+        will forward}).
         """
 
-    def deliver(session: "SMTPSession", sender: Optional[str], recipients: List[str], message: BinaryIO) -> "Deferred[None]":  # type: ignore[name-defined]  # noqa: F821
+    def deliver(session: "SMTPSession", sender: Optional[str], recipients: List[str], message: BinaryIO) -> "Deferred[None]":
         """
         Deliver one message, already accepted recipient by recipient.
         C{message} is a binary file at offset 0 holding the wire form
@@ -596,6 +606,21 @@ class ISMTPAvatar(Interface):
     address = Attribute("str: the authenticated address.")
 
 
-# Type alias kept for readers: the session object the SMTP protocol passes to
-# IDelivery is mailplat.smtp.server.SMTPSession.
-SMTPSession = Any
+class LoginPortal(Protocol):
+    """
+    What the protocols need of the portal they log in through: a
+    C{twisted.cred} L{Portal <twisted.cred.portal.Portal>}, or a wrapper that
+    keeps one as C{.portal} (L{mailplat.metrics.CountingPortal}).  A type for
+    mypy rather than a zope interface, so that a Portal needs no declaration.
+    """
+
+    def login(self, credentials: Any, mind: object, *interfaces: Type[Interface]) -> "Deferred[Any]":
+        """
+        See L{Portal.login <twisted.cred.portal.Portal.login>}.
+        """
+
+    def listCredentialsInterfaces(self) -> List[Type[Interface]]:
+        """
+        See L{Portal.listCredentialsInterfaces
+        <twisted.cred.portal.Portal.listCredentialsInterfaces>}.
+        """

@@ -18,7 +18,7 @@ import ipaddress
 from typing import Any, Dict, Optional
 
 from twisted.internet.interfaces import IAddress, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
@@ -63,6 +63,8 @@ class _Refusal(Protocol):
     @ivar clock: for the abort timer.
     """
 
+    transport: netutil.IConnectionTransport
+
     def __init__(self, line: bytes, clock: Optional[IReactorTime], timeout: float) -> None:
         self.line = line
         self.clock = clock
@@ -93,7 +95,7 @@ class _Refusal(Protocol):
         Ignore whatever the client sends: it has been refused.
         """
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
         Cancel the abort timer.
         """
@@ -113,7 +115,7 @@ class _Counted(ProtocolWrapper):
     limitKey: Optional[str] = None
 
 
-class ConnectionLimitFactory(WrappingFactory):
+class ConnectionLimitFactory(WrappingFactory[_Counted]):
     """
     A factory wrapper that refuses connections over a per-address or a
     total limit with a protocol's refusal line.
@@ -134,7 +136,7 @@ class ConnectionLimitFactory(WrappingFactory):
 
     def __init__(
         self,
-        wrappedFactory: Factory,
+        wrappedFactory: "Factory[Any]",
         perAddress: Optional[int],
         total: Optional[int],
         greeting: bytes,
@@ -149,7 +151,7 @@ class ConnectionLimitFactory(WrappingFactory):
         """
         super().__init__(wrappedFactory)
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[no-redef]
+            from twisted.internet import reactor as clock
         self.perAddress = perAddress or 0
         self.total = total or 0
         self.greeting = greeting
@@ -164,16 +166,18 @@ class ConnectionLimitFactory(WrappingFactory):
         """
         Log as the wrapped factory does.
         """
-        return WrappingFactory.logPrefix(self)
+        return super().logPrefix()
 
-    def _refuse(self, addr: IAddress, why: str) -> Protocol:
+    def _refuse(self, addr: Optional[IAddress], why: str) -> Protocol:
         self.refused += 1
         log.info("Refusing a connection from {peer}: {why}", peer=getattr(addr, "host", addr), why=why)
         refusal = _Refusal(self.greeting, self.clock, self.refusalTimeout)
-        refusal.factory = self  # type: ignore[assignment]
+        refusal.factory = self
         return refusal
 
-    def buildProtocol(self, addr: IAddress) -> Optional[Protocol]:
+    # WrappingFactory says it builds only wrappers, but the factory contract
+    # (the listening port) takes any protocol, or None to drop the connection.
+    def buildProtocol(self, addr: Optional[IAddress]) -> Optional[Protocol]:  # type: ignore[override]
         """
         The wrapped protocol if the limits allow one more connection from
         C{addr}; a refusal otherwise.
@@ -214,7 +218,7 @@ class ConnectionLimitFactory(WrappingFactory):
 
 
 def limitConnections(
-    factory: Factory,
+    factory: "Factory[Any]",
     perAddress: Optional[int],
     total: Optional[int],
     greeting: bytes,

@@ -46,6 +46,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from mailplat.netutil import IConnectionTransport
+
 log = Logger()
 
 #: Distinct command labels kept per protocol; any further verb is "other",
@@ -464,6 +466,7 @@ class _Instrumented(ProtocolWrapper):
     """
 
     factory: "InstrumentedFactory"
+    transport: IConnectionTransport
 
     def __init__(self, factory: "InstrumentedFactory", wrappedProtocol: Protocol) -> None:
         super().__init__(factory, wrappedProtocol)
@@ -592,7 +595,7 @@ class _Instrumented(ProtocolWrapper):
         )
 
 
-class InstrumentedFactory(WrappingFactory):
+class InstrumentedFactory(WrappingFactory[_Instrumented]):
     """
     Wraps a listener's factory: see L{_Instrumented}.
 
@@ -603,7 +606,7 @@ class InstrumentedFactory(WrappingFactory):
     protocol = _Instrumented
     noisy = False
 
-    def __init__(self, wrappedFactory: Factory, name: str, metrics: Metrics) -> None:
+    def __init__(self, wrappedFactory: "Factory[Any]", name: str, metrics: Metrics) -> None:
         super().__init__(wrappedFactory)
         self.name = name
         self.protocolName = LISTENER_PROTOCOLS.get(name, name)
@@ -611,7 +614,9 @@ class InstrumentedFactory(WrappingFactory):
             raise ValueError(f"no metrics hooks for listener {name!r}")
         self.metrics = metrics
 
-    def buildProtocol(self, addr: IAddress) -> Optional[Protocol]:
+    # WrappingFactory says it always builds a wrapper, but the factory
+    # contract (the listening port) lets it give None to drop the connection.
+    def buildProtocol(self, addr: Optional[IAddress]) -> Optional[_Instrumented]:  # type: ignore[override]
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
             return None
@@ -631,7 +636,7 @@ class InstrumentedFactory(WrappingFactory):
         self.metrics.inc("mailplat_connections_open", -1, listener=self.name)
 
 
-def instrumentFactory(factory: Factory, name: str, metrics: Metrics) -> InstrumentedFactory:
+def instrumentFactory(factory: "Factory[Any]", name: str, metrics: Metrics) -> InstrumentedFactory:
     """
     Wrap the factory of listener C{name} (C{smtp}, C{pop3s}, ...) so that
     its connections, commands and TLS handshakes are counted in

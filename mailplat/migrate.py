@@ -49,7 +49,7 @@ naming the mailbox, rather than renumbering anything.
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Generator, List, Optional, Tuple
 
 from twisted.internet import defer
 
@@ -129,7 +129,7 @@ def _sameDate(a: float, b: float) -> bool:
 
 
 @defer.inlineCallbacks
-def contentDigest(mailbox: Any, uid: int):
+def contentDigest(mailbox: Any, uid: int) -> Generator["defer.Deferred[Any]", Any, str]:
     """
     The sha256 (hex) of a message's wire form, read in pieces.
     """
@@ -176,7 +176,7 @@ class Migration:
         self.progress = progress or Progress()
 
     @defer.inlineCallbacks
-    def run(self, addresses: Optional[List[str]] = None):
+    def run(self, addresses: Optional[List[str]] = None) -> Generator["defer.Deferred[Any]", Any, List[AccountReport]]:
         """
         Migrate and verify C{addresses} (every account of the source when
         L{None}).
@@ -193,7 +193,7 @@ class Migration:
         return reports
 
     @defer.inlineCallbacks
-    def migrateAccount(self, address: str):
+    def migrateAccount(self, address: str) -> Generator["defer.Deferred[Any]", Any, AccountReport]:
         """
         Copy one account (steps 1-3 of the module's description).
 
@@ -232,7 +232,9 @@ class Migration:
         return report
 
     @defer.inlineCallbacks
-    def _copyACLs(self, source: IAccount, target: IAccount, wanted: List[Tuple[str, Optional[str]]]):
+    def _copyACLs(
+        self, source: IAccount, target: IAccount, wanted: List[Tuple[str, Optional[str]]]
+    ) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         Make each mailbox's ACL (RFC 4314: what other users may do with
         it) the source's, where both stores keep ACLs; a store without
@@ -251,7 +253,9 @@ class Migration:
                     yield targetACL.setACL(name, identifier, rights)
 
     @defer.inlineCallbacks
-    def _shapeMailboxes(self, address: str, target: IAccount, wanted: List[Tuple[str, Optional[str]]], noselect: set):
+    def _shapeMailboxes(
+        self, address: str, target: IAccount, wanted: List[Tuple[str, Optional[str]]], noselect: set
+    ) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         Make the target's mailboxes those of the source, as far as that
         can be done without touching mail.
@@ -288,7 +292,7 @@ class Migration:
 
     @defer.inlineCallbacks
     def _copyMailbox(self, address: str, targetAccount: IAccount, name: str, source: IMailbox, status: Any,
-                     report: AccountReport):
+                     report: AccountReport) -> Generator["defer.Deferred[Any]", Any, None]:
         where = f"{address} {name}"
         mailbox = yield targetAccount.getMailbox(name)
         target = IMailboxImport(mailbox, None)
@@ -341,7 +345,9 @@ class Migration:
         report.skipped += skipped
 
     @defer.inlineCallbacks
-    def verifyAccount(self, address: str, report: Optional[AccountReport] = None):
+    def verifyAccount(
+        self, address: str, report: Optional[AccountReport] = None
+    ) -> Generator["defer.Deferred[Any]", Any, AccountReport]:
         """
         Compare the account in both stores: mailboxes, subscriptions,
         UIDVALIDITY, UIDs, flags, internal dates, sizes, modseqs and
@@ -385,7 +391,7 @@ class Migration:
         return report
 
     @defer.inlineCallbacks
-    def _verifyMailbox(self, where: str, src: Any, dst: Any, bad: List[str]):
+    def _verifyMailbox(self, where: str, src: Any, dst: Any, bad: List[str]) -> Generator["defer.Deferred[Any]", Any, None]:
         s = yield src.status()
         d = yield dst.status()
         if s.uidValidity != d.uidValidity:

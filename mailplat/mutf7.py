@@ -11,6 +11,7 @@ encoding of a name, so that two wire forms never name the same mailbox.
 
 import base64
 import binascii
+from typing import List, Union
 
 __all__ = ["MUTF7Error", "encode", "decode"]
 
@@ -39,8 +40,8 @@ def encode(name: str, alsoEncode: str = "") -> bytes:
         passes C{"."}, its hierarchy separator, which becomes C{&AC4-}).
     @return: US-ASCII octets.
     """
-    out = []
-    run = []
+    out: List[bytes] = []
+    run: List[str] = []
     for ch in name:
         if _isDirect(ch) and ch not in alsoEncode:
             if run:
@@ -57,11 +58,12 @@ def encode(name: str, alsoEncode: str = "") -> bytes:
 _B64CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,")
 
 
-def decode(data: bytes, alsoEncoded: str = "") -> str:
+def decode(data: Union[bytes, str], alsoEncoded: str = "") -> str:
     """
     The mailbox name that C{data} encodes.
 
-    @param data: modified UTF-7 octets as received.
+    @param data: modified UTF-7 octets as received (or the same as text:
+        a file name, which must be ASCII).
     @param alsoEncoded: printable characters allowed inside encoded
         sections (the counterpart of L{encode}'s C{alsoEncode}).
     @raise MUTF7Error: C{data} has 8-bit or control octets, an

@@ -7,9 +7,22 @@ import ipaddress
 import socket
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IConsumer, IPushProducer, ISSLTransport, ITLSTransport
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+
+class IConnectionTransport(ITLSTransport, IPushProducer, IConsumer):
+    """
+    For the type checker: the transport a connected mailplat protocol has.
+    Twisted's TCP transport (and the TLS and policy wrappers put in front of
+    it) writes, closes and aborts, pauses and resumes reading, takes a
+    producer (streaming a large message) and starts TLS (where TLS is not
+    on already), though none of Twisted's interfaces says all of that.  A
+    protocol declares C{transport: IConnectionTransport} (instead of
+    L{Protocol}'s C{Optional[ITransport]}) because its methods run only
+    while it is connected.
+    """
 
 
 def setNoDelay(transport: object) -> None:

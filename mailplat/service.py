@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional
 
 from twisted.application import service, strports
+from twisted.application.service import MultiService
 from twisted.internet import defer, reactor
 from twisted.names import client as dnsclient
 from twisted.internet.protocol import Factory
@@ -333,17 +334,17 @@ class Server:
         tls = self.tls
         plain = config.allowPlaintext
 
-        def smtp(role: str) -> Factory:
+        def smtp(role: str) -> "Factory[Any]":
             return SMTPFactory(
                 self.delivery, config.hostname, maxMessageSize=config.maxMessageSize, timeout=config.smtpTimeout,
                 portal=portals["smtp"], contextFactory=tls, role=role, allowPlaintext=plain,
             )
 
-        def pop3() -> Factory:
+        def pop3() -> "Factory[Any]":
             return POP3Factory(portals["pop3"], config.hostname, timeout=config.pop3Timeout,
                                contextFactory=tls, allowPlaintext=plain)
 
-        def imap() -> Factory:
+        def imap() -> "Factory[Any]":
             factory = IMAPFactory(portals["imap"], config.hostname, timeout=config.imapTimeout,
                                   maxLiteralSize=config.maxMessageSize, contextFactory=tls, quotaBytes=config.quota,
                                   index=self.index)
@@ -351,7 +352,7 @@ class Server:
             factory.allowPlaintext = plain
             return factory
 
-        makers: Dict[str, Callable[[], Factory]] = {
+        makers: Dict[str, Callable[[], "Factory[Any]"]] = {
             "smtp": lambda: smtp("mx"),
             "submission": lambda: smtp("submission"),
             "smtps": lambda: smtp("smtps"),
@@ -360,14 +361,14 @@ class Server:
             "imap": imap,
             "imaps": imap,
         }
-        self.factories: Dict[str, Factory] = {}
+        self.factories: Dict[str, "Factory[Any]"] = {}
         for name, make in makers.items():
             # The limit wraps the protocol inside TLS, so the refusal line
             # of an implicit-TLS listener goes over TLS.
             protocolFactory = make()
             # Errors one session may cause before it is closed.
             protocolFactory.maxErrors = config.maxErrors  # type: ignore[attr-defined]
-            factory = limitConnections(
+            factory: "Factory[Any]" = limitConnections(
                 protocolFactory, config.maxConnectionsPerAddress, config.maxConnections,
                 refusalLine(name, config.hostname), exemptLoopback=config.exemptLoopback,
             )
@@ -394,7 +395,7 @@ class Server:
             dmarc=config.policyDmarc, dnsblZones=list(config.policyDnsblZones), dnsbl=config.policyDnsbl,
             trustLoopback=config.policyTrustLoopback,
         ))
-        spam = dict(rejectScore=config.spamRejectScore, addHeaderScore=config.spamAddHeaderScore,
+        spam: Dict[str, Any] = dict(rejectScore=config.spamRejectScore, addHeaderScore=config.spamAddHeaderScore,
                     onFailure=config.spamUnavailable)
         if config.rspamdUrl:
             policies.append(RspamdPolicy(config.rspamdUrl, reactor, **spam))
@@ -404,7 +405,7 @@ class Server:
         policies.append(DkimSigningPolicy(DKIMSigner(config.dataDir, config.dkimSelector)))
         return policies
 
-    def listening(self) -> Dict[str, Factory]:
+    def listening(self) -> Dict[str, "Factory[Any]"]:
         """
         The configured listeners' factories (they count connections,
         commands and TLS handshakes into L{metrics}).
@@ -415,7 +416,7 @@ class Server:
             if self.config.listeners.get(name, DISABLED) != DISABLED
         }
 
-    def service(self, workers: int = 1) -> service.MultiService:
+    def service(self, workers: int = 1) -> MultiService:
         """
         The services twistd runs: one listener per configured endpoint,
         the queue runner, the metrics page when configured, and the store's
@@ -463,7 +464,7 @@ class Server:
             reloader.onReload.append(lambda: pool.signalAll("HUP"))
         return top
 
-    def workerService(self, sockets: Dict[str, Any]) -> "service.MultiService":
+    def workerService(self, sockets: Dict[str, Any]) -> MultiService:
         """
         A worker process's services: the listeners adopted from the
         parent's sockets (C{name: (descriptor, address family)}) and the
@@ -496,7 +497,7 @@ class _AdoptedService(service.Service):
     Serves a listening socket inherited from the parent process.
     """
 
-    def __init__(self, fd: int, family: int, factory: Factory) -> None:
+    def __init__(self, fd: int, family: int, factory: "Factory[Any]") -> None:
         self.fd = fd
         self.family = family
         self.factory = factory

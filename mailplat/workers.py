@@ -65,7 +65,7 @@ def configFromJSON(text: str) -> Config:
     return Config(**data)
 
 
-def listen(reactor: Any, description: str, factory: protocol.Factory) -> IListeningPort:
+def listen(reactor: Any, description: str, factory: "protocol.Factory[Any]") -> IListeningPort:
     """
     Listen on a server endpoint string now (TCP and UNIX endpoints listen
     at once), for a socket to share with the children.
@@ -78,10 +78,10 @@ def listen(reactor: Any, description: str, factory: protocol.Factory) -> IListen
         raise error.CannotListenError(None, description, "endpoint did not listen at once")
     if isinstance(results[0], Failure):
         results[0].raiseException()
-    return results[0]  # type: ignore[no-any-return]
+    return results[0]
 
 
-def shareable(port: IListeningPort, factory: protocol.Factory) -> Optional[Tuple[int, int]]:
+def shareable(port: IListeningPort, factory: "protocol.Factory[Any]") -> Optional[Tuple[int, int]]:
     """
     The socket (descriptor, address family) of a listening port that a
     child can adopt and serve with the same factory, or L{None} (an
@@ -309,11 +309,13 @@ def runWorker(payload: str) -> None:
     def stop() -> None:
         # The parent both closes the pipe and sends SIGTERM: stop once.
         try:
-            reactor.stop()  # type: ignore[attr-defined]
+            reactor.stop()
         except error.ReactorNotRunning:
             pass
 
-    stdio.StandardIO(_ParentWatch(stop), stdin=0, stdout=os.open(os.devnull, os.O_WRONLY))
+    # twisted.internet.stdio picks its StandardIO by platform and mypy reads
+    # the Windows one, which has no stdin or stdout arguments.
+    stdio.StandardIO(_ParentWatch(stop), stdin=0, stdout=os.open(os.devnull, os.O_WRONLY))  # type: ignore[call-arg]
 
     def stopOnSignal() -> None:
         # The reactor's own SIGTERM handler would stop it a second time,
@@ -321,11 +323,11 @@ def runWorker(payload: str) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: reactor.callFromThread(stop))  # type: ignore[attr-defined]
 
-    reactor.callWhenRunning(stopOnSignal)  # type: ignore[attr-defined]
+    reactor.callWhenRunning(stopOnSignal)
     top.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     log.info("worker ready, pid {pid}, serving {names}", pid=os.getpid(), names=", ".join(sorted(sockets)) or DISABLED)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import getpass
 import os
 import sys
 from dataclasses import replace
-from typing import Any, List, Optional
+from typing import Any, Generator, List, Optional
 
 from twisted.internet import defer, task
 from twisted.python import usage
@@ -34,7 +34,7 @@ from mailplat.plugins import makeCheckers, makeStore
 
 
 class _AddressOptions(usage.Options):
-    def parseArgs(self, address: str) -> None:
+    def parseArgs(self, address: str) -> None:  # type: ignore[override]
         self["address"] = address
 
 
@@ -176,7 +176,7 @@ def checkAddress(config: Config, address: str) -> str:
 
 
 @defer.inlineCallbacks
-def run(options: AdminOptions, config: Config, out: Any = sys.stdout):
+def run(options: AdminOptions, config: Config, out: Any = sys.stdout) -> Generator["defer.Deferred[Any]", Any, None]:
     """
     Carry out the parsed command against the configured store.
     """

@@ -27,7 +27,7 @@ from mailplat.delivery.sqldirectory import directoryFor
 class _DomainArg(usage.Options):
     synopsis = "DOMAIN"
 
-    def parseArgs(self, domain: str) -> None:
+    def parseArgs(self, domain: str) -> None:  # type: ignore[override]
         self["domain"] = domain
 
 
@@ -65,7 +65,7 @@ class AliasAdd(usage.Options):
     synopsis = "ALIAS TARGET [TARGET ...]"
     description = "Deliver mail for ALIAS (or @domain: a catch-all) to the targets (local or remote)."
 
-    def parseArgs(self, alias: str, *targets: str) -> None:
+    def parseArgs(self, alias: str, *targets: str) -> None:  # type: ignore[override]
         if not targets:
             raise usage.UsageError("alias add needs at least one target")
         self["alias"] = alias
@@ -76,7 +76,7 @@ class AliasRemove(usage.Options):
     synopsis = "ALIAS [TARGET]"
     description = "Remove one target of ALIAS, or the whole alias."
 
-    def parseArgs(self, alias: str, target: Optional[str] = None) -> None:
+    def parseArgs(self, alias: str, target: Optional[str] = None) -> None:  # type: ignore[override]
         self["alias"] = alias
         self["target"] = target
 

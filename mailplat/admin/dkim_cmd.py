@@ -38,7 +38,7 @@ class DkimKeygen(usage.Options):
         flat = [item for pair in opts for item in pair if item]
         usage.Options.parseOptions(self, flat + ["--"] + args)
 
-    def parseArgs(self, domain: str) -> None:
+    def parseArgs(self, domain: str) -> None:  # type: ignore[override]
         self["domain"] = domain.strip().rstrip(".").lower()
 
 

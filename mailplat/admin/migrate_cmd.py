@@ -16,7 +16,7 @@ at the end; any difference is printed and the command fails.
 """
 
 import sys
-from typing import Any, List, Optional, TextIO
+from typing import Any, Generator, List, Optional, TextIO
 
 from twisted.internet import defer
 from twisted.python import usage
@@ -117,7 +117,7 @@ def _open(spec: str, config: Any, what: str, user: Optional[str]) -> Any:
 
 
 @defer.inlineCallbacks
-def run(options: MigrateOptions, config: Any, out: TextIO = sys.stdout):
+def run(options: MigrateOptions, config: Any, out: TextIO = sys.stdout) -> Generator["defer.Deferred[Any]", Any, None]:
     """
     Carry out C{mailplat migrate}.
 

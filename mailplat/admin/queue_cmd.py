@@ -17,7 +17,7 @@ released entries at its next pass (within a minute).
 import os
 import sys
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Generator, Optional, cast
 
 from twisted.internet import defer
 from twisted.python import usage
@@ -30,7 +30,7 @@ from mailplat.queue.sql import queueFor
 class _IdArg(usage.Options):
     synopsis = "ID"
 
-    def parseArgs(self, entryId: str) -> None:
+    def parseArgs(self, entryId: str) -> None:  # type: ignore[override]
         self["id"] = entryId
 
 
@@ -103,7 +103,7 @@ def _summary(entry: QueueEntry) -> str:
 
 
 @defer.inlineCallbacks
-def run(options: QueueOptions, config: Any, out: Any = None, clock: Any = None):
+def run(options: QueueOptions, config: Any, out: Any = None, clock: Any = None) -> Generator["defer.Deferred[Any]", Any, None]:
     """
     Carry out a parsed L{QueueOptions} command.
 
@@ -115,10 +115,12 @@ def run(options: QueueOptions, config: Any, out: Any = None, clock: Any = None):
     """
     out = out if out is not None else sys.stdout
     if clock is None:
-        from twisted.internet import reactor as clock  # type: ignore[no-redef]
+        from twisted.internet import reactor as clock
     queue = queueFor(getattr(config, "store", ""), config.dataDir, clock)
     verb = options.subCommand
-    entryId = options.subOptions.get("id") if options.subOptions is not None else None
+    entryId: Optional[str] = options.subOptions.get("id") if options.subOptions is not None else None
+    # Only flush may go without an id: _IdArg requires one for the others.
+    givenId = cast(str, entryId)
     try:
         if verb == "list":
             entries = queue.list()
@@ -126,7 +128,7 @@ def run(options: QueueOptions, config: Any, out: Any = None, clock: Any = None):
                 out.write(_summary(entry) + "\n")
             out.write(f"{len(entries)} message(s) queued\n")
         elif verb == "show":
-            entry = queue.get(entryId)
+            entry = queue.get(givenId)
             out.write(f"id: {entry.id}\nsender: <{entry.sender or ''}>\nqueued: {_when(entry.created)}\n")
             out.write(f"held: {'yes' if entry.held else 'no'}\n")
             if entry.envid:
@@ -140,13 +142,13 @@ def run(options: QueueOptions, config: Any, out: Any = None, clock: Any = None):
             ids = yield queue.flush(entryId)
             out.write(f"flushed {len(ids)} message(s)\n")
         elif verb == "delete":
-            yield queue.delete(entryId)
+            yield queue.delete(givenId)
             out.write(f"deleted {entryId}\n")
         elif verb == "hold":
-            yield queue.hold(entryId)
+            yield queue.hold(givenId)
             out.write(f"held {entryId}\n")
         elif verb == "release":
-            yield queue.release(entryId)
+            yield queue.release(givenId)
             out.write(f"released {entryId}\n")
     except NoSuchEntry:
         raise ConfigError(f"{entryId}: no such queued message")

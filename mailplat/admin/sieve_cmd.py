@@ -25,7 +25,7 @@ class SieveSet(usage.Options):
     synopsis = "ADDRESS FILE"
     description = "Check FILE and install it as the Sieve script of ADDRESS (- reads standard input)."
 
-    def parseArgs(self, address: str, path: str) -> None:
+    def parseArgs(self, address: str, path: str) -> None:  # type: ignore[override]
         self["address"] = address
         self["file"] = path
 
@@ -34,14 +34,14 @@ class SieveCheck(usage.Options):
     synopsis = "FILE"
     description = "Say whether FILE is a valid Sieve script."
 
-    def parseArgs(self, path: str) -> None:
+    def parseArgs(self, path: str) -> None:  # type: ignore[override]
         self["file"] = path
 
 
 class _AddressArg(usage.Options):
     synopsis = "ADDRESS"
 
-    def parseArgs(self, address: str) -> None:
+    def parseArgs(self, address: str) -> None:  # type: ignore[override]
         self["address"] = address
 
 

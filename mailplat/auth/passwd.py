@@ -15,7 +15,7 @@ restart.
 
 import os
 import tempfile
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Generator, Optional, Tuple
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -218,7 +218,7 @@ class PasswordFileChecker:
         return address.encode("utf-8")
 
     @defer.inlineCallbacks
-    def _checkPassword(self, credentials: IUsernamePassword):
+    def _checkPassword(self, credentials: IUsernamePassword) -> Generator["defer.Deferred[Any]", Any, bytes]:
         address = _address(credentials.username)
         password = credentials.password
         if isinstance(password, str):

@@ -65,5 +65,4 @@ class MailRealm:
         else:
             raise NotImplementedError("MailRealm gives IAccount and ISMTPAvatar avatars only")
         d = self.store.getAccount(address, create=True)
-        d.addCallback(lambda account: (IAccount, account, _noLogout))
-        return d
+        return d.addCallback(lambda account: (IAccount, account, _noLogout))

@@ -125,7 +125,7 @@ class LoginThrottle:
         self._operations = 0
 
     def _now(self) -> float:
-        return self.clock.seconds()  # type: ignore[attr-defined]
+        return self.clock.seconds()
 
     def _prune(self, key: _Key, now: float) -> Optional[Deque[float]]:
         times = self._failures.get(key)
@@ -304,7 +304,9 @@ class ThrottledPortal(Portal):
         super().__init__(realm, checkers)
         if throttle is None:
             if clock is None:
-                from twisted.internet import reactor as clock  # type: ignore[no-redef]
+                from twisted.internet import reactor
+
+                clock = reactor
             throttle = LoginThrottle(clock)
         self.throttle = throttle
 

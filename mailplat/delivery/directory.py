@@ -25,7 +25,7 @@ delivered through the queue.
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Generator, Iterable, List, Optional, Tuple
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -391,7 +391,7 @@ class StoreDirectory:
         return defer.succeed(self.file.movedTo(normalizeAddress(address)))
 
     @defer.inlineCallbacks
-    def resolve(self, address: str):
+    def resolve(self, address: str) -> Generator["defer.Deferred[Any]", Any, List[str]]:
         """
         See L{IDirectory.resolve}: the accounts here that receive mail for
         C{address} (remote forwards are left out: see L{expand}).
@@ -404,7 +404,7 @@ class StoreDirectory:
         return result
 
     @defer.inlineCallbacks
-    def expand(self, address: str, domainIsLocal: bool = False):
+    def expand(self, address: str, domainIsLocal: bool = False) -> Generator["defer.Deferred[Any]", Any, Resolution]:
         """
         Where mail for C{address} goes: accounts here and remote forwards.
         An address in a domain that is not local resolves to nothing (the
@@ -426,7 +426,7 @@ class StoreDirectory:
         return result
 
     @defer.inlineCallbacks
-    def _expand(self, address: str, path: List[str], result: Resolution):
+    def _expand(self, address: str, path: List[str], result: Resolution) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         Add what C{address} (of a local domain) resolves to into C{result}.
 
@@ -463,7 +463,7 @@ class StoreDirectory:
             yield self._follow(key, catchAll, path, result)
 
     @defer.inlineCallbacks
-    def _follow(self, key: str, targets: List[str], path: List[str], result: Resolution):
+    def _follow(self, key: str, targets: List[str], path: List[str], result: Resolution) -> Generator["defer.Deferred[Any]", Any, None]:
         inner = path + [key]
         for target in targets:
             tlocal, tdomain = splitAddress(target)

@@ -29,7 +29,7 @@ import io
 import shutil
 import tempfile
 import time
-from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Dict, Generator, List, Optional, Sequence, Tuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -40,7 +40,7 @@ from mailplat.delivery.directory import AliasLoop, Resolution
 from mailplat.delivery.dsn import DELIVERED, FAILED, RecipientReport, makeDSN, readHeaders
 from mailplat.delivery.policy import REJECT, IPolicy
 from mailplat.errors import MailboxExists, NoSuchAccount, NoSuchMailbox, SMTPReply
-from mailplat.interfaces import IDelivery, IDirectory, IStore
+from mailplat.interfaces import IDelivery, IDirectory, IMailbox, IStore
 from mailplat.policy.authresults import JUNK_HEADER
 from mailplat.quota import quotaUsage
 from mailplat.smtp.envelope import Envelope, RecipientParameters
@@ -176,7 +176,7 @@ class LocalDelivery:
         return session is None or bool(getattr(session, "authenticated", None))
 
     @defer.inlineCallbacks
-    def validateRecipient(self, session: object, recipient: str):
+    def validateRecipient(self, session: object, recipient: str) -> Generator["defer.Deferred[Any]", Any, Optional[SMTPReply]]:
         """
         For a local domain: C{551 5.1.6} for an address the directory
         marks as moved (naming the new one), C{550 5.1.1} for an unknown user, C{550 5.4.6}
@@ -242,7 +242,7 @@ class LocalDelivery:
         return self._lookUp(session, missing).addCallback(lambda found: self._split(recipients, {**routes, **found}))
 
     @defer.inlineCallbacks
-    def _lookUp(self, session: object, recipients: List[str]):
+    def _lookUp(self, session: object, recipients: List[str]) -> Generator["defer.Deferred[Any]", Any, Dict[str, Any]]:
         """
         The routes of recipients no route was noted for: a L{Resolution},
         or L{_RELAY}; a recipient mail cannot go to has none.
@@ -284,7 +284,7 @@ class LocalDelivery:
         return accounts, remote, origin
 
     @defer.inlineCallbacks
-    def _judge(self, session: object, sender: Optional[str], recipients: List[str], message: BinaryIO):
+    def _judge(self, session: object, sender: Optional[str], recipients: List[str], message: BinaryIO) -> Generator["defer.Deferred[Any]", Any, bytes]:
         """
         Ask every policy; raise the first rejection.
 
@@ -321,7 +321,7 @@ class LocalDelivery:
         recipients: List[str],
         message: BinaryIO,
         envelope: Optional[Envelope] = None,
-    ):
+    ) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         Queue the message for its remote recipients, then append it to the
         INBOX of every account the recipients resolve to (each account
@@ -353,10 +353,12 @@ class LocalDelivery:
                 stored.append(address)
         if not stored and not remote:
             raise SMTPReply(550, "5.1.1", "No recipient exists any more")
-        yield self._successReports(sender, envelope, stored, origin, message)
+        reported = self._successReports(sender, envelope, stored, origin, message)
+        if reported is not None:
+            yield reported
 
     @defer.inlineCallbacks
-    def _store(self, address: str, sender: Optional[str], message: BinaryIO, prefix: bytes):
+    def _store(self, address: str, sender: Optional[str], message: BinaryIO, prefix: bytes) -> Generator["defer.Deferred[Any]", Any, bool]:
         """
         Store the message in the account of C{address}: in INBOX, or where
         the account's Sieve script says (and do the script's other
@@ -412,7 +414,7 @@ class LocalDelivery:
         return True
 
     @defer.inlineCallbacks
-    def _junkMailbox(self, account: Any):
+    def _junkMailbox(self, account: Any) -> Generator["defer.Deferred[Any]", Any, str]:
         """
         The name of the account's \\Junk special-use mailbox; C{Junk}
         (made if missing) when none is marked.
@@ -427,7 +429,7 @@ class LocalDelivery:
         return "Junk"
 
     @defer.inlineCallbacks
-    def _mailbox(self, account: Any, address: str, name: str, create: bool):
+    def _mailbox(self, account: Any, address: str, name: str, create: bool) -> Generator["defer.Deferred[Any]", Any, IMailbox]:
         """
         The mailbox C{name} of C{account}; created when missing with
         C{create}, else INBOX (logged).
@@ -450,7 +452,7 @@ class LocalDelivery:
         return (yield account.getMailbox("INBOX"))
 
     @defer.inlineCallbacks
-    def _redirect(self, address: str, sender: Optional[str], message: BinaryIO, target: Optional[str]):
+    def _redirect(self, address: str, sender: Optional[str], message: BinaryIO, target: Optional[str]) -> Generator["defer.Deferred[Any]", Any, bool]:
         """
         Send the message on to C{target} (through the queue for another
         domain) with the original sender, marked as redirected by
@@ -483,7 +485,7 @@ class LocalDelivery:
         return True
 
     @defer.inlineCallbacks
-    def _reject(self, address: str, sender: Optional[str], message: BinaryIO, reason: str):
+    def _reject(self, address: str, sender: Optional[str], message: BinaryIO, reason: str) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         RFC 5429 C{reject}: a refusal in DSN form to the sender (never to
         C{<>}).
@@ -498,7 +500,7 @@ class LocalDelivery:
             self._log.failure("sieve: could not send the rejection of mail for {address} to <{to}>", address=address, to=sender)
 
     @defer.inlineCallbacks
-    def _vacation(self, address: str, sender: Optional[str], message: BinaryIO, action: Any):
+    def _vacation(self, address: str, sender: Optional[str], message: BinaryIO, action: Any) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         RFC 5230 C{vacation}: the auto-reply, sent from C{<>} when due.
         """
@@ -537,7 +539,9 @@ class LocalDelivery:
         return self._sendSuccessReports(sender, envelope, reports, message)
 
     @defer.inlineCallbacks
-    def _sendSuccessReports(self, sender: str, envelope: Envelope, reports: List[RecipientReport], message: BinaryIO):
+    def _sendSuccessReports(
+        self, sender: str, envelope: Envelope, reports: List[RecipientReport], message: BinaryIO
+    ) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         Send the "delivered" DSN of L{_successReports}.
         """

@@ -509,11 +509,12 @@ class Namespaces:
         Give a new mailbox its parent's ACL (as Dovecot does), so that a
         mailbox made in a shared folder is shared as the folder is.
         """
+        owner = target.account.address
         if parent is None or not IAccountACL.providedBy(target.account):
             return
         acl = yield target.account.getACL(parent)
         for identifier, rights in sorted(acl.items()):
-            if identifier != target.account.address:
+            if identifier != owner:
                 yield target.account.setACL(target.mailbox, identifier, rights)
 
     @defer.inlineCallbacks

@@ -32,6 +32,7 @@ the reactor thread; writes are queued and committed in batches, one
 transaction per account per batch.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -87,8 +88,10 @@ _TABLES = ["texts", "messages", "mailboxes", "meta"]
 
 def encodeSummary(summary: MessageSummary) -> bytes:
     """
-    The stored form of a summary (JSON; octet strings as Latin-1).
+    The stored form of a summary (JSON; octet strings as Latin-1).  Only
+    whole summaries are stored, never a header-only one.
     """
+    assert summary.bodyStructure is not None and summary.body is not None, "a header-only summary"
     return json.dumps(
         [
             summary.envelope.decode("latin-1"),
@@ -303,7 +306,7 @@ class MessageIndex:
             synchronous one).
         """
         if reactor is None:
-            from twisted.internet import reactor  # type: ignore[no-redef]
+            from twisted.internet import reactor
         self.directory = directory
         self.rebuilds = 0
         self._reactor = reactor
@@ -325,7 +328,7 @@ class MessageIndex:
             self._pool = ThreadPool(minthreads=0, maxthreads=self._maxThreads, name="mailplat-index")
             # Daemon threads, and stopped with the reactor: a process never
             # waits on its index to exit (the files are a cache).
-            self._pool.threadFactory = _daemonThread  # type: ignore[method-assign]
+            self._pool.threadFactory = _daemonThread  # type: ignore[assignment]
             self._pool.start()
             self._reactor.addSystemEventTrigger("during", "shutdown", self._stopPool)
         return threads.deferToThreadPool(self._reactor, self._pool, f, *args)
@@ -480,7 +483,7 @@ class MessageIndex:
                     continue
             byAccount.setdefault(row[1][0], []).append(row)
         for account, accountRows in byAccount.items():
-            self._with(account, lambda database, db, accountRows=accountRows: self._writeRows(database, db, accountRows), None)
+            self._with(account, functools.partial(self._writeRows, rows=accountRows), None)
 
     def _writeRows(self, database: _Database, db: sqlite3.Connection, rows: List[tuple]) -> None:
         db.execute("BEGIN IMMEDIATE")
@@ -606,8 +609,7 @@ class MessageIndex:
             return indexed, unindexable
 
         d = self.flush()
-        d.addCallback(lambda _: self._run(self._with, prefix[0], op, None))
-        return d
+        return d.addCallback(lambda _: self._run(self._with, prefix[0], op, None))
 
     def search(self, prefix: Prefix, needle: str, text: bool) -> "defer.Deferred[Optional[Set[int]]]":
         """

@@ -639,10 +639,11 @@ def _parseSection(text: bytes) -> Tuple[Tuple[int, ...], str, Tuple[str, ...]]:
         if fieldList is None:
             raise ParseError("HEADER.FIELDS needs a list of header names")
         tokens = tokenize([fieldList])
-        if not tokens or any(isinstance(t, (list, LiteralFile)) for t in tokens):
+        names = [t for t in tokens if isinstance(t, bytes)]
+        if not tokens or len(names) != len(tokens):
             raise ParseError("Invalid header field list")
         try:
-            fields = tuple(bytes(t).decode("ascii") for t in tokens)
+            fields = tuple(bytes(t).decode("ascii") for t in names)
         except UnicodeDecodeError:
             raise ParseError("Header field names must be ASCII")
         for f in fields:

@@ -243,7 +243,7 @@ class _Header(_Key):
                 folded = column.get(ctx.uid)
                 if folded is not None:
                     if folded.__class__ is str:
-                        return self.needle in folded  # type: ignore[operator]
+                        return self.needle in folded
                     return any(self.needle in v for v in folded)
         values = ctx.headers(self.name) if ctx.headers is not None else None
         if values is None:
@@ -555,10 +555,10 @@ class _Parser:
             flag, present = _FLAG_KEYS[name]
             return _Flag(flag, present), pos
         if name in ("KEYWORD", "UNKEYWORD"):
-            flag = self._arg(tokens, pos, name, "a keyword")
-            if not flag:
+            keyword = self._arg(tokens, pos, name, "a keyword")
+            if not keyword:
                 raise SearchSyntaxError(f"{name} needs a keyword")
-            return _Flag(flag.decode("utf-8", errors="replace"), name == "KEYWORD"), pos + 1
+            return _Flag(keyword.decode("utf-8", errors="replace"), name == "KEYWORD"), pos + 1
         if name == "NEW":
             return _New(), pos
         if name == "OLD":

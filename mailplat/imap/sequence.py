@@ -2,7 +2,10 @@
 IMAP sequence sets (RFC 3501 section 9, C{sequence-set}): C{1:4,7,9:*}.
 """
 
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
+
+# One range of a sequence set as written: C{(low, high)}, C{None} for C{*}.
+Bound = Optional[int]
 
 
 class SequenceSetError(ValueError):
@@ -20,7 +23,7 @@ class SequenceSet:
         low <= high is not guaranteed (C{5:2} is legal and means 2:5).
     """
 
-    def __init__(self, ranges: List[Tuple[object, object]]) -> None:
+    def __init__(self, ranges: List[Tuple[Bound, Bound]]) -> None:
         self.ranges = ranges
 
     def resolve(self, largest: int) -> List[Tuple[int, int]]:
@@ -29,16 +32,16 @@ class SequenceSet:
         sorted.  (With an empty mailbox C{*} is 0, so C{1:*} is C{[(0, 1)]};
         callers look numbers up, they do not enumerate blindly.)
         """
-        out = []
+        out: List[Tuple[int, int]] = []
         for low, high in self.ranges:
             lo = largest if low is None else low
             hi = largest if high is None else high
-            if lo > hi:  # type: ignore[operator]
+            if lo > hi:
                 lo, hi = hi, lo
             out.append((lo, hi))
         out.sort()
         merged: List[Tuple[int, int]] = []
-        for lo, hi in out:  # type: ignore[assignment]
+        for lo, hi in out:
             if merged and lo <= merged[-1][1] + 1:
                 if hi > merged[-1][1]:
                     merged[-1] = (merged[-1][0], hi)
@@ -70,7 +73,7 @@ class SequenceSet:
             yield from existing[start:end]
 
 
-def _number(text: bytes) -> object:
+def _number(text: bytes) -> Bound:
     if text == b"*":
         return None
     if not text.isdigit() or text.startswith(b"0"):
@@ -89,7 +92,7 @@ def parseSequenceSet(text: bytes) -> SequenceSet:
     """
     if not text:
         raise SequenceSetError("empty sequence set")
-    ranges = []
+    ranges: List[Tuple[Bound, Bound]] = []
     for item in text.split(b","):
         low, colon, high = item.partition(b":")
         lo = _number(low)

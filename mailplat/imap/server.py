@@ -24,11 +24,10 @@ import re
 import zlib
 from array import array
 from io import BytesIO
-from typing import IO, Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import IO, Any, Callable, Dict, FrozenSet, Iterable, List, NoReturn, Optional, Sequence, Set, Tuple, Union, cast
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import LoginFailed
-from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IPullProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
@@ -81,6 +80,7 @@ from mailplat.interfaces import (
     IMailboxListener,
     IMessageInfo,
     IMessageReader,
+    LoginPortal,
 )
 from mailplat.mailbox import validateMailboxName
 
@@ -183,11 +183,11 @@ def _flagsWire(flags: Iterable[str], recent: bool = False) -> bytes:
     if flags.__class__ is not frozenset:
         return _formatFlags(flags, recent)
     memo = _FLAGS_WIRE[recent]
-    wire = memo.get(flags)  # type: ignore[call-overload]
+    wire = memo.get(flags)
     if wire is None:
         if len(memo) >= _FLAGS_WIRE_LIMIT:
             memo.clear()
-        wire = memo[flags] = _formatFlags(flags, recent)  # type: ignore[index]
+        wire = memo[flags] = _formatFlags(flags, recent)
     return wire
 
 
@@ -492,9 +492,11 @@ class IMAPServer(Protocol):
     @ivar view: the L{SelectedView} in the selected state.
     """
 
+    transport: netutil.IConnectionTransport
+
     def __init__(
         self,
-        portal: Portal,
+        portal: LoginPortal,
         hostname: str,
         timeout: float = 1800.0,
         maxLineLength: int = 65536,
@@ -523,7 +525,9 @@ class IMAPServer(Protocol):
             MESSAGE); 0 for none.
         """
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[no-redef]
+            from twisted.internet import reactor
+
+            clock = reactor
         self.portal = portal
         self.hostname = hostname
         self.timeout = timeout
@@ -1026,9 +1030,9 @@ class IMAPServer(Protocol):
             for low, high in seqset.resolve(largest):
                 indexes.extend(range(bisect.bisect_left(uids, low), bisect.bisect_right(uids, high)))
             return indexes
-        for low, high in seqset.ranges:
-            for n in (low, high):
-                if n is not None and n > count:  # type: ignore[operator]
+        for first, last in seqset.ranges:
+            for bound in (first, last):
+                if bound is not None and bound > count:
                     raise _bad("Invalid message sequence number")
         return [n - 1 for n in seqset.numbers(count)]
 
@@ -1222,7 +1226,7 @@ class IMAPServer(Protocol):
         if self._closed:
             return
         self._inflater = zlib.decompressobj(-15)
-        self.transport = _DeflatingTransport(self.transport)
+        self.transport = cast(netutil.IConnectionTransport, _DeflatingTransport(self.transport))
         pending = self._framer.takeBuffered()
         if pending:
             # Sent right after COMPRESS, so already compressed.
@@ -1300,7 +1304,7 @@ class IMAPServer(Protocol):
             raise _bad("Authentication response too long")
         return line
 
-    def _loginFailed(self) -> None:
+    def _loginFailed(self) -> NoReturn:
         """
         Count a failed login (closing after L{MAX_AUTH_FAILURES}) and end
         the command with C{NO [AUTHENTICATIONFAILED]}.
@@ -2271,8 +2275,9 @@ class IMAPServer(Protocol):
             gone = self._vanishedEarlier(present, seqset, largest)
             if gone:
                 self._write(b"* VANISHED (EARLIER) " + gone)
-        if all(isinstance(a, FetchAttribute) and a.name in _INFO_ITEMS for a in atts):
-            complete = yield self._fetchInfoItems(view, indexes, [a.name for a in atts], changedSince)
+        infoNames = [a.name for a in atts if isinstance(a, FetchAttribute) and a.name in _INFO_ITEMS]
+        if len(infoNames) == len(atts):
+            complete = yield self._fetchInfoItems(view, indexes, infoNames, changedSince)
             if not complete:
                 raise IMAPError("Some of the requested messages no longer exist", b"EXPUNGEISSUED")
             return b"FETCH completed"
@@ -2548,8 +2553,8 @@ class IMAPServer(Protocol):
                 if n:
                     pending.append(b" ")
                 if isinstance(item, tuple):
-                    name, start, length = item
-                    pending.append(name + b" {%d}\r\n" % (length,))
+                    itemName, start, length = item
+                    pending.append(itemName + b" {%d}\r\n" % (length,))
                     self._writeRaw(b"".join(pending))
                     pending = []
                     assert source is not None
@@ -3173,11 +3178,14 @@ class IMAPFactory(Factory):
     Builds L{IMAPServer} sessions.
     """
 
-    protocol = IMAPServer  # type: ignore[assignment]
+    protocol = IMAPServer
+    #: Whether passwords are accepted without TLS from any address (set by
+    #: the service from C{auth.allow_plaintext}).
+    allowPlaintext = False
 
     def __init__(
         self,
-        portal: Portal,
+        portal: LoginPortal,
         hostname: str,
         timeout: float = 1800.0,
         maxLineLength: int = 65536,

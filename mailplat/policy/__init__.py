@@ -19,7 +19,7 @@ Every DNS question goes through the resolver given to the checker (the one
 the relay uses), so tests answer from a fake resolver.
 """
 
-from typing import Any, List
+from typing import Any, Generator, List
 
 from twisted.internet import defer
 from twisted.names import error as dnserror
@@ -36,7 +36,7 @@ class DNSTempError(Exception):
 
 
 @defer.inlineCallbacks
-def queryRecords(resolver: Any, method: str, name: str, rtype: int):
+def queryRecords(resolver: Any, method: str, name: str, rtype: int) -> Generator["defer.Deferred[Any]", Any, List[Any]]:
     """
     Ask C{resolver} one question and return the payloads of the answers of
     type C{rtype} (CNAME chains are followed by the resolver).

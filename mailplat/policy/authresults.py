@@ -23,7 +23,7 @@ import email.parser
 import email.policy
 import email.utils
 import re
-from typing import Any, BinaryIO, List, Optional, Sequence
+from typing import Any, BinaryIO, Generator, List, Optional, Sequence
 
 import dkim as dkimpy
 from twisted.internet import defer
@@ -173,7 +173,9 @@ class AuthenticationPolicy:
         self.dnsblChecker = DNSBLChecker(resolver, dnsblZones) if dnsblZones else None
 
     @defer.inlineCallbacks
-    def checkMessage(self, session: object, sender: Optional[str], recipients: List[str], message: BinaryIO):
+    def checkMessage(
+        self, session: object, sender: Optional[str], recipients: List[str], message: BinaryIO
+    ) -> Generator["defer.Deferred[Any]", Any, Verdict]:
         """
         See L{IPolicy.checkMessage}.
         """
@@ -245,7 +247,9 @@ class DkimSigningPolicy:
         self.signer = signer
 
     @defer.inlineCallbacks
-    def checkMessage(self, session: object, sender: Optional[str], recipients: List[str], message: BinaryIO):
+    def checkMessage(
+        self, session: object, sender: Optional[str], recipients: List[str], message: BinaryIO
+    ) -> Generator["defer.Deferred[Any]", Any, Verdict]:
         """
         See L{IPolicy.checkMessage}.
         """

@@ -16,7 +16,7 @@ mode 0600), made by L{keygen} (C{mailplat dkim keygen DOMAIN}).
 import base64
 import os
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Generator, List, Optional, Tuple
 
 import dkim as _dkimpy
 from cryptography.hazmat.primitives import serialization
@@ -153,7 +153,9 @@ class DKIMVerifier:
         self.maxSignatures = maxSignatures
 
     @defer.inlineCallbacks
-    def _fetchKey(self, name: bytes, keys: Dict[bytes, Optional[bytes]], failed: Dict[bytes, str]):
+    def _fetchKey(
+        self, name: bytes, keys: Dict[bytes, Optional[bytes]], failed: Dict[bytes, str]
+    ) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         Fetch one selector record into C{keys} (or C{failed}).
         """
@@ -164,10 +166,10 @@ class DKIMVerifier:
             return
         texts = txtStrings(payloads)
         chosen = [t for t in texts if b"p=" in t]
-        keys[name] = (chosen or texts or [None])[0]
+        keys[name] = chosen[0] if chosen else texts[0] if texts else None
 
     @defer.inlineCallbacks
-    def verify(self, message: bytes):
+    def verify(self, message: bytes) -> Generator["defer.Deferred[Any]", Any, List[DKIMResult]]:
         """
         Check every signature of C{message}.
 

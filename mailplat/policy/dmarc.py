@@ -14,7 +14,7 @@ if the suffix owner were the organisation.
 """
 
 import random
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Generator, List, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.names import dns
@@ -139,7 +139,7 @@ class DMARCChecker:
         self.random = random
 
     @defer.inlineCallbacks
-    def _lookup(self, domain: str):
+    def _lookup(self, domain: str) -> Generator["defer.Deferred[Any]", Any, Optional[DMARCRecord]]:
         """
         The DMARC record at C{_dmarc.<domain>}, or L{None}.
         """
@@ -153,7 +153,9 @@ class DMARCChecker:
         return records[0] if len(records) == 1 else None
 
     @defer.inlineCallbacks
-    def check(self, fromDomain: Optional[str], spfResult: Optional[str], spfDomain: Optional[str], dkimResults: Sequence[Any]):
+    def check(
+        self, fromDomain: Optional[str], spfResult: Optional[str], spfDomain: Optional[str], dkimResults: Sequence[Any]
+    ) -> Generator["defer.Deferred[Any]", Any, DMARCResult]:
         """
         Evaluate DMARC for a message.
 

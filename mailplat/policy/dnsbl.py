@@ -7,7 +7,7 @@ answer counts as not listed (a block list going down must not stop mail).
 """
 
 import ipaddress
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Generator, List, Optional, Sequence, Tuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -29,8 +29,8 @@ def queryName(ip: str, zone: str) -> Optional[str]:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return None
-    if address.version == 6 and address.ipv4_mapped is not None:  # type: ignore[union-attr]
-        address = address.ipv4_mapped  # type: ignore[union-attr]
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
     if address.version == 4:
         labels = str(address).split(".")
     else:
@@ -51,7 +51,7 @@ class DNSBLChecker:
         self.zones = list(zones)
 
     @defer.inlineCallbacks
-    def _one(self, ip: str, zone: str):
+    def _one(self, ip: str, zone: str) -> Generator["defer.Deferred[Any]", Any, Optional[Tuple[str, str]]]:
         name = queryName(ip, zone)
         if name is None:
             return None
@@ -64,7 +64,7 @@ class DNSBLChecker:
         return (zone, codes[0]) if codes else None
 
     @defer.inlineCallbacks
-    def check(self, ip: str):
+    def check(self, ip: str) -> Generator["defer.Deferred[Any]", Any, List[Tuple[str, str]]]:
         """
         Ask every zone at once.
 

@@ -23,7 +23,7 @@ Mail from authenticated sessions is not scanned unless C{scanAuthenticated}.
 
 import io
 import json
-from typing import Any, BinaryIO, List, Optional
+from typing import Any, BinaryIO, Generator, List, Optional
 
 from twisted.internet import defer, endpoints, protocol
 from twisted.internet.interfaces import IReactorTime
@@ -34,6 +34,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from mailplat.delivery.policy import IPolicy, Verdict, clientAddress, isAuthenticated, readMessage
+from mailplat.netutil import IConnectionTransport
 
 _log = Logger()
 
@@ -139,7 +140,9 @@ class _ScannerPolicy:
         return Verdict.tag(*headers)
 
     @defer.inlineCallbacks
-    def checkMessage(self, session: object, sender: Optional[str], recipients: List[str], message: BinaryIO):
+    def checkMessage(
+        self, session: object, sender: Optional[str], recipients: List[str], message: BinaryIO
+    ) -> Generator["defer.Deferred[Any]", Any, Verdict]:
         """
         See L{IPolicy.checkMessage}.
         """
@@ -179,7 +182,9 @@ class RspamdPolicy(_ScannerPolicy):
         self.agent = agent if agent is not None else Agent(reactor, connectTimeout=self.timeout, pool=HTTPConnectionPool(reactor, persistent=False))
 
     @defer.inlineCallbacks
-    def scan(self, session: object, sender: Optional[str], recipients: List[str], data: bytes):
+    def scan(
+        self, session: object, sender: Optional[str], recipients: List[str], data: bytes
+    ) -> Generator["defer.Deferred[Any]", Any, ScanResult]:
         """
         Post the message with its envelope in request headers.
         """
@@ -228,6 +233,8 @@ class SpamdClientProtocol(protocol.Protocol):
 
     @ivar done: fires with the raw answer (C{bytes}).
     """
+
+    transport: IConnectionTransport
 
     def __init__(self, request: bytes) -> None:
         self.request = request
@@ -300,7 +307,9 @@ class SpamdPolicy(_ScannerPolicy):
         self.user = user
 
     @defer.inlineCallbacks
-    def scan(self, session: object, sender: Optional[str], recipients: List[str], data: bytes):
+    def scan(
+        self, session: object, sender: Optional[str], recipients: List[str], data: bytes
+    ) -> Generator["defer.Deferred[Any]", Any, ScanResult]:
         """
         Connect, send the message, parse the answer.
         """

@@ -20,7 +20,7 @@ for C{mx} and C{ptr}.
 
 import ipaddress
 import re
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Generator, List, Optional, Tuple, Union
 from urllib.parse import quote
 
 from twisted.internet import defer
@@ -245,7 +245,7 @@ class SPFChecker:
         self.voidLimit = voidLimit
 
     @defer.inlineCallbacks
-    def check(self, ip: str, sender: Optional[str], helo: Optional[str]):
+    def check(self, ip: str, sender: Optional[str], helo: Optional[str]) -> Generator["defer.Deferred[Any]", Any, SPFResult]:
         """
         Check a client's right to send mail from C{sender}.
 
@@ -269,8 +269,8 @@ class SPFChecker:
             parsed = ipaddress.ip_address(ip)
         except ValueError:
             return SPFResult(NONE, domain, identity, address, f"no usable client address {ip!r}")
-        if parsed.version == 6 and parsed.ipv4_mapped is not None:  # type: ignore[union-attr]
-            parsed = parsed.ipv4_mapped  # type: ignore[union-attr]
+        if parsed.version == 6 and parsed.ipv4_mapped is not None:
+            parsed = parsed.ipv4_mapped
         if not validDomain(domain):
             return SPFResult(NONE, domain, identity, address, f"{domain!r} is not a domain to check")
         ctx = _Context(parsed, address, helo, self.lookupLimit, self.voidLimit)
@@ -283,7 +283,7 @@ class SPFChecker:
         return SPFResult(result, domain, identity, address, comment)
 
     @defer.inlineCallbacks
-    def _records(self, domain: str):
+    def _records(self, domain: str) -> Generator["defer.Deferred[Any]", Any, Optional[str]]:
         """
         The SPF record of C{domain}: its text, or L{None} when it has none.
         """
@@ -306,7 +306,7 @@ class SPFChecker:
             raise _PermError(f"{domain}: SPF record is not ASCII") from None
 
     @defer.inlineCallbacks
-    def _checkHost(self, ctx: _Context, domain: str):
+    def _checkHost(self, ctx: _Context, domain: str) -> Generator["defer.Deferred[Any]", Any, Tuple[str, str]]:
         """
         The C{check_host()} function of RFC 7208 section 4.
 
@@ -367,7 +367,7 @@ class SPFChecker:
         return target.lower()
 
     @defer.inlineCallbacks
-    def _addresses(self, ctx: _Context, name: str, void: bool = True):
+    def _addresses(self, ctx: _Context, name: str, void: bool = True) -> Generator["defer.Deferred[Any]", Any, List[IPAddress]]:
         """
         The addresses of C{name} of the client's address family.
         """
@@ -393,7 +393,7 @@ class SPFChecker:
         return ctx.ip in ipaddress.ip_network(f"{address}/{prefix}", strict=False)
 
     @defer.inlineCallbacks
-    def _mechanism(self, ctx: _Context, domain: str, name: str, rest: str):
+    def _mechanism(self, ctx: _Context, domain: str, name: str, rest: str) -> Generator["defer.Deferred[Any]", Any, bool]:
         """
         Whether one mechanism matches the client.
         """
@@ -464,7 +464,7 @@ class SPFChecker:
         raise _PermError(f"unknown mechanism {name}")
 
     @defer.inlineCallbacks
-    def _validatedNames(self, ctx: _Context):
+    def _validatedNames(self, ctx: _Context) -> Generator["defer.Deferred[Any]", Any, List[str]]:
         """
         The client's PTR names whose forward lookup gives its address back
         (at most 10 names tried); DNS errors count as no name.

@@ -38,7 +38,6 @@ from typing import Any, BinaryIO, Callable, Deque, List, Optional, Sequence, Tup
 
 from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
 from twisted.cred.error import LoginFailed
-from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Protocol, ServerFactory
@@ -52,7 +51,7 @@ from mailplat.auth import sasl
 from mailplat.auth.credentials import APOPCredentials
 from mailplat.auth.throttle import LoginThrottled
 from mailplat.errors import MailboxLocked, NoSuchMessage
-from mailplat.interfaces import IAccount, IMailbox, IMessageReader
+from mailplat.interfaces import IAccount, IMailbox, IMessageReader, LoginPortal
 
 log = Logger()
 
@@ -324,11 +323,15 @@ class POP3Server(Protocol):
     @ivar tls: whether the session is encrypted (implicit TLS or STLS).
     """
 
-    def __init__(self, portal: Portal, hostname: str, timeout: float = 600.0,
+    transport: netutil.IConnectionTransport
+
+    def __init__(self, portal: LoginPortal, hostname: str, timeout: float = 600.0,
                  clock: Optional[IReactorTime] = None, contextFactory: Optional[Any] = None,
                  allowPlaintext: bool = False) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor
+
+            clock = reactor
         self.contextFactory = contextFactory
         self.allowPlaintext = allowPlaintext
         self.tls = False
@@ -1205,13 +1208,15 @@ class POP3Factory(ServerFactory):
     @ivar allowPlaintext: accept passwords without TLS from any address.
     """
 
-    protocol = POP3Server  # type: ignore[assignment]
+    protocol = POP3Server
 
-    def __init__(self, portal: Portal, hostname: str, timeout: float = 600.0,
+    def __init__(self, portal: LoginPortal, hostname: str, timeout: float = 600.0,
                  clock: Optional[IReactorTime] = None, contextFactory: Optional[Any] = None,
                  allowPlaintext: bool = False) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor
+
+            clock = reactor
         self.contextFactory = contextFactory
         self.allowPlaintext = allowPlaintext
         self.portal = portal

@@ -87,7 +87,7 @@ from mailplat.queue import (
     recordAttempt,
 )
 
-__all__ = ["SQLQueue", "queueFor", "QUEUE_LATEST_VERSION", "PENDING", "DELIVERED", "DEFERRED", "FAILED"]
+__all__ = ["SQLQueue", "OutboundQueue", "queueFor", "QUEUE_LATEST_VERSION", "PENDING", "DELIVERED", "DEFERRED", "FAILED"]
 
 _ID = re.compile(r"^[0-9a-f]{8,40}$")
 _CHUNK = 65536
@@ -1156,7 +1156,11 @@ class _Listener:
         self._thread.join(5.0)
 
 
-def queueFor(storeSpec: str, dataDir: str, clock: IReactorTime) -> Union[Queue, SQLQueue]:
+#: Either outbound queue: they answer the same methods (no interface says so).
+OutboundQueue = Union[Queue, SQLQueue]
+
+
+def queueFor(storeSpec: str, dataDir: str, clock: IReactorTime) -> OutboundQueue:
     """
     The outbound queue for a server whose store is C{storeSpec}
     (C{NAME[:ARGS]}, as C{--store}): the store's PostgreSQL database and

@@ -28,9 +28,10 @@ import ipaddress
 import random
 import socket
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Generator, List, Optional, Tuple
 
 from twisted.internet import defer, endpoints, ssl
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.names import dns
 from twisted.names import error as dnserror
@@ -222,7 +223,7 @@ class Relay:
         return address.rpartition("@")[2].lower().rstrip(".")
 
     @defer.inlineCallbacks
-    def lookup(self, destination: str):
+    def lookup(self, destination: str) -> Generator["defer.Deferred[Any]", Any, List[Tuple[str, str, int]]]:
         """
         The hosts to try for C{destination}, best first.
 
@@ -245,7 +246,7 @@ class Relay:
         return hosts
 
     @defer.inlineCallbacks
-    def _exchanges(self, domain: str):
+    def _exchanges(self, domain: str) -> Generator["defer.Deferred[Any]", Any, List[str]]:
         """
         The MX host names of C{domain}, in preference order (random among
         equals, RFC 5321 5.1), or C{[domain]} without MX records.
@@ -276,7 +277,7 @@ class Relay:
         return names
 
     @defer.inlineCallbacks
-    def _addresses(self, name: str):
+    def _addresses(self, name: str) -> Generator["defer.Deferred[Any]", Any, List[str]]:
         """
         The IPv4 then IPv6 addresses of host C{name} (an address literal is
         its own address); lookup errors give no address.
@@ -303,7 +304,9 @@ class Relay:
     # Delivering.
 
     @defer.inlineCallbacks
-    def deliver(self, destination: str, jobs: List[Job], report: Callable[[Job, Dict[str, Result]], defer.Deferred]):
+    def deliver(
+        self, destination: str, jobs: List[Job], report: Callable[[Job, Dict[str, Result]], defer.Deferred]
+    ) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         Deliver C{jobs} to C{destination}, over one connection as long as it
         lasts.  C{report(job, results)} is called once per job, as soon as
@@ -363,7 +366,9 @@ class Relay:
             yield report(job, {r: Result(DEFERRED, lastError) for r in job.recipients})
 
     @defer.inlineCallbacks
-    def _open(self, name: str, address: str, port: int, useTLS: bool):
+    def _open(
+        self, name: str, address: str, port: int, useTLS: bool
+    ) -> Generator["defer.Deferred[Any]", Any, SMTPClientProtocol]:
         """
         Connect, read the greeting, say EHLO, start TLS (when C{useTLS} and
         offered), authenticate.
@@ -372,6 +377,7 @@ class Relay:
         @raise _HostError: (as a failure) the host refused us.
         @raise _TLSFailed: (as a failure) the TLS handshake failed.
         """
+        endpoint: IStreamClientEndpoint
         if ":" in address:
             endpoint = endpoints.TCP6ClientEndpoint(self.reactor, address, port, timeout=self.connectTimeout)
         else:
@@ -408,7 +414,7 @@ class Relay:
         return conn
 
     @defer.inlineCallbacks
-    def _hello(self, conn: SMTPClientProtocol):
+    def _hello(self, conn: SMTPClientProtocol) -> Generator["defer.Deferred[Any]", Any, Dict[str, str]]:
         reply = yield conn.command(f"EHLO {self.hostname}")
         if reply.code == 250:
             return reply.extensions()
@@ -426,7 +432,9 @@ class Relay:
         return ssl.CertificateOptions(verify=False)
 
     @defer.inlineCallbacks
-    def _authenticate(self, conn: SMTPClientProtocol, name: str, extensions: Dict[str, str], tls: bool):
+    def _authenticate(
+        self, conn: SMTPClientProtocol, name: str, extensions: Dict[str, str], tls: bool
+    ) -> Generator["defer.Deferred[Any]", Any, None]:
         assert self.credentials is not None
         user, password = self.credentials
         if not tls and not netutil.isLoopback(conn.transport.getPeer()):
@@ -451,7 +459,7 @@ class Relay:
             raise _HostError(f"451 4.7.0 Authentication at {name} failed: {reply.text}")
 
     @defer.inlineCallbacks
-    def _send(self, conn: SMTPClientProtocol, name: str, job: Job):
+    def _send(self, conn: SMTPClientProtocol, name: str, job: Job) -> Generator["defer.Deferred[Any]", Any, Dict[str, Result]]:
         """
         One transaction: MAIL, RCPT for each recipient, DATA.
 
@@ -524,7 +532,7 @@ class Relay:
         return results
 
     @defer.inlineCallbacks
-    def _abort(self, conn: SMTPClientProtocol, reply: Optional[Reply]):
+    def _abort(self, conn: SMTPClientProtocol, reply: Optional[Reply]) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         End an unfinished transaction (C{RSET}); a 421 ends the connection.
         """

@@ -74,6 +74,8 @@ class SMTPClientProtocol(protocol.Protocol, TimeoutMixin):
     @ivar callLater: the clock's C{callLater}, used for the timeout.
     """
 
+    transport: netutil.IConnectionTransport
+
     def __init__(self, callLater: Callable, timeout: float = 300.0) -> None:
         self.callLater = callLater  # type: ignore[method-assign]
         self.timeout = timeout

@@ -18,7 +18,7 @@ reports in our place), C{RET} and C{ENVID} shape every DSN.
 
 import io
 from collections import OrderedDict
-from typing import Any, BinaryIO, Callable, Dict, List, Optional
+from typing import Any, BinaryIO, Callable, Dict, Generator, List, Optional
 
 from twisted.application import service
 from twisted.internet import defer
@@ -27,8 +27,9 @@ from twisted.logger import Logger
 
 from mailplat.delivery.dsn import DELAYED, FAILED, RELAYED, RecipientReport, makeDSN, statusFromReply
 from mailplat.errors import SMTPReply
-from mailplat.queue import DEFERRED, NoSuchEntry, Queue, QueueEntry, RecipientStatus
+from mailplat.queue import DEFERRED, NoSuchEntry, QueueEntry, RecipientStatus
 from mailplat.queue import FAILED as QFAILED
+from mailplat.queue.sql import OutboundQueue
 from mailplat.relay import DELIVERED as RDELIVERED
 from mailplat.relay import FAILED as RFAILED
 from mailplat.relay import Job, Relay, Result
@@ -59,7 +60,7 @@ class QueueRunner(service.Service):
     their outcome is recorded) made the runner look again in a tight loop
     while any delivery was under way.
 
-    @ivar queue: the L{Queue}.
+    @ivar queue: the L{Queue} or L{SQLQueue <mailplat.queue.sql.SQLQueue>}.
     @ivar relay: the L{Relay}.
     @ivar clock: the L{IReactorTime} that times passes and retries.
     @ivar bounce: sends a DSN: C{bounce(None, [reversePath], file)} returns
@@ -72,7 +73,7 @@ class QueueRunner(service.Service):
 
     def __init__(
         self,
-        queue: Queue,
+        queue: OutboundQueue,
         relay: Relay,
         clock: IReactorTime,
         hostname: str,
@@ -199,7 +200,9 @@ class QueueRunner(service.Service):
             self._busy.difference_update(outstanding)
 
     @defer.inlineCallbacks
-    def _batch(self, destination: str, jobs: List[Job], outstanding: Dict[str, int]):
+    def _batch(
+        self, destination: str, jobs: List[Job], outstanding: Dict[str, int]
+    ) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         Deliver one destination's batch, then finish each entry whose
         batches are all done, and see whether more work is due (the
@@ -251,7 +254,7 @@ class QueueRunner(service.Service):
         return lambda: self.queue.openMessage(entryId)
 
     @defer.inlineCallbacks
-    def _report(self, job: Job, results: Dict[str, Result]):
+    def _report(self, job: Job, results: Dict[str, Result]) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         Record a job's outcome at once (a delivered recipient is written
         right after the server's reply: the only window in which a crash
@@ -293,7 +296,7 @@ class QueueRunner(service.Service):
     # DSNs and clean-up.
 
     @defer.inlineCallbacks
-    def finish(self, entryId: str):
+    def finish(self, entryId: str) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         After a pass over an entry: fail what expired, send the bounce for
         failed recipients and the delay warning for late ones (each once),
@@ -330,7 +333,9 @@ class QueueRunner(service.Service):
                 pass
 
     @defer.inlineCallbacks
-    def _notify(self, entry: QueueEntry, recipients: List[RecipientStatus], action: str):
+    def _notify(
+        self, entry: QueueEntry, recipients: List[RecipientStatus], action: str
+    ) -> Generator["defer.Deferred[Any]", Any, bool]:
         """
         Send one DSN about C{recipients} to the entry's reverse path.
 

@@ -26,7 +26,7 @@ import os
 import secrets
 import time
 from datetime import datetime, timezone
-from typing import Any, BinaryIO, Dict, List, Optional, Tuple
+from typing import Any, BinaryIO, Dict, List, Optional, Tuple, cast
 
 from twisted.logger import Logger
 
@@ -155,7 +155,9 @@ class SieveFilter:
             return None
         sender = normalizeAddress(sender)
         options = action.options
-        mine = {normalizeAddress(address)} | {normalizeAddress(a) for a in options.get("addresses", []) or []}  # type: ignore[union-attr]
+        # The script was validated: :addresses is a string list, :days an int.
+        addresses = cast(List[str], options.get("addresses", []) or [])
+        mine = {normalizeAddress(address)} | {normalizeAddress(a) for a in addresses}
         if sender in mine or sender.split("@")[0] in ("mailer-daemon", "owner", "listserv") or "-request@" in sender:
             return None
         headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(readHeaders(message))
@@ -176,8 +178,8 @@ class SieveFilter:
         }
         if not named & mine:
             return None
-        days = options.get("days", DEFAULT_DAYS)
-        period = max(int(days), MIN_DAYS) * 86400  # type: ignore[call-overload]
+        days = cast(int, options.get("days", DEFAULT_DAYS))
+        period = max(int(days), MIN_DAYS) * 86400
         handle = str(options.get("handle") or f"{options.get('subject', '')}\x00{action.reason}")
         now = self._now()
         state = self._loadState(address)

@@ -17,7 +17,7 @@ import email.utils
 import re
 from dataclasses import dataclass, field
 from email.message import Message
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple, cast
 
 from mailplat.sieve.parser import Command, SieveError, Tag, Test
 
@@ -75,7 +75,7 @@ class _Stop(Exception):
     pass
 
 
-def _split(args: Sequence[object], line: int, what: str) -> tuple:
+def _split(args: Sequence[object], line: int, what: str) -> Tuple[Dict[str, object], List[object]]:
     tags: Dict[str, object] = {}
     positional: List[object] = []
     items = list(args)
@@ -359,14 +359,14 @@ class Interpreter:
         elif c.name == "discard":
             self._cancelled = True
         elif c.name == "fileinto":
-            self._add(Action("fileinto", mailbox=positional[0][0], create="create" in tags))  # type: ignore[index]
+            self._add(Action("fileinto", mailbox=_string(positional[0], c.line, c.name), create="create" in tags))
             self._cancelled = True
         elif c.name == "redirect":
             if sum(1 for a in self._actions if a.name == "redirect") < MAX_REDIRECTS:
-                self._add(Action("redirect", address=positional[0][0]))  # type: ignore[index]
+                self._add(Action("redirect", address=_string(positional[0], c.line, c.name)))
             self._cancelled = True
         elif c.name == "reject":
-            self._add(Action("reject", reason=positional[0][0]))  # type: ignore[index]
+            self._add(Action("reject", reason=_string(positional[0], c.line, c.name)))
             self._cancelled = True
         elif c.name == "vacation":
             options: Dict[str, object] = {}
@@ -374,7 +374,7 @@ class Interpreter:
                 if key in tags:
                     value = tags[key]
                     options[key] = value[0] if isinstance(value, list) and key != "addresses" else value
-            self._add(Action("vacation", reason=positional[0][0], options=options))  # type: ignore[index]
+            self._add(Action("vacation", reason=_string(positional[0], c.line, c.name), options=options))
 
     def _add(self, action: Action) -> None:
         for a in self._actions:
@@ -396,15 +396,16 @@ class Interpreter:
         tags, positional = _split(t.args, t.line, t.name)
         headers = self._context.headers
         if t.name == "exists":
-            return all(headers.get(n) is not None for n in positional[0])  # type: ignore[union-attr]
+            return all(headers.get(n) is not None for n in _strings(positional[0], t.line, t.name))
         if t.name == "size":
+            # validate() made sure the one of them given holds an int.
             if "over" in tags:
-                return self._context.size > int(tags["over"])  # type: ignore[call-overload]
-            return self._context.size < int(tags["under"])  # type: ignore[call-overload]
+                return self._context.size > cast(int, tags["over"])
+            return self._context.size < cast(int, tags["under"])
         matchType = next((m for m in _MATCH_TYPES if m in tags), "is")
         comparator = _string(tags["comparator"], t.line, t.name) if "comparator" in tags else "i;ascii-casemap"
-        names: List[str] = positional[0]  # type: ignore[assignment]
-        keys: List[str] = positional[1]  # type: ignore[assignment]
+        names = _strings(positional[0], t.line, t.name)
+        keys = _strings(positional[1], t.line, t.name)
         values: List[str] = []
         if t.name == "header":
             for n in names:

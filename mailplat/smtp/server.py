@@ -40,10 +40,9 @@ import email.utils
 import secrets
 import tempfile
 from datetime import datetime, timezone
-from typing import IO, Any, Callable, List, Optional, Tuple
+from typing import IO, Any, Callable, List, Optional, Tuple, cast
 
 from twisted.cred.error import LoginFailed
-from twisted.cred.portal import Portal
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime, ISSLTransport
@@ -57,7 +56,7 @@ from mailplat.address import normalizeAddress
 from mailplat.auth import sasl
 from mailplat.auth.throttle import LoginThrottled
 from mailplat.errors import SMTPReply
-from mailplat.interfaces import IDelivery, ISMTPAvatar
+from mailplat.interfaces import IDelivery, ISMTPAvatar, LoginPortal
 from mailplat.smtp.envelope import Envelope, RecipientParameters
 from mailplat.smtp.syntax import (
     PathSyntaxError,
@@ -210,6 +209,7 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
 
     factory: "SMTPFactory"
     session: SMTPSession
+    transport: netutil.IConnectionTransport
     _log = Logger()
 
     def __init__(self) -> None:
@@ -443,7 +443,7 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
 
         def failed(failure: Failure) -> _Reply:
             if failure.check(SMTPReply):
-                exc = failure.value
+                exc = cast(SMTPReply, failure.value)
                 code = exc.code
                 if isinstance(code, int) and 200 <= code <= 599:
                     return _Reply(code, exc.enhanced, *(str(exc.text).splitlines() or [""]))
@@ -1419,7 +1419,7 @@ class SMTPFactory(protocol.ServerFactory):
         a temporary file.
     """
 
-    protocol = SMTPServer
+    protocol = SMTPServer  # type: ignore[assignment]
     maxErrors = _ERROR_LIMIT
 
     def __init__(
@@ -1430,7 +1430,7 @@ class SMTPFactory(protocol.ServerFactory):
         timeout: float = 300.0,
         maxRecipients: int = 1000,
         clock: Optional[IReactorTime] = None,
-        portal: Optional[Portal] = None,
+        portal: Optional[LoginPortal] = None,
         contextFactory: Optional[Any] = None,
         role: str = "mx",
         allowPlaintext: bool = False,
@@ -1439,7 +1439,7 @@ class SMTPFactory(protocol.ServerFactory):
         if clock is None:
             from twisted.internet import reactor
 
-            clock = reactor  # type: ignore[assignment]
+            clock = reactor
         if role not in ROLES:
             raise ValueError(f"unknown SMTP listener role {role!r} (known: {', '.join(ROLES)})")
         self.portal = portal

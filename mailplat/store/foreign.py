@@ -357,7 +357,7 @@ class ForeignMailbox:
             f = os.fdopen(os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
         except OSError as e:
             return defer.fail(NoSuchMessage(f"Message UID {uid} in {self.name} cannot be read: {e.strerror}"))
-        reader: BinaryIO = io.BufferedReader(_WireReader(f), CHUNK)  # type: ignore[assignment]
+        reader: BinaryIO = io.BufferedReader(_WireReader(f), CHUNK)
         return defer.succeed(reader)
 
 

@@ -327,7 +327,7 @@ def _loadSyncfs() -> Optional[Callable[[int], int]]:
         return None
     syncfs.argtypes = [ctypes.c_int]
     syncfs.restype = ctypes.c_int
-    return syncfs  # type: ignore[no-any-return]
+    return syncfs
 
 
 _syncfs = _loadSyncfs()
@@ -537,7 +537,7 @@ class MaildirMailbox:
     directories.
     """
 
-    def __init__(self, name: str, path: str, pool: Optional[Callable[[], ThreadPool]] = None) -> None:
+    def __init__(self, name: str, path: str, pool: Optional[Callable[[], Optional[ThreadPool]]] = None) -> None:
         """
         @param pool: gives the running thread pool appends are written and
             committed in; without one, an append is written and committed
@@ -1285,7 +1285,7 @@ class MaildirMailbox:
 
     def _openSync(self, uid: int) -> BinaryIO:
         fd, _ = self._openFile(uid)
-        return io.BufferedReader(_WireReader(os.fdopen(fd, "rb")), CHUNK)  # type: ignore[return-value]
+        return io.BufferedReader(_WireReader(os.fdopen(fd, "rb")), CHUNK)
 
     def openMessage(self, uid: int) -> defer.Deferred:
         """
@@ -1463,7 +1463,7 @@ class MaildirMailbox:
             self._commitNext()
             return done.addCallback(self._notified)
         self._writing += 1
-        written = deferToThreadPool(reactor, pool, _guarded, what, self._writeTmp, source, internalDate)
+        written = deferToThreadPool(reactor, pool, _guarded, what, self._writeTmp, source, internalDate)  # type: ignore[arg-type]
 
         def ready(result: Tuple[str, str, int]) -> None:
             tmp, base, wire = result
@@ -1561,7 +1561,7 @@ class MaildirMailbox:
         if pool is None:
             d = _run(f"store messages in {self.name}", self._commitSync, batch)
         else:
-            d = deferToThreadPool(reactor, pool, _guarded, f"store messages in {self.name}", self._commitSync, batch)
+            d = deferToThreadPool(reactor, pool, _guarded, f"store messages in {self.name}", self._commitSync, batch)  # type: ignore[arg-type]
 
         def finished(outcome: Any) -> None:
             self._committing = False
@@ -1689,7 +1689,7 @@ class MaildirMailbox:
             return _run(what, f, *args)
         from twisted.internet import reactor
 
-        d = deferToThreadPool(reactor, pool, _guarded, what, f, *args)
+        d = deferToThreadPool(reactor, pool, _guarded, what, f, *args)  # type: ignore[arg-type]
         self._inFlight.add(d)
 
         def finished(result: Any) -> Any:
@@ -2254,14 +2254,9 @@ class MaildirAccount(AccountFiles):
         self.address = address
         self._store = store
         self.path = path
-
-    @property
-    def home(self) -> str:
-        """
-        The account's home: the Maildir itself, where Dovecot keeps
-        C{subscriptions}.
-        """
-        return self.path
+        # The account's home: the Maildir itself, where Dovecot keeps
+        # subscriptions.
+        self.home = path
 
     def _folderPath(self, name: str) -> str:
         if name == "INBOX":
@@ -2499,7 +2494,6 @@ class MaildirAccount(AccountFiles):
 # The store.
 
 
-@implementer(IStore, IStoreACL)
 class AccountTree:
     """
     The accounts of a store kept as C{<root>/<domain>/<local part>/}
@@ -2550,6 +2544,7 @@ class AccountTree:
         return addresses
 
 
+@implementer(IStore, IStoreACL)
 class MaildirStore(SharedIndex, AccountTree):
     """
     Accounts kept as Maildir++ trees under one root directory.
@@ -2577,7 +2572,7 @@ class MaildirStore(SharedIndex, AccountTree):
             pool = ThreadPool(minthreads=0, maxthreads=self.poolSize, name=f"maildir:{self.root}")
             pool.start()
             self._threadPool = pool
-            self._shutdownTrigger = reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+            self._shutdownTrigger = reactor.addSystemEventTrigger(
                 "during", "shutdown", self._stopPool
             )
         return self._threadPool
@@ -2681,7 +2676,7 @@ class MaildirStore(SharedIndex, AccountTree):
         return _run(f"delete the account {address}", self._deleteAccountSync, address)
 
     @defer.inlineCallbacks
-    def close(self):  # type: ignore[no-untyped-def]
+    def close(self):
         """
         Wait for the appends under way to be committed, stop the thread
         pool and forget the cached mailboxes; the store keeps no file open
@@ -2695,7 +2690,7 @@ class MaildirStore(SharedIndex, AccountTree):
         if self._shutdownTrigger is not None:
             from twisted.internet import reactor
 
-            reactor.removeSystemEventTrigger(self._shutdownTrigger)  # type: ignore[attr-defined]
+            reactor.removeSystemEventTrigger(self._shutdownTrigger)
         self._stopPool()
 
 

@@ -93,7 +93,7 @@ import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
+from typing import Any, BinaryIO, Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple, cast
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -639,7 +639,7 @@ def _checkKeywords(flags: Iterable[str]) -> None:
 
 def _asStoreError(failure: Failure, what: str) -> Failure:
     if failure.check(StoreError) is None and failure.check(OSError) is not None:
-        return Failure(_storeError(failure.value, what))
+        return Failure(_storeError(cast(OSError, failure.value), what))
     return failure
 
 
@@ -1867,7 +1867,9 @@ class MboxStore(SharedIndex, AccountTree):
             reactor when not given.
         """
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor
+
+            clock = reactor
         self.root = os.path.abspath(root)
         self._clock = clock
         self._mailboxes: Dict[str, MboxMailbox] = {}

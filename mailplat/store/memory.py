@@ -7,7 +7,7 @@ and C{--store memory} for trying mailplat out without touching a disk.
 """
 
 import time
-from typing import Any, BinaryIO, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, BinaryIO, Dict, Generator, Iterable, List, Optional, Set, Tuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -54,7 +54,7 @@ def readAll(source: BinaryIO) -> bytes:
     """
     Read a message source to its end.
     """
-    chunks = []
+    chunks: List[bytes] = []
     while True:
         chunk = source.read(65536)
         if not chunk:
@@ -323,10 +323,10 @@ class MemoryMailbox:
         return defer.succeed(removed)
 
     @defer.inlineCallbacks
-    def copyTo(self, uids: Iterable[int], target: IMailbox):
+    def copyTo(self, uids: Iterable[int], target: IMailbox) -> Generator["defer.Deferred[Any]", Any, List[Tuple[int, int]]]:
         from io import BytesIO
 
-        pairs = []
+        pairs: List[Tuple[int, int]] = []
         for uid in sorted(set(uids)):
             info = self._messages.get(uid)
             if info is None:

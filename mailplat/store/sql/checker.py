@@ -6,7 +6,7 @@ database as their mail (SQLite or PostgreSQL, the store's argument string).
 
 import os
 import sqlite3
-from typing import Any, Optional
+from typing import Any, Generator, Optional, Tuple, Union
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
@@ -84,16 +84,18 @@ class SQLChecker:
         ok = verifyPassword(hashed or _DUMMY_HASH, password)
         return ok and hashed is not None
 
+    # The result type is ICredentialsChecker's (bytes, or () for anonymous).
     @defer.inlineCallbacks
-    def requestAvatarId(self, credentials: IUsernamePassword):
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Generator["defer.Deferred[Any]", Any, Union[bytes, Tuple[()]]]:
         """
         See L{ICredentialsChecker.requestAvatarId}: fires with the normalised
         address (bytes) or fails with L{UnauthorizedLogin}.
         """
-        username = credentials.username
+        # Twisted says bytes; protocols and tests give text as well.
+        username: Union[bytes, str] = credentials.username
         if isinstance(username, bytes):
             username = username.decode("utf-8", "replace")
-        password = credentials.password
+        password: Union[bytes, str] = credentials.password
         if isinstance(password, str):
             password = password.encode("utf-8")
         try:

@@ -99,6 +99,15 @@ class Transaction:
         """
         return self._cursor.fetchone()
 
+    def fetchrow(self) -> tuple:
+        """
+        The row of a statement that always gives one (an aggregate such as
+        C{COUNT(*)}, an C{INSERT ... RETURNING}).
+        """
+        row = self._cursor.fetchone()
+        assert row is not None, "the statement gave no row"
+        return row
+
     def fetchall(self) -> List[tuple]:
         """
         The remaining rows of the last statement.

@@ -27,7 +27,7 @@ import time
 import weakref
 from collections import Counter
 from io import BytesIO
-from typing import Any, BinaryIO, Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
+from typing import Any, BinaryIO, Callable, Dict, FrozenSet, Generator, Iterable, List, Optional, Set, Tuple
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -204,7 +204,7 @@ def _storeContent(txn: Transaction, digest: str, data: bytes) -> int:
         "INSERT INTO messages (hash, size, refcount) VALUES (?, ?, 1)"
         " ON CONFLICT (hash) DO UPDATE SET refcount = messages.refcount + 1 RETURNING id",
         (digest, len(data)),
-    ).fetchone()
+    ).fetchrow()
     return int(row[0])
 
 
@@ -266,7 +266,7 @@ def _createRow(txn: Transaction, accountId: int, name: str, specialUse: Optional
     row = txn.execute(
         "INSERT INTO mailboxes (account_id, name, uidvalidity, special_use) VALUES (?, ?, ?, ?) RETURNING id",
         (accountId, name, _nextUIDValidity(txn, accountId), specialUse),
-    ).fetchone()
+    ).fetchrow()
     return int(row[0])
 
 
@@ -389,7 +389,7 @@ class SQLMailbox:
                 " CAST(COALESCE(SUM(size), 0) AS BIGINT)"
                 " FROM mailbox_messages WHERE mailbox_id = ?",
                 (self.mailboxId,),
-            ).fetchone()
+            ).fetchrow()
             return state, MailboxStatus(
                 messages=int(row[0]),
                 recent=int(row[2]),
@@ -457,7 +457,9 @@ class SQLMailbox:
         return self.store._db.run(claim, write=True)
 
     @defer.inlineCallbacks
-    def append(self, source: BinaryIO, flags: Iterable[str] = (), internalDate: Optional[float] = None):
+    def append(
+        self, source: BinaryIO, flags: Iterable[str] = (), internalDate: Optional[float] = None
+    ) -> Generator["defer.Deferred[Any]", Any, int]:
         flags = applyFlags(frozenset(), flags, "set")
         internalDate = time.time() if internalDate is None else float(internalDate)
         data, digest = yield self.store._db.runBlocking(_readSource, source)
@@ -475,7 +477,7 @@ class SQLMailbox:
 
     @defer.inlineCallbacks
     def importMessage(self, uid: int, source: BinaryIO, flags: Iterable[str] = (), internalDate: Optional[float] = None,
-                      modseq: Optional[int] = None):
+                      modseq: Optional[int] = None) -> Generator["defer.Deferred[Any]", Any, int]:
         """
         Add a message under a given UID, and modseq when given (see
         L{IMailboxImport.importMessage}), in one transaction that checks
@@ -505,7 +507,7 @@ class SQLMailbox:
         return uid
 
     @defer.inlineCallbacks
-    def setUIDValidity(self, uidValidity: int):
+    def setUIDValidity(self, uidValidity: int) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         Give the empty mailbox another UIDVALIDITY (see
         L{IMailboxImport.setUIDValidity}); the account's last UIDVALIDITY
@@ -514,7 +516,7 @@ class SQLMailbox:
 
         def change(txn: Transaction) -> None:
             _lockMailbox(txn, self.mailboxId)
-            row = txn.execute("SELECT COUNT(*) FROM mailbox_messages WHERE mailbox_id = ?", (self.mailboxId,)).fetchone()
+            row = txn.execute("SELECT COUNT(*) FROM mailbox_messages WHERE mailbox_id = ?", (self.mailboxId,)).fetchrow()
             checkImportedUIDValidity(self.name, uidValidity, int(row[0]))
             txn.execute("UPDATE mailboxes SET uidvalidity = ? WHERE id = ?", (uidValidity, self.mailboxId))
             txn.execute(
@@ -526,7 +528,7 @@ class SQLMailbox:
         self.uidValidity = int(uidValidity)
 
     @defer.inlineCallbacks
-    def raiseUIDNext(self, uidNext: int):
+    def raiseUIDNext(self, uidNext: int) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         Raise UIDNEXT to at least C{uidNext} (see L{IMailboxImport.raiseUIDNext}).
         """
@@ -543,7 +545,7 @@ class SQLMailbox:
             self._changed(state)
 
     @defer.inlineCallbacks
-    def raiseHighestModseq(self, modseq: int):
+    def raiseHighestModseq(self, modseq: int) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         Raise HIGHESTMODSEQ to at least C{modseq} (see
         L{IMailboxImport.raiseHighestModseq}).
@@ -562,7 +564,9 @@ class SQLMailbox:
             self._changed(state)
 
     @defer.inlineCallbacks
-    def setFlags(self, uids: Iterable[int], flags: Iterable[str], mode: str, unchangedSince: Optional[int] = None):
+    def setFlags(
+        self, uids: Iterable[int], flags: Iterable[str], mode: str, unchangedSince: Optional[int] = None
+    ) -> Generator["defer.Deferred[Any]", Any, Any]:
         """
         Change flags (see L{IMailbox.setFlags}) in one transaction under
         the mailbox's row lock: the C{unchangedSince} test reads the
@@ -622,7 +626,9 @@ class SQLMailbox:
         return result
 
     @defer.inlineCallbacks
-    def expunge(self, uids: Optional[Iterable[int]] = None, requireDeleted: bool = True):
+    def expunge(
+        self, uids: Optional[Iterable[int]] = None, requireDeleted: bool = True
+    ) -> Generator["defer.Deferred[Any]", Any, List[int]]:
         wanted = None if uids is None else sorted(set(int(u) for u in uids))
 
         def remove(txn: Transaction) -> Tuple[List[int], State]:
@@ -661,7 +667,7 @@ class SQLMailbox:
         return removed
 
     @defer.inlineCallbacks
-    def copyTo(self, uids: Iterable[int], target: IMailbox):
+    def copyTo(self, uids: Iterable[int], target: IMailbox) -> Generator["defer.Deferred[Any]", Any, List[tuple]]:
         wanted = sorted(set(int(u) for u in uids))
         if not (isinstance(target, SQLMailbox) and target.store._db is self.store._db):
             pairs = []
@@ -753,7 +759,7 @@ class SQLAccount:
         return self._run(read)
 
     @defer.inlineCallbacks
-    def getMailbox(self, name: str):
+    def getMailbox(self, name: str) -> Generator["defer.Deferred[Any]", Any, IMailbox]:
         name = validateMailboxName(name)
 
         def read(txn: Transaction) -> Optional[tuple]:
@@ -769,7 +775,7 @@ class SQLAccount:
         return self.store._mailbox(self.accountId, int(row[0]), name, int(row[1]), (int(row[2]), int(row[3])))
 
     @defer.inlineCallbacks
-    def createMailbox(self, name: str, specialUse: Optional[str] = None):
+    def createMailbox(self, name: str, specialUse: Optional[str] = None) -> Generator["defer.Deferred[Any]", Any, None]:
         name = validateMailboxName(name)
 
         def create(txn: Transaction) -> None:
@@ -785,7 +791,7 @@ class SQLAccount:
         yield self._run(create, write=True)
 
     @defer.inlineCallbacks
-    def deleteMailbox(self, name: str):
+    def deleteMailbox(self, name: str) -> Generator["defer.Deferred[Any]", Any, None]:
         name = validateMailboxName(name)
         if name == "INBOX":
             raise MailboxError("INBOX cannot be deleted")
@@ -818,7 +824,7 @@ class SQLAccount:
             self.store._gone(mailboxId)
 
     @defer.inlineCallbacks
-    def renameMailbox(self, old: str, new: str):
+    def renameMailbox(self, old: str, new: str) -> Generator["defer.Deferred[Any]", Any, None]:
         old = validateMailboxName(old)
         new = validateMailboxName(new)
 
@@ -861,7 +867,7 @@ class SQLAccount:
                 mailbox._changed(state)
 
     @defer.inlineCallbacks
-    def subscribe(self, name: str):
+    def subscribe(self, name: str) -> Generator["defer.Deferred[Any]", Any, None]:
         name = validateMailboxName(name)
 
         def add(txn: Transaction) -> None:
@@ -874,7 +880,7 @@ class SQLAccount:
         yield self._run(add, write=True)
 
     @defer.inlineCallbacks
-    def unsubscribe(self, name: str):
+    def unsubscribe(self, name: str) -> Generator["defer.Deferred[Any]", Any, None]:
         name = validateMailboxName(name)
 
         def remove(txn: Transaction) -> None:
@@ -900,7 +906,7 @@ class SQLAccount:
         return int(row[0])
 
     @defer.inlineCallbacks
-    def getACL(self, name: str):
+    def getACL(self, name: str) -> Generator["defer.Deferred[Any]", Any, Dict[str, str]]:
         """
         See L{IAccountACL.getACL}.
         """
@@ -915,7 +921,7 @@ class SQLAccount:
         return acl
 
     @defer.inlineCallbacks
-    def setACL(self, name: str, identifier: str, rights: Optional[str]):
+    def setACL(self, name: str, identifier: str, rights: Optional[str]) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         See L{IAccountACL.setACL}.
         """
@@ -1039,7 +1045,7 @@ class SQLStore:
     # exclusive locks
 
     @defer.inlineCallbacks
-    def _lock(self, mailbox: SQLMailbox):
+    def _lock(self, mailbox: SQLMailbox) -> Generator["defer.Deferred[Any]", Any, Callable[[], None]]:
         mailboxId = mailbox.mailboxId
         key = (self._db.description, mailboxId)
         pending = _releasing.get(key)
@@ -1058,7 +1064,7 @@ class SQLStore:
             del self._locks[mailboxId]
             raise MailboxLocked("Mailbox is locked by another session")
         self._locks[mailboxId] = release
-        released = []
+        released: List[bool] = []
 
         def unlock() -> None:
             if released:
@@ -1085,7 +1091,7 @@ class SQLStore:
         return None if row is None else int(row[0])
 
     @defer.inlineCallbacks
-    def getAccount(self, address: str, create: bool = False):
+    def getAccount(self, address: str, create: bool = False) -> Generator["defer.Deferred[Any]", Any, IAccount]:
         def find(txn: Transaction) -> Optional[int]:
             accountId = self._accountRow(txn, address)
             if accountId is not None or not create:
@@ -1154,7 +1160,7 @@ class SQLStore:
         return self._db.run(read)
 
     @defer.inlineCallbacks
-    def deleteAccount(self, address: str):
+    def deleteAccount(self, address: str) -> Generator["defer.Deferred[Any]", Any, None]:
         def delete(txn: Transaction) -> List[int]:
             accountId = self._accountRow(txn, address)
             if accountId is None:
