@@ -64,6 +64,7 @@ if REPO not in sys.path:
 
 from bench import smtp_accept  # noqa: E402
 from bench.peers.mailplat import Mailplat  # noqa: E402
+from bench.peers.system import cpuSeconds  # noqa: E402
 from bench.peers.postfix import Postfix, SMTPSink, accountMaildir, countMaildir  # noqa: E402
 
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
@@ -102,24 +103,6 @@ class MailplatSMTP(Mailplat):
 
     def delivered(self, address: str) -> int:
         return countMaildir(self.maildir(address))
-
-
-def cpuSeconds(pids: Sequence[int]) -> float:
-    """
-    The CPU time (user and system) of C{pids} and of their children that
-    have exited and been waited for, from C{/proc/<pid>/stat}.
-    """
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # utime, stime, cutime, cstime are fields 14-17 (1-based); fields[0] is field 3.
-        total += sum(int(v) for v in fields[11:15])
-    return total / tick
 
 
 def address(sessions: int, size: int, driver: str) -> str:

@@ -147,23 +147,6 @@ class Client:
         self.rounds += 1
 
 
-def cpuSeconds(pids: List[int]) -> float:
-    """
-    The CPU time (user and system, with that of their reaped children) of
-    C{pids}, from C{/proc/<pid>/stat}.
-    """
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(x) for x in fields[11:15])
-    return total / ticks
-
-
 async def drive(port: int, clients: int, messages: int, seconds: float, rounds: int, idle: float,
                 serverCPU: Callable[[], float] = lambda: 0.0) -> dict:
     """
@@ -202,7 +185,7 @@ def measure(server, tree: str, clients: int, args: argparse.Namespace) -> dict: 
     copyTree(os.path.join(tree, "example.test"), os.path.join(server.mailRoot, "example.test"))
     with server:
         result = asyncio.run(drive(server.ports["imap"], clients, args.messages, args.seconds, args.rounds,
-                                   args.idle_ms / 1000, lambda: cpuSeconds(server.pids())))
+                                   args.idle_ms / 1000, lambda: system.cpuSeconds(server.pids())))
         result["memory"] = system.memoryKiB(server.pids())[1]
         if result["errors"]:
             print(f"    {server.name}: {len(result['errors'])} client(s) failed; first: {result['errors'][0]}")
