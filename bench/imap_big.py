@@ -50,7 +50,7 @@ import os
 import sys
 import time
 from io import BytesIO
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -309,33 +309,39 @@ def network(messages: int, repeat: int, twistd: str = "", names: str = "mailplat
     labels = [label for label, _, _ in FIRST_SESSION + SECOND_SESSION]
     print(f"\n{messages} messages over 127.0.0.1, median of {repeat} run(s); ratio = Dovecot time / mailplat time "
           "(above 1: mailplat faster); CPU = the server processes' CPU time during the command")
-    print("| command | mailplat ms | Dovecot ms | ratio | mailplat CPU ms | Dovecot CPU ms | CPU ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
 
     def median(name: str, key: str) -> float:
         return system.median([r[key] for r in results[name]]) * 1000 if results[name] else float("nan")
 
-    for label in labels:
-        ours, theirs = median("mailplat", label), median("dovecot", label)
-        oursCpu, theirsCpu = median("mailplat", label + " cpu"), median("dovecot", label + " cpu")
-        print(f"| {label} | {ours:.1f} | {theirs:.1f} | {system.ratio(ours, theirs, False)} "
-              f"| {oursCpu:.1f} | {theirsCpu:.1f} | {system.ratio(oursCpu, theirsCpu, False)} |")
-    ours = system.median([r["memory"] for r in results["mailplat"]]) / 1024
-    theirs = system.median([r["memory"] for r in results["dovecot"]]) / 1024 if results["dovecot"] else float("nan")
-    print(f"| server memory after (PSS, MiB, all processes) | {ours:.1f} | {theirs:.1f} | "
-          f"{system.ratio(ours, theirs, False)} |")
-    if results["baseline"]:
-        print("\nbaseline (--baseline) against mailplat, same runs; ratio = baseline / mailplat (above 1: mailplat faster)")
-        print("| command | baseline ms | mailplat ms | ratio | baseline CPU ms | mailplat CPU ms | CPU ratio |")
+    def memory(name: str) -> float:
+        return system.median([r["memory"] for r in results[name]]) / 1024 if results[name] else float("nan")
+
+    def table(left: str, right: str) -> None:
+        """
+        One row per command, C{left}'s columns then C{right}'s; the ratios
+        are always the other server's figure over mailplat's.
+        """
+        other = right if left == "mailplat" else left
+
+        def ratio(values: Dict[str, float]) -> str:
+            return system.ratio(values["mailplat"], values[other], False)
+
+        heads = {"mailplat": "mailplat", "dovecot": "Dovecot", "baseline": "baseline"}
+        print(f"| command | {heads[left]} ms | {heads[right]} ms | ratio | {heads[left]} CPU ms "
+              f"| {heads[right]} CPU ms | CPU ratio |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for label in labels:
-            old, new = median("baseline", label), median("mailplat", label)
-            oldCpu, newCpu = median("baseline", label + " cpu"), median("mailplat", label + " cpu")
-            print(f"| {label} | {old:.1f} | {new:.1f} | {system.ratio(new, old, False)} "
-                  f"| {oldCpu:.1f} | {newCpu:.1f} | {system.ratio(newCpu, oldCpu, False)} |")
-        old = system.median([r["memory"] for r in results["baseline"]]) / 1024
-        print(f"| server memory after (PSS, MiB, all processes) | {old:.1f} | {ours:.1f} | "
-              f"{system.ratio(ours, old, False)} |")
+            wall = {name: median(name, label) for name in (left, right)}
+            cpu = {name: median(name, label + " cpu") for name in (left, right)}
+            print(f"| {label} | {wall[left]:.1f} | {wall[right]:.1f} | {ratio(wall)} "
+                  f"| {cpu[left]:.1f} | {cpu[right]:.1f} | {ratio(cpu)} |")
+        mem = {name: memory(name) for name in (left, right)}
+        print(f"| server memory after (PSS, MiB, all processes) | {mem[left]:.1f} | {mem[right]:.1f} | {ratio(mem)} |")
+
+    table("mailplat", "dovecot")
+    if results["baseline"]:
+        print("\nbaseline (--baseline) against mailplat, same runs; ratio = baseline / mailplat (above 1: mailplat faster)")
+        table("baseline", "mailplat")
 
 
 def main() -> None:
