@@ -399,6 +399,31 @@ class RouteTests(SynchronousTestCase):
         self.assertEqual(self.lookups, ["isLocalAddress", "expand"] * 2)
         self.assertEqual((self.count("alice@example.test"), self.count("bob@example.test")), (1, 1))
 
+    def test_accountAskedOnce(self) -> None:
+        """
+        RCPT asks the store once whether the recipient has an account:
+        the expansion uses the answer the domain check got.  An alias, a
+        plus-address and a recipient without an account are still
+        resolved as before.
+        """
+        asked: list = []
+        hasAccount = self.store.hasAccount
+
+        def counting(address: str):
+            asked.append(address)
+            return hasAccount(address)
+
+        self.patch(self.store, "hasAccount", counting)
+        self.accept("alice@example.test")
+        self.assertEqual(asked, ["alice@example.test"])
+        self.assertEqual(self.session.transaction.routes["alice@example.test"].local, ["alice@example.test"])
+        del asked[:]
+        self.accept("bob+tag@example.test")
+        self.assertEqual(self.session.transaction.routes["bob+tag@example.test"].local, ["bob@example.test"])
+        self.assertEqual(asked, ["bob+tag@example.test", "bob@example.test"])
+        refusal = self.failureResultOf(self.delivery.validateRecipient(self.session, "nobody@example.test"), SMTPReply)
+        self.assertEqual(refusal.value.code, 550)
+
     def test_notValidatedLookedUp(self) -> None:
         """
         A recipient with no route noted (a caller that did not validate
@@ -551,3 +576,50 @@ class DurableReplyTests(TestCase):
                 self.assertTrue(f.read().endswith(b"Subject: t\n\ndurable\n"))
 
         return replied.addCallback(check)
+
+
+class MaildirWireSizeTests(TestCase):
+    """
+    A Maildir file name carries the message's wire size (C{W=}), counted
+    while the file is written with LF line ends: the same for mail with
+    CR LF only (the usual case, counted without looking for CR LF) as
+    for mail with bare CRs and LFs, wherever the chunks of the copy end.
+    """
+
+    def setUp(self) -> defer.Deferred:
+        from mailplat.store import maildir
+        from mailplat.store.maildir import MaildirStore
+
+        self.maildir = maildir
+        self.store = MaildirStore(self.mktemp())
+        self.addCleanup(self.store.close)
+        d = self.store.getAccount("alice@example.test", create=True)
+        return d.addCallback(lambda account: account.getMailbox("INBOX")).addCallback(self._opened)
+
+    def _opened(self, inbox: object) -> None:
+        self.inbox = inbox
+
+    @defer.inlineCallbacks
+    def test_wireSize(self) -> defer.Deferred:
+        chunk = self.maildir.CHUNK
+        line = b"x" * 76 + b"\r\n"
+        messages = [
+            b"Subject: crlf\r\n\r\n" + line * (2 * chunk // len(line) + 3),
+            b"Subject: cr at a chunk's end\r\n\r\n" + b"y" * (chunk - 33 - 1) + b"\r\nafter\r\n",
+            b"Subject: bare\r\n\r\na\rb\nc\r\n\n\r\r\n",
+            b"Subject: bare across\r\n\r\n" + b"z" * (chunk - 26 - 1) + b"\r" + b"q\nend\r\n",
+            b"Subject: lf only\n\nbody\n",
+        ]
+        for data in messages:
+            yield self.inbox.append(io.BytesIO(data))
+        names = os.listdir(os.path.join(self.inbox.path, "new"))
+        self.assertEqual(len(names), len(messages))
+        byDisk = {}
+        for name in names:
+            with open(os.path.join(self.inbox.path, "new", name), "rb") as f:
+                byDisk[f.read()] = name
+        for data in messages:
+            disk = data.replace(b"\r\n", b"\n")
+            name = byDisk[disk]
+            wire = len(disk) + disk.count(b"\n") - disk.count(b"\r\n")
+            self.assertIn(f",S={len(disk)},W={wire}", name, data[:40])

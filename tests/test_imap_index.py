@@ -414,6 +414,77 @@ class DamageTests(Harness):
         self.assertIn(b'"m0"', out)
 
 
+class RepeatedLinesTests(Harness):
+    """
+    The full-text table is given each distinct line of a text once
+    (L{indexModule.indexedForm}); the answers are still those of the
+    whole text.
+    """
+
+    BODY = (b"quoted line one\r\n" * 50 + b"middle part\r\n" + b"quoted line one\r\n"
+            + b"closing words\r\n" + b"quoted line one\r\n" * 20)
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.index = self.makeIndex()
+        parsed = parseMessage(message("repeats", self.BODY))
+        self.text = searchText(parsed)
+        self.prefix = (ALICE, "Box", 7)
+        self.index.add(self.prefix + (1,), summarize(parsed), self.text)
+        other = parseMessage(message("other", b"quoted line one\r\nclosing words\r\n"))
+        self.otherText = searchText(other)
+        self.index.add(self.prefix + (2,), summarize(other), self.otherText)
+        self.successResultOf(self.index.flush())
+
+    def found(self, needle: str, text: bool = False) -> Any:
+        return self.successResultOf(self.index.search(self.prefix, needle.casefold(), text))
+
+    def test_indexedForm(self) -> None:
+        """
+        Each distinct line once, in order of first appearance; a text
+        without a repeated line is given as it is.
+        """
+        self.assertEqual(indexModule.indexedForm("a\nb\na\nc\nb"), "a\nb\nc")
+        self.assertEqual(indexModule.indexedForm("a\nb\nc"), "a\nb\nc")
+        self.assertEqual(indexModule.indexedForm("one line"), "one line")
+        self.assertLess(len(indexModule.indexedForm(self.text.body)), len(self.text.body) // 10)
+
+    def test_sameAnswersAsTheText(self) -> None:
+        """
+        Needles within a line, across the line breaks of repeated lines,
+        and across line breaks that are only in the indexed form (never a
+        match) answer as the text does.
+        """
+        needles = ["quoted line", "middle", "one\r\nmiddle", "one\r\nclosing", "words\r\nquoted line one",
+                   "middle part\r\nclosing", "e\r\nc", "\nq", "\r\n", "line one\r\nquoted line one\r\nmiddle",
+                   "one\nmiddle", "nowhere"]
+        bodies = {1: self.text.body, 2: self.otherText.body}
+        self.assertIn("one\r\nclosing", self.otherText.body)
+        for needle in needles:
+            expected = {uid for uid, body in bodies.items() if needle in body}
+            self.assertEqual(self.found(needle), expected, needle)
+        # Some needles do match, and only in the text (not the indexed form).
+        self.assertEqual(self.found("one\r\nmiddle"), {1})
+        self.assertEqual(self.found("one\r\nclosing"), {1, 2})
+        self.assertEqual(self.found("middle part\r\nclosing"), set())
+
+    def test_forgetAndIndexAgain(self) -> None:
+        """
+        Forgetting a message drops its text from the contentless table
+        too (given its indexed values again), leaving the table sound.
+        """
+        self.index.forget(self.prefix, [1])
+        parsed = parseMessage(message("again", b"middle part\r\nfresh\r\n"))
+        self.index.add(self.prefix + (3,), summarize(parsed), searchText(parsed))
+        self.successResultOf(self.index.flush())
+        self.assertEqual(self.found("middle"), {3})
+        self.assertEqual(self.found("quoted line"), {2})
+        self.assertEqual(self.successResultOf(self.index.textState(self.prefix)), ({2, 3}, set()))
+        with sqlite3.connect(self.index.pathFor(ALICE)) as db:
+            db.execute("INSERT INTO texts (texts, rank) VALUES ('integrity-check', 0)")
+            self.assertEqual(db.execute("SELECT count(*) FROM fulltext").fetchone(), (2,))
+
+
 class FormatTests(SynchronousTestCase):
     def test_summaryRoundTrip(self) -> None:
         for name, data in corpus():
@@ -429,6 +500,9 @@ class FormatTests(SynchronousTestCase):
         self.assertEqual(matchQuery('a"b'), '"a""b"')
         self.assertEqual(matchQuery("aaaa"), '"aaa"')
         self.assertEqual(len(matchQuery("abcdefghijklmnopqrstuvwxyz").split(" AND ")), indexModule.QUERY_TRIGRAMS)
+        # No trigram across a line break (the indexed form may not have it).
+        self.assertEqual(matchQuery("ab\ncd"), "")
+        self.assertEqual(matchQuery("abc\ndef"), '"abc" AND "def"')
 
     def test_searchTextIsWhatTheScanSearches(self) -> None:
         for name, data in corpus() + [(name, crlf(data)) for name, data in extraCorpus()]:

@@ -845,6 +845,17 @@ class SmugglingTests(ServerTestsMixin, SynchronousTestCase):
         self.send(b"DATA\r\n")
         self.assertEqual(self.send(b"a\nb\r\n.\r\n"), ["550 5.6.0 Message contains bare CR or LF"])
 
+    def test_bareCRAndLFBalanced(self) -> None:
+        """
+        A bare CR and a bare LF in the same data (as many CRs as LFs, in
+        any order) still refuse the message.
+        """
+        for body in (b"a\rb\nc\r\n", b"a\n\rb\r\n", b"ok\r\na\nb\rc\r\nmore\r\n", b"\n\r\r\n"):
+            self.transaction()
+            self.send(b"DATA\r\n")
+            self.assertEqual(self.send(body + b".\r\n"), ["550 5.6.0 Message contains bare CR or LF"], body)
+            self.assertEqual(self.delivery.messages, [])
+
     def test_nulInBody(self) -> None:
         """
         A NUL in the data refuses the message (no BINARYMIME), after reading
@@ -898,6 +909,21 @@ class LimitTests(ServerTestsMixin, SynchronousTestCase):
         stuffed = b"." + b"." + b"y" * 997 + b"\r\n"  # 1001 on the wire, 1000 unstuffed
         self.assertTrue(self.send(ok + stuffed + b".\r\n")[0].startswith("250 2.0.0 "))
         self.assertEqual(self.delivered(), ok + stuffed[1:])
+
+    def test_textLineLimitInOneWrite(self) -> None:
+        """
+        The limit is exact for lines with and without a stuffed dot, in a
+        write of many lines.
+        """
+        for line, refused in ((b"x" * 998, False), (b"x" * 999, True), (b"." + b"x" * 998, False),
+                              (b"." + b"x" * 999, True), (b".." + b"x" * 997, False)):
+            self.transaction()
+            self.send(b"DATA\r\n")
+            reply = self.send(b"a\r\n" * 20 + line + b"\r\n" + b"b\r\n" * 20 + b".\r\n")
+            if refused:
+                self.assertEqual(reply, ["554 5.6.0 Message has a line longer than 998 characters"], line)
+            else:
+                self.assertTrue(reply[0].startswith("250 2.0.0 "), (line, reply))
 
     def test_overlongTextLine(self) -> None:
         self.transaction()

@@ -364,19 +364,26 @@ class StoreDirectory:
             return defer.succeed(False)
         return self.store.hasDomain(domain)
 
-    def isLocalAddress(self, address: str) -> "defer.Deferred[bool]":
+    def isLocalAddress(self, address: str, accounts: Optional[Dict[str, bool]] = None) -> "defer.Deferred[bool]":
         """
         Whether the domain of C{address} (normalised) is local: as
         L{isLocalDomain}, but when the domains come from the accounts (none
         configured or in the directory file), an account for C{address}
         itself answers yes without the store looking through the domain's
         accounts.
+
+        @param accounts: when given, what the store answered about an
+            account for C{address}, if it was asked, is put in it
+            (C{accounts[address] = found}), for L{expand} not to ask
+            again.
         """
         domain = splitAddress(address)[1]
         if self.domains or not domain:
             return self.isLocalDomain(domain)
 
         def hasAccount(found: bool) -> Any:
+            if accounts is not None:
+                accounts[address] = bool(found)
             return True if found else self.isLocalDomain(domain)
 
         return self.store.hasAccount(address).addCallback(hasAccount)
@@ -404,7 +411,8 @@ class StoreDirectory:
         return result
 
     @defer.inlineCallbacks
-    def expand(self, address: str, domainIsLocal: bool = False) -> Generator["defer.Deferred[Any]", Any, Resolution]:
+    def expand(self, address: str, domainIsLocal: bool = False,
+               accounts: Optional[Dict[str, bool]] = None) -> Generator["defer.Deferred[Any]", Any, Resolution]:
         """
         Where mail for C{address} goes: accounts here and remote forwards.
         An address in a domain that is not local resolves to nothing (the
@@ -412,6 +420,9 @@ class StoreDirectory:
 
         @param domainIsLocal: the caller has just found the address's
             domain local (L{isLocalDomain}), so it is not asked again.
+        @param accounts: whether addresses have an account, as the store
+            has just answered the caller (see L{isLocalAddress}); the
+            store is not asked again about these.
         @return: a Deferred firing with a L{Resolution}.
         @raise AliasLoop: (as a failure) only loops were found.
         """
@@ -420,17 +431,20 @@ class StoreDirectory:
         result = Resolution()
         if not local or not domain or not (domainIsLocal or (yield self.isLocalDomain(domain))):
             return result
-        yield self._expand(address, [], result)
+        yield self._expand(address, [], result, accounts or {})
         if not result and result.loop:
             raise AliasLoop(address)
         return result
 
     @defer.inlineCallbacks
-    def _expand(self, address: str, path: List[str], result: Resolution) -> Generator["defer.Deferred[Any]", Any, None]:
+    def _expand(self, address: str, path: List[str], result: Resolution,
+                known: Dict[str, bool]) -> Generator["defer.Deferred[Any]", Any, None]:
         """
         Add what C{address} (of a local domain) resolves to into C{result}.
 
         @param path: the addresses being expanded above this one.
+        @param known: whether addresses have an account, as the store has
+            just answered (see L{expand}).
         """
         if len(path) > MAX_ALIAS_DEPTH:
             result.loop = True
@@ -444,9 +458,12 @@ class StoreDirectory:
         for candidate in candidates:
             targets = self.file.lookup(candidate) if self.file is not None else None
             if targets is not None and candidate not in path:
-                yield self._follow(candidate, targets, path, result)
+                yield self._follow(candidate, targets, path, result, known)
                 return
-            if (yield self.store.hasAccount(candidate)):
+            found = known.get(candidate)
+            if found is None:
+                found = yield self.store.hasAccount(candidate)
+            if found:
                 if candidate not in result.local:
                     result.local.append(candidate)
                 return
@@ -460,10 +477,11 @@ class StoreDirectory:
             if key in path:
                 result.loop = True
                 return
-            yield self._follow(key, catchAll, path, result)
+            yield self._follow(key, catchAll, path, result, known)
 
     @defer.inlineCallbacks
-    def _follow(self, key: str, targets: List[str], path: List[str], result: Resolution) -> Generator["defer.Deferred[Any]", Any, None]:
+    def _follow(self, key: str, targets: List[str], path: List[str], result: Resolution,
+                known: Dict[str, bool]) -> Generator["defer.Deferred[Any]", Any, None]:
         inner = path + [key]
         for target in targets:
             tlocal, tdomain = splitAddress(target)
@@ -479,4 +497,4 @@ class StoreDirectory:
                 else:
                     result.loop = True
                 continue
-            yield self._expand(target, inner, result)
+            yield self._expand(target, inner, result, known)

@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailplat.address import normalizeAddress, splitAddress
-from mailplat.delivery.directory import AliasLoop, Resolution
+from mailplat.delivery.directory import AliasLoop, Resolution, StoreDirectory
 from mailplat.delivery.dsn import DELIVERED, FAILED, RecipientReport, makeDSN, readHeaders
 from mailplat.delivery.policy import REJECT, IPolicy
 from mailplat.errors import MailboxExists, NoSuchAccount, NoSuchMailbox, SMTPReply
@@ -130,13 +130,20 @@ class LocalDelivery:
         """
         return defer.succeed(None)
 
-    def _expand(self, address: str) -> "defer.Deferred[Resolution]":
+    def _expand(self, address: str, accounts: Optional[Dict[str, bool]] = None) -> "defer.Deferred[Resolution]":
         """
         The L{Resolution} of an address of a domain just found local.
+
+        @param accounts: what L{_isLocal} learnt of the accounts of the
+            addresses it was asked about (a L{StoreDirectory} does not ask
+            the store again).
         """
         expand = getattr(self.directory, "expand", None)
         if expand is not None:
-            d = defer.maybeDeferred(expand, address, domainIsLocal=True)
+            if accounts and isinstance(self.directory, StoreDirectory):
+                d = defer.maybeDeferred(expand, address, domainIsLocal=True, accounts=accounts)
+            else:
+                d = defer.maybeDeferred(expand, address, domainIsLocal=True)
         else:
             d = defer.maybeDeferred(self.directory.resolve, address).addCallback(
                 lambda local: Resolution(local=list(local))
@@ -153,16 +160,22 @@ class LocalDelivery:
             resolution.remote = []
         return resolution
 
-    def _isLocal(self, address: str, domain: str) -> "defer.Deferred[bool]":
+    def _isLocal(self, address: str, domain: str, accounts: Optional[Dict[str, bool]] = None) -> "defer.Deferred[bool]":
         """
         Whether C{address}, in C{domain}, is in a local domain: asked of the
         directory by address when it can answer that way (see
         L{StoreDirectory.isLocalAddress
         <mailplat.delivery.directory.StoreDirectory.isLocalAddress>}),
         else by domain.
+
+        @param accounts: filled, by a L{StoreDirectory}, with whether the
+            store found an account for C{address} when it was asked (for
+            L{_expand}).
         """
         isLocalAddress = getattr(self.directory, "isLocalAddress", None)
         if isLocalAddress is not None:
+            if accounts is not None and isinstance(self.directory, StoreDirectory):
+                return isLocalAddress(address, accounts)
             return isLocalAddress(address)
         return self.directory.isLocalDomain(domain)
 
@@ -192,7 +205,10 @@ class LocalDelivery:
         """
         routes = getattr(getattr(session, "transaction", None), "routes", None)
         local, domain = splitAddress(recipient)
-        if domain and local and (yield self._isLocal(recipient, domain)):
+        # The store is asked once whether the recipient has an account, not
+        # again by the expansion.
+        accounts: Dict[str, bool] = {}
+        if domain and local and (yield self._isLocal(recipient, domain, accounts)):
             movedTo = getattr(self.directory, "movedTo", None)
             if movedTo is not None:
                 target = yield movedTo(recipient)
@@ -201,7 +217,7 @@ class LocalDelivery:
                     # where, and nothing is forwarded.
                     raise SMTPReply(551, "5.1.6", f"User not local; please try <{target}>")
             try:
-                resolution = yield self._expand(recipient)
+                resolution = yield self._expand(recipient, accounts)
             except AliasLoop:
                 raise SMTPReply(550, "5.4.6", f"<{recipient}>: Recipient address rejected: alias loop")
             if not resolution:

@@ -10,9 +10,18 @@ in WAL mode so that several worker processes share it, holds:
     to; a new UIDVALIDITY drops the mailbox's rows.
   - C{messages}: per C{(mailbox, UID)}, the L{MessageSummary} (JSON, in
     the format of L{SCHEMA_VERSION}) and whether its text is indexed.
-  - C{texts}: an FTS5 table with the C{trigram} tokenizer
-    (C{case_sensitive 0}, C{detail=none}) holding each message's
-    L{SearchText} (decoded header fields; decoded text parts).
+  - C{fulltext}: per message of C{messages} with its text indexed, its
+    L{SearchText} (decoded header fields; decoded text parts), already
+    case-folded by Python.
+  - C{texts}: a contentless FTS5 table (C{content=''}) with the
+    C{trigram} tokenizer (C{case_sensitive 1}: the text and the needles
+    are folded by Python already; C{detail=none}) over the L{indexed
+    form <indexedForm>} of that text: each distinct line once.  A
+    trigram that lies within a line is in it; one across a line break
+    may not be, so no query asks for one (L{matchQuery}).  Feeding the
+    tokenizer each line once is what makes indexing a message with
+    repeated lines (quoted replies, markup, generated text) cheap: the
+    tokenizer costs about 15 ns a character.
 
 A message's content never changes under one C{(mailbox, UIDVALIDITY,
 UID)}, so rows never go stale; UIDs expunged since are pruned when a
@@ -22,8 +31,9 @@ for the user; whatever it does not hold is read from the store.
 
 Trigram matching: an FTS5 table with C{detail=none} answers a query made
 of single trigrams, so a needle is looked up as the AND of (some of) its
-trigrams, and the candidates are then checked with C{instr} on the stored
-text: the answer is the exact case-insensitive substring test of the scan
+trigrams within a line, and the candidates are then checked with C{instr}
+on the stored text (all of the mailbox's, for a needle with no such
+trigram): the answer is the exact case-insensitive substring test of the scan
 (RFC 3501 6.4.4), because both sides are case-folded by Python the same
 way the scan folds them.
 
@@ -49,13 +59,13 @@ from mailplat.imap.cache import CacheKey, MessageSummary, summarize
 from mailplat.imap.search import SearchText, searchText
 from mailplat.imap.structure import parseMessage
 
-__all__ = ["MessageIndex", "SCHEMA_VERSION", "indexedTexts"]
+__all__ = ["MessageIndex", "SCHEMA_VERSION", "indexedForm", "indexedTexts"]
 
 log = Logger()
 
 #: The format of the file and of the serialized summaries; a file of
 #: another version is dropped and rebuilt, never read.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Writes queued before they are committed without waiting for the timer.
 BATCH = 500
 #: Seconds a queued write waits for company before it is committed.
@@ -81,9 +91,42 @@ _SCHEMA = [
     "CREATE TABLE mailboxes (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, uidvalidity INTEGER NOT NULL)",
     "CREATE TABLE messages (id INTEGER PRIMARY KEY, mailbox INTEGER NOT NULL, uid INTEGER NOT NULL,"
     " summary BLOB NOT NULL, hastext INTEGER NOT NULL, UNIQUE (mailbox, uid))",
-    "CREATE VIRTUAL TABLE texts USING fts5(head, body, tokenize='trigram case_sensitive 0', detail=none)",
+    "CREATE TABLE fulltext (id INTEGER PRIMARY KEY, head TEXT NOT NULL, body TEXT NOT NULL)",
+    "CREATE VIRTUAL TABLE texts USING fts5(head, body, tokenize='trigram case_sensitive 1', detail=none, content='')",
 ]
-_TABLES = ["texts", "messages", "mailboxes", "meta"]
+_TABLES = ["texts", "fulltext", "messages", "mailboxes", "meta"]
+
+
+def indexedForm(text: str) -> str:
+    """
+    What the full-text table is given for C{text}: its lines (split at
+    LF), each distinct one once, in order of first appearance.  Every
+    trigram of C{text} that does not hold a line break is in it; the
+    others may not be (L{matchQuery} never asks for one).  The same text
+    always gives the same form (a row is deleted from the contentless
+    table by giving its indexed values again).
+    """
+    if "\n" not in text:
+        return text
+    lines = text.split("\n")
+    distinct = dict.fromkeys(lines)
+    if len(distinct) == len(lines):
+        return text
+    return "\n".join(distinct)
+
+
+def _dropText(db: sqlite3.Connection, rowId: int) -> None:
+    """
+    Delete the text of the message row C{rowId} (from C{fulltext} and,
+    with the values it was indexed with, from the contentless C{texts}).
+    """
+    row = db.execute("SELECT head, body FROM fulltext WHERE id = ?", (rowId,)).fetchone()
+    if row is None:
+        return
+    head, body = row
+    db.execute("INSERT INTO texts (texts, rowid, head, body) VALUES ('delete', ?, ?, ?)",
+               (rowId, indexedForm(head), indexedForm(body)))
+    db.execute("DELETE FROM fulltext WHERE id = ?", (rowId,))
 
 
 def encodeSummary(summary: MessageSummary) -> bytes:
@@ -143,9 +186,11 @@ def matchQuery(needle: str) -> str:
     """
     The FTS5 query for the trigrams of C{needle} (three characters or
     more): at most L{QUERY_TRIGRAMS} of them, spread over the needle,
-    ANDed.
+    ANDed; only trigrams without a line break (see L{indexedForm}), so
+    C{""} when the needle has none (every indexed text is a candidate).
     """
-    grams = list(OrderedDict.fromkeys(needle[i : i + 3] for i in range(len(needle) - 2)))
+    grams = list(OrderedDict.fromkeys(
+        gram for gram in (needle[i : i + 3] for i in range(len(needle) - 2)) if "\n" not in gram))
     if len(grams) > QUERY_TRIGRAMS:
         step = (len(grams) - 1) / (QUERY_TRIGRAMS - 1)
         grams = [grams[round(i * step)] for i in range(QUERY_TRIGRAMS)]
@@ -270,7 +315,9 @@ class _Database:
         if not create:
             return None
         # A new UIDVALIDITY: the old rows describe other messages.
-        db.execute("DELETE FROM texts WHERE rowid IN (SELECT id FROM messages WHERE mailbox = ?)", (mailboxId,))
+        for (rowId,) in db.execute("SELECT id FROM messages WHERE mailbox = ? AND hastext = ?",
+                                   (mailboxId, _TEXT)).fetchall():
+            _dropText(db, rowId)
         db.execute("DELETE FROM messages WHERE mailbox = ?", (mailboxId,))
         db.execute("UPDATE mailboxes SET uidvalidity = ? WHERE id = ?", (uidValidity, mailboxId))
         return mailboxId
@@ -507,7 +554,7 @@ class MessageIndex:
                 target = mailboxId(targetName, targetValidity)
                 for old, new in pairs:
                     found = db.execute(
-                        "SELECT m.summary, m.hastext, t.head, t.body FROM messages m LEFT JOIN texts t ON t.rowid = m.id"
+                        "SELECT m.summary, m.hastext, f.head, f.body FROM messages m LEFT JOIN fulltext f ON f.id = m.id"
                         " WHERE m.mailbox = ? AND m.uid = ?", (source, old),
                     ).fetchone()
                     if found is None:
@@ -521,9 +568,13 @@ class MessageIndex:
                 if mailbox is None:
                     continue
                 for uid in uids:
-                    db.execute("DELETE FROM texts WHERE rowid = (SELECT id FROM messages WHERE mailbox = ? AND uid = ?)",
-                               (mailbox, uid))
-                    db.execute("DELETE FROM messages WHERE mailbox = ? AND uid = ?", (mailbox, uid))
+                    found = db.execute("SELECT id, hastext FROM messages WHERE mailbox = ? AND uid = ?",
+                                       (mailbox, uid)).fetchone()
+                    if found is None:
+                        continue
+                    if found[1] == _TEXT:
+                        _dropText(db, found[0])
+                    db.execute("DELETE FROM messages WHERE id = ?", (found[0],))
         db.execute("COMMIT")
 
     @staticmethod
@@ -534,8 +585,9 @@ class MessageIndex:
         if storable:
             assert text is not None
             try:
-                head = text.head.encode("utf-8")
-                body = text.body.encode("utf-8")
+                # (Text SQLite cannot hold, such as lone surrogates.)
+                text.head.encode("utf-8")
+                text.body.encode("utf-8")
             except UnicodeEncodeError:
                 storable = False
         cursor = db.execute(
@@ -543,8 +595,10 @@ class MessageIndex:
             (mailbox, uid, blob, _TEXT if storable else _NO_TEXT),
         )
         if storable:
+            assert text is not None
+            db.execute("INSERT INTO fulltext (id, head, body) VALUES (?, ?, ?)", (cursor.lastrowid, text.head, text.body))
             db.execute("INSERT INTO texts (rowid, head, body) VALUES (?, ?, ?)",
-                       (cursor.lastrowid, head.decode("utf-8"), body.decode("utf-8")))
+                       (cursor.lastrowid, indexedForm(text.head), indexedForm(text.body)))
 
     # -- reads --------------------------------------------------------------
 
@@ -618,20 +672,27 @@ class MessageIndex:
         or with C{text} in the header fields or the body.  L{None} when
         the index cannot answer.
         """
-        where = "instr(t.body, ?) > 0"
-        params: List[Any] = [matchQuery(needle), 0, needle]
+        where = "instr(f.body, ?) > 0"
+        query = matchQuery(needle)
+        params: List[Any] = [query, 0, needle] if query else [0, needle]
         if text:
-            where = "(instr(t.head, ?) > 0 OR " + where + ")"
+            where = "(instr(f.head, ?) > 0 OR " + where + ")"
             params.append(needle)
-        # CROSS JOIN keeps the FTS lookup the outer loop (once, not per row).
-        sql = ("SELECT m.uid FROM texts t CROSS JOIN messages m ON m.id = t.rowid"
-               " WHERE texts MATCH ? AND m.mailbox = ? AND " + where)
+        if query:
+            # CROSS JOIN keeps the FTS lookup the outer loop (once, not per row).
+            sql = ("SELECT m.uid FROM texts t CROSS JOIN messages m ON m.id = t.rowid CROSS JOIN fulltext f ON f.id = m.id"
+                   " WHERE texts MATCH ? AND m.mailbox = ? AND " + where)
+        else:
+            # No trigram to look up (each holds a line break): every text
+            # of the mailbox is checked.
+            sql = "SELECT m.uid FROM messages m CROSS JOIN fulltext f ON f.id = m.id WHERE m.mailbox = ? AND " + where
+        mailboxParam = 1 if query else 0
 
         def op(database: _Database, db: sqlite3.Connection) -> Optional[Set[int]]:
             mailbox = database.mailboxId(db, prefix[1], prefix[2], False)
             if mailbox is None:
                 return set()
-            params[1] = mailbox
+            params[mailboxParam] = mailbox
             return {uid for (uid,) in db.execute(sql, params)}
 
         return self._run(self._with, prefix[0], op, None)

@@ -1293,8 +1293,13 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
         self._prevCRLF = part.endswith(_CRLF)
         if self._file is None:
             return  # already refused; keep reading to the end
-        crlf = part.count(_CRLF)
-        if part.count(b"\n") != crlf or part.count(b"\r") != crlf:
+        # splitlines breaks at CR LF, and at a bare CR or LF: with c CR LF
+        # pairs, r bare CRs and l bare LFs there are c + r CRs, c + l LFs
+        # and c + r + l lines (the part ends with a line break), so both
+        # counts equal the lines only when r = l = 0.  (Single-octet counts
+        # and one split: a two-octet search costs several times more.)
+        lines = part.splitlines()
+        if part.count(b"\n") != len(lines) or part.count(b"\r") != len(lines):
             self._bareCRLF = True
             self._closeFile()
             return
@@ -1304,18 +1309,18 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
             self._nul = True
             self._closeFile()
             return
-        lines = part.split(b"\n")
-        if max(map(len, lines)) >= MAX_TEXT_LINE:
+        if max(map(len, lines)) >= MAX_TEXT_LINE - 1:
             # Some line may be too long; measure exactly, without the
-            # stuffed dot (RFC 5321 4.5.3.1.6) but with the LF.
+            # stuffed dot (RFC 5321 4.5.3.1.6) but with the CR LF.
             for line in lines:
-                if len(line) + 1 - line.startswith(b".") > MAX_TEXT_LINE:
+                if len(line) + 2 - line.startswith(b".") > MAX_TEXT_LINE:
                     self._longLine = True
                     self._closeFile()
                     return
-        if part[:1] == b".":
-            part = part[1:]
-        part = part.replace(b"\n.", b"\n")
+        if b"." in part:
+            if part[:1] == b".":
+                part = part[1:]
+            part = part.replace(b"\n.", b"\n")
         self._size += len(part)
         if self._size > self.factory.maxMessageSize:
             self._tooBig = True
