@@ -21,10 +21,13 @@ repeats; medians are shown.  Beside
 each step's wall-clock time the table gives the server's CPU time per
 RETR (summed over its processes and threads, from
 C{/proc/<pid>/task/<tid>/schedstat}), which a loaded machine disturbs
-less.  C{--baseline REV} runs a third server, mailplat with
-C{mailplat/pop3/server.py} as it was at git revision C{REV}, or as in the
-file C{REV} names (the rest of the tree as it is), in the same
-alternation: a paired A/B of a POP3 change.
+less.  C{--baseline REV} runs a third server, mailplat with the modules
+on the RETR path that the bench measures (L{BASELINE_MODULES}: the POP3
+server, the metrics hooks, the connection limits) as they were at git
+revision C{REV}, or as in the file C{REV} names (the POP3 server alone),
+or as in the directory C{REV} names (those of the modules' files it
+holds, by base name: C{server.py}, C{metrics.py}, C{limits.py}), the rest
+of the tree as it is, in the same alternation: a paired A/B of a change.
 
 Loopback only.  RETRs are pipelined C{--window} at a time (RFC 2449
 PIPELINING), the way a fetching client such as fetchmail does; the
@@ -195,27 +198,59 @@ def measure(host: str, port: int, user: str, password: str, window: int, seconds
     return timings
 
 
-#: Runs twistd with mailplat/pop3/server.py taken from another file.
+#: The modules C{--baseline} takes from another revision: the POP3 server
+#: and the wrappers every connection and command goes through.
+BASELINE_MODULES = {"mailplat.pop3.server": "mailplat/pop3/server.py", "mailplat.metrics": "mailplat/metrics.py",
+                    "mailplat.limits": "mailplat/limits.py"}
+
+#: Runs twistd with some modules (name to file) taken from other files.
 BASELINE_TWISTD = """\
-import importlib.util, sys
-import mailplat.pop3
-spec = importlib.util.spec_from_file_location("mailplat.pop3.server", {path!r})
-module = importlib.util.module_from_spec(spec)
-sys.modules["mailplat.pop3.server"] = mailplat.pop3.server = module
-spec.loader.exec_module(module)
+import importlib, importlib.util, sys
+for name, path in {paths!r}.items():
+    parent, _, child = name.rpartition(".")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    setattr(importlib.import_module(parent), child, module)
+    spec.loader.exec_module(module)
 from twisted.scripts.twistd import run
 sys.argv[0] = "twistd"
 run()
 """
 
 
+def baselineModules(revision: str, tree: str, repo: str) -> Dict[str, str]:
+    """
+    Module name to the file of the C{--baseline} version of it: from a
+    file (the POP3 server), a directory (its files named as the modules'),
+    or a git revision (written into C{tree}).
+    """
+    import subprocess
+
+    if os.path.isfile(revision):
+        return {"mailplat.pop3.server": os.path.abspath(revision)}
+    paths: Dict[str, str] = {}
+    for name, path in BASELINE_MODULES.items():
+        if os.path.isdir(revision):
+            found = os.path.join(os.path.abspath(revision), os.path.basename(path))
+            if os.path.isfile(found):
+                paths[name] = found
+            continue
+        paths[name] = os.path.join(tree, "baseline_" + name.replace(".", "_") + ".py")
+        with open(paths[name], "wb") as f:
+            f.write(subprocess.run(["git", "-C", repo, "show", f"{revision}:{path}"],
+                                   check=True, capture_output=True).stdout)
+    if not paths:
+        raise SystemExit(f"--baseline {revision}: none of {sorted(BASELINE_MODULES.values())} in it")
+    return paths
+
+
 def versusDovecot(args: argparse.Namespace) -> int:
     """
     The same maildrop on mailplat and on Dovecot (and on mailplat with
-    the POP3 server of C{--baseline}); one table with ratios.
+    the modules of C{--baseline}); one table with ratios.
     """
     import shutil
-    import subprocess
     import tempfile
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -232,17 +267,12 @@ def versusDovecot(args: argparse.Namespace) -> int:
     baseline = f"mailplat@{os.path.basename(args.baseline)}" if args.baseline else None
     try:
         twistd = None
-        if args.baseline and os.path.isfile(args.baseline):
-            old = os.path.abspath(args.baseline)
-        elif args.baseline:
-            old = os.path.join(tree, "pop3_server_baseline.py")
-            with open(old, "wb") as f:
-                f.write(subprocess.run(["git", "-C", REPO, "show", f"{args.baseline}:mailplat/pop3/server.py"],
-                                       check=True, capture_output=True).stdout)
         if args.baseline:
+            paths = baselineModules(args.baseline, tree, REPO)
+            print(f"baseline: {paths}")
             wrapper = os.path.join(tree, "twistd_baseline.py")
             with open(wrapper, "w") as f:
-                f.write(BASELINE_TWISTD.format(path=old))
+                f.write(BASELINE_TWISTD.format(paths=paths))
             twistd = [sys.executable, wrapper]
         mail = os.path.join(tree, "mail")
         written, took = Fill(mail).add([user], args.messages, seconds=600)
@@ -304,8 +334,9 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=10000, help="with --vs-dovecot: maildrop size")
     parser.add_argument("--repeat", type=int, default=3, help="with --vs-dovecot: runs per server")
     parser.add_argument("--workers", type=int, default=1, help="with --vs-dovecot: mailplat's --workers")
-    parser.add_argument("--baseline", help="with --vs-dovecot: also run mailplat with the POP3 server of this git revision "
-                        "(or this file)")
+    parser.add_argument("--baseline", help="with --vs-dovecot: also run mailplat with the POP3 server, metrics and "
+                        "limits modules of this git revision (or this POP3 server file, or the modules' files "
+                        "in this directory)")
     args = parser.parse_args()
     if args.fill:
         if not args.data_dir:

@@ -108,11 +108,38 @@ class _Counted(ProtocolWrapper):
     """
     A connection within the limits; remembers the key it counts under.
 
+    It has nothing to do while the connection lasts, so it steps out of the
+    data path: the wrapped protocol gets the transport this wrapper was
+    given (it writes to it directly), and the bytes read go straight to the
+    wrapped protocol's C{dataReceived} (the method it has when the
+    connection is made).  It only sees the connection begin
+    (C{makeConnection}) and end (C{connectionLost}), which is all the
+    counting needs.
+
     @ivar limitKey: the L{addressKey} of its peer, or None when it is not
         counted per address (an exempt loopback client).
     """
 
     limitKey: Optional[str] = None
+
+    def makeConnection(self, transport: Any) -> None:
+        """
+        Count the connection, then connect the wrapped protocol to
+        C{transport} itself, not to this wrapper.
+        """
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        # An instance attribute: whoever reads from the transport calls
+        # the wrapped protocol's method with no call in between.
+        self.dataReceived = self.wrappedProtocol.dataReceived  # type: ignore[method-assign]
+        self.wrappedProtocol.makeConnection(transport)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Give the places back and tell the wrapped protocol.
+        """
+        self.__dict__.pop("dataReceived", None)
+        super().connectionLost(reason)
 
 
 class ConnectionLimitFactory(WrappingFactory[_Counted]):

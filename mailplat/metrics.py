@@ -16,6 +16,15 @@ Everything is hooked in from outside the protocol modules:
   - L{QueueCollector} reads the outbound queue's depth and oldest entry
     when the page is read.
 
+Commands are counted and timed into plain per-command figures
+(L{_CommandStats}: a few integer additions and a bisection per command,
+against about a microsecond for prometheus-client's C{inc} and C{observe},
+which take a lock) and added into the prometheus-client metrics by
+L{Metrics.flush}: before every read of the registry (the page,
+L{Metrics.value}), and, in the multiprocess mode, every L{FLUSH_INTERVAL}
+seconds, when a connection ends and at shutdown, so that the page served
+by another process sees them.
+
 Each L{Metrics} has its own registry, so two servers in one process (as in
 the tests) count apart.  With C{--workers N} every process writes its
 values to files in one directory (prometheus-client's multiprocess mode,
@@ -27,6 +36,7 @@ live ones; the queue gauges are the parent's own.
 import glob
 import os
 import time
+from bisect import bisect_left
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
@@ -36,8 +46,9 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer
-from twisted.internet.interfaces import IAddress, IHandshakeListener
+from twisted.internet.interfaces import IAddress, IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -66,6 +77,10 @@ LISTENER_PROTOCOLS = {"smtp": "smtp", "submission": "smtp", "smtps": "smtp", "po
 
 #: The environment variable prometheus-client's multiprocess mode reads.
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+#: Seconds between two flushes of the command figures into the shared
+#: files, in the multiprocess mode (L{Metrics.shareThrough}).
+FLUSH_INTERVAL = 1.0
 
 
 def prepareDirectory(path: str, empty: bool = True) -> str:
@@ -108,6 +123,96 @@ def _verb(verb: str) -> str:
     return verb.upper() if verb.isascii() and verb.isalpha() and len(verb) <= 20 else "other"
 
 
+class _CommandStats:
+    """
+    The figures of one command label of one protocol gathered since the
+    last L{Metrics.flush}, as plain numbers.
+
+    @ivar calls: commands taken up, for C{mailplat_commands_total}.
+    @ivar count: commands finished (observations of the latency histogram).
+    @ivar total: the sum of their durations, seconds.
+    @ivar buckets: observations by histogram bucket (not cumulative): index
+        C{i} holds the durations above C{COMMAND_BUCKETS[i - 1]} up to
+        C{COMMAND_BUCKETS[i]}, the last one those above every bound.
+    @ivar counter: the prometheus-client counter child they go to.
+    @ivar histogram: the prometheus-client histogram child they go to.
+    """
+
+    __slots__ = ("calls", "count", "total", "buckets", "counter", "histogram")
+
+    def __init__(self, counter: Any, histogram: Any) -> None:
+        self.calls = 0
+        self.count = 0
+        self.total = 0.0
+        self.buckets = [0] * (len(COMMAND_BUCKETS) + 1)
+        self.counter = counter
+        self.histogram = histogram
+
+    def observe(self, duration: float) -> None:
+        """
+        Record one command's duration (a negative one as 0).
+        """
+        if not duration > 0.0:
+            duration = 0.0
+        self.count += 1
+        self.total += duration
+        # The first bound at or above the duration: prometheus-client's
+        # "le" buckets.
+        self.buckets[bisect_left(COMMAND_BUCKETS, duration)] += 1
+
+    def flush(self) -> None:
+        """
+        Add what was gathered into the prometheus-client metrics and start
+        again from zero.
+        """
+        if self.calls:
+            calls, self.calls = self.calls, 0
+            self.counter.inc(calls)
+        if self.count:
+            histogram, buckets = self.histogram, self.buckets
+            total, self.total, self.count = self.total, 0.0, 0
+            self.buckets = [0] * len(buckets)
+            # A histogram child keeps its sum and one value per bucket;
+            # adding to those is what observe() does, once per call.
+            histogram._sum.inc(total)
+            for i, n in enumerate(buckets):
+                if n:
+                    histogram._buckets[i].inc(n)
+
+
+def _checkHistogram(histogram: Any) -> None:
+    """
+    Make sure a histogram child is laid out as L{_CommandStats.flush}
+    expects (prometheus-client keeps a C{_sum} value and one C{_buckets}
+    value per bound, C{+Inf} last), so that a release that changes it is
+    noticed at start, not by wrong figures.
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    if (not hasattr(getattr(histogram, "_sum", None), "inc")
+            or len(getattr(histogram, "_buckets", ())) != len(COMMAND_BUCKETS) + 1
+            or bounds != [float(b) for b in COMMAND_BUCKETS] + [float("inf")]):
+        raise RuntimeError("this prometheus-client's Histogram has no _sum and _buckets values as "
+                           "mailplat.metrics expects: pin prometheus-client to a release it was tested with")
+
+
+class _Flusher:
+    """
+    A collector registered first in a L{Metrics}' registry: every read of
+    the registry (the page, L{Metrics.value}) first adds the command
+    figures gathered so far, so it shows exact counts.
+    """
+
+    def __init__(self, metrics: "Metrics") -> None:
+        self.metrics = metrics
+
+    def describe(self) -> List[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        self.metrics.flush()
+        return iter(())
+
+
 class Metrics:
     """
     One server's metrics: a prometheus-client registry and the counters,
@@ -123,6 +228,13 @@ class Metrics:
         self.timer = timer
         self.directory: Optional[str] = None
         self._collectors: List[Any] = []
+        self._flushLoop: Optional[LoopingCall] = None
+        if MULTIPROCESS_ENV not in os.environ:
+            # At start, in the process that serves alone or starts the
+            # workers (a throwaway histogram in a worker would write to
+            # the shared files).
+            _checkHistogram(Histogram("mailplat_layout_check", "", buckets=COMMAND_BUCKETS,
+                                      registry=CollectorRegistry()))
         self._build()
 
     def _build(self) -> None:
@@ -131,13 +243,19 @@ class Metrics:
         L{directory}) in the shared files.
         """
         self.registry = CollectorRegistry()
+        # First, so that the figures gathered are added before any other
+        # collector (the shared files' reader too) is read.
+        self.registry.register(_Flusher(self))
         own: Optional[CollectorRegistry] = self.registry
         if self.directory is not None:
             MultiProcessCollector(self.registry, path=self.directory)
             own = None
         self._labels: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], Any] = {}
         self._commandLabels: Dict[str, set] = {}
-        self._commands: Dict[Tuple[str, str], Tuple[Any, Any]] = {}
+        # (protocol, label) to its figures; protocol to {verb as the
+        # protocol gives it (str or bytes): figures}, bounded.
+        self._stats: Dict[Tuple[str, str], _CommandStats] = {}
+        self._verbs: Dict[str, Dict[Any, _CommandStats]] = {}
         self.metrics: Dict[str, Any] = {
             "mailplat_connections_total": Counter(
                 "mailplat_connections", "Connections accepted, by protocol listener.", ["listener"], registry=own),
@@ -168,16 +286,62 @@ class Metrics:
         for collector in self._collectors:
             self.registry.register(collector)
 
-    def shareThrough(self, directory: str) -> None:
+    def shareThrough(self, directory: str, clock: Optional[IReactorTime] = None) -> None:
         """
         Keep this process's values in files in C{directory}, which every
         process of the server writes to, and show on the page the sum over
         all of them.  Call before serving (values counted so far are
-        dropped).
+        dropped).  The command figures are written every
+        L{FLUSH_INTERVAL} seconds of C{clock} (the reactor by default),
+        when a connection ends, and when C{clock} shuts down.
         """
+        self.stopFlushing()
         self.directory = os.path.abspath(directory)
         _useDirectory(self.directory)
         self._build()
+        source: Any = clock
+        if source is None:
+            from twisted.internet import reactor as source
+        loop = self._flushLoop = LoopingCall(self._flushSafely)
+        loop.clock = source
+        loop.start(FLUSH_INTERVAL, now=False)
+        trigger = getattr(source, "addSystemEventTrigger", None)
+        if trigger is not None:
+            trigger("before", "shutdown", self.stopFlushing)
+
+    def stopFlushing(self) -> None:
+        """
+        Stop the periodic flush of L{shareThrough}, flushing one last time.
+        """
+        loop, self._flushLoop = self._flushLoop, None
+        if loop is not None:
+            if loop.running:
+                loop.stop()
+            self._flushSafely()
+
+    def _flushSafely(self) -> None:
+        try:
+            self.flush()
+        except Exception:
+            log.failure("writing the command metrics failed")
+
+    def flush(self) -> None:
+        """
+        Add the command figures gathered since the last flush into the
+        prometheus-client metrics (in the multiprocess mode, into this
+        process's files).  Every read of the registry does it first.
+        """
+        for stats in self._stats.values():
+            if stats.calls or stats.count:
+                stats.flush()
+
+    def connectionEnded(self) -> None:
+        """
+        A connection ended: in the multiprocess mode, write its commands'
+        figures now rather than up to L{FLUSH_INTERVAL} later.
+        """
+        if self.directory is not None:
+            self.flush()
 
     def register(self, collector: Any) -> None:
         """
@@ -223,21 +387,49 @@ class Metrics:
             seen.add(verb)
         return verb
 
+    def commandStats(self, protocol: str, verb: Any) -> _CommandStats:
+        """
+        The figures that command C{verb} (as the protocol gives it, C{str}
+        or C{bytes}) of C{protocol} counts into: one per label (at most
+        L{MAX_COMMAND_LABELS} distinct verbs, then C{other}).  Looked up
+        in a per-protocol table the hooks keep (L{commandTable}).
+        """
+        table = self.commandTable(protocol)
+        stats = table.get(verb)
+        if stats is not None:
+            return stats
+        text = bytes(verb).decode("ascii", "replace") if isinstance(verb, (bytes, bytearray)) else str(verb)
+        label = self._commandLabel(protocol, text)
+        stats = self._stats.get((protocol, label))
+        if stats is None:
+            labels = {"command": label, "protocol": protocol}
+            histogram = self._child("mailplat_command_duration_seconds", labels)
+            _checkHistogram(histogram)
+            stats = self._stats[(protocol, label)] = _CommandStats(
+                self._child("mailplat_commands_total", labels), histogram)
+        if len(table) < 4 * MAX_COMMAND_LABELS:
+            table[verb if isinstance(verb, (str, bytes)) else text] = stats
+        return stats
+
+    def commandTable(self, protocol: str) -> Dict[Any, _CommandStats]:
+        """
+        C{protocol}'s verbs seen so far (as the protocol gives them) to
+        their figures; a hook looks a verb up here first, then asks
+        L{commandStats}.  The same dict for the life of the registry.
+        """
+        table = self._verbs.get(protocol)
+        if table is None:
+            table = self._verbs[protocol] = {}
+        return table
+
     def command(self, protocol: str, verb: str) -> "CommandTimer":
         """
         Count one command of C{protocol} (at most L{MAX_COMMAND_LABELS}
         distinct verbs, then C{other}) and start its timer.
         """
-        children = self._commands.get((protocol, verb))
-        if children is None:
-            label = self._commandLabel(protocol, verb)
-            labels = {"command": label, "protocol": protocol}
-            children = (self._child("mailplat_commands_total", labels),
-                        self._child("mailplat_command_duration_seconds", labels))
-            if len(self._commands) < 4 * MAX_COMMAND_LABELS:
-                self._commands[(protocol, verb)] = children
-        children[0].inc()
-        return CommandTimer(self, children[1])
+        stats = self.commandStats(protocol, verb)
+        stats.calls += 1
+        return CommandTimer(self, stats)
 
     def render(self, accept: str = "") -> Tuple[bytes, str]:
         """
@@ -253,11 +445,11 @@ class CommandTimer:
     The timer of one command; L{finished} records its duration once.
     """
 
-    __slots__ = ("_metrics", "_histogram", "_start")
+    __slots__ = ("_metrics", "_stats", "_start")
 
-    def __init__(self, metrics: Metrics, histogram: Any) -> None:
+    def __init__(self, metrics: Metrics, stats: _CommandStats) -> None:
         self._metrics = metrics
-        self._histogram = histogram
+        self._stats = stats
         self._start: Optional[float] = metrics.timer()
 
     def finished(self) -> None:
@@ -265,7 +457,7 @@ class CommandTimer:
         The command's final reply is written.
         """
         if self._start is not None:
-            self._histogram.observe(max(0.0, self._metrics.timer() - self._start))
+            self._stats.observe(self._metrics.timer() - self._start)
             self._start = None
 
 
@@ -359,15 +551,9 @@ def _innermost(protocol: Any) -> Any:
     return protocol
 
 
-def _verbOfLine(line: Any) -> str:
-    if isinstance(line, (bytes, bytearray)):
-        line = bytes(line).decode("ascii", "replace")
-    return str(line).partition(" ")[0]
-
-
-def _passThrough(timer: CommandTimer) -> Callable[[Any], Any]:
+def _passThrough(stats: _CommandStats, timer: Callable[[], float], start: float) -> Callable[[Any], Any]:
     def finished(result: Any) -> Any:
-        timer.finished()
+        stats.observe(timer() - start)
         return result
 
     return finished
@@ -382,7 +568,7 @@ def _hookSMTP(inner: Any, session: "_Instrumented") -> None:
     command, reply = inner._command, inner._reply
 
     def timedCommand(line: str) -> Any:
-        session.started(_verbOfLine(line))
+        session.started(line.partition(" ")[0])
         return command(line)
 
     def timedReply(r: Any) -> Any:
@@ -400,20 +586,45 @@ def _hookPOP3(inner: Any, session: "_Instrumented") -> None:
     it returns (a command that waits on the store or streams a message)
     fires.  An unknown or misplaced command raises, and is answered with
     C{-ERR} at once.
+
+    This runs for every command, RETR of a small message included: the
+    figures are looked up by the verb's bytes in a dict and added to as
+    plain numbers (L{_CommandStats}), with no object made per command.
     """
     command = inner._command
+    metrics = session.factory.metrics
+    timer = metrics.timer
+    table = metrics.commandTable("pop3")
 
     def timedCommand(line: bytes) -> Any:
-        timer = session.started(_verbOfLine(line))
+        verb = line.partition(b" ")[0]
+        stats = table.get(verb)
+        if stats is None:
+            stats = metrics.commandStats("pop3", verb)
+        stats.calls += 1
+        session.commands += 1
+        if session.user is None:
+            # Seen before each command: QUIT forgets the account before
+            # the connection ends.
+            session.user = _userOf(inner)
+        start = timer()
         try:
             result = command(line)
         except BaseException:
-            session.finished()
+            stats.observe(timer() - start)
             raise
-        if isinstance(result, defer.Deferred):
-            result.addBoth(_passThrough(timer))
-        else:
-            session.finished()
+        # (The None test first: Deferred is an ABC, whose isinstance check
+        # is a Python call.)
+        if result is not None and isinstance(result, defer.Deferred):
+            result.addBoth(_passThrough(stats, timer, start))
+            return result
+        # stats.observe(), inline: this is every RETR of a small message.
+        elapsed = timer() - start
+        if not elapsed > 0.0:
+            elapsed = 0.0
+        stats.count += 1
+        stats.total += elapsed
+        stats.buckets[bisect_left(COMMAND_BUCKETS, elapsed)] += 1
         return result
 
     inner._command = timedCommand
@@ -425,10 +636,11 @@ def _hookIMAP(inner: Any, session: "_Instrumented") -> None:
     reply is written.
     """
     run = inner._run
+    timer = session.factory.metrics.timer
 
     def timedRun(tag: bytes, name: bytes, *args: Any) -> Any:
-        timer = session.started(_verbOfLine(name))
-        return run(tag, name, *args).addBoth(_passThrough(timer))
+        stats = session.started(name)
+        return run(tag, name, *args).addBoth(_passThrough(stats, timer, session.startedAt))
 
     inner._run = timedRun
 
@@ -470,9 +682,12 @@ class _Instrumented(ProtocolWrapper):
 
     def __init__(self, factory: "InstrumentedFactory", wrappedProtocol: Protocol) -> None:
         super().__init__(factory, wrappedProtocol)
-        metrics = factory.metrics
+        metrics = self._metrics = factory.metrics
         self._opened = metrics.timer()
-        self._timer: Optional[CommandTimer] = None
+        self._table = metrics.commandTable(factory.protocolName)
+        # The command taken up last, until its final reply (SMTP).
+        self._stats: Optional[_CommandStats] = None
+        self.startedAt = 0.0
         self._tlsStarted: Optional[float] = None
         self._tlsDone = False
         self.commands = 0
@@ -488,25 +703,34 @@ class _Instrumented(ProtocolWrapper):
 
     # Commands.
 
-    def started(self, verb: str) -> CommandTimer:
+    def started(self, verb: Any) -> _CommandStats:
         """
-        The protocol took up a command: count it and start its timer.
+        The protocol took up command C{verb} (the first word of its line,
+        C{str} or C{bytes}): count it and note when (L{startedAt}).
+
+        @return: the figures its duration goes to.
         """
         self.commands += 1
         if self.user is None:
             # Seen before each command: a POP3 QUIT or IMAP LOGOUT forgets
             # the account before the connection ends.
             self.user = _userOf(self._inner)
-        self._timer = self.factory.metrics.command(self.factory.protocolName, verb)
-        return self._timer
+        stats = self._table.get(verb)
+        if stats is None:
+            stats = self._metrics.commandStats(self.factory.protocolName, verb)
+        stats.calls += 1
+        self._stats = stats
+        self.startedAt = self._metrics.timer()
+        return stats
 
     def finished(self) -> None:
         """
         The command taken up last has its final reply.
         """
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.finished()
+        stats = self._stats
+        if stats is not None:
+            self._stats = None
+            stats.observe(self._metrics.timer() - self.startedAt)
 
     # TLS.
 
@@ -562,7 +786,7 @@ class _Instrumented(ProtocolWrapper):
 
     def writeSequence(self, data: Any) -> None:
         data = list(data)
-        self.bytesOut += sum(len(d) for d in data)
+        self.bytesOut += sum(map(len, data))
         self.transport.writeSequence(data)
 
     # End.
@@ -582,7 +806,8 @@ class _Instrumented(ProtocolWrapper):
             self._tlsDone = True
             metrics.inc("mailplat_tls_handshakes_total", listener=factory.name, protocol=factory.protocolName,
                         result="failed")
-        self._timer = None
+        self._stats = None
+        metrics.connectionEnded()
         if self._inner is None:
             return
         peer = getattr(self.getPeer(), "host", "?") if self.transport is not None else "?"

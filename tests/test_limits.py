@@ -140,6 +140,39 @@ class ConnectionLimitTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"hello\r\n")
         self.assertEqual(factory.current, 2)
 
+    def test_outOfTheDataPath(self) -> None:
+        """
+        A connection within the limits has nothing to do while it lasts:
+        the wrapped protocol is connected to the transport itself (its
+        writes go straight there) and the bytes read reach its
+        C{dataReceived} with no call in between; the end is still counted,
+        and the wrapped protocol told.
+        """
+        received: List[bytes] = []
+        lost: List[Any] = []
+
+        class Recorder(Echo):
+            def dataReceived(self, data: bytes) -> None:
+                received.append(data)
+
+            def connectionLost(self, reason: Any = None) -> None:
+                lost.append(reason)
+
+        self.inner = Factory.forProtocol(Recorder)
+        factory = self.limited()
+        wrapper, transport = connect(factory)
+        inner = wrapper.wrappedProtocol
+        self.assertIs(inner.transport, transport)
+        self.assertEqual(wrapper.dataReceived, inner.dataReceived)
+        wrapper.dataReceived(b"NOOP\r\n")
+        self.assertEqual(received, [b"NOOP\r\n"])
+        self.assertEqual(transport.value(), b"hello\r\n")
+        self.assertEqual(factory.current, 1)
+        drop(wrapper)
+        self.assertEqual(len(lost), 1)
+        self.assertEqual((factory.current, factory.perKey), (0, {}))
+        self.assertNotIn("dataReceived", vars(wrapper))
+
     def test_allReleased(self) -> None:
         """
         When every connection has ended nothing is left counted, so the

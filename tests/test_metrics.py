@@ -16,6 +16,7 @@ import sys
 import tempfile
 from typing import Any, List
 
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -35,7 +36,10 @@ from mailplat.config import Config
 from mailplat.errors import SMTPReply
 from mailplat.imap.server import IMAPFactory
 from mailplat.metrics import (
+    COMMAND_BUCKETS,
+    FLUSH_INTERVAL,
     MAX_COMMAND_LABELS,
+    MULTIPROCESS_ENV,
     CountingPortal,
     Metrics,
     QueueCollector,
@@ -130,6 +134,113 @@ class MetricsTests(SynchronousTestCase):
         others = m.value("mailplat_commands_total", protocol="smtp", command="other")
         self.assertGreater(others, 20)
         self.assertEqual(_histogram(m, "smtp", "other")[0], others)
+
+    def test_commandFiguresExact(self) -> None:
+        """
+        Commands are counted and timed into plain figures, added into the
+        prometheus-client metrics before every read: the page shows exactly
+        what prometheus-client's own C{inc} and C{observe} would, bucket
+        by bucket (durations on a bound, between bounds, above them all, a
+        negative one), and reading again counts nothing twice.
+        """
+        clock = Clock()
+        m = Metrics(timer=clock.seconds)
+        reference = CollectorRegistry()
+        counter = Counter("mailplat_commands", "", ["command", "protocol"], registry=reference)
+        histogram = Histogram("mailplat_command_duration_seconds", "", ["command", "protocol"],
+                              buckets=COMMAND_BUCKETS, registry=reference)
+        durations = [0.0, 0.0005, 0.0006, 0.001, 0.3, 2.5, 59.0, 61.0, 1e6, 0.25]
+        for round in range(2):
+            for d in durations:
+                # From 0, so that the duration is exactly d.
+                clock.rightNow = 0.0
+                timer = m.command("pop3", "RETR")
+                clock.advance(d)
+                timer.finished()
+                counter.labels(command="RETR", protocol="pop3").inc()
+                histogram.labels(command="RETR", protocol="pop3").observe(d)
+            # Taken up, not finished: counted, not yet timed.
+            m.command("pop3", "retr")
+            counter.labels(command="RETR", protocol="pop3").inc()
+            timer = m.command("pop3", "QUIT")
+            clock.advance(-1)
+            timer.finished()
+            counter.labels(command="QUIT", protocol="pop3").inc()
+            histogram.labels(command="QUIT", protocol="pop3").observe(0)
+
+            def samples(registry: CollectorRegistry) -> dict:
+                return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                        for family in registry.collect() if family.name.startswith("mailplat_command")
+                        for s in family.samples if not s.name.endswith("_created")}
+
+            expected = samples(reference)
+            self.assertEqual(len(expected), 2 * (len(COMMAND_BUCKETS) + 1 + 2) + 2)
+            self.assertEqual(samples(m.registry), expected)
+            # Read again: the same.
+            self.assertEqual(samples(m.registry), expected)
+        self.assertEqual(m.value("mailplat_commands_total", protocol="pop3", command="RETR"), 22)
+        self.assertEqual(_histogram(m, "pop3", "RETR"), (20, 2 * sum(durations)))
+        self.assertIn('mailplat_command_duration_seconds_bucket{command="RETR",le="+Inf",protocol="pop3"} 20.0',
+                      m.render()[0].decode())
+
+    def test_multiprocessFlush(self) -> None:
+        """
+        Sharing its figures with other processes (C{--workers}), a process
+        writes its command figures to the shared files every
+        L{FLUSH_INTERVAL} seconds, when a connection ends and when it stops
+        flushing (at shutdown): another process's page then reads them
+        exactly; until then it does not see them.
+        """
+        import prometheus_client.values as values
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        saved, savedEnv = values.ValueClass, os.environ.get(MULTIPROCESS_ENV)
+
+        def restore() -> None:
+            values.ValueClass = saved
+            if savedEnv is None:
+                os.environ.pop(MULTIPROCESS_ENV, None)
+            else:
+                os.environ[MULTIPROCESS_ENV] = savedEnv
+
+        self.addCleanup(restore)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        clock, durations = Clock(), Clock()
+        m = Metrics(timer=durations.seconds)
+        m.shareThrough(directory, clock)
+        page = CollectorRegistry()
+        MultiProcessCollector(page, path=directory)
+
+        def seen(command: str) -> tuple:
+            labels = {"protocol": "imap", "command": command}
+            return tuple(page.get_sample_value(name, labels) or 0 for name in (
+                "mailplat_commands_total", "mailplat_command_duration_seconds_count",
+                "mailplat_command_duration_seconds_sum"))
+
+        def run(command: str, seconds: float) -> None:
+            timer = m.command("imap", command)
+            durations.advance(seconds)
+            timer.finished()
+
+        run("SELECT", 2)
+        run("SELECT", 3)
+        clock.advance(FLUSH_INTERVAL * 0.99)
+        self.assertEqual(seen("SELECT"), (0, 0, 0))
+        clock.advance(FLUSH_INTERVAL * 0.01)
+        self.assertEqual(seen("SELECT"), (2, 2, 5))
+        run("FETCH", 1)
+        self.assertEqual(seen("FETCH"), (0, 0, 0))
+        m.connectionEnded()
+        self.assertEqual(seen("FETCH"), (1, 1, 1))
+        run("FETCH", 4)
+        m.stopFlushing()
+        self.assertEqual(seen("FETCH"), (2, 2, 5))
+        self.assertEqual(clock.getDelayedCalls(), [])
+        # This process's own page adds what it gathered first, too.
+        run("NOOP", 0)
+        self.assertEqual(m.value("mailplat_commands_total", protocol="imap", command="NOOP"), 1)
+        self.assertEqual(seen("SELECT"), (2, 2, 5))
 
     def test_queueCollector(self) -> None:
         """

@@ -724,6 +724,39 @@ class TransactionTests(POP3TestsMixin, SynchronousTestCase):
         self.assertEqual(self.send(proto, transport, b"RETR\r\n"), b"-ERR RETR needs a message number\r\n")
         self.assertEqual(self.send(proto, transport, b"RETR 9\r\n"), b"-ERR No such message 9\r\n")
 
+    def test_retrNumbers(self) -> None:
+        """
+        Every spelling of a message number means what it says (leading
+        zeros, spaces around it), and a number out of range, too long or
+        of a deleted message is refused as by the other commands.
+        """
+        proto, transport = self.login()
+        first = b"+OK %d octets\r\n" % (len(MSG1),) + MSG1 + b".\r\n"
+        for command in (b"RETR 1", b"RETR 0001", b"RETR  1", b"RETR 1 "):
+            self.assertEqual(self.send(proto, transport, command + b"\r\n"), first, command)
+        self.assertEqual(self.send(proto, transport, b"RETR 0\r\n"), b"-ERR No such message 0\r\n")
+        self.assertEqual(self.send(proto, transport, b"RETR 4\r\n"), b"-ERR No such message 4\r\n")
+        self.assertEqual(self.send(proto, transport, b"RETR 12345678901\r\n"), b"-ERR Invalid message number\r\n")
+        self.assertEqual(self.send(proto, transport, b"RETR -1\r\n"), b"-ERR Invalid message number\r\n")
+        self.assertEqual(self.send(proto, transport, b"RETR 1 2\r\n"), b"-ERR RETR takes at most one argument\r\n")
+        self.send(proto, transport, b"DELE 2\r\n")
+        self.assertEqual(self.send(proto, transport, b"RETR 2\r\n"), b"-ERR message 2 already deleted\r\n")
+
+    def test_verbCase(self) -> None:
+        """
+        Verbs are case-insensitive (RFC 1939 section 3), in any mix of
+        cases; the error for a misplaced one names it in capitals.
+        """
+        proto, transport = self.login()
+        for verb in (b"NOOP", b"noop", b"Noop", b"nOoP"):
+            self.assertEqual(self.send(proto, transport, verb + b"\r\n"), b"+OK\r\n", verb)
+        self.assertEqual(self.send(proto, transport, b"stat\r\n"), self.send(proto, transport, b"STAT\r\n"))
+        self.assertEqual(self.send(proto, transport, b"user x\r\n"),
+                         b"-ERR USER is not valid in the TRANSACTION state\r\n")
+        self.assertEqual(self.send(proto, transport, b"User x\r\n"),
+                         b"-ERR USER is not valid in the TRANSACTION state\r\n")
+        self.assertEqual(self.send(proto, transport, b"FOO\r\n"), b"-ERR Unknown command\r\n")
+
     def test_retrExpungedElsewhere(self) -> None:
         """
         A message removed behind the session's back (by IMAP) is an error,

@@ -356,6 +356,7 @@ class POP3Server(Protocol):
         self._lost = False
         self._badCommands = 0
         self._timeoutCall: Optional[IDelayedCall] = None
+        self._lastActive = 0.0
         self._user: Optional[str] = None
         # What to do with the next line when it is a SASL response.
         self._sasl: Optional[Callable[[bytes], Optional[defer.Deferred]]] = None
@@ -483,11 +484,16 @@ class POP3Server(Protocol):
     # Idle timeout
 
     def _resetTimeout(self) -> None:
+        """
+        The client is active: the idle timeout runs from now.  Only the
+        time is noted (this runs for every line read); the timer, set once,
+        finds out when it fires whether the session was idle that long, and
+        if not is set again for the rest.
+        """
         if self._closing or self.timeout is None:
             return
-        if self._timeoutCall is not None and self._timeoutCall.active():
-            self._timeoutCall.reset(self.timeout)
-        else:
+        self._lastActive = self.clock.seconds()
+        if self._timeoutCall is None:
             self._timeoutCall = self.clock.callLater(self.timeout, self._timedOut)
 
     def _cancelTimeout(self) -> None:
@@ -498,6 +504,10 @@ class POP3Server(Protocol):
     def _timedOut(self) -> None:
         self._timeoutCall = None
         if self._closing:
+            return
+        left = self._lastActive + self.timeout - self.clock.seconds()
+        if left > 0:
+            self._timeoutCall = self.clock.callLater(left, self._timedOut)
             return
         log.info("POP3 session from {peer} timed out", peer=netutil.peerHost(self.transport))
         if self._sender is None:
@@ -515,7 +525,11 @@ class POP3Server(Protocol):
         if self._closing:
             return
         self._resetTimeout()
-        buffer = self._buffer + data
+        buffer = self._buffer + data if self._buffer else data
+        lines = self._lines
+        # The limit of the first line; any line after one queued is a
+        # command (see _lineLimit).
+        limit = self._lineLimit()
         start = 0
         while True:
             end = buffer.find(b"\n", start)
@@ -523,8 +537,8 @@ class POP3Server(Protocol):
                 rest = buffer[start:]
                 if self._discarding:
                     rest = b""
-                elif len(rest) >= self._lineLimit():
-                    self._lines.append(None)
+                elif len(rest) >= limit:
+                    lines.append(None)
                     self._discarding = True
                     rest = b""
                 self._buffer = rest
@@ -534,10 +548,11 @@ class POP3Server(Protocol):
             if self._discarding:
                 self._discarding = False
                 continue
-            if len(line) > self._lineLimit():
-                self._lines.append(None)
-                continue
-            self._lines.append(line.rstrip(b"\r\n"))
+            if len(line) > limit:
+                lines.append(None)
+            else:
+                lines.append(line.rstrip(b"\r\n"))
+            limit = MAX_LINE
         self._processQueue()
         if len(self._lines) > MAX_PENDING_LINES and not self._readPaused and not self._closing:
             self._readPaused = True
@@ -582,7 +597,9 @@ class POP3Server(Protocol):
                 result = handler(line)
             else:
                 result = self._command(line)
-            if isinstance(result, defer.Deferred):
+            # (The None test first: Deferred is an ABC, whose isinstance
+            # check is a Python call.)
+            if result is not None and isinstance(result, defer.Deferred):
                 self._wait(result)
         except _BadCommand as e:
             self._bad(str(e).encode("utf-8"))
@@ -595,11 +612,15 @@ class POP3Server(Protocol):
         Run the handler of one command line, checking the state.
         """
         verb, _, argument = line.partition(b" ")
-        name = verb.decode("ascii", "replace").upper()
-        handler = _COMMANDS.get(name)
-        if handler is None:
-            raise _BadCommand("Unknown command")
-        states, method = handler
+        found = _VERBS.get(verb)
+        if found is not None:
+            name, states, method = found
+        else:
+            name = verb.decode("ascii", "replace").upper()
+            handler = _COMMANDS.get(name)
+            if handler is None:
+                raise _BadCommand("Unknown command")
+            states, method = handler
         if self.state not in states:
             raise _BadCommand(f"{name} is not valid in the {self.state} state")
         return method(self, argument)
@@ -978,6 +999,12 @@ class POP3Server(Protocol):
         """
         C{RETR n}: send the message; C{QUIT} will flag it \\Seen.
         """
+        if argument.isdigit() and len(argument) <= 10:
+            # The usual "RETR n" of a live message, checked as _message
+            # does (which gives the errors).
+            index = int(argument) - 1
+            if 0 <= index < len(self._uids) and not self._deleted[index]:
+                return self._sendMessage(index, None)
         number = self._oneArgument(argument, "RETR")
         if number is None:
             raise _BadCommand("RETR needs a message number")
@@ -1006,17 +1033,22 @@ class POP3Server(Protocol):
         store reads synchronously at once, in one write; any other streamed.
         """
         reader = self._reader
-        if reader is not None and self._sizes[index] <= SMALL_MESSAGE:
+        size = self._sizes[index]
+        if reader is not None and size <= SMALL_MESSAGE:
             try:
                 text = reader.readMessage(self._uids[index], SMALL_MESSAGE)
             except NoSuchMessage:
                 self._send(b"-ERR Message %d no longer exists" % (index + 1,))
                 return None
             if text is not None:
-                if topLines is not None:
-                    text = TopFilter(topLines).feed(text)
-                self.transport.write(multiLineResponse(self._statusLine(index, topLines), text))
-                self._sent(index, topLines)
+                # _statusLine and _sent, inline: this is every RETR.
+                if topLines is None:
+                    self.transport.write(multiLineResponse(b"+OK %d octets\r\n" % (size,), text))
+                    self._retrieved[index] = 1
+                else:
+                    self.transport.write(multiLineResponse(b"+OK\r\n", TopFilter(topLines).feed(text)))
+                if index >= self._highest:
+                    self._highest = index + 1
                 return None
         return defer.ensureDeferred(self._streamMessage(index, topLines))
 
@@ -1193,6 +1225,11 @@ _COMMANDS = {
     "CAPA": (_BOTH, POP3Server.do_CAPA),
     "HELP": (_BOTH, POP3Server.do_HELP),
 }
+#: The verbs as clients send them (upper or lower case) to
+#: C{(name, states, method)}: found without decoding the verb; any other
+#: spelling is decoded and looked up in L{_COMMANDS}.
+_VERBS = {spelling: (name, states, method) for name, (states, method) in _COMMANDS.items()
+          for spelling in (name.encode("ascii"), name.lower().encode("ascii"))}
 
 
 class POP3Factory(ServerFactory):
