@@ -5,7 +5,7 @@ mailbox names, so that each store does not re-invent them.
 
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Dict, FrozenSet, Hashable, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Final, FrozenSet, Hashable, Iterable, List, Optional, Tuple
 
 from zope.interface import implementer
 
@@ -23,17 +23,67 @@ MAX_NAME_DEPTH = 16
 
 
 @implementer(IMessageInfo)
-@dataclass(frozen=True)
 class MessageInfo:
     """
-    A snapshot of one message's metadata (see L{IMessageInfo}).
+    A snapshot of one message's metadata (see L{IMessageInfo}); not to be
+    changed once made (a store makes a new one).
+
+    The internal date may be given later: with C{internalDate} L{None} and
+    a C{dateOf} callable, the first read of L{internalDate} asks
+    C{dateOf(info)} and keeps its answer, so that a store whose dates cost
+    a system call each (a Maildir's file mtimes) pays for them only when a
+    client asks for them, as Dovecot does.  C{dateOf} may be called from
+    any thread; it is one callable per mailbox (no object per message).
     """
 
-    uid: int
-    flags: FrozenSet[str]
-    internalDate: float
-    size: int
-    modseq: int = 1
+    __slots__ = ("uid", "flags", "_internalDate", "size", "modseq", "_dateOf")
+
+    def __init__(self, uid: int, flags: FrozenSet[str], internalDate: Optional[float], size: int, modseq: int = 1,
+                 dateOf: Optional[Callable[["MessageInfo"], float]] = None) -> None:
+        if internalDate is None and dateOf is None:
+            raise TypeError("MessageInfo needs an internalDate or a dateOf to find it")
+        self.uid: Final = uid
+        self.flags: Final = flags
+        self._internalDate = internalDate
+        self.size: Final = size
+        self.modseq: Final = modseq
+        self._dateOf = dateOf
+
+    @property
+    def internalDate(self) -> float:
+        """
+        POSIX timestamp of delivery or APPEND (asked of C{dateOf} at the
+        first read when it was not given).
+        """
+        date = self._internalDate
+        if date is None:
+            assert self._dateOf is not None
+            date = self._internalDate = self._dateOf(self)
+        return date
+
+    def withFlags(self, flags: FrozenSet[str], modseq: Optional[int] = None) -> "MessageInfo":
+        """
+        This info with other flags (and modseq), its date still found only
+        when asked.
+        """
+        return MessageInfo(self.uid, flags, self._internalDate, self.size,
+                           self.modseq if modseq is None else modseq, self._dateOf)
+
+    def _key(self) -> Tuple[int, FrozenSet[str], float, int, int]:
+        return (self.uid, self.flags, self.internalDate, self.size, self.modseq)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, MessageInfo)
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (f"MessageInfo(uid={self.uid!r}, flags={self.flags!r}, internalDate={self.internalDate!r}, "
+                f"size={self.size!r}, modseq={self.modseq!r})")
 
 
 class SharedInfos:
@@ -77,7 +127,7 @@ class SharedInfos:
                 self._flagSets = {}
             flags = self._flagSets[info.flags] = info.flags
         elif flags is not info.flags:
-            info = MessageInfo(info.uid, flags, info.internalDate, info.size, info.modseq)
+            info = info.withFlags(flags)
         self._byUid[info.uid] = (version, info)
         return info
 

@@ -1012,3 +1012,247 @@ class MaildirFactoryTests(unittest.TestCase):
         self.assertIn(path, str(error))
         error = self.assertRaises(ConfigError, MaildirStoreFactory().makeStore, os.path.join(path, "sub"), "/x")
         self.assertIn("maildir", str(error))
+
+
+class InternalDateTests(MaildirTestCase):
+    """
+    The internal date of a message is its file's mtime (as Dovecot
+    answers), read only when asked for when the store did not write the
+    file itself, and kept in the uidlist once known.
+    """
+
+    def foreign(self, name: str, mtime: float, sub: str = "cur") -> str:
+        """
+        Put a message file in C{sub} as another server would, with the
+        mtime C{mtime}; return its path.
+        """
+        path = os.path.join(self.maildir, sub, name)
+        with open(path, "wb") as f:
+            f.write(message(name).replace(b"\r\n", b"\n"))
+        os.utime(path, (mtime, mtime))
+        return path
+
+    def countStats(self) -> list:
+        """
+        Count from now on the C{stat}s of message files of the INBOX.
+        """
+        stats: list = []
+        stat = os.stat
+        dirs = {os.path.abspath(os.path.join(self.maildir, sub)) for sub in ("new", "cur")}
+
+        def counting(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if isinstance(path, str) and os.path.dirname(os.path.abspath(path)) in dirs:
+                stats.append(path)
+            return stat(path, *args, **kwargs)
+
+        self.patch(os, "stat", counting)
+        return stats
+
+    def uidlist(self) -> list:
+        """
+        The uidlist's message lines, the last one for each UID.
+        """
+        lines: dict = {}
+        with open(os.path.join(self.maildir, "mailplat-uidlist")) as f:
+            for line in f.read().splitlines()[1:]:
+                if line[:1].isdigit():
+                    lines[int(line.split()[0])] = line
+        return [lines[uid] for uid in sorted(lines)]
+
+    @defer.inlineCallbacks
+    def test_readWhenAsked(self):
+        """
+        Listing files another program put there reads no file's mtime; the
+        first read of an internal date does (once), and answers the mtime.
+        """
+        yield self.inbox()
+        self.foreign("1500000000.a.host,S=60,W=63:2,S", 1400000000.0)
+        self.foreign("1500000001.b.host,S=60,W=63:2,", 1400000123.5, "cur")
+        stats = self.countStats()
+        other = MaildirStore(self.root)
+        self.addCleanup(other.close)
+        inbox = yield (yield other.getAccount(ALICE)).getMailbox("INBOX")
+        infos = yield inbox.listMessages()
+        self.assertEqual([(i.flags, i.size) for i in infos], [(frozenset(["\\Seen"]), 63), (frozenset(), 63)])
+        self.assertEqual((yield inbox.status()).messages, 2)
+        self.assertEqual(stats, [])
+        self.assertEqual([line.split()[2] for line in self.uidlist()], ["-", "-"])
+        self.assertEqual([i.internalDate for i in infos], [1400000000.0, 1400000123.5])
+        self.assertEqual(len(stats), 2)
+        self.assertEqual([i.internalDate for i in (yield inbox.listMessages())], [1400000000.0, 1400000123.5])
+        self.assertEqual(len(stats), 2)
+
+    @defer.inlineCallbacks
+    def test_sameInEveryProcess(self):
+        """
+        Another store on the same maildir (another process) answers the same
+        dates, read from the files too, before any was written down; once
+        read, they go into the uidlist when it is written whole and are
+        taken from it (even when a file's mtime changes later).  A file
+        found later is recorded by a record appended to the uidlist.
+        """
+        yield self.inbox()
+        self.foreign("1500000000.a.host,S=60,W=63", 1400000000.0, "new")
+        self.foreign("1500000001.b.host,S=60,W=63:2,F", 1400000001.0)
+        first = MaildirStore(self.root)
+        self.addCleanup(first.close)
+        one = yield (yield first.getAccount(ALICE)).getMailbox("INBOX")
+        a, b = yield one.listMessages()
+        second = MaildirStore(self.root)
+        self.addCleanup(second.close)
+        two = yield (yield second.getAccount(ALICE)).getMailbox("INBOX")
+        self.assertEqual([i.internalDate for i in (yield two.listMessages())], [1400000000.0, 1400000001.0])
+        self.assertEqual((a.internalDate, b.internalDate), (1400000000.0, 1400000001.0))
+        self.foreign("1500000002.c.host,S=60,W=63", 1400000002.0, "new")
+        os.utime(os.path.join(self.maildir, "new"), (1, 1))
+        size = os.path.getsize(os.path.join(self.maildir, "mailplat-uidlist"))
+        yield one.listMessages()
+        with open(os.path.join(self.maildir, "mailplat-uidlist")) as f:
+            f.seek(size)
+            self.assertEqual(f.read().split("\n")[0].split()[2:], ["-", "63", "new/1500000002.c.host,S=60,W=63"])
+        self.assertEqual([line.split()[2] for line in self.uidlist()], ["-", "-", "-"])
+        one._locked(one._writeUidlist)
+        self.assertEqual([line.split()[2] for line in self.uidlist()], ["1400000000.0", "1400000001.0", "-"])
+        for name in os.listdir(os.path.join(self.maildir, "new")) + os.listdir(os.path.join(self.maildir, "cur")):
+            path = os.path.join(self.maildir, "new" if ":" not in name else "cur", name)
+            os.utime(path, (1600000000, 1600000000))
+        third = MaildirStore(self.root)
+        self.addCleanup(third.close)
+        three = yield (yield third.getAccount(ALICE)).getMailbox("INBOX")
+        stats = self.countStats()
+        infos = yield three.listMessages()
+        self.assertEqual([i.internalDate for i in infos[:2]], [1400000000.0, 1400000001.0])
+        self.assertEqual(stats, [])
+        self.assertEqual(infos[2].internalDate, 1600000000.0)
+
+    @defer.inlineCallbacks
+    def test_renamedOrGone(self):
+        """
+        A file renamed by another program after the listing is found again
+        for its date; one removed meanwhile is dated by its name.
+        """
+        inbox = yield self.inbox()
+        self.foreign("1500000000.a.host,S=60,W=63", 1400000000.0, "new")
+        self.foreign("1500000001.b.host,S=60,W=63", 1400000001.0, "new")
+        os.utime(os.path.join(self.maildir, "new"), (1, 1))
+        a, b = yield inbox.listMessages()
+        os.rename(os.path.join(self.maildir, "new", "1500000000.a.host,S=60,W=63"),
+                  os.path.join(self.maildir, "cur", "1500000000.a.host,S=60,W=63:2,S"))
+        os.unlink(os.path.join(self.maildir, "new", "1500000001.b.host,S=60,W=63"))
+        self.assertEqual(a.internalDate, 1400000000.0)
+        self.assertEqual(b.internalDate, 1500000001.0)
+        self.assertEqual([i.uid for i in (yield inbox.listMessages())], [a.uid])
+
+    @defer.inlineCallbacks
+    def test_ownMessagesDated(self):
+        """
+        A message appended here has its date from the start (no file read
+        for it), and a copy keeps the date of a message found undated.
+        """
+        inbox = yield self.inbox()
+        uid = yield inbox.append(BytesIO(message()), [], 1300000000.0)
+        self.foreign("1500000000.a.host,S=60,W=63", 1400000000.0, "new")
+        os.utime(os.path.join(self.maildir, "new"), (1, 1))
+        stats = self.countStats()
+        own, found = yield inbox.listMessages()
+        self.assertEqual((own.uid, own.internalDate), (uid, 1300000000.0))
+        self.assertEqual(stats, [])
+        account = yield self.store.getAccount(ALICE)
+        [copied] = yield inbox.copyTo([found.uid], (yield account.getMailbox("Trash")))
+        [info] = yield (yield account.getMailbox("Trash")).listMessages()
+        self.assertEqual(info.internalDate, 1400000000.0)
+
+    @defer.inlineCallbacks
+    def test_uidlistWithDatesRead(self):
+        """
+        A uidlist written before dates could be left unknown (every line
+        with its date) is read as it is: the dates come from it, not from
+        the files.
+        """
+        yield self.inbox()
+        self.foreign("1500000000.a.host,S=60,W=63:2,S", 1400000000.0)
+        self.foreign("1500000001.b.host,S=60,W=63", 1400000001.0, "new")
+        with open(os.path.join(self.maildir, "mailplat-uidlist"), "w") as f:
+            f.write("1 V77 N9 M12 R8\n"
+                    "7 11 1234567890.25 63 cur/1500000000.a.host,S=60,W=63:2,S\n"
+                    "8 12 1234567891.0 63 new/1500000001.b.host,S=60,W=63\n")
+        other = MaildirStore(self.root)
+        self.addCleanup(other.close)
+        inbox = yield (yield other.getAccount(ALICE)).getMailbox("INBOX")
+        stats = self.countStats()
+        infos = yield inbox.listMessages()
+        self.assertEqual(inbox.uidValidity, 77)
+        self.assertEqual([(i.uid, i.modseq, i.internalDate) for i in infos],
+                         [(7, 11, 1234567890.25), (8, 12, 1234567891.0)])
+        self.assertEqual(stats, [])
+        self.assertEqual((yield inbox.status()).recent, 1)
+
+    @defer.inlineCallbacks
+    def test_knownMaildirNotReconciled(self):
+        """
+        Opening a maildir whose uidlist names just the files there (a new
+        process) makes no pass over the entries and writes nothing.
+        """
+        inbox = yield self.inbox()
+        for n in range(3):
+            yield inbox.append(BytesIO(message(str(n))))
+        self.foreign("1500000000.a.host,S=60,W=63", 1400000000.0, "new")
+        os.utime(os.path.join(self.maildir, "new"), (1, 1))
+        yield inbox.listMessages()
+        before = os.stat(os.path.join(self.maildir, "mailplat-uidlist"))
+        passes = []
+        reconcile = maildirModule.MaildirMailbox._reconcile
+
+        def counting(mailbox, bases=None):  # type: ignore[no-untyped-def]
+            passes.append(bases)
+            return reconcile(mailbox, bases)
+
+        self.patch(maildirModule.MaildirMailbox, "_reconcile", counting)
+        other = MaildirStore(self.root)
+        self.addCleanup(other.close)
+        again = yield (yield other.getAccount(ALICE)).getMailbox("INBOX")
+        self.assertEqual((yield again.listMessages()), (yield inbox.listMessages()))
+        self.assertEqual(passes, [])
+        after = os.stat(os.path.join(self.maildir, "mailplat-uidlist"))
+        self.assertEqual((after.st_ino, after.st_size), (before.st_ino, before.st_size))
+        # A file dropped into new/ is reconciled alone.
+        self.foreign("1500000001.b.host,S=60,W=63", 1400000001.0, "new")
+        os.utime(os.path.join(self.maildir, "new"), (2, 2))
+        infos = yield again.listMessages()
+        self.assertEqual(len(infos), 5)
+        self.assertEqual(passes, [{"1500000001.b.host,S=60,W=63"}])
+
+    @defer.inlineCallbacks
+    def test_otherProcessBetween(self):
+        """
+        The UIDs a store gave new files before taking the lock are given
+        again under it when another process recorded a change meanwhile
+        (here a delivery, which took the next UID): no UID names two
+        messages, no message is lost, and each process reads the other's
+        records.
+        """
+        inbox = yield self.inbox()
+        other = MaildirStore(self.root)
+        self.addCleanup(other.close)
+        second = yield (yield other.getAccount(ALICE)).getMailbox("INBOX")
+        lock = inbox._lock
+        delivered = []
+
+        def racing() -> int:
+            # The other process takes the lock first and delivers.
+            if not delivered:
+                delivered.append(second._appendSync(BytesIO(message("own")), [], None))
+            return lock()
+
+        self.patch(inbox, "_lock", racing)
+        self.foreign("1500000000.a.host,S=60,W=63", 1400000000.0, "new")
+        self.foreign("1500000001.b.host,S=60,W=63", 1400000001.0, "new")
+        os.utime(os.path.join(self.maildir, "new"), (2, 2))
+        infos = yield inbox.listMessages()
+        self.assertEqual(delivered, [1])
+        self.assertEqual([i.uid for i in infos], [1, 2, 3])
+        self.assertEqual(readFile((yield inbox.openMessage(1))), message("own"))
+        self.assertEqual([i.uid for i in (yield second.listMessages())], [1, 2, 3])
+        names = [line.split()[4] for line in self.uidlist()]
+        self.assertEqual(names[1:], ["new/1500000000.a.host,S=60,W=63", "new/1500000001.b.host,S=60,W=63"])
+        self.assertNotIn(names[0], names[1:])

@@ -34,6 +34,11 @@ N<uidnext> M<highestmodseq> R<first recent uid>}, one line per message::
 
     <uid> <modseq> <internal date> <wire size> <subdir>/<file name>
 
+where the internal date is C{-} until it is known: it is the file's mtime
+(as in Dovecot), read only when a client first asks for it, so that the
+first listing of a maildir another server filled costs no C{stat} per
+file; dates learnt so go into the list the next time it is written whole.
+
 It is rewritten atomically (temporary file, fsync, rename, fsync of the
 directory) under an C{flock} of C{mailplat-uidlist.lock}, so two mailplat
 processes can share a maildir.  Files that appear in C{new/} or C{cur/}
@@ -79,7 +84,9 @@ calling thread and hand back an already-fired Deferred.
 """
 
 import bisect
+import contextlib
 import fcntl
+import gc
 import io
 import itertools
 import os
@@ -88,8 +95,8 @@ import stat
 import socket
 import threading
 import time
-from dataclasses import dataclass, replace
-from typing import Any, BinaryIO, Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Dict, FrozenSet, Iterable, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
@@ -301,6 +308,27 @@ def _wireSize(path: str) -> int:
     return size + len(convert.flush())
 
 
+@contextlib.contextmanager
+def _bulk() -> Iterator[None]:
+    """
+    Hold off Python's cyclic garbage collector while one object per
+    message is made (listing, reading the uidlist, a whole listing of
+    infos): these objects make no cycles, so the collector would find
+    nothing, yet with a hundred thousand of them it runs over every object
+    of the process again and again (a third of a first listing of 100,000
+    files).  Collections resume after it; when it was already off (the
+    application's choice, or another thread inside this), it is left so.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 # Small file helpers.
 
 
@@ -470,33 +498,63 @@ class _Pending:
 # Messages.
 
 
-@dataclass(frozen=True)
-class _Entry:
+class _Entry(NamedTuple):
     """
-    What a maildir knows about one message file.
+    What a maildir knows about one message file (a tuple: ten thousand of
+    them are made at each reading of a uidlist).
+
+    C{internalDate} is L{None} while not known: the file's mtime, read
+    when first asked for (L{MaildirMailbox._dateOf}), as Dovecot does.
     """
 
     uid: int
     modseq: int
-    internalDate: float
+    internalDate: Optional[float]
     size: int
     subdir: str
     filename: str
 
     @property
     def base(self) -> str:
-        return self.filename.split(":", 1)[0]
+        return self.filename.partition(":")[0]
 
     @property
     def relpath(self) -> str:
         return self.subdir + "/" + self.filename
 
 
+#: Makes an L{_Entry} from a tuple of its fields, without the keyword
+#: handling of its constructor (half the cost, in the loops that make one
+#: per message).
+_newEntry = tuple.__new__
+
+
 def _entryLine(entry: _Entry) -> str:
     """
-    The uidlist line of one message.
+    The uidlist line of one message (C{-} for an internal date not known
+    yet).
     """
-    return f"{entry.uid} {entry.modseq} {entry.internalDate!r} {entry.size} {entry.relpath}\n"
+    date = entry.internalDate
+    return f"{entry.uid} {entry.modseq} {'-' if date is None else repr(date)} {entry.size} {entry.subdir}/{entry.filename}\n"
+
+
+def _parseEntry(line: str) -> Optional[_Entry]:
+    """
+    The entry a uidlist line of a message gives, or L{None} when it is
+    not one.
+    """
+    parts = line.split(" ", 4)
+    if len(parts) != 5:
+        return None
+    uid, modseq, date, size, rel = parts
+    subdir, _, filename = rel.partition("/")
+    if subdir != "cur" and subdir != "new":
+        return None
+    try:
+        return _newEntry(_Entry, (int(uid), int(modseq), None if date == "-" else float(date), int(size), subdir,
+                                  filename))
+    except ValueError:
+        return None
 
 
 def _infoLetters(filename: str) -> str:
@@ -505,7 +563,14 @@ def _infoLetters(filename: str) -> str:
 
 
 def _wireSizeFromName(filename: str) -> Optional[int]:
-    for field in filename.split(":", 1)[0].split(",")[1:]:
+    base = filename.partition(":")[0]
+    at = base.find(",W=")
+    if at < 0:
+        return None
+    digits = base[at + 3:].partition(",")[0]
+    if digits.isdigit():
+        return int(digits)
+    for field in base.split(",")[1:]:
         if field.startswith("W=") and field[2:].isdigit():
             return int(field[2:])
     return None
@@ -559,6 +624,14 @@ class MaildirMailbox:
         self._keywords: List[str] = []
         self._keywordsVersion = 0
         self._keywordsStamp: Optional[Tuple[int, int, int]] = None
+        # The flags of each distinct info letters, at a keywords version
+        # (see _flagsOf).
+        self._flagSets: Dict[str, FrozenSet[str]] = {}
+        self._flagSetsVersion = -1
+        # Internal dates (file mtimes) read since the entries were, by
+        # UID (at this UIDVALIDITY): they go into the entries and the
+        # uidlist when it is written whole.
+        self._dates: Dict[int, float] = {}
         # The MessageInfo last handed out per UID, with the entry and the
         # keyword table it was made from: a listing reuses it while both
         # are unchanged, so sessions that keep a listing (every selected
@@ -584,9 +657,15 @@ class MaildirMailbox:
         # last listing, with its own changes and other processes' records
         # applied (base name -> subdir, file name).
         self._listing: Dict[str, Tuple[str, str]] = {}
+        # What _listing held before the last listing replaced it.
+        self._listedBefore: Dict[str, Tuple[str, str]] = {}
         self._deleted = False
         self._loaded = False
+        # The uidlist must be written whole (_dirty), or these records
+        # appended to it (_unlogged: what a listing found, see _reconcile),
+        # under the lock, before the state is used for a change.
         self._dirty = False
+        self._unlogged: List[str] = []
         self._logLines = 0
         self.uidValidity = 0
         self._uidNext = 1
@@ -597,7 +676,9 @@ class MaildirMailbox:
     # -- state on disk
 
     def _join(self, *parts: str) -> str:
-        return os.path.join(self.path, *parts)
+        # Not os.path.join: the parts are names of ours, never absolute,
+        # and this costs a third of it.
+        return "/".join((self.path,) + parts)
 
     def _stamp(self, path: str) -> Optional[Tuple[int, int, int]]:
         try:
@@ -656,8 +737,24 @@ class MaildirMailbox:
         return chr(ord("a") + index)
 
     def _flagsOf(self, filename: str) -> FrozenSet[str]:
+        """
+        The flags the info letters of C{filename} stand for: one shared
+        set per distinct letters (a mailbox has few), made again when the
+        keyword table changes.
+        """
+        at = filename.find(":2,")
+        letters = filename[at + 3:] if at >= 0 else ""
+        if self._flagSetsVersion != self._keywordsVersion or len(self._flagSets) > 4096:
+            self._flagSets = {}
+            self._flagSetsVersion = self._keywordsVersion
+        flags = self._flagSets.get(letters)
+        if flags is None:
+            flags = self._flagSets[letters] = self._lettersToFlags(letters)
+        return flags
+
+    def _lettersToFlags(self, letters: str) -> FrozenSet[str]:
         flags = set()
-        for letter in _infoLetters(filename):
+        for letter in letters:
             if letter in _LETTER_FLAGS:
                 flags.add(_LETTER_FLAGS[letter])
             elif "a" <= letter <= "z":
@@ -696,13 +793,16 @@ class MaildirMailbox:
         text = _readText(path)
         entries: Dict[int, _Entry] = {}
         torn = False
-        lines = (text or "").splitlines()
+        lines = text.split("\n", 1)[:1] if text else []
         header = dict((f[0], f[1:]) for f in lines[0].split()[1:] if f[1:].isdigit()) if lines else {}
         if text is not None and ("V" not in header or "N" not in header):
             # Start again, as Dovecot does with a broken uidlist: a new
             # UIDVALIDITY tells clients to forget what they cached.
             log.warn("{path} is damaged (header {header!r}); giving the messages new UIDs", path=path, header=lines[:1])
             text = None
+        if text is None or int(header["V"]) != self.uidValidity:
+            # The UIDs name other messages now.
+            self._dates = {}
         if text is None:
             self.uidValidity = newUIDValidity()
             self._uidNext = self._firstRecent = self._highestModseq = 1
@@ -715,15 +815,39 @@ class MaildirMailbox:
             # A last line without its newline was torn by a crash: drop it
             # and have the file written whole again.
             torn = body.pop() != "" if body else True
+            uidNext, modseq = self._uidNext, self._highestModseq
             for line in body:
+                if line[:1].isdigit():
+                    # A message's line (most of them), read here without
+                    # a call per line.
+                    entry = _parseEntry(line)
+                    if entry is not None:
+                        entries[entry[0]] = entry
+                        if entry[0] >= uidNext:
+                            uidNext = entry[0] + 1
+                        if entry[1] > modseq:
+                            modseq = entry[1]
+                        continue
+                self._uidNext, self._highestModseq = max(self._uidNext, uidNext), max(self._highestModseq, modseq)
                 self._readRecord(line, entries)
+                uidNext, modseq = self._uidNext, self._highestModseq
+            self._uidNext, self._highestModseq = max(self._uidNext, uidNext), max(self._highestModseq, modseq)
             self._logLines = len(body)
         self._entries = entries
         self._touchAll()
-        self._byBase = {e.base: uid for uid, e in entries.items()}
+        # The files the entries name: a listing that finds just these
+        # needs no pass over the entries (see _scan).
+        byBase: Dict[str, int] = {}
+        listing: Dict[str, Tuple[str, str]] = {}
+        for uid, e in entries.items():
+            base = e[5].partition(":")[0]
+            byBase[base] = uid
+            listing[base] = (e[4], e[5])
+        self._byBase, self._listing = byBase, listing
         self._uidlistStamp = self._stamp(path)
         self._loaded = True
         self._dirty = text is None or torn
+        self._unlogged = []
 
     def _readTail(self, stamp: Tuple[int, int, int]) -> bool:
         """
@@ -800,14 +924,8 @@ class MaildirMailbox:
                 else:
                     self._highestModseq = max(self._highestModseq, value)
             return
-        parts = line.split(" ", 4)
-        if len(parts) != 5 or parts[4].partition("/")[0] not in ("new", "cur"):
-            return
-        uid, modseq, date, size, rel = parts
-        subdir, _, filename = rel.partition("/")
-        try:
-            entry = _Entry(int(uid), int(modseq), float(date), int(size), subdir, filename)
-        except ValueError:
+        entry = _parseEntry(line)
+        if entry is None:
             return
         entries[entry.uid] = entry
         self._uidNext = max(self._uidNext, entry.uid + 1)
@@ -818,11 +936,27 @@ class MaildirMailbox:
         Write the whole uidlist again, atomically.
         """
         lines = [f"1 V{self.uidValidity} N{self._uidNext} M{self._highestModseq} R{self._firstRecent}\n"]
-        lines.extend(_entryLine(self._entries[uid]) for uid in sorted(self._entries))
+        entries, dates = self._entries, self._dates
+        if dates:
+            # The dates read since go into the entries (and the list).
+            infos = self._infos
+            for uid, date in dates.items():
+                entry = entries.get(uid)
+                if entry is not None and entry[2] is None:
+                    entries[uid] = dated = _newEntry(_Entry, (uid, entry[1], date, entry[3], entry[4], entry[5]))
+                    cached = infos.get(uid)
+                    if cached is not None and cached[0] is entry:
+                        # The info handed out stays right (same date).
+                        infos[uid] = (dated, cached[1], cached[2])
+            self._dates = {}
+        # _entryLine, inlined.
+        lines.extend(f"{uid} {e[1]} {'-' if e[2] is None else repr(e[2])} {e[3]} {e[4]}/{e[5]}\n"
+                     for uid, e in sorted(entries.items()))
         _writeAtomically(self._join(UIDLIST), "".join(lines).encode("utf-8"))
         self._uidlistStamp = self._stamp(self._join(UIDLIST))
         self._logLines = len(self._entries)
         self._dirty = False
+        self._unlogged = []
 
     def _logChanges(self, lines: List[str], durable: bool = True) -> None:
         """
@@ -859,12 +993,14 @@ class MaildirMailbox:
         """
         List C{new/} and C{cur/} when they may have changed (or always,
         with C{force}); return whether the entries must be reconciled with
-        the listing: always after a forced listing, else when the files
-        listed are not those the store expects (L{_listing}, kept up to
-        date by its own changes and the records of other processes), so
-        that a listing that finds nothing new costs no pass over the
-        entries.  Without C{recheck}, a recheck alone (the mtimes the
-        same) does not list them: the caller has it made elsewhere.
+        the listing: when the files listed are not those the store expects
+        (L{_listing}: those the uidlist named when it was read whole, kept
+        up to date by the store's own changes and the records of other
+        processes), so that a listing that finds nothing new costs no pass
+        over the entries, and one that finds a few costs a pass over those
+        (L{_changedBases}).  Without C{recheck}, a recheck alone (the
+        mtimes the same) does not list them: the caller has it made
+        elsewhere.
 
         They may have changed when their mtimes differ from the stamp the
         entries match, or, with the same mtimes, once the recheck time has
@@ -892,49 +1028,104 @@ class MaildirMailbox:
                     if name[:1] != "." and entry.is_file(follow_symlinks=False):
                         listing[name.partition(":")[0]] = (sub, name)
         expected, self._listing = self._listing, listing
+        self._listedBefore = expected
         self._dirStamp = stamp
         settled = max(stamp) / 1e9 + _MTIME_SLACK
         self._recheckAt = settled if now <= settled else None
-        return force or listing != expected
+        return listing != expected
 
-    def _reconcile(self) -> None:
+    def _changedBases(self) -> Set[str]:
+        """
+        The base names of the files the last listing (L{_scan}) found
+        otherwise than the store expected: appeared, gone or renamed.
+        """
+        before, now = self._listedBefore, self._listing
+        changed = before.keys() ^ now.keys()
+        changed.update(base for base, found in now.items() if before.get(base, found) != found)
+        return changed
+
+    def _reconcile(self, bases: Optional[Set[str]] = None) -> None:
         """
         Bring the entries in line with the files listed; mark the uidlist
         dirty when anything changed.
+
+        @param bases: the files that may differ from the entries (the
+            rest are as the store expects them: see L{_listing}); L{None},
+            any of them.  With C{bases}, the changes are kept as records
+            to append to the uidlist (L{_unlogged}), else it is to be
+            written whole.
         """
-        for uid, entry in list(self._entries.items()):
+        lines: List[str] = []
+        try:
+            self._reconcileInto(bases, lines)
+        finally:
+            if lines:
+                if bases is None:
+                    self._dirty = True
+                else:
+                    self._unlogged.extend(lines)
+                    self._unlogged.append(f"M{self._highestModseq}\n")
+
+    def _reconcileInto(self, bases: Optional[Set[str]], lines: List[str]) -> None:
+        """
+        L{_reconcile}, adding to C{lines} a record of each change.
+        """
+        if bases is None:
+            items = list(self._entries.items())
+        else:
+            byBase, entries = self._byBase, self._entries
+            items = [(byBase[b], entries[byBase[b]]) for b in bases if byBase.get(b) in entries]
+        for uid, entry in items:
             found = self._listing.get(entry.base)
             if found is None:
                 del self._entries[uid]
                 self._byBase.pop(entry.base, None)
                 self._highestModseq += 1
-                self._dirty = True
+                lines.append(f"X{uid}\n")
                 self._touch(uid)
             elif found != (entry.subdir, entry.filename):
                 modseq = entry.modseq
                 if self._flagsOf(found[1]) != self._flagsOf(entry.filename):
                     self._highestModseq += 1
                     modseq = self._highestModseq
-                self._entries[uid] = replace(entry, subdir=found[0], filename=found[1], modseq=modseq)
-                self._dirty = True
+                self._entries[uid] = entry._replace(subdir=found[0], filename=found[1], modseq=modseq)
+                lines.append(_entryLine(self._entries[uid]))
                 self._touch(uid)
-        for base in sorted(set(self._listing) - set(self._byBase)):
-            subdir, filename = self._listing[base]
-            path = self._join(subdir, filename)
-            try:
-                mtime = os.stat(path).st_mtime
-                size = _wireSizeFromName(filename)
-                if size is None:
-                    size = _wireSize(path)
-            except FileNotFoundError:
+        new = (self._listing.keys() if bases is None else bases) - self._byBase.keys()
+        if not new:
+            return
+        # New files, in the order of their names: the next UIDs.  Their
+        # internal dates (the files' mtimes) are read when asked for.
+        listing, entries, byBase = self._listing, self._entries, self._byBase
+        uid, modseq = self._uidNext, self._highestModseq
+        added: List[int] = []
+        for base in sorted(new):
+            found = listing.get(base)
+            if found is None:
                 continue
-            uid = self._uidNext
-            self._uidNext += 1
-            self._highestModseq += 1
-            self._entries[uid] = _Entry(uid, self._highestModseq, mtime, size, subdir, filename)
-            self._byBase[base] = uid
-            self._dirty = True
-            self._touch(uid)
+            subdir, filename = found
+            at = base.find(",W=")
+            digits = base[at + 3:].partition(",")[0] if at >= 0 else ""
+            size: Optional[int] = int(digits) if digits.isdigit() else _wireSizeFromName(filename)
+            if size is None:
+                try:
+                    size = _wireSize(f"{self.path}/{subdir}/{filename}")
+                except FileNotFoundError:
+                    continue
+            modseq += 1
+            entries[uid] = _newEntry(_Entry, (uid, modseq, None, size, subdir, filename))
+            byBase[base] = uid
+            added.append(uid)
+            lines.append(f"{uid} {modseq} - {size} {subdir}/{filename}\n")
+            uid += 1
+        self._uidNext, self._highestModseq = uid, modseq
+        if added:
+            if len(added) > 64 + len(entries) // 8:
+                # More than a patch of the last listing would take.
+                self._touchAll()
+            else:
+                for uid in added:
+                    self._touch(uid)
 
     def _catchUp(self, scan: bool, recheck: bool = True) -> None:
         """
@@ -946,14 +1137,21 @@ class MaildirMailbox:
         self._loadKeywords()
         stamp = self._stamp(self._join(UIDLIST))
         reread = not self._loaded or stamp != self._uidlistStamp
-        if reread and stamp is not None and self._readTail(stamp):
+        # With changes of its own not yet written (UIDs given to new files
+        # before the lock was taken), the store reads the uidlist whole:
+        # another process may have given those files UIDs meanwhile, and
+        # the files are then reconciled again, under the lock.
+        if reread and stamp is not None and not (self._dirty or self._unlogged) and self._readTail(stamp):
             # Another process appended records: they name the files, so
             # the directories need not be listed for them.
             reread = False
         elif reread:
-            self._readUidlist()
-        if self._scan(force=reread, recheck=recheck) if (scan or reread) else False:
-            self._reconcile()
+            with _bulk():
+                self._readUidlist()
+        if scan or reread:
+            with _bulk():
+                if self._scan(force=reread, recheck=recheck):
+                    self._reconcile(self._changedBases())
 
     def _refreshSync(self, recheck: bool = True) -> bool:
         """
@@ -967,7 +1165,7 @@ class MaildirMailbox:
                 raise NoSuchMailbox(f"Mailbox {self.name} does not exist any more")
             before = (self._uidNext, self._highestModseq, len(self._entries), self._firstRecent)
             self._catchUp(scan=True, recheck=recheck)
-            if self._dirty:
+            if self._dirty or self._unlogged:
                 self._locked(lambda: None)
             return before != (self._uidNext, self._highestModseq, len(self._entries), self._firstRecent)
 
@@ -988,6 +1186,9 @@ class MaildirMailbox:
                 self._catchUp(scan)
                 if self._dirty:
                     self._writeUidlist()
+                elif self._unlogged:
+                    lines, self._unlogged = self._unlogged, []
+                    self._logChanges(lines)
                 self._changeFrom = self._dirStamps()
                 try:
                     return work()
@@ -1067,9 +1268,94 @@ class MaildirMailbox:
         cached = self._infos.get(entry.uid)
         if cached is not None and cached[1] == self._keywordsVersion and (cached[0] is entry or cached[0] == entry):
             return cached[2]
-        info = MessageInfo(entry.uid, self._flagsOf(entry.filename), entry.internalDate, entry.size, entry.modseq)
+        date = entry.internalDate
+        if date is None and self._dates:
+            date = self._dates.get(entry.uid)
+        info = MessageInfo(entry.uid, self._flagsOf(entry.filename), date, entry.size, entry.modseq,
+                           None if date is not None else self._dateOf)
         self._infos[entry.uid] = (entry, self._keywordsVersion, info)
         return info
+
+    #: Undated messages whose dates one read of an internal date reads too
+    #: (those that follow it in UID order), for a FETCH of many.
+    DATES_AHEAD = 256
+
+    def _datesAhead(self, uid: int) -> bool:
+        """
+        Read the internal dates of C{uid} and of the undated messages that
+        follow it (L{DATES_AHEAD} in all), with one pass under the mutex;
+        return whether any was read.
+        """
+        with self._mutex:
+            cache = self._listingCache
+            if cache is None:
+                return False
+            uids, entries, dates = cache.uids, self._entries, self._dates
+            at = bisect.bisect_left(uids, uid)
+            wanted = []
+            for other in uids[at:at + self.DATES_AHEAD]:
+                entry = entries.get(other)
+                if entry is not None and entry[2] is None and other not in dates:
+                    wanted.append(entry)
+        found = []
+        for entry in wanted:
+            try:
+                found.append((entry, os.stat(f"{self.path}/{entry[4]}/{entry[5]}").st_mtime))
+            except FileNotFoundError:
+                pass
+        with self._mutex:
+            for entry, date in found:
+                if entries.get(entry[0]) is entry:
+                    dates[entry[0]] = date
+        return bool(found)
+
+    def _dateOf(self, info: MessageInfo) -> float:
+        """
+        The internal date of a message whose entry does not hold it yet
+        (found by another program, or in a maildir mailplat had not seen):
+        its file's mtime, as Dovecot answers, read at the first need and
+        kept.  Called on any thread, from L{MessageInfo.internalDate}.
+
+        A file renamed by another program since it was listed is looked
+        for again once; one that is gone (expunged meanwhile) is dated by
+        the time at the head of its name, when there is one.
+        """
+        name = ""
+        known = self._dates.get(info.uid)
+        if known is None and self._datesAhead(info.uid):
+            known = self._dates.get(info.uid)
+        if known is not None:
+            return known
+        for attempt in (1, 2):
+            with self._mutex:
+                entry = self._entries.get(info.uid)
+                if entry is None:
+                    # Expunged: its last entry may still be in _infos.
+                    kept = self._infos.get(info.uid)
+                    if not name and kept is not None:
+                        name = kept[0].filename
+                    break
+                name = entry.filename
+                if entry.internalDate is not None:
+                    return entry.internalDate
+                known = self._dates.get(entry.uid)
+                if known is not None:
+                    return known
+            try:
+                date = os.stat(f"{self.path}/{entry.subdir}/{entry.filename}").st_mtime
+            except FileNotFoundError:
+                if attempt == 1:
+                    try:
+                        self._refreshSync()
+                    except NoSuchMailbox:
+                        break
+                continue
+            with self._mutex:
+                if self._entries.get(info.uid) is entry:
+                    self._dates[info.uid] = date
+            return date
+        head = name.partition(".")[0]
+        return float(head) if head.isdigit() else 0.0
 
     # -- IMailbox
 
@@ -1121,16 +1407,37 @@ class MaildirMailbox:
                 cache.version, cache.uidNext = version, self._uidNext
                 self._touched = set()
                 return cache
+        with _bulk():
+            return self._whole(version, entries)
+
+    def _whole(self, version: Tuple[int, ...], entries: Dict[int, _Entry]) -> "_Listing":
+        """
+        A new listing of C{entries} at C{version} (see L{_current}), with
+        the work of L{_info} inlined: a first listing makes one info per
+        message.
+        """
         infoCache, keywords = self._infos, self._keywordsVersion
         infos: List[MessageInfo] = []
         unseen = size = 0
+        self._flagsOf("")
+        flagSets, lettersToFlags, dates, dateOf = self._flagSets, self._lettersToFlags, self._dates, self._dateOf
         for uid in sorted(entries):
             entry = entries[uid]
             cached = infoCache.get(uid)
             if cached is not None and cached[0] is entry and cached[1] == keywords:
                 info = cached[2]
             else:
-                info = self._info(entry)
+                filename = entry.filename
+                at = filename.find(":2,")
+                letters = filename[at + 3:] if at >= 0 else ""
+                flags = flagSets.get(letters)
+                if flags is None:
+                    flags = flagSets[letters] = lettersToFlags(letters)
+                date = entry.internalDate
+                if date is None and dates:
+                    date = dates.get(uid)
+                info = MessageInfo(uid, flags, date, entry.size, entry.modseq, None if date is not None else dateOf)
+                infoCache[uid] = (entry, keywords, info)
             infos.append(info)
             size += info.size
             if "\\Seen" not in info.flags:
@@ -1219,7 +1526,7 @@ class MaildirMailbox:
             if self._deleted:
                 raise NoSuchMailbox(f"Mailbox {self.name} does not exist any more")
             self._catchUp(scan=True, recheck=pool is None)
-            nothing = not self._dirty and not self._hasRecent()
+            nothing = not self._dirty and not self._unlogged and not self._hasRecent()
         if pool is not None:
             self._recheckLater()
         return nothing
@@ -1237,7 +1544,7 @@ class MaildirMailbox:
                     os.rename(self._join("new", entry.filename), self._join("cur", filename))
                 except FileNotFoundError:
                     continue
-                self._entries[uid] = replace(entry, subdir="cur", filename=filename)
+                self._entries[uid] = entry._replace(subdir="cur", filename=filename)
                 self._touch(uid)
                 self._listing[entry.base] = ("cur", filename)
                 moved.append(_entryLine(self._entries[uid]))
@@ -1356,7 +1663,10 @@ class MaildirMailbox:
                         while view:
                             view = view[os.write(fd, view):]
                         disk += len(data)
-                        added += data.count(b"\n") - data.count(b"\r\n") - (afterCR and data[0] == 0x0A)
+                        # (Mail from SMTP has no CR left on disk: the two-octet
+                        # count, several times slower, only when one is there.)
+                        lf = data.count(b"\n")
+                        added += (lf - data.count(b"\r\n") if b"\r" in data else lf) - (afterCR and data[0] == 0x0A)
                         afterCR = data[-1] == 0x0D
                     if not chunk:
                         break
@@ -1781,7 +2091,7 @@ class MaildirMailbox:
         os.rename(self._join(entry.subdir, entry.filename), self._join("cur", filename))
         dirs.update([entry.subdir, "cur"])
         self._highestModseq += 1
-        entry = replace(entry, subdir="cur", filename=filename, modseq=self._highestModseq)
+        entry = entry._replace(subdir="cur", filename=filename, modseq=self._highestModseq)
         self._entries[entry.uid] = entry
         self._touch(entry.uid)
         self._listing[entry.base] = ("cur", filename)
