@@ -451,3 +451,182 @@ SIMPLE_HEADER = (
     b"To: alice@example.test\r\n"
     b"Subject: Hello there\r\n"
 )
+
+
+class StreamedFetchTests(IMAPTestBase):
+    """
+    A FETCH of many messages is written in pieces, a turn of the reactor
+    between them (so the client reads the first responses while the rest
+    are made), and says the same as when written at once.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        for n in range(7):
+            self.deliver(message(f"m{n}"), ("\\Seen", "$Label") if n % 3 else ())
+
+    def fetchAll(self, client: Any, command: bytes) -> List[bytes]:
+        """
+        Run C{command}: check that only the first piece is written before
+        the clock turns, then turn it until the command completes.
+        """
+        out = client.command(b"a " + command)
+        self.assertNotIn(b"a OK", out)
+        self.assertEqual(out.count(b" FETCH ("), 2)  # the first piece only
+        for _ in range(20):
+            self.clock.advance(0)
+            out += client.take()
+            if b"a OK" in out:
+                break
+        self.assertTagged(out, b"a", b"OK")
+        return [line for line in out.split(b"\r\n") if line.startswith(b"* ")]
+
+    def test_streamedSameAsWhole(self) -> None:
+        """
+        FLAGS (from the listing) and ENVELOPE (from the headers, then from
+        the cache) in pieces of two or three messages: every message once,
+        in order, as a fetch in one piece answers.
+        """
+        from mailplat.imap import server
+
+        whole = self.selected()
+        expected = {}
+        for command in (b"UID FETCH 1:* (FLAGS)", b"FETCH 1:* (ENVELOPE)", b"FETCH 2:* (ENVELOPE FLAGS)"):
+            out = whole.command(b"w " + command)
+            # (\Recent is this session's only.)
+            out = out.replace(b" \\Recent)", b")").replace(b"(\\Recent)", b"()")
+            expected[command] = [line for line in out.split(b"\r\n") if line.startswith(b"* ")]
+            self.assertEqual(len(expected[command]), 7 if command.startswith(b"UID") or b"1:*" in command else 6)
+        whole.command(b"l LOGOUT")
+        self.patch(server, "_STREAM_FIRST", 2)
+        self.patch(server, "_STREAM_BATCH", 60)
+        self.patch(server, "HEADER_BATCH", 3)
+        from mailplat.imap.cache import MessageCache
+        from mailplat.imap.server import IMAPFactory
+
+        factory = IMAPFactory(self.portal, "mail.example.test", clock=self.clock, cache=MessageCache())
+        client = self.selected(client=self.connect(factory=factory))
+        for command in (b"UID FETCH 1:* (FLAGS)", b"FETCH 1:* (ENVELOPE)", b"FETCH 1:* (ENVELOPE)",
+                        b"FETCH 2:* (ENVELOPE FLAGS)"):
+            self.assertEqual(self.fetchAll(client, command), expected[command], command)
+
+    def test_closedWhileStreaming(self) -> None:
+        """
+        A connection lost between two pieces ends the FETCH: nothing more
+        is written.
+        """
+        from mailplat.imap import server
+
+        self.patch(server, "_STREAM_FIRST", 2)
+        self.patch(server, "_STREAM_BATCH", 60)
+        client = self.selected()
+        out = client.command(b"a UID FETCH 1:* (FLAGS)")
+        self.assertEqual(out.count(b" FETCH ("), 2)
+        client.server.connectionLost(None)
+        self.clock.advance(0)
+        self.clock.advance(0)
+        self.assertEqual(client.take(), b"")
+
+
+class FlagsColumnTests(IMAPTestBase):
+    """
+    L{server._flagsColumn} gives what L{server._flagsWire} gives for each
+    message, however its flags are held.
+    """
+
+    def test_sameAsOneByOne(self) -> None:
+        from mailplat.imap.server import _flagsColumn, _flagsWire
+
+        class Info:
+            def __init__(self, uid: int, flags: Any) -> None:
+                self.uid, self.flags = uid, flags
+
+        sets = [frozenset(), frozenset(["\\Seen"]), frozenset(["$Never seen before", "\\Answered"]),
+                {"\\Flagged"}, ["\\Draft", "\\Seen"]]
+        infos = [Info(n, sets[n % len(sets)]) for n in range(1, 30)]
+        for recent in (set(), {2, 3, 7, 29}):
+            self.assertEqual(_flagsColumn(infos, recent),  # type: ignore[arg-type]
+                             [_flagsWire(i.flags, i.uid in recent) for i in infos])
+
+
+class HeaderScanTests(IMAPTestBase):
+    """
+    A header block is scanned once for ENVELOPE and once for all the
+    search columns, with the answers of the whole parse.
+    """
+
+    PIECES = [
+        b"From: a@b\r\n", b"from : x\r\n", b"Subject: =?utf-8?q?caf=C3=A9?=\r\n", b" continued\r\n", b"\tmore\r\n",
+        b"\r\n", b"\n", b"X-Bad line\r\n", b"To:\r\n", b"Subject:a\nb\n", b"body text\r\n", b"\r", b":x\r\n",
+        b"Cc: a, b\r\n", b"SUBJECT:  Two  \r\n", b"x" * 1001 + b": y\r\n", b"y" * 999 + b": z\r\n",
+        b"z" * 998 + b"  : w\n", b"From:\xff\xfe\r\n", b"Received: from x\r\n by y\r\n", b" leading\r\n",
+        b"Subject\t: tab\r\n", b"Sub ject: no\r\n", b"From: q", b"\x00x: y\n", b"Sender: <s@x>\r\n",
+        b"Sender: group:;\r\n", b"Reply-To: r@y, \"Q\" <q@z>\r\n", b"Message-ID: <a@b>\r\n", b"In-Reply-To: <c@d>\r\n",
+        b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n", b"Bcc: \r\n", b"To: undisclosed:;\r\n",
+        b"Cc: \"a\\\"b\" <x@y>\r\n", b"Message-ID:\r\n <long@id>\r\n", b"References: <r1@x>\r\n\t<r2@x>\r\n",
+    ]
+    NAMES = ["from", "subject", "to", "cc", "received", "x-bad", "", "sub ject", "x" * 1001, "y" * 999, "caf\xe9",
+             "message-id", "sender", "references", "zz"]
+
+    def test_sameAsWholeParse(self) -> None:
+        import random
+
+        from mailplat.imap.structure import fieldValues, headerEnd, headerEnvelope, headerFieldValues
+
+        rng = random.Random(11)
+        for trial in range(3000):
+            data = b"".join(rng.choice(self.PIECES) for _ in range(rng.randint(0, 10)))
+            header = data[: headerEnd(data, True)]
+            self.assertEqual(headerEnvelope(header), parseMessage(data).envelope(), data)
+            found = headerFieldValues(header, frozenset(self.NAMES))
+            for name in self.NAMES:
+                self.assertEqual(found.get(name, []), fieldValues(header, name), (data, name))
+                self.assertEqual(name in found, bool(fieldValues(header, name)), (data, name))
+
+    def test_oneScanFillsEveryColumn(self) -> None:
+        """
+        The first header search reads each message's header once, answers
+        from the asked column, then (at the next turn of the reactor)
+        fills the other columns of L{COLUMN_FIELDS} from the kept headers:
+        searches on those fields afterwards (and after ENVELOPE) neither
+        read nor scan a header.
+        """
+        from mailplat.imap import structure
+        from mailplat.imap.cache import COLUMN_FIELDS
+
+        self.deliver(b"From: Bob <bob@example.test>\r\nSubject: Hello\r\nMessage-ID: <m1@x>\r\nCc: carol@x\r\n\r\nhi\r\n")
+        self.deliver(b"From: dan@example.test\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\nMessage-ID: <m2@x>\r\n"
+                     b"List-Id: <list.x>\r\n\r\nyo\r\n")
+        client = self.selected()
+        counting = CountingMailbox(client.server.view.mailbox)
+        scans: List[bytes] = []
+        scan, fieldValues = structure.headerFieldValues, structure.fieldValues
+        self.patch(structure, "headerFieldValues", lambda header, *args: scans.append(header) or scan(header, *args))
+        self.patch(structure, "fieldValues", lambda header, name: scans.append(header) or fieldValues(header, name))
+        out = client.command(b"a SEARCH FROM bob")
+        self.assertIn(b"* SEARCH 1\r\n", out)
+        self.assertEqual(sorted(counting.opens), [1, 2])
+        self.assertEqual(len(scans), 2)
+        columns = client.server.cache._columns
+        prefix = ("alice@example.test", "INBOX", client.server.view.mailbox.uidValidity)
+        # The answer did not wait for the other columns.
+        self.assertEqual(len(columns[prefix + ("subject",)]), 0)
+        client.server.clock.advance(0)
+        self.assertEqual(sorted(counting.opens), [1, 2])
+        self.assertEqual(len(scans), 4)
+        for name in COLUMN_FIELDS:
+            self.assertEqual(len(columns[("alice@example.test", "INBOX", client.server.view.mailbox.uidValidity, name)]),
+                             2, name)
+        del counting.opens[:], scans[:]
+        client.command(b"e FETCH 1:* (ENVELOPE)")
+        for command, answer in [(b'SEARCH SUBJECT "CAF\xc3\xa9"', b"2"), (b"SEARCH HEADER Message-ID m1@", b"1"),
+                                (b"SEARCH CC carol", b"1"), (b"SEARCH HEADER List-Id list.x", b"2"),
+                                (b"SEARCH OR TO nobody BCC nobody", b"")]:
+            out = client.command(b"b " + command.replace(b"SEARCH ", b"SEARCH CHARSET UTF-8 ", 1))
+            self.assertIn(b"* SEARCH" + (b" " + answer if answer else b"") + b"\r\n", out, command)
+        self.assertEqual(counting.opens, [])
+        self.assertEqual(scans, [])
+        # A field outside COLUMN_FIELDS: one scan of each kept header.
+        out = client.command(b"c SEARCH HEADER Date 2024")
+        self.assertIn(b"* SEARCH\r\n", out)
+        self.assertEqual((counting.opens, len(scans)), ([], 2))

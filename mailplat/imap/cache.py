@@ -34,7 +34,7 @@ from mailplat.imap.structure import (
     parseMessage,
 )
 
-__all__ = ["MessageSummary", "HeaderSummary", "MessageCache", "summarize", "summarizeHeader", "baseSubject"]
+__all__ = ["MessageSummary", "HeaderSummary", "MessageCache", "summarize", "summarizeHeader", "baseSubject", "COLUMN_FIELDS"]
 
 CacheKey = Tuple[str, str, int, int]
 
@@ -95,6 +95,12 @@ class MessageSummary:
 
 # The fields SEARCH FROM/TO/CC/BCC/SUBJECT look at, always kept.
 SEARCH_FIELDS = frozenset(["from", "to", "cc", "bcc", "subject"])
+# The header fields whose search columns (L{MessageCache.column}) are
+# filled together: a header search that scans a message's header block
+# for one field fills all of these from the same scan, so a later search
+# on another of them (a client's SUBJECT after FROM, HEADER Message-ID
+# when threading) reads and scans nothing.
+COLUMN_FIELDS = ("from", "to", "cc", "bcc", "subject", "message-id", "in-reply-to", "references", "list-id")
 # Decoded header text (octets of UTF-8) kept whole per summary; above
 # this only SEARCH_FIELDS are kept, so one message with a huge header
 # does not crowd the cache.
@@ -374,15 +380,16 @@ class MessageCache:
         SEARCH matches in these without a lookup per message in the
         summaries, and adds the UIDs it lacked.  A message's values never
         change under its key, so entries never go stale.  When a column is
-        made and the columns hold more than twice C{maxEntries} values in
-        all, the least recently used are dropped.
+        made and the columns hold more values in all than C{maxEntries}
+        times two more than the fields filled together
+        (L{COLUMN_FIELDS}), the least recently used are dropped.
         """
         key = prefix + (name,)
         column = self._columns.get(key)
         if column is None:
             column = self._columns[key] = {}
             total = sum(len(c) for c in self._columns.values())
-            while total > 2 * self.maxEntries and len(self._columns) > 1:
+            while total > (len(COLUMN_FIELDS) + 2) * self.maxEntries and len(self._columns) > 1:
                 total -= len(self._columns.popitem(last=False)[1])
         self._columns.move_to_end(key)
         return column

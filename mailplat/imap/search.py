@@ -46,8 +46,20 @@ class BadCharset(ValueError):
     """
 
 
+class Undecoded(tuple):
+    """
+    A header field's values kept as written, with RFC 2047 encoded words
+    still in them: a column filled for fields nobody searched yet keeps
+    these, and the first search that looks at one decodes and folds it
+    (L{foldValues}) and puts that in its place.
+    """
+
+    __slots__ = ()
+
+
 #: A header field's values in a message, decoded and case-folded: one
-#: C{str} for the usual one field, else a tuple (empty when absent).
+#: C{str} for the usual one field, else a tuple (empty when absent); or
+#: L{Undecoded}.
 FoldedValues = Union[str, Tuple[str, ...]]
 
 
@@ -57,7 +69,9 @@ def foldValues(values: List[str]) -> FoldedValues:
     """
     if len(values) == 1:
         return values[0].casefold()
-    return tuple(v.casefold() for v in values)
+    if not values:
+        return ()
+    return tuple([v.casefold() for v in values])
 
 
 class SearchContext:
@@ -242,6 +256,8 @@ class _Header(_Key):
             if column is not None:
                 folded = column.get(ctx.uid)
                 if folded is not None:
+                    if folded.__class__ is Undecoded:
+                        folded = column[ctx.uid] = foldValues([decodeHeaderText(v) for v in folded])
                     if folded.__class__ is str:
                         return self.needle in folded
                     return any(self.needle in v for v in folded)

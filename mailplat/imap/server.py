@@ -191,6 +191,31 @@ def _flagsWire(flags: Iterable[str], recent: bool = False) -> bytes:
     return wire
 
 
+def _flagsColumn(infos: Sequence[IMessageInfo], recent: Set[int]) -> List[bytes]:
+    """
+    L{_flagsWire} of each of C{infos}, with C{\\Recent} for the UIDs in
+    C{recent}: a flag set seen before costs one dictionary lookup (the
+    usual case on a big mailbox: few distinct sets, nothing recent).
+    """
+    get = _FLAGS_WIRE[False].get
+    try:
+        if recent:
+            getRecent = _FLAGS_WIRE[True].get
+            wires: List[Optional[bytes]] = [
+                getRecent(info.flags) if info.uid in recent else get(info.flags) for info in infos
+            ]
+        else:
+            wires = [get(info.flags) for info in infos]
+    except TypeError:  # flags not in a frozenset
+        wires = [None] * len(infos)
+    if None in wires:
+        return [
+            wire if wire is not None else _flagsWire(info.flags, info.uid in recent)
+            for wire, info in zip(wires, infos)
+        ]
+    return wires  # type: ignore[return-value]
+
+
 # FETCH items the store's L{IMessageInfo} answers alone, with their
 # response format.
 _INFO_ITEMS = {
@@ -200,8 +225,11 @@ _INFO_ITEMS = {
     "RFC822.SIZE": b"RFC822.SIZE %d",
     "INTERNALDATE": b"INTERNALDATE %s",
 }
-# Octets of FETCH responses gathered before they are written.
-_WRITE_BATCH = 256 * 1024
+# A FETCH of many messages is streamed: the responses of the first
+# _STREAM_FIRST messages are written (and sent, a turn of the reactor)
+# before the rest are made, then about _STREAM_BATCH octets at a time.
+_STREAM_FIRST = 256
+_STREAM_BATCH = 64 * 1024
 
 
 def _mailboxWire(name: str) -> bytes:
@@ -2284,11 +2312,12 @@ class IMAPServer(Protocol):
         wanted = [(i, view.uids[i]) for i in indexes]
         infos = yield self._currentInfos([u for _, u in wanted])
         structural = {a.name for a in atts if isinstance(a, FetchAttribute) and a.name in ("ENVELOPE", "BODYSTRUCTURE", "BODY")}
+        # ENVELOPE needs the header only: no message read whole (the
+        # headers are read batch by batch below, each batch answered
+        # before the next is read).
+        headerOnly = structural == {"ENVELOPE"} and not any(isinstance(a, BodySection) for a in atts)
         if structural:
             yield self._loadSummaries(view, [u for _, u in wanted])
-            if structural == {"ENVELOPE"} and not any(isinstance(a, BodySection) for a in atts) and self.view is view:
-                # ENVELOPE needs the header only: no message read whole.
-                yield self._headerSummaries(view, [u for _, u in wanted if u in infos])
         if self.view is not view:
             return b"FETCH completed"
         if changedSince is not None:
@@ -2311,29 +2340,53 @@ class IMAPServer(Protocol):
         quick = not any(isinstance(a, BodySection) for a in atts)
         pending: List[bytes] = []
         pendingSize = 0
-        for index, u in wanted:
-            info = infos.get(u)
-            if info is None or u in view.ghosts:
-                missing = True
-                continue
-            addFlags = u in flagsChanged and not hasFlags
-            if quick:
-                line = self._fetchQuick(view, index, info, atts, addFlags)
-                if line is not None:
-                    pending.append(line)
-                    pendingSize += len(line)
-                    if pendingSize >= 65536:
-                        self._writeRaw(b"".join(pending))
-                        pending, pendingSize = [], 0
+        # Streamed in batches: each batch's responses are made, written
+        # and sent (a turn of the reactor) before the next batch is
+        # worked on, so the client reads while the server works.
+        batch = _STREAM_FIRST
+        done = 0
+        summaries: Dict[int, Any] = {}
+        while done < len(wanted):
+            if done:
+                if pending:
+                    self._writeRaw(b"".join(pending))
+                    pending, pendingSize = [], 0
+                yield self._sent()
+                if self._closed:
+                    return b""
+                if self.view is not view:
+                    return b"FETCH completed"
+            part = wanted[done : done + batch]
+            done += len(part)
+            batch = HEADER_BATCH
+            if headerOnly:
+                # (Held here: a mailbox bigger than the cache keeps them.)
+                summaries = yield self._headerSummaries(view, [u for _, u in part if u in infos])
+                if self.view is not view:
+                    return b"FETCH completed"
+            for index, u in part:
+                info = infos.get(u)
+                if info is None or u in view.ghosts:
+                    missing = True
                     continue
-            if pending:
-                self._writeRaw(b"".join(pending))
-                pending, pendingSize = [], 0
-            ok = yield self._fetchOne(view, index, info, atts, addFlags=addFlags)
-            if not ok:
-                missing = True
-            if self._closed:
-                return b""
+                addFlags = u in flagsChanged and not hasFlags
+                if quick:
+                    line = self._fetchQuick(view, index, info, atts, addFlags, summaries.get(u) if headerOnly else None)
+                    if line is not None:
+                        pending.append(line)
+                        pendingSize += len(line)
+                        if pendingSize >= 65536:
+                            self._writeRaw(b"".join(pending))
+                            pending, pendingSize = [], 0
+                        continue
+                if pending:
+                    self._writeRaw(b"".join(pending))
+                    pending, pendingSize = [], 0
+                ok = yield self._fetchOne(view, index, info, atts, addFlags=addFlags)
+                if not ok:
+                    missing = True
+                if self._closed:
+                    return b""
         if pending:
             self._writeRaw(b"".join(pending))
         if missing:
@@ -2385,35 +2438,50 @@ class IMAPServer(Protocol):
         if not chosen:
             return complete
         recent = view.recent
-        columns: List[List[Any]] = [seqs]
-        for name in names:
-            if name == "UID":
-                columns.append([info.uid for info in chosen])
-            elif name == "FLAGS":
-                columns.append([_flagsWire(info.flags, info.uid in recent) for info in chosen])
-            elif name == "MODSEQ":
-                columns.append([info.modseq for info in chosen])
-            elif name == "RFC822.SIZE":
-                columns.append([info.size for info in chosen])
-            else:
-                columns.append([formatDateTime(info.internalDate) for info in chosen])
         template = b"* %d FETCH (" + b" ".join(_INFO_ITEMS[name] for name in names) + b")\r\n"
-        lines = [template % row for row in zip(*columns)]
-        step = max(1, _WRITE_BATCH // len(lines[0]))
-        for n in range(0, len(lines), step):
-            self._writeRaw(b"".join(lines[n : n + step]))
-        return complete
+        # Streamed: each slice is formatted, written and sent (a turn of
+        # the reactor) before the next is formatted, so the client reads
+        # the first responses while the rest are made (written as one
+        # block at the end, the client's reading would follow the
+        # server's work instead of overlapping it).
+        start, step = 0, _STREAM_FIRST
+        while True:
+            part = chosen[start : start + step]
+            columns: List[Sequence[Any]] = [seqs[start : start + step]]
+            for name in names:
+                if name == "UID":
+                    columns.append([info.uid for info in part])
+                elif name == "FLAGS":
+                    columns.append(_flagsColumn(part, recent))
+                elif name == "MODSEQ":
+                    columns.append([info.modseq for info in part])
+                elif name == "RFC822.SIZE":
+                    columns.append([info.size for info in part])
+                else:
+                    columns.append([formatDateTime(info.internalDate) for info in part])
+            lines = [template % row for row in zip(*columns)]
+            self._writeRaw(b"".join(lines))
+            start += step
+            if start >= len(chosen):
+                return complete
+            step = max(1, _STREAM_BATCH // len(lines[0]))
+            yield self._sent()
+            if self._closed:
+                return complete
 
     def _fetchQuick(
-        self, view: SelectedView, index: int, info: IMessageInfo, atts: List[Any], addFlags: bool
+        self, view: SelectedView, index: int, info: IMessageInfo, atts: List[Any], addFlags: bool,
+        summary: Any = None,
     ) -> Optional[bytes]:
         """
         One message's FETCH response built without opening the message:
         for items the store's info answers and structure items found in
         the cache.  L{None} when the message must be read (a body section,
         or a structure item not cached yet).
+
+        @param summary: the message's summary when the caller holds it,
+            else it is looked up in the cache.
         """
-        summary = None
         items = []
         recent = view.isRecent(info.uid)
         for att in atts:
@@ -2677,11 +2745,17 @@ class IMAPServer(Protocol):
         the message index: a header search costs a header read per
         message the first time, a dictionary lookup afterwards.
 
+        The other columns of L{COLUMN_FIELDS<mailplat.imap.cache.COLUMN_FIELDS>}
+        are filled from the kept header blocks after the answer
+        (L{_fillOthers}), so that a later search on another of those
+        fields scans nothing; equal values are kept once.
+
         @return: a Deferred firing with C{(columns by name, UIDs found
             gone)}, or L{None} when the view was closed meanwhile.
         """
-        from mailplat.imap.search import foldValues
-        from mailplat.imap.structure import fieldValues
+        from mailplat.imap.cache import COLUMN_FIELDS, HeaderSummary
+        from mailplat.imap.search import Undecoded, foldValues
+        from mailplat.imap.structure import decodeHeaderText, headerFieldValues
 
         prefix = self._cacheKey(view, 0)[:3]
         cache = self.cache
@@ -2693,6 +2767,40 @@ class IMAPServer(Protocol):
         gone: Set[int] = set()
         if not lacking:
             return columns, gone
+        others = {name: cache.column(prefix, name) for name in COLUMN_FIELDS if name not in columns}
+        askedNames = frozenset(columns)
+        askedItems = [(name, column, True) for name, column in columns.items()]
+        shared: Dict[Any, Any] = {}
+        # The messages whose header was scanned for the asked fields: the
+        # other columns are filled from their kept headers after the
+        # answer (L{fillOthers}).
+        scanned: List[int] = []
+
+        def fill(u: int, header: bytes, fillNames: FrozenSet[str] = askedNames,
+                 fillItems: List[Tuple[str, Dict[int, Any], bool]] = askedItems) -> None:
+            # The columns of ``fillItems`` from one scan of the header; the
+            # encoded words of fields not asked for are decoded when a
+            # search first looks at them.
+            found = headerFieldValues(header, fillNames, False)
+            if fillNames is askedNames:
+                scanned.append(u)
+            for name, column, asked in fillItems:
+                values = found.get(name)
+                if values is None:
+                    column[u] = ()
+                    continue
+                if len(values) == 1:
+                    encoded = "=?" in values[0]
+                else:
+                    encoded = any("=?" in v for v in values)
+                if not encoded:
+                    folded = foldValues(values)
+                    column[u] = shared.setdefault(folded, folded)
+                elif asked:
+                    column[u] = foldValues([decodeHeaderText(v) for v in values])
+                else:
+                    column[u] = Undecoded(values)
+
         yield self._loadSummaries(view, lacking)
         if self.view is not view:
             return None
@@ -2700,19 +2808,27 @@ class IMAPServer(Protocol):
         for u in lacking:
             key = prefix + (u,)
             summary = cache.peek(key)
-            header = None
-            for name, column in columns.items():
-                if u in column:
-                    continue
-                values = summary.headerValues(name) if summary is not None else None
-                if values is None:
-                    if header is None:
-                        header = cache.header(key)
-                        if header is None:
-                            unread.append(u)
+            header = summary.header if summary.__class__ is HeaderSummary else None
+            if summary is not None and header is None:
+                # A whole summary keeps the search fields (every field of
+                # a small header): the header is read only for an asked
+                # field it lacks.
+                readIt = False
+                for name, column in columns.items():
+                    if u not in column:
+                        values = summary.headerValues(name)
+                        if values is None:
+                            readIt = True
                             break
-                    values = fieldValues(header, name)
-                column[u] = foldValues(values)
+                        column[u] = foldValues(values)
+                if not readIt:
+                    continue
+            if header is None:
+                header = cache.header(key)
+                if header is None:
+                    unread.append(u)
+                    continue
+            fill(u, header)
         for start in range(0, len(unread), HEADER_BATCH):
             if start:
                 yield self._pause()
@@ -2728,10 +2844,38 @@ class IMAPServer(Protocol):
                     gone.add(u)
                     continue
                 cache.keepHeader(prefix + (u,), header)
-                for name, column in columns.items():
-                    if u not in column:
-                        column[u] = foldValues(fieldValues(header, name))
+                fill(u, header)
+        if others and scanned:
+            self.clock.callLater(0, self._fillOthers, view, prefix, scanned, others, fill)
         return columns, gone
+
+    @defer.inlineCallbacks
+    def _fillOthers(self, view: SelectedView, prefix: Tuple[Any, ...], uids: List[int],
+                    others: Dict[str, Dict[int, Any]], fill: Callable[..., None]) -> Any:
+        """
+        After a header SEARCH answered from the columns of its fields, fill
+        the other columns of L{COLUMN_FIELDS<mailplat.imap.cache.COLUMN_FIELDS>}
+        for C{uids} from the header blocks it kept, L{HEADER_BATCH}
+        messages per turn of the reactor: a later search on one of those
+        fields (a client's SUBJECT after FROM, HEADER Message-ID when
+        threading) scans nothing, and the first search did not wait for it.
+        A search that comes meanwhile fills what it needs itself.
+        """
+        items = [(name, column, False) for name, column in others.items()]
+        names = frozenset(others)
+        cache = self.cache
+        try:
+            for start in range(0, len(uids), HEADER_BATCH):
+                if start:
+                    yield self._pause()
+                if self.view is not view:
+                    return
+                for u in uids[start : start + HEADER_BATCH]:
+                    header = cache.header(prefix + (u,))
+                    if header is not None:
+                        fill(u, header, names, items)
+        except Exception:
+            log.failure("filling the header columns of {mailbox}", mailbox=prefix[1])
 
     @defer.inlineCallbacks
     def _headerSummaries(self, view: SelectedView, uids: List[int]) -> Any:
@@ -2784,6 +2928,18 @@ class IMAPServer(Protocol):
         pause: defer.Deferred = defer.Deferred()
         self.clock.callLater(0, pause.callback, None)
         return pause
+
+    def _sent(self) -> defer.Deferred:
+        """
+        A Deferred firing once the reactor has had a turn to send what was
+        written (its timed calls run before it polls for I/O, so a call
+        made at once would come before the write: this one is made from
+        a timed call, after the poll), for a long response to reach the
+        client in pieces while the rest is made.
+        """
+        sent: defer.Deferred = defer.Deferred()
+        self.clock.callLater(0, self.clock.callLater, 0, sent.callback, None)
+        return sent
 
     @defer.inlineCallbacks
     def _readHeaders(self, mailbox: IMailbox, uids: List[int]) -> Any:

@@ -45,7 +45,7 @@ import datetime
 import email.utils
 import functools
 import re
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 from mailplat.imap.wire import nstring, string
 
@@ -144,6 +144,14 @@ _FIELD_LINES = re.compile(rb"(?:" + _FIELD_LINE + rb")*")
 # After a field's name: the colon, and the value with its continuation
 # lines (without the last line end).
 _FIELD_VALUE = re.compile(rb"[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)")
+# A field as L{_FIELD} reads one, its name and the octets after the colon
+# (continuation lines included, the last line end not) captured; without
+# _FIELD's look-ahead for the colon, so only for a block _FIELD_LINES
+# matched whole (L{_headerPairs}).
+_FIELD_PAIR = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)(?:\n|\Z)")
+_ENVELOPE_FIELD_NAMES = frozenset(
+    [b"date", b"subject", b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc", b"in-reply-to", b"message-id"]
+)
 
 
 def headerEnd(data: bytes, final: bool) -> int:
@@ -167,14 +175,101 @@ def headerEnd(data: bytes, final: bool) -> int:
     return end
 
 
+def _unfold(raw: bytes) -> bytes:
+    """
+    A field's value as L{_Field.value} gives it, from the octets after the
+    colon (continuation lines included).
+    """
+    value = raw.strip(b" \t\r\n")
+    if b"\n" in value:
+        value = _FOLD.sub(b"", value).strip(b" \t\r\n")
+    return value
+
+
+def _headerPairs(header: bytes) -> List[Tuple[bytes, bytes]]:
+    """
+    The C{(name, octets after the colon)} of each field of a header block
+    as L{headerEnd} delimits it, names as written, in one scan.  Every
+    line of such a block is a field or a continuation (not checked: a
+    block from L{headerEnd} is), each field follows the one before it, so
+    findall sees exactly the fields L{_parseHeader} would.
+    """
+    return _FIELD_PAIR.findall(header)
+
+
 def headerEnvelope(header: bytes) -> bytes:
     """
     The ENVELOPE of a message from its header block alone (as
-    L{headerEnd} delimits it): what L{ParsedMessage.envelope} gives, with
-    nothing else parsed.
+    L{headerEnd} delimits it, see L{_headerPairs}): what
+    L{ParsedMessage.envelope} gives, with nothing else parsed and no
+    object made per field (a first C{FETCH 1:* (ENVELOPE)} of a big
+    mailbox spends its time here).
     """
-    fields, _ = _parseHeader(header, 0, len(header))
-    return _envelope(_Part(0, len(header), len(header), fields))
+    first: Dict[bytes, bytes] = {}
+    wanted = _ENVELOPE_FIELD_NAMES
+    for name, raw in _headerPairs(header):
+        name = name.lower()
+        if name in wanted and name not in first:
+            first[name] = raw
+    get = first.get
+
+    def text(name: bytes) -> bytes:
+        raw = get(name)
+        return _NIL if raw is None else string(_unfold(raw))
+
+    def addresses(name: bytes) -> Optional[bytes]:
+        raw = get(name)
+        return None if raw is None else _addressListWire(_unfold(raw))
+
+    sender = addresses(b"from")
+    return b"(" + b" ".join([
+        text(b"date"),
+        text(b"subject"),
+        sender or _NIL,
+        addresses(b"sender") or sender or _NIL,
+        addresses(b"reply-to") or sender or _NIL,
+        addresses(b"to") or _NIL,
+        addresses(b"cc") or _NIL,
+        addresses(b"bcc") or _NIL,
+        text(b"in-reply-to"),
+        text(b"message-id"),
+    ]) + b")"
+
+
+@functools.lru_cache(maxsize=64)
+def _octetNames(names: FrozenSet[str]) -> Dict[bytes, str]:
+    """
+    C{names} (lower case) as the octets a header block spells them, to
+    themselves: a field is looked up without decoding its name.
+    """
+    return {name.encode("ascii", "replace"): name for name in names}
+
+
+def headerFieldValues(header: bytes, names: FrozenSet[str], decode: bool = True) -> Dict[str, List[str]]:
+    """
+    L{fieldValues} of each of C{names} (lower case) the block has, in one
+    scan of a header block as L{headerEnd} delimits it (see
+    L{_headerPairs}), so filling several header columns from one message
+    costs one scan.  A name the block lacks is not in the result.
+
+    @param decode: decode RFC 2047 encoded words (else the values are as
+        written, unfolded, for L{decodeHeaderText} to decode later).
+    """
+    out: Dict[str, List[str]] = {}
+    wanted = _octetNames(names)
+    for name, raw in _headerPairs(header):
+        key = wanted.get(name.lower())
+        if key is not None:
+            if b"\n" in raw:
+                raw = _FOLD.sub(b"", raw)
+            text = raw.strip(b" \t\r\n").decode("utf-8", errors="replace")
+            value = decodeHeaderText(text) if decode and "=?" in text else text
+            values = out.get(key)
+            if values is None:
+                out[key] = [value]
+            else:
+                values.append(value)
+    return out
 
 
 def fieldValues(header: bytes, name: str) -> List[str]:
@@ -542,10 +637,12 @@ def _parseAddresses(value: bytes) -> List[_Address]:
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 
 
+@functools.lru_cache(maxsize=256)
 def lookupCharset(charset: str) -> Optional[str]:
     """
     The Python codec name for C{charset}, or L{None} when unknown or not
-    a text encoding.
+    a text encoding; remembered for the charsets seen last (every encoded
+    word of every header asks).
     """
     try:
         info = codecs.lookup(charset.strip().strip('"'))
