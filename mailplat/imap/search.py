@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Container, Dict, List, Optional, Tuple, Union
 
 from mailplat.imap.sequence import SequenceSet, SequenceSetError, parseSequenceSet
-from mailplat.imap.structure import ParsedMessage, decodeHeaderText, lookupCharset
+from mailplat.imap.structure import ParsedMessage, decodeHeaderText, fieldText, lookupCharset
 from mailplat.interfaces import IMessageInfo
 
 class SearchSyntaxError(ValueError):
@@ -48,10 +48,12 @@ class BadCharset(ValueError):
 
 class Undecoded(tuple):
     """
-    A header field's values kept as written, with RFC 2047 encoded words
-    still in them: a column filled for fields nobody searched yet keeps
-    these, and the first search that looks at one decodes and folds it
-    (L{foldValues}) and puts that in its place.
+    A header field's values as the octets after the colon of each field
+    (L{headerFieldOctets<mailplat.imap.structure.headerFieldOctets>}): a
+    column filled for fields nobody searched yet keeps these, and the
+    first search that looks at one unfolds, decodes and folds it
+    (L{fieldText<mailplat.imap.structure.fieldText>}, L{foldValues}) and
+    puts that in its place.
     """
 
     __slots__ = ()
@@ -257,7 +259,7 @@ class _Header(_Key):
                 folded = column.get(ctx.uid)
                 if folded is not None:
                     if folded.__class__ is Undecoded:
-                        folded = column[ctx.uid] = foldValues([decodeHeaderText(v) for v in folded])
+                        folded = column[ctx.uid] = foldValues([fieldText(v) for v in folded])
                     if folded.__class__ is str:
                         return self.needle in folded
                     return any(self.needle in v for v in folded)

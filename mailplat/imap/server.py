@@ -2745,17 +2745,18 @@ class IMAPServer(Protocol):
         the message index: a header search costs a header read per
         message the first time, a dictionary lookup afterwards.
 
-        The other columns of L{COLUMN_FIELDS<mailplat.imap.cache.COLUMN_FIELDS>}
-        are filled from the kept header blocks after the answer
-        (L{_fillOthers}), so that a later search on another of those
-        fields scans nothing; equal values are kept once.
+        Each header block scanned fills, in the same scan, the columns of
+        L{COLUMN_FIELDS<mailplat.imap.cache.COLUMN_FIELDS>} too, with the
+        fields' octets, decoded when a search first looks at them (a later
+        search on another of those fields scans nothing); equal values
+        are kept once.
 
         @return: a Deferred firing with C{(columns by name, UIDs found
             gone)}, or L{None} when the view was closed meanwhile.
         """
         from mailplat.imap.cache import COLUMN_FIELDS, HeaderSummary
         from mailplat.imap.search import Undecoded, foldValues
-        from mailplat.imap.structure import decodeHeaderText, headerFieldValues
+        from mailplat.imap.structure import fieldText, headerFieldOctets
 
         prefix = self._cacheKey(view, 0)[:3]
         cache = self.cache
@@ -2767,39 +2768,29 @@ class IMAPServer(Protocol):
         gone: Set[int] = set()
         if not lacking:
             return columns, gone
-        others = {name: cache.column(prefix, name) for name in COLUMN_FIELDS if name not in columns}
-        askedNames = frozenset(columns)
-        askedItems = [(name, column, True) for name, column in columns.items()]
+        filled = dict(columns)
+        for name in COLUMN_FIELDS:
+            if name not in filled:
+                filled[name] = cache.column(prefix, name)
+        fillNames = frozenset(filled)
+        fillItems = [(name, column, name in columns) for name, column in filled.items()]
         shared: Dict[Any, Any] = {}
-        # The messages whose header was scanned for the asked fields: the
-        # other columns are filled from their kept headers after the
-        # answer (L{fillOthers}).
-        scanned: List[int] = []
 
-        def fill(u: int, header: bytes, fillNames: FrozenSet[str] = askedNames,
-                 fillItems: List[Tuple[str, Dict[int, Any], bool]] = askedItems) -> None:
-            # The columns of ``fillItems`` from one scan of the header; the
-            # encoded words of fields not asked for are decoded when a
-            # search first looks at them.
-            found = headerFieldValues(header, fillNames, False)
-            if fillNames is askedNames:
-                scanned.append(u)
+        def fill(u: int, header: bytes) -> None:
+            # Every column of ``filled`` from one scan of the header: the
+            # asked ones decoded and folded, the others as the octets
+            # after the colon (a few cheap operations a field), decoded
+            # when a search first looks at them.
+            found = headerFieldOctets(header, fillNames)
             for name, column, asked in fillItems:
-                values = found.get(name)
-                if values is None:
+                raws = found.get(name)
+                if raws is None:
                     column[u] = ()
-                    continue
-                if len(values) == 1:
-                    encoded = "=?" in values[0]
-                else:
-                    encoded = any("=?" in v for v in values)
-                if not encoded:
-                    folded = foldValues(values)
-                    column[u] = shared.setdefault(folded, folded)
                 elif asked:
-                    column[u] = foldValues([decodeHeaderText(v) for v in values])
+                    folded = foldValues([fieldText(raw) for raw in raws])
+                    column[u] = shared.setdefault(folded, folded)
                 else:
-                    column[u] = Undecoded(values)
+                    column[u] = Undecoded(raws)
 
         yield self._loadSummaries(view, lacking)
         if self.view is not view:
@@ -2845,37 +2836,7 @@ class IMAPServer(Protocol):
                     continue
                 cache.keepHeader(prefix + (u,), header)
                 fill(u, header)
-        if others and scanned:
-            self.clock.callLater(0, self._fillOthers, view, prefix, scanned, others, fill)
         return columns, gone
-
-    @defer.inlineCallbacks
-    def _fillOthers(self, view: SelectedView, prefix: Tuple[Any, ...], uids: List[int],
-                    others: Dict[str, Dict[int, Any]], fill: Callable[..., None]) -> Any:
-        """
-        After a header SEARCH answered from the columns of its fields, fill
-        the other columns of L{COLUMN_FIELDS<mailplat.imap.cache.COLUMN_FIELDS>}
-        for C{uids} from the header blocks it kept, L{HEADER_BATCH}
-        messages per turn of the reactor: a later search on one of those
-        fields (a client's SUBJECT after FROM, HEADER Message-ID when
-        threading) scans nothing, and the first search did not wait for it.
-        A search that comes meanwhile fills what it needs itself.
-        """
-        items = [(name, column, False) for name, column in others.items()]
-        names = frozenset(others)
-        cache = self.cache
-        try:
-            for start in range(0, len(uids), HEADER_BATCH):
-                if start:
-                    yield self._pause()
-                if self.view is not view:
-                    return
-                for u in uids[start : start + HEADER_BATCH]:
-                    header = cache.header(prefix + (u,))
-                    if header is not None:
-                        fill(u, header, names, items)
-        except Exception:
-            log.failure("filling the header columns of {mailbox}", mailbox=prefix[1])
 
     @defer.inlineCallbacks
     def _headerSummaries(self, view: SelectedView, uids: List[int]) -> Any:

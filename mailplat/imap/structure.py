@@ -245,31 +245,50 @@ def _octetNames(names: FrozenSet[str]) -> Dict[bytes, str]:
     return {name.encode("ascii", "replace"): name for name in names}
 
 
-def headerFieldValues(header: bytes, names: FrozenSet[str], decode: bool = True) -> Dict[str, List[str]]:
+def headerFieldOctets(header: bytes, names: FrozenSet[str]) -> Dict[str, List[bytes]]:
     """
-    L{fieldValues} of each of C{names} (lower case) the block has, in one
-    scan of a header block as L{headerEnd} delimits it (see
-    L{_headerPairs}), so filling several header columns from one message
-    costs one scan.  A name the block lacks is not in the result.
-
-    @param decode: decode RFC 2047 encoded words (else the values are as
-        written, unfolded, for L{decodeHeaderText} to decode later).
+    The octets after the colon of each field of C{names} (lower case) a
+    header block has (as L{headerEnd} delimits it, see L{_headerPairs}),
+    in one scan: what L{fieldText} turns into a value.  A name the block
+    lacks is not in the result.
     """
-    out: Dict[str, List[str]] = {}
+    out: Dict[str, List[bytes]] = {}
     wanted = _octetNames(names)
     for name, raw in _headerPairs(header):
         key = wanted.get(name.lower())
         if key is not None:
-            if b"\n" in raw:
-                raw = _FOLD.sub(b"", raw)
-            text = raw.strip(b" \t\r\n").decode("utf-8", errors="replace")
-            value = decodeHeaderText(text) if decode and "=?" in text else text
             values = out.get(key)
             if values is None:
-                out[key] = [value]
+                out[key] = [raw]
             else:
-                values.append(value)
+                values.append(raw)
     return out
+
+
+def fieldText(raw: bytes, decode: bool = True) -> str:
+    """
+    A field's value from the octets after its colon (L{headerFieldOctets}):
+    unfolded, trimmed, and (with C{decode}) RFC 2047-decoded, as
+    L{fieldValues} gives it.
+    """
+    if b"\n" in raw:
+        raw = _FOLD.sub(b"", raw)
+    text = raw.strip(b" \t\r\n").decode("utf-8", errors="replace")
+    # (Without "=?" there is no encoded word to decode.)
+    return decodeHeaderText(text) if decode and "=?" in text else text
+
+
+def headerFieldValues(header: bytes, names: FrozenSet[str], decode: bool = True) -> Dict[str, List[str]]:
+    """
+    L{fieldValues} of each of C{names} (lower case) the block has, in one
+    scan of a header block as L{headerEnd} delimits it (see
+    L{headerFieldOctets}).  A name the block lacks is not in the result.
+
+    @param decode: decode RFC 2047 encoded words (else the values are as
+        written, unfolded, for L{decodeHeaderText} to decode later).
+    """
+    return {name: [fieldText(raw, decode) for raw in raws]
+            for name, raws in headerFieldOctets(header, names).items()}
 
 
 def fieldValues(header: bytes, name: str) -> List[str]:
