@@ -2756,6 +2756,7 @@ class IMAPServer(Protocol):
         """
         from mailplat.imap.cache import COLUMN_FIELDS, HeaderSummary
         from mailplat.imap.search import Undecoded, foldValues
+        from mailplat.mailbox import bulkObjects
         from mailplat.imap.structure import fieldText, headerFieldOctets
 
         prefix = self._cacheKey(view, 0)[:3]
@@ -2829,13 +2830,15 @@ class IMAPServer(Protocol):
             headers = yield self._readHeaders(view.mailbox, batch)
             if self.view is not view:
                 return None
-            for u in batch:
-                header = headers.get(u)
-                if header is None:
-                    gone.add(u)
-                    continue
-                cache.keepHeader(prefix + (u,), header)
-                fill(u, header)
+            # (Some ten objects a message, none in a cycle.)
+            with bulkObjects():
+                for u in batch:
+                    header = headers.get(u)
+                    if header is None:
+                        gone.add(u)
+                        continue
+                    cache.keepHeader(prefix + (u,), header)
+                    fill(u, header)
         return columns, gone
 
     @defer.inlineCallbacks

@@ -84,9 +84,7 @@ calling thread and hand back an already-fired Deferred.
 """
 
 import bisect
-import contextlib
 import fcntl
-import gc
 import io
 import itertools
 import os
@@ -96,7 +94,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Dict, FrozenSet, Iterable, Iterator, List, NamedTuple, Optional, Set, Tuple
+from typing import Any, BinaryIO, Callable, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Set, Tuple
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
@@ -131,6 +129,7 @@ from mailplat.interfaces import (
     IStoreFactory,
 )
 from mailplat.mailbox import (
+    bulkObjects,
     DEFAULT_MAILBOXES,
     MailboxStatus,
     MessageInfo,
@@ -306,27 +305,6 @@ def _wireSize(path: str) -> int:
                 break
             size += len(convert.feed(chunk))
     return size + len(convert.flush())
-
-
-@contextlib.contextmanager
-def _bulk() -> Iterator[None]:
-    """
-    Hold off Python's cyclic garbage collector while one object per
-    message is made (listing, reading the uidlist, a whole listing of
-    infos): these objects make no cycles, so the collector would find
-    nothing, yet with a hundred thousand of them it runs over every object
-    of the process again and again (a third of a first listing of 100,000
-    files).  Collections resume after it; when it was already off (the
-    application's choice, or another thread inside this), it is left so.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 # Small file helpers.
@@ -1146,10 +1124,10 @@ class MaildirMailbox:
             # the directories need not be listed for them.
             reread = False
         elif reread:
-            with _bulk():
+            with bulkObjects():
                 self._readUidlist()
         if scan or reread:
-            with _bulk():
+            with bulkObjects():
                 if self._scan(force=reread, recheck=recheck):
                     self._reconcile(self._changedBases())
 
@@ -1407,7 +1385,7 @@ class MaildirMailbox:
                 cache.version, cache.uidNext = version, self._uidNext
                 self._touched = set()
                 return cache
-        with _bulk():
+        with bulkObjects():
             return self._whole(version, entries)
 
     def _whole(self, version: Tuple[int, ...], entries: Dict[int, _Entry]) -> "_Listing":
