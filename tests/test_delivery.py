@@ -205,6 +205,30 @@ class PipelineTests(SynchronousTestCase):
         self.assertEqual((reply.code, reply.enhanced), (552, "5.5.3"))
         self.assertEqual(len(self.inbox()), 1)
 
+    def test_forgedAuthenticationResultsStripped(self) -> None:
+        """
+        Inbound mail loses the C{Authentication-Results} fields that claim
+        our host name (RFC 8601 section 5) and gets ours; others' fields,
+        and the body, are kept.  The queued copy for a forward is the same.
+        """
+        from mailplat.policy.authresults import AuthenticationPolicy
+        from tests.test_policy_auth import FakeResolver, Session
+
+        self.delivery.policies = [AuthenticationPolicy("mx.example.test", FakeResolver(), dmarc="off", dkimVerify=False)]
+        self.file.addAlias("fwd@example.test", ["alice@example.test", "bob@far.test"])
+        message = (b"Authentication-Results: MX.Example.Test;\r\n\tdkim=pass header.d=bank.test\r\n"
+                   b"Authentication-Results: relay.far.test; spf=pass\r\n"
+                   b"Subject: hi\r\n\r\nAuthentication-Results: mx.example.test; in the body\r\n")
+        self.successResultOf(self.delivery.deliver(Session(), "s@far.test", ["fwd@example.test"], io.BytesIO(message)))
+        [stored] = self.inbox()
+        self.assertNotIn(b"dkim=pass", stored)
+        self.assertEqual(stored.count(b"Authentication-Results: mx.example.test;"), 2)  # ours, and the body's
+        self.assertIn(b"Authentication-Results: relay.far.test; spf=pass\r\nSubject: hi\r\n\r\n"
+                      b"Authentication-Results: mx.example.test; in the body\r\n", stored)
+        [entry] = self.queue.list()
+        with self.queue.openMessage(entry.id) as f:
+            self.assertNotIn(b"dkim=pass", f.read())
+
     def test_smtpServerAcceptsForward(self) -> None:
         """
         Through the SMTP server, a forwarding alias is accepted (the server

@@ -483,6 +483,21 @@ class AuthenticationPolicyTests(unittest.TestCase):
             ],
         )
 
+    def test_forgedResults(self) -> None:
+        """
+        The verdict strips the message's C{Authentication-Results} fields
+        that name our authserv-id (in any case, after a comment, with a
+        version), whole with their continuation lines, and no other.
+        """
+        forged = [b"Authentication-Results: MX.test;\r\n\tdkim=pass header.d=bank.test\r\n",
+                  b"authentication-results:(fake) mx.test. 1; spf=pass\r\n"]
+        other = b"Authentication-Results: mx.test.example; spf=pass\r\n"
+        message = forged[0] + other + forged[1] + MESSAGE
+        verdict = self.judge(AuthenticationPolicy("mx.test", self.dns, dmarc="off"), message=message)
+        self.assertEqual(verdict.action, TAG)
+        self.assertEqual(verdict.strip, forged)
+        self.assertEqual(self.judge(AuthenticationPolicy("mx.test", self.dns, dmarc="off")).strip, [])
+
     def test_formatHeader(self) -> None:
         header = formatHeader(
             "mx.test",

@@ -38,7 +38,7 @@ from zope.interface import implementer
 from mailplat.address import normalizeAddress, splitAddress
 from mailplat.delivery.directory import AliasLoop, Resolution, StoreDirectory
 from mailplat.delivery.dsn import DELIVERED, FAILED, RecipientReport, makeDSN, readHeaders
-from mailplat.delivery.policy import REJECT, IPolicy
+from mailplat.delivery.policy import REJECT, IPolicy, stripFields
 from mailplat.errors import MailboxExists, NoSuchAccount, NoSuchMailbox, SMTPReply
 from mailplat.interfaces import IDelivery, IDirectory, IMailbox, IStore
 from mailplat.policy.authresults import JUNK_HEADER
@@ -300,21 +300,29 @@ class LocalDelivery:
         return accounts, remote, origin
 
     @defer.inlineCallbacks
-    def _judge(self, session: object, sender: Optional[str], recipients: List[str], message: BinaryIO) -> Generator["defer.Deferred[Any]", Any, bytes]:
+    def _judge(self, session: object, sender: Optional[str], recipients: List[str],
+               message: BinaryIO) -> Generator["defer.Deferred[Any]", Any, Tuple[bytes, BinaryIO]]:
         """
         Ask every policy; raise the first rejection.
 
-        @return: a Deferred firing with the header lines to add.
+        @return: a Deferred firing with the header lines to add and the
+            message to deliver: C{message}, or a copy without the fields
+            the policies strip (L{Verdict.strip}), such as a forged
+            C{Authentication-Results}.
         """
         headers: List[bytes] = []
+        strip: List[bytes] = []
         for policy in self.policies:
             message.seek(0)
             verdict = yield defer.maybeDeferred(policy.checkMessage, session, sender, recipients, message)
             if verdict.action == REJECT:
                 raise verdict.reply
             headers.extend(verdict.headers)
+            strip.extend(getattr(verdict, "strip", ()))
         message.seek(0)
-        return b"".join(headers)
+        if strip:
+            message = io.BytesIO(stripFields(message.read(), strip))
+        return b"".join(headers), message
 
     @staticmethod
     def _parametersFor(envelope: Envelope, address: str, original: str) -> RecipientParameters:
@@ -352,7 +360,7 @@ class LocalDelivery:
         accounts, remote, origin = yield self._route(session, recipients, envelope.routes)
         if not accounts and not remote:
             raise SMTPReply(550, "5.1.1", "No recipient exists any more")
-        tags = yield self._judge(session, sender, recipients, message)
+        tags, message = yield self._judge(session, sender, recipients, message)
         if remote:
             message.seek(0)
             source = io.BufferedReader(PrefixedReader(tags, message), 65536) if tags else message

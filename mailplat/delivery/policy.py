@@ -28,14 +28,19 @@ class Verdict:
     @ivar reply: for L{REJECT}, the L{SMTPReply} given to the client.
     @ivar headers: for L{TAG}, complete header lines (C{bytes} ending in
         CRLF) put in front of the message.
+    @ivar strip: for L{TAG}, header fields of the message, exactly as they
+        are in it (name to the CRLF ending the field, continuation lines
+        included), taken out of it (see L{stripFields}).
     """
 
-    def __init__(self, action: str, reply: Optional[SMTPReply] = None, headers: Sequence[bytes] = ()) -> None:
+    def __init__(self, action: str, reply: Optional[SMTPReply] = None, headers: Sequence[bytes] = (),
+                 strip: Sequence[bytes] = ()) -> None:
         if action == REJECT and reply is None:
             raise ValueError("a rejection needs a reply")
         self.action = action
         self.reply = reply
         self.headers = list(headers)
+        self.strip = list(strip)
 
     @classmethod
     def accept(cls) -> "Verdict":
@@ -52,11 +57,28 @@ class Verdict:
         return cls(REJECT, SMTPReply(code, enhanced, text))
 
     @classmethod
-    def tag(cls, *headers: bytes) -> "Verdict":
+    def tag(cls, *headers: bytes, strip: Sequence[bytes] = ()) -> "Verdict":
         """
-        Accept the message with these header lines added.
+        Accept the message with these header lines added (and the fields
+        C{strip} taken out).
         """
-        return cls(TAG, headers=headers)
+        return cls(TAG, headers=headers, strip=strip)
+
+
+def stripFields(message: bytes, fields: Sequence[bytes]) -> bytes:
+    """
+    C{message} (wire form) without the header fields C{fields}, each given
+    exactly as it is in the header (see L{Verdict.strip}); the body is
+    never touched, and a field not found is left alone.
+    """
+    end = message.find(b"\r\n\r\n")
+    end = len(message) if end < 0 else end + 2
+    header = message[:end]
+    for field in fields:
+        at = header.find(field)
+        if at == 0 or (at > 0 and header[at - 2 : at] == b"\r\n"):
+            header = header[:at] + header[at + len(field):]
+    return header + message[end:]
 
 
 class IPolicy(Interface):

@@ -43,6 +43,12 @@ JUNK_HEADER = b"X-Mailplat-Junk: yes\r\n"
 
 _TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+\-./=?^_`{|}~@]+$")
 
+# An Authentication-Results field of a header block (CRLF lines), whole,
+# and its authserv-id: the first token after the colon, past comments.
+_RESULTS_FIELD = re.compile(rb"^authentication-results[ \t]*:[^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n",
+                            re.IGNORECASE | re.MULTILINE)
+_AUTHSERV_ID = re.compile(rb":[\s]*(?:\([^()]*\)[\s]*)*([^\s;()]+)")
+
 
 def _clean(text: str) -> str:
     """
@@ -82,6 +88,25 @@ def fromDomain(message: bytes) -> Optional[str]:
             if domain:
                 return domain
     return None
+
+
+def forgedResults(message: bytes, hostname: str) -> List[bytes]:
+    """
+    The C{Authentication-Results} fields of the header of C{message}
+    (wire form) that claim to come from C{hostname}, our authserv-id,
+    exactly as they are in it: a border MTA deletes them (RFC 8601 section
+    5), or anyone could tell our users that we checked what we never did.
+    """
+    end = message.find(b"\r\n\r\n")
+    header = message if end < 0 else message[: end + 2]
+    ours = hostname.lower().rstrip(".").encode("ascii", "replace")
+    found = []
+    for match in _RESULTS_FIELD.finditer(header):
+        field = match.group(0)
+        ident = _AUTHSERV_ID.search(field)
+        if ident is not None and ident.group(1).lower().rstrip(b".") == ours:
+            found.append(field)
+    return found
 
 
 def formatHeader(
@@ -230,7 +255,7 @@ class AuthenticationPolicy:
         headers = [header] + extra
         if junk:
             headers.append(JUNK_HEADER)
-        return Verdict.tag(*headers)
+        return Verdict.tag(*headers, strip=forgedResults(data, self.hostname))
 
 
 @implementer(IPolicy)
