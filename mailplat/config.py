@@ -344,6 +344,12 @@ def loadFile(path: str, base: Optional[Config] = None) -> Config:
     for table, values in data.items():
         schema = _SCHEMA.get(table)
         if schema is None:
+            if not isinstance(values, dict):
+                # A key written before any section header.
+                homes = sorted(name for name, keys in _SCHEMA.items() if table in keys)
+                where = (f"it belongs in [{homes[0]}]" if len(homes) == 1 else
+                         f"keys go in a section ({', '.join(f'[{name}]' for name in sorted(_SCHEMA))})")
+                raise ConfigError(f"{path}: key '{table}' is outside any section: {where}")
             raise ConfigError(f"{path}: unknown section [{table}] (known: {', '.join(sorted(_SCHEMA))})")
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: '{table}' must be a section ([{table}])")

@@ -94,6 +94,14 @@ class LoadFileTests(SynchronousTestCase):
     def test_unknownSection(self) -> None:
         self.assertConfigError("[serve]\nhostname='x'\n", "[serve]")
 
+    def test_keyOutsideSection(self) -> None:
+        """
+        A key written before any section header is named as such, with the
+        section it belongs in when there is one.
+        """
+        self.assertConfigError("hostname = 'x'\n[server]\n", "key 'hostname' is outside any section", "[server]")
+        self.assertConfigError("colour = 'x'\n", "key 'colour' is outside any section", "[listen]")
+
     def test_unknownKey(self) -> None:
         self.assertConfigError("[server]\nhostnam = 'x'\n", "server.hostnam")
 
