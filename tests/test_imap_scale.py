@@ -571,14 +571,15 @@ class HeaderScanTests(IMAPTestBase):
     def test_sameAsWholeParse(self) -> None:
         import random
 
-        from mailplat.imap.structure import fieldValues, headerEnd, headerEnvelope, headerFieldValues
+        from mailplat.imap.structure import fieldText, fieldValues, headerEnd, headerEnvelope, headerFieldOctets
 
         rng = random.Random(11)
         for trial in range(3000):
             data = b"".join(rng.choice(self.PIECES) for _ in range(rng.randint(0, 10)))
             header = data[: headerEnd(data, True)]
             self.assertEqual(headerEnvelope(header), parseMessage(data).envelope(), data)
-            found = headerFieldValues(header, frozenset(self.NAMES))
+            found = {name: [fieldText(raw) for raw in raws]
+                     for name, raws in headerFieldOctets(header, frozenset(self.NAMES)).items()}
             for name in self.NAMES:
                 self.assertEqual(found.get(name, []), fieldValues(header, name), (data, name))
                 self.assertEqual(name in found, bool(fieldValues(header, name)), (data, name))

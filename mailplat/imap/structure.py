@@ -265,30 +265,16 @@ def headerFieldOctets(header: bytes, names: FrozenSet[str]) -> Dict[str, List[by
     return out
 
 
-def fieldText(raw: bytes, decode: bool = True) -> str:
+def fieldText(raw: bytes) -> str:
     """
-    A field's value from the octets after its colon (L{headerFieldOctets}):
-    unfolded, trimmed, and (with C{decode}) RFC 2047-decoded, as
-    L{fieldValues} gives it.
+    A field's value from the octets after its colon (L{headerFieldOctets},
+    L{fieldValues}): unfolded, trimmed and RFC 2047-decoded.
     """
     if b"\n" in raw:
         raw = _FOLD.sub(b"", raw)
     text = raw.strip(b" \t\r\n").decode("utf-8", errors="replace")
     # (Without "=?" there is no encoded word to decode.)
-    return decodeHeaderText(text) if decode and "=?" in text else text
-
-
-def headerFieldValues(header: bytes, names: FrozenSet[str], decode: bool = True) -> Dict[str, List[str]]:
-    """
-    L{fieldValues} of each of C{names} (lower case) the block has, in one
-    scan of a header block as L{headerEnd} delimits it (see
-    L{headerFieldOctets}).  A name the block lacks is not in the result.
-
-    @param decode: decode RFC 2047 encoded words (else the values are as
-        written, unfolded, for L{decodeHeaderText} to decode later).
-    """
-    return {name: [fieldText(raw, decode) for raw in raws]
-            for name, raws in headerFieldOctets(header, names).items()}
+    return decodeHeaderText(text) if "=?" in text else text
 
 
 def fieldValues(header: bytes, name: str) -> List[str]:
@@ -317,12 +303,7 @@ def fieldValues(header: bytes, name: str) -> List[str]:
         match = _FIELD_VALUE.match(header, start + skip)
         if match is None:
             continue  # a longer name
-        raw = match.group(1)
-        if b"\n" in raw:
-            raw = _FOLD.sub(b"", raw)
-        text = raw.strip(b" \t\r\n").decode("utf-8", errors="replace")
-        # (Without "=?" there is no encoded word to decode.)
-        out.append(decodeHeaderText(text) if "=?" in text else text)
+        out.append(fieldText(match.group(1)))
     return out
 
 
