@@ -575,5 +575,16 @@ class AuthenticationPolicyTests(unittest.TestCase):
         self.assertEqual(verdict.action, ACCEPT)
         self.assertEqual(self.dns.queries, [])
 
+    def test_authenticatedForgedResults(self) -> None:
+        """
+        Mail from an authenticated user is not checked, but loses the
+        C{Authentication-Results} fields that claim our host name.
+        """
+        forged = b"Authentication-Results: mx.test; dmarc=pass header.from=bank.test\r\n"
+        verdict = self.judge(AuthenticationPolicy("mx.test", self.dns), Session(authenticated="alice@example.com"),
+                             message=forged + MESSAGE)
+        self.assertEqual((verdict.action, verdict.headers, verdict.strip), (TAG, [], [forged]))
+        self.assertEqual(self.dns.queries, [])
+
     def test_badConfiguration(self) -> None:
         self.assertRaises(ValueError, AuthenticationPolicy, "mx.test", self.dns, spf="maybe")

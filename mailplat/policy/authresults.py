@@ -16,7 +16,9 @@ Actions, per configuration:
   - C{tag}: only the C{Authentication-Results} header.
 
 Mail from authenticated (submission) sessions and from the server itself
-is not checked.
+is not checked; an C{Authentication-Results} field claiming our host name
+is taken out of every message but those injected from loopback without a
+login (a content filter's reinjection keeps ours).
 """
 
 import email.parser
@@ -205,7 +207,11 @@ class AuthenticationPolicy:
         See L{IPolicy.checkMessage}.
         """
         if isAuthenticated(session):
-            return Verdict.accept()
+            # Not checked, but a user's mail must not carry a claim of
+            # ours either (a forgery, or a message received here and sent
+            # on as it was).
+            forged = forgedResults(readMessage(message), self.hostname)
+            return Verdict.tag(strip=forged) if forged else Verdict.accept()
         if self.trustLoopback and netutil.isLoopback(getattr(session, "peer", None)):
             # Mail injected on this machine (local programs, a content
             # filter's reinjection): trusted, as Postfix's mynetworks is.
