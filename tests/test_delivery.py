@@ -410,6 +410,21 @@ class RouteTests(SynchronousTestCase):
         inbox = self.successResultOf(self.successResultOf(self.store.getAccount(address)).getMailbox("INBOX"))
         return len(self.successResultOf(inbox.listMessages()))
 
+    def storeAsked(self, name: str) -> list:
+        """
+        From now on, list the first argument of every call of the store's
+        method C{name}.
+        """
+        asked: list = []
+        original = getattr(self.store, name)
+
+        def counting(first: str):  # type: ignore[no-untyped-def]
+            asked.append(first)
+            return original(first)
+
+        self.patch(self.store, name, counting)
+        return asked
+
     def test_lookedUpOnce(self) -> None:
         """
         RCPT asks whether the address is in a local domain once per
@@ -430,14 +445,7 @@ class RouteTests(SynchronousTestCase):
         plus-address and a recipient without an account are still
         resolved as before.
         """
-        asked: list = []
-        hasAccount = self.store.hasAccount
-
-        def counting(address: str):
-            asked.append(address)
-            return hasAccount(address)
-
-        self.patch(self.store, "hasAccount", counting)
+        asked = self.storeAsked("hasAccount")
         self.accept("alice@example.test")
         self.assertEqual(asked, ["alice@example.test"])
         self.assertEqual(self.session.transaction.routes["alice@example.test"].local, ["alice@example.test"])
@@ -466,14 +474,7 @@ class RouteTests(SynchronousTestCase):
         being asked about the domain; one without asks it; with domains
         configured, the store is not asked at all.
         """
-        asked: list = []
-        hasDomain = self.store.hasDomain
-
-        def counting(domain: str):
-            asked.append(domain)
-            return hasDomain(domain)
-
-        self.patch(self.store, "hasDomain", counting)
+        asked = self.storeAsked("hasDomain")
         self.assertTrue(self.successResultOf(self.directory.isLocalAddress("alice@example.test")))
         self.assertEqual(asked, [])
         self.assertTrue(self.successResultOf(self.directory.isLocalAddress("nobody@example.test")))

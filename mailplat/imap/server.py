@@ -2821,15 +2821,7 @@ class IMAPServer(Protocol):
                     unread.append(u)
                     continue
             fill(u, header)
-        for start in range(0, len(unread), HEADER_BATCH):
-            if start:
-                yield self._pause()
-                if self.view is not view:
-                    return None
-            batch = unread[start : start + HEADER_BATCH]
-            headers = yield self._readHeaders(view.mailbox, batch)
-            if self.view is not view:
-                return None
+        def fillBatch(batch: List[int], headers: Dict[int, Optional[bytes]]) -> None:
             # (Some ten objects a message, none in a cycle.)
             with bulkObjects():
                 for u in batch:
@@ -2839,7 +2831,33 @@ class IMAPServer(Protocol):
                         continue
                     cache.keepHeader(prefix + (u,), header)
                     fill(u, header)
+
+        if not (yield self._inHeaderBatches(view, unread, fillBatch)):
+            return None
         return columns, gone
+
+    @defer.inlineCallbacks
+    def _inHeaderBatches(self, view: SelectedView, uids: List[int],
+                         each: Callable[[List[int], Dict[int, Optional[bytes]]], None]) -> Any:
+        """
+        Read the headers of C{uids} (L{_readHeaders}), L{HEADER_BATCH}
+        messages per turn of the reactor so a big mailbox does not stall
+        the other sessions, and give each batch and its headers to C{each}.
+
+        @return: a Deferred firing with L{True}, or L{False} when the view
+            was closed meanwhile (the rest is not read).
+        """
+        for start in range(0, len(uids), HEADER_BATCH):
+            if start:
+                yield self._pause()
+                if self.view is not view:
+                    return False
+            batch = uids[start : start + HEADER_BATCH]
+            headers = yield self._readHeaders(view.mailbox, batch)
+            if self.view is not view:
+                return False
+            each(batch, headers)
+        return True
 
     @defer.inlineCallbacks
     def _headerSummaries(self, view: SelectedView, uids: List[int]) -> Any:
@@ -2870,18 +2888,14 @@ class IMAPServer(Protocol):
                 summary = HeaderSummary(header)
                 cache.put(key, summary)
             found[u] = summary
-        for start in range(0, len(unread), HEADER_BATCH):
-            if start:
-                yield self._pause()
-                if self.view is not view:
-                    return found
-            batch = unread[start : start + HEADER_BATCH]
-            headers = yield self._readHeaders(view.mailbox, batch)
+        def summarized(batch: List[int], headers: Dict[int, Optional[bytes]]) -> None:
             for u in batch:
                 header = headers.get(u)
                 if header is not None:
                     found[u] = summary = HeaderSummary(header)
                     cache.put(prefix + (u,), summary)
+
+        yield self._inHeaderBatches(view, unread, summarized)
         return found
 
     def _pause(self) -> defer.Deferred:
