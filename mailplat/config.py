@@ -130,6 +130,14 @@ class Config:
     policyTrustLoopback: bool = True
     metricsListener: str = DISABLED
 
+    @property
+    def indexDirectory(self) -> str:
+        """
+        Where the IMAP message index files are: C{imapIndexDir}, else
+        C{<dataDir>/index}.
+        """
+        return self.imapIndexDir or os.path.join(self.dataDir, "index")
+
 
 def _domain(where: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():

@@ -298,7 +298,7 @@ class Server:
         # it ([imap] index = false) every session parses what it needs.
         self.index: Optional[MessageIndex] = None
         if config.imapIndex:
-            self.index = MessageIndex(config.imapIndexDir or os.path.join(config.dataDir, "index"), reactor)
+            self.index = MessageIndex(config.indexDirectory, reactor)
         self.delivery = LocalDelivery(
             self.directory, self.store, self.queue, policies=self._policies(config, resolver),
             hostname=config.hostname, clock=reactor,

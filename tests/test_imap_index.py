@@ -12,7 +12,7 @@ import base64
 import os
 import sqlite3
 from io import BytesIO
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -263,6 +263,81 @@ class RestartTests(Harness):
             out = again.command(b"f FETCH 1 (ENVELOPE)")
             self.assertTagged(out, b"f", b"OK")
             self.assertEqual(counting.opens, [])
+
+
+class DropTests(Harness):
+    """
+    A mailbox deleted or renamed through IMAP takes its rows out of the
+    index: the text of mail that is gone is not kept.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.index = self.makeIndex()
+        self.client = self.login(self.connect(factory=self.indexedFactory(self.index)))
+
+    def fill(self, name: bytes, body: bytes) -> None:
+        """
+        CREATE C{name} (unless INBOX), APPEND one message to it (indexed
+        from the octets in hand).
+        """
+        if name != b"INBOX":
+            self.assertTagged(self.client.command(b"c CREATE " + name), b"c", b"OK")
+        data = message(name.decode(), body)
+        out = self.client.send(b"a APPEND %s {%d}\r\n" % (name, len(data)) + data + b"\r\n")
+        self.assertTagged(out, b"a", b"OK")
+
+    def rows(self) -> Dict[str, Tuple[int, int]]:
+        """
+        Per mailbox name in the index file, its message rows and text rows.
+        """
+        self.successResultOf(self.index.flush())
+        with sqlite3.connect(self.index.pathFor(ALICE)) as db:
+            return {name: (messages, texts) for name, messages, texts in db.execute(
+                "SELECT b.name, count(m.id), count(f.id) FROM mailboxes b LEFT JOIN messages m ON m.mailbox = b.id"
+                " LEFT JOIN fulltext f ON f.id = m.id GROUP BY b.id")}
+
+    def textHits(self, needle: str) -> int:
+        """
+        How many rows of the full-text table match C{needle}.
+        """
+        with sqlite3.connect(self.index.pathFor(ALICE)) as db:
+            return len(db.execute("SELECT rowid FROM texts WHERE texts MATCH ?", (matchQuery(needle),)).fetchall())
+
+    def test_delete(self) -> None:
+        """
+        DELETE drops the mailbox's rows and text; a mailbox made again
+        under the name is indexed afresh.
+        """
+        self.fill(b"INBOX", b"mango\r\n")
+        self.fill(b"Work", b"kiwifruit\r\n")
+        self.assertEqual(self.rows(), {"INBOX": (1, 1), "Work": (1, 1)})
+        self.assertEqual(self.textHits("kiwifruit"), 1)
+        self.assertTagged(self.client.command(b"d DELETE Work"), b"d", b"OK")
+        self.assertEqual(self.rows(), {"INBOX": (1, 1)})
+        self.assertEqual(self.textHits("kiwifruit"), 0)
+        self.assertEqual(self.textHits("mango"), 1)
+
+        self.fill(b"Work", b"papaya\r\n")
+        self.assertTagged(self.client.command(b"s SELECT Work"), b"s", b"OK")
+        self.assertEqual(self.search(self.client, b"TEXT kiwifruit"), b"* SEARCH")
+        self.assertEqual(self.search(self.client, b"TEXT papaya"), b"* SEARCH 1")
+
+    def test_renameTakesItsInferiors(self) -> None:
+        """
+        RENAME drops the rows of the mailbox and of those below it, not of
+        a sibling whose name merely starts the same; the messages are
+        found under their new names.
+        """
+        self.fill(b"a", b"apricot\r\n")
+        self.fill(b"a/b", b"blueberry\r\n")
+        self.fill(b"ab", b"avocado\r\n")
+        self.assertEqual(set(self.rows()), {"a", "a/b", "ab"})
+        self.assertTagged(self.client.command(b"r RENAME a c"), b"r", b"OK")
+        self.assertEqual(self.rows(), {"ab": (1, 1)})
+        self.assertEqual(self.textHits("apricot"), 0)
+        self.assertTagged(self.client.command(b"s SELECT c/b"), b"s", b"OK")
+        self.assertEqual(self.search(self.client, b"TEXT blueberry"), b"* SEARCH 1")
 
 
 class DeliveryTests(Harness):

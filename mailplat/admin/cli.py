@@ -30,6 +30,7 @@ from mailplat.address import normalizeAddress, splitAddress
 from mailplat.auth.passwd import PasswordFile
 from mailplat.config import Config, ConfigOptions
 from mailplat.errors import ConfigError, NoSuchAccount
+from mailplat.imap.index import removeIndex
 from mailplat.plugins import makeCheckers, makeStore
 
 
@@ -239,6 +240,12 @@ def run(options: AdminOptions, config: Config, out: Any = sys.stdout) -> Generat
                 known = True
             except NoSuchAccount:
                 pass
+            # The message index holds the text of the account's mail.
+            try:
+                if removeIndex(config.indexDirectory, address):
+                    known = True
+            except OSError as e:
+                raise ConfigError(f"{address}: could not delete its message index: {e}")
             if not known:
                 raise ConfigError(f"{address}: no such user")
             out.write(f"deleted {address}\n")

@@ -534,21 +534,29 @@ class Namespaces:
     def delete(self, name: str) -> Any:
         """
         DELETE: C{x} on the mailbox.
+
+        @return: a Deferred firing with the owner's address and the
+            mailbox's name in the owner's account, once it is deleted.
         """
         target = yield self.resolve(name, COMMAND_RIGHTS["DELETE"], "delete")
         yield target.account.deleteMailbox(target.mailbox)
+        return target.account.address, target.mailbox
 
     @defer.inlineCallbacks
     def rename(self, old: str, new: str) -> Any:
         """
         RENAME, within one account: C{x} on the old mailbox, C{k} on the
         new one's nearest existing parent.
+
+        @return: a Deferred firing with the owner's address and the old
+            name in the owner's account, once it is renamed.
         """
         source = yield self.resolve(old, COMMAND_RIGHTS["RENAME"], "rename")
         destination, _ = yield self._creatable(new)
         if destination.account.address != source.account.address:
             raise InvalidMailboxName("A mailbox cannot be moved to another user's mailboxes")
         yield source.account.renameMailbox(source.mailbox, destination.mailbox)
+        return source.account.address, source.mailbox
 
     @defer.inlineCallbacks
     def listShared(self) -> Any:

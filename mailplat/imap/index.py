@@ -25,7 +25,10 @@ in WAL mode so that several worker processes share it, holds:
 
 A message's content never changes under one C{(mailbox, UIDVALIDITY,
 UID)}, so rows never go stale; UIDs expunged since are pruned when a
-search sees them.  The index is a cache: a file that is missing, from an
+search sees them.  The rows of a mailbox deleted or renamed through IMAP
+are dropped with it (L{MessageIndex.dropMailbox}), and an account's file
+when the account is deleted (L{removeIndex}): the text of mail that is
+gone is not kept.  The index is a cache: a file that is missing, from an
 older format, or corrupt is rebuilt (and the log says so), never an error
 for the user; whatever it does not hold is read from the store.
 
@@ -59,7 +62,7 @@ from mailplat.imap.cache import CacheKey, MessageSummary, summarize
 from mailplat.imap.search import SearchText, searchText
 from mailplat.imap.structure import parseMessage
 
-__all__ = ["MessageIndex", "SCHEMA_VERSION", "indexedForm", "indexedTexts"]
+__all__ = ["MessageIndex", "SCHEMA_VERSION", "indexPath", "indexedForm", "indexedTexts", "removeIndex"]
 
 log = Logger()
 
@@ -113,6 +116,42 @@ def indexedForm(text: str) -> str:
     if len(distinct) == len(lines):
         return text
     return "\n".join(distinct)
+
+
+def indexPath(directory: str, account: str) -> str:
+    """
+    The index file of C{account} in the index directory C{directory}.
+    """
+    digest = hashlib.sha256(account.encode("utf-8", errors="surrogatepass")).hexdigest()[:32]
+    return os.path.join(directory, digest + ".sqlite")
+
+
+def _unlinkIndex(path: str) -> bool:
+    """
+    Delete the index file C{path} with its WAL, shared-memory and journal
+    files; whether there was one.
+    """
+    found = False
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        try:
+            os.unlink(path + suffix)
+            found = True
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def removeIndex(directory: str, account: str) -> bool:
+    """
+    Delete the index file of C{account} (a deleted account: its summaries
+    and the text of its mail go with it).  A process that has the file
+    open sees it gone at its next use and starts a new one (the inode
+    check of L{_Database.open}).
+
+    @return: whether there was a file.
+    @raise OSError: it is there but cannot be deleted.
+    """
+    return _unlinkIndex(indexPath(directory, account))
 
 
 def _dropText(db: sqlite3.Connection, rowId: int) -> None:
@@ -225,8 +264,6 @@ class _Database:
         self.lock = threading.Lock()
         self.db: Optional[sqlite3.Connection] = None
         self.inode: Optional[Tuple[int, int]] = None
-        # mailbox name -> (id, uidvalidity), valid while ``db`` is.
-        self.mailboxes: Dict[str, Tuple[int, int]] = {}
 
     def open(self) -> sqlite3.Connection:
         """
@@ -284,18 +321,16 @@ class _Database:
             except sqlite3.Error:
                 pass
         self.db, self.inode = None, None
-        self.mailboxes.clear()
 
     def destroy(self) -> None:
         """
         Close and delete the file (and its WAL), to be made again.
         """
         self.close()
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            try:
-                os.unlink(self.path + suffix)
-            except OSError:
-                pass
+        try:
+            _unlinkIndex(self.path)
+        except OSError:
+            pass
 
     def mailboxId(self, db: sqlite3.Connection, name: str, uidValidity: int, create: bool) -> Optional[int]:
         """
@@ -315,12 +350,28 @@ class _Database:
         if not create:
             return None
         # A new UIDVALIDITY: the old rows describe other messages.
+        self._emptyMailbox(db, mailboxId)
+        db.execute("UPDATE mailboxes SET uidvalidity = ? WHERE id = ?", (uidValidity, mailboxId))
+        return mailboxId
+
+    def dropMailbox(self, db: sqlite3.Connection, name: str, inferiors: bool) -> None:
+        """
+        (Inside a write transaction.)  Delete every row of mailbox C{name}
+        and, with C{inferiors}, of the mailboxes below it (C{name/...}).
+        """
+        below = name + "/"
+        found = db.execute("SELECT id FROM mailboxes WHERE name = ? OR (? AND substr(name, 1, ?) = ?)",
+                           (name, inferiors, len(below), below)).fetchall()
+        for (mailboxId,) in found:
+            self._emptyMailbox(db, mailboxId)
+            db.execute("DELETE FROM mailboxes WHERE id = ?", (mailboxId,))
+
+    @staticmethod
+    def _emptyMailbox(db: sqlite3.Connection, mailboxId: int) -> None:
         for (rowId,) in db.execute("SELECT id FROM messages WHERE mailbox = ? AND hastext = ?",
                                    (mailboxId, _TEXT)).fetchall():
             _dropText(db, rowId)
         db.execute("DELETE FROM messages WHERE mailbox = ?", (mailboxId,))
-        db.execute("UPDATE mailboxes SET uidvalidity = ? WHERE id = ?", (uidValidity, mailboxId))
-        return mailboxId
 
 
 class MessageIndex:
@@ -384,8 +435,7 @@ class MessageIndex:
         """
         The index file of C{account}.
         """
-        digest = hashlib.sha256(account.encode("utf-8", errors="surrogatepass")).hexdigest()[:32]
-        return os.path.join(self.directory, digest + ".sqlite")
+        return indexPath(self.directory, account)
 
     def _database(self, account: str) -> _Database:
         with self._databasesLock:
@@ -493,6 +543,15 @@ class MessageIndex:
         if uids:
             self._queue(("forget", prefix, uids))
 
+    def dropMailbox(self, account: str, name: str, inferiors: bool = False) -> None:
+        """
+        Queue: mailbox C{name} of C{account} was deleted (or, with
+        C{inferiors}, renamed along with the mailboxes below it), so drop
+        its rows.  What is written for that name afterwards belongs to a
+        mailbox made since.
+        """
+        self._queue(("drop", (account, name), inferiors))
+
     def flush(self) -> "defer.Deferred[None]":
         """
         Commit every queued write; fires once they are in the files (or
@@ -562,6 +621,11 @@ class MessageIndex:
                     blob, hastext, head, body = found
                     text = SearchText(head, body) if hastext == _TEXT and head is not None else None
                     self._insert(db, target, new, blob, text)
+            elif kind == "drop":
+                _, (_, name), inferiors = row
+                database.dropMailbox(db, name, inferiors)
+                # (The ids met so far in this batch may be gone.)
+                ids.clear()
             elif kind == "forget":
                 _, (_, name, uidValidity), uids = row
                 mailbox = database.mailboxId(db, name, uidValidity, False)

@@ -1614,7 +1614,9 @@ class IMAPServer(Protocol):
         args.end()
         if name == "INBOX":
             raise IMAPError("INBOX cannot be deleted", b"CANNOT")
-        yield self._namespaces().delete(name)
+        owner, deleted = yield self._namespaces().delete(name)
+        if self.cache.index is not None:
+            self.cache.index.dropMailbox(owner, deleted)
         return b"DELETE completed"
 
     @defer.inlineCallbacks
@@ -1624,7 +1626,11 @@ class IMAPServer(Protocol):
         args.end()
         if new == "INBOX":
             raise IMAPError("Cannot rename a mailbox to INBOX", b"ALREADYEXISTS")
-        yield self._namespaces().rename(old, new)
+        owner, renamed = yield self._namespaces().rename(old, new)
+        if self.cache.index is not None:
+            # (Its messages are indexed again under the new name when a
+            # search needs them.)
+            self.cache.index.dropMailbox(owner, renamed, inferiors=True)
         return b"RENAME completed"
 
     @defer.inlineCallbacks

@@ -15,6 +15,8 @@ import sys
 from twisted.internet import defer, protocol, reactor, threads
 from twisted.trial.unittest import TestCase
 
+from mailplat.imap.index import indexPath
+
 HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "mailplat"]
 ADMIN = [sys.executable, "-c", "from mailplat.admin.cli import main; main()"]
@@ -108,12 +110,20 @@ class TwistdTests(TestCase):
             try:
                 i.login("alice@example.test", "s3cret pass")
                 i.select("INBOX")
+                # (Answered from the message index, which the search makes.)
+                assert i.search(None, "TEXT", "twistd")[1] == [b"1"]
                 return i.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")[1][0][1]
             finally:
                 i.logout()
 
         subject = yield threads.deferToThread(mail)
         self.assertEqual(subject.strip(), b"Subject: via twistd")
+        # Deleting the user deletes the index of its mail too.
+        index = indexPath(os.path.join(dataDir, "index"), "alice@example.test")
+        self.assertTrue(os.path.exists(index))
+        deleter = spawn(ADMIN + ["--data-dir", dataDir, "user", "del", "alice@example.test"], Child())
+        self.assertEqual((yield deleter.ended), 0, deleter.output)
+        self.assertEqual([name for name in os.listdir(os.path.dirname(index)) if name.startswith(os.path.basename(index))], [])
         yield stop()
         # twistd stops cleanly on SIGTERM, then reports the signal as its
         # exit status (as Twisted does since 22.x).
