@@ -286,7 +286,7 @@ class Server:
         resolver = _SystemResolver()
         # Several nodes on one PostgreSQL share its queue; otherwise the
         # queue is files in the data directory.
-        self.queue = queueFor(config.store, config.dataDir, reactor)
+        self.queue = queueFor(config.store, config.dataDir, reactor, threaded=True)
         # Domains, aliases and moved users: in the store's database for a
         # SQL store (every node sees the same), else a file in the data dir.
         self.directoryFile = directoryFor(config.store, config.dataDir)

@@ -8,9 +8,11 @@ import json
 import os
 import time
 from types import SimpleNamespace
+from typing import Any, Callable, List
 
-from twisted.internet import task
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import defer, task
+from twisted.python.threadable import isInIOThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailplat.admin import queue_cmd
 from mailplat.errors import ConfigError
@@ -233,3 +235,86 @@ class EnvelopeParameterQueueTests(SynchronousTestCase):
 
         entry = QueueEntry.fromJSON({"id": "0123456789ab", "sender": None, "created": 1.0, "recipients": [{"address": "x@y"}]})
         self.assertFalse(entry.smtputf8)
+
+
+class ThreadedQueueTests(TestCase):
+    """
+    L{Queue.inThreads}, as a server runs it: changes are made in the
+    reactor's thread pool, and their Deferreds fire on the reactor thread
+    once they are durable.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        self.path = self.mktemp()
+        self.queue = Queue.inThreads(self.path, reactor)
+        self.threads: List[bool] = []
+        for name in ("_writeFile", "_writeMeta", "_removeFiles"):
+            self.patch(self.queue, name, self.recording(getattr(self.queue, name)))
+
+    def recording(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        def called(*args: Any) -> Any:
+            self.threads.append(isInIOThread())
+            return method(*args)
+
+        return called
+
+    @defer.inlineCallbacks
+    def test_changesOffTheReactorThread(self) -> None:
+        """
+        Enqueue, the marks, hold, release, flush and delete write their
+        files off the reactor thread; the reads see each change once its
+        Deferred has fired, and a new queue on the directory too.
+        """
+        notified: List[bool] = []
+        self.queue.addObserver(lambda: notified.append(isInIOThread()))
+        d = self.queue.enqueue("alice@example.test", ["bob@far.test", "carol@far.test"], io.BytesIO(BODY))
+        self.assertFalse(d.called)
+        queueId = yield d
+        self.assertEqual(notified, [True])
+        with open(os.path.join(self.path, queueId + ".msg"), "rb") as f:
+            self.assertEqual(f.read(), BODY)
+        yield self.queue.markDelivered(queueId, ["bob@far.test"], "250 ok", "mx.far.test")
+        yield self.queue.markDeferred(queueId, ["carol@far.test"], "451 later", time.time() + 600)
+        yield self.queue.hold(queueId)
+        self.assertTrue(self.queue.get(queueId).held)
+        yield self.queue.release(queueId)
+        self.assertEqual((yield self.queue.flush()), [queueId])
+        states = {r.address: r.state for r in Queue(self.path, self.queue.clock).get(queueId).recipients}
+        self.assertEqual(states, {"bob@far.test": DELIVERED, "carol@far.test": DEFERRED})
+        yield self.queue.delete(queueId)
+        self.assertEqual(self.queue.list(), [])
+        self.assertTrue(self.threads)
+        self.assertNotIn(True, self.threads)
+
+    @defer.inlineCallbacks
+    def test_concurrentChanges(self) -> None:
+        """
+        Enqueues and marks made all at once, in several pool threads, are
+        each on disk once their Deferreds fire.
+        """
+        ids = yield defer.gatherResults([
+            self.queue.enqueue("alice@example.test", [f"r{i}@far.test"], io.BytesIO(BODY)) for i in range(20)
+        ])
+        self.assertEqual(len(set(ids)), 20)
+        yield defer.gatherResults([
+            self.queue.markFailed(queueId, [f"r{i}@far.test"], "550 no") for i, queueId in enumerate(ids)
+        ])
+        fresh = Queue(self.path, self.queue.clock)
+        self.assertEqual(sorted(e.id for e in fresh.list()), sorted(ids))
+        self.assertEqual({r.state for e in fresh.list() for r in e.recipients}, {FAILED})
+
+    @defer.inlineCallbacks
+    def test_failureChangesNothing(self) -> None:
+        """
+        An enqueue whose message cannot be read fails, and leaves no file.
+        """
+        class Unreadable(io.BytesIO):
+            def read(self, *args: Any) -> bytes:
+                raise OSError("unreadable")
+
+        with self.assertRaises(OSError):
+            yield self.queue.enqueue("alice@example.test", ["bob@far.test"], Unreadable())
+        self.assertEqual(self.queue.list(), [])
+        self.assertEqual([n for n in os.listdir(self.path) if n not in ("tmp", "lock")], [])

@@ -27,22 +27,30 @@ after the remote server's C{250} to the end of data (one metadata write, a
 few milliseconds).  A crash inside that window makes the recipient be sent
 again on the next start; no other crash can.
 
-The blocking file work is synchronous and kept in the private methods
-C{_writeFile}, C{_readMeta}, C{_writeMeta}, C{_removeFiles} and C{_scan},
-so that it can move to a thread pool or a database in one place.
+The blocking file work is kept in the private methods C{_writeFile},
+C{_readMeta}, C{_writeMeta}, C{_removeFiles} and C{_scan}.  Every change
+(enqueue, the marks, hold, release, flush, delete: file writes, fsyncs and
+the lock) runs through the queue's C{run}: in a server, the reactor's
+thread pool (L{Queue.inThreads}), so an fsync or an admin command holding
+the lock never stalls the sessions; by default at once, on the calling
+thread (the admin command, tests).  The in-memory copies of the entries are
+guarded by a lock, as reads (L{Queue.get}, L{Queue.list},
+L{Queue.nextWakeup}) stay on the calling thread.
 """
 
 import errno
 import fcntl
+import functools
 import json
 import os
 import re
 import secrets
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO, Callable, Collection, Dict, Iterable, List, Mapping, Optional, Set
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -248,15 +256,33 @@ class Queue:
 
     _log = Logger()
 
-    def __init__(self, path: str, clock: IReactorTime) -> None:
+    def __init__(self, path: str, clock: IReactorTime,
+                 run: Optional[Callable[..., "defer.Deferred[Any]"]] = None) -> None:
+        """
+        @param run: calls C{f(*args)} and returns a Deferred of its result:
+            where the changes are made (see L{inThreads}); by default at
+            once, on the calling thread.
+        """
         self.path = path
         self.clock = clock
+        self._run = run if run is not None else defer.maybeDeferred
         self._tmp = os.path.join(path, "tmp")
         os.makedirs(self._tmp, exist_ok=True)
+        # Guards _cache and _stamps, changed by the thread making a change
+        # and read by the caller's.
+        self._mutex = threading.RLock()
         self._cache: Dict[str, QueueEntry] = {}
         self._stamps: Dict[str, tuple] = {}
         self._observers: List[Callable[[], None]] = []
         self._scan()
+
+    @classmethod
+    def inThreads(cls, path: str, reactor: Any) -> "Queue":
+        """
+        The queue of a server: its changes made in C{reactor}'s thread
+        pool, off the reactor thread.
+        """
+        return cls(path, reactor, functools.partial(threads.deferToThreadPool, reactor, reactor.getThreadPool()))
 
     # Observers.
 
@@ -335,15 +361,21 @@ class Queue:
             ret=ret,
             smtputf8=smtputf8,
         )
-        try:
-            self._writeFile(entryId + ".msg", messageFile)
-            with self._locked():
-                self._writeMeta(entry)
-        except Exception:
-            self._removeFiles(entryId)
-            return defer.fail()
+        def write() -> str:
+            try:
+                self._writeFile(entryId + ".msg", messageFile)
+                with self._locked():
+                    self._writeMeta(entry)
+            except BaseException:
+                self._removeFiles(entryId)
+                raise
+            return entryId
+
+        return self._run(write).addCallback(self._notified)
+
+    def _notified(self, result: Any) -> Any:
         self._notify()
-        return defer.succeed(entryId)
+        return result
 
     def get(self, entryId: str) -> QueueEntry:
         """
@@ -362,8 +394,9 @@ class Queue:
         """
         Every entry, oldest first.
         """
-        self._scan()
-        return [QueueEntry.fromJSON(self._cache[i].toJSON()) for i in sorted(self._cache, key=self._order)]
+        with self._mutex:
+            self._scan()
+            return [QueueEntry.fromJSON(self._cache[i].toJSON()) for i in sorted(self._cache, key=self._order)]
 
     def due(self, now: Optional[float] = None) -> List[QueueEntry]:
         """
@@ -386,9 +419,10 @@ class Queue:
         @param exclude: ids of entries to leave out (those the runner is
             delivering right now).
         """
-        times = [
-            r.nextAttempt for i, e in self._cache.items() if not e.held and i not in exclude for r in e.active()
-        ]
+        with self._mutex:
+            times = [
+                r.nextAttempt for i, e in self._cache.items() if not e.held and i not in exclude for r in e.active()
+            ]
         return min(times) if times else None
 
     def openMessage(self, entryId: str) -> BinaryIO:
@@ -444,7 +478,7 @@ class Queue:
                     else:
                         r.notified = True
 
-        return defer.succeed(self._update(entryId, change, missingOk=True))
+        return self._run(self._update, entryId, change, True)
 
     def delete(self, entryId: str) -> "defer.Deferred[None]":
         """
@@ -452,15 +486,14 @@ class Queue:
 
         @raise NoSuchEntry: (as a failure) no such entry.
         """
-        try:
+        def remove() -> None:
             self._checkId(entryId)
             with self._locked():
                 if not os.path.exists(self._metaPath(entryId)):
                     raise NoSuchEntry(entryId)
                 self._removeFiles(entryId)
-        except Exception:
-            return defer.fail()
-        return defer.succeed(None)
+
+        return self._run(remove)
 
     def hold(self, entryId: str) -> "defer.Deferred[QueueEntry]":
         """
@@ -487,31 +520,27 @@ class Queue:
         def change(entry: QueueEntry) -> None:
             entry.makeDue(now)
 
-        try:
+        def makeDue() -> List[str]:
             if entryId is not None:
                 self._checkId(entryId)
                 self._update(entryId, change)
-                ids = [entryId]
-            else:
-                ids = [e.id for e in self.list() if not e.held and e.active()]
-                for i in ids:
-                    self._update(i, change, missingOk=True)
-        except Exception:
-            return defer.fail()
-        self._notify()
-        return defer.succeed(ids)
+                return [entryId]
+            ids = [e.id for e in self.list() if not e.held and e.active()]
+            for i in ids:
+                self._update(i, change, missingOk=True)
+            return ids
+
+        return self._run(makeDue).addCallback(self._notified)
 
     # Private: state changes.
 
     def _set(self, entryId: str, change: Callable[[QueueEntry], None], notify: bool) -> defer.Deferred:
-        try:
+        def update() -> Optional[QueueEntry]:
             self._checkId(entryId)
-            entry = self._update(entryId, change)
-        except Exception:
-            return defer.fail()
-        if notify:
-            self._notify()
-        return defer.succeed(entry)
+            return self._update(entryId, change)
+
+        d = self._run(update)
+        return d.addCallback(self._notified) if notify else d
 
     def _mark(
         self,
@@ -528,10 +557,7 @@ class Queue:
         def change(entry: QueueEntry) -> None:
             recordAttempt(entry, addresses, state, reply, remoteMTA, nextAttempt, now)
 
-        try:
-            return defer.succeed(self._update(entryId, change, missingOk=True))
-        except Exception:
-            return defer.fail()
+        return self._run(self._update, entryId, change, True)
 
     def _update(self, entryId: str, change: Callable[[QueueEntry], None], missingOk: bool = False) -> Optional[QueueEntry]:
         """
@@ -548,6 +574,9 @@ class Queue:
                 if missingOk:
                     return None
                 raise NoSuchEntry(entryId)
+            # A copy: the cached entry may be read meanwhile, and stays
+            # as it is on disk until the new one is.
+            entry = QueueEntry.fromJSON(entry.toJSON())
             change(entry)
             self._writeMeta(entry)
         return QueueEntry.fromJSON(entry.toJSON())
@@ -610,8 +639,9 @@ class Queue:
                 entry = QueueEntry.fromJSON(json.load(f))
         except FileNotFoundError:
             return None
-        self._cache[entryId] = entry
-        self._stamps[entryId] = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        with self._mutex:
+            self._cache[entryId] = entry
+            self._stamps[entryId] = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         return entry
 
     def _remember(self, entry: QueueEntry) -> None:
@@ -620,12 +650,14 @@ class Queue:
         except FileNotFoundError:
             self._forget(entry.id)
             return
-        self._cache[entry.id] = entry
-        self._stamps[entry.id] = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        with self._mutex:
+            self._cache[entry.id] = entry
+            self._stamps[entry.id] = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
     def _forget(self, entryId: str) -> None:
-        self._cache.pop(entryId, None)
-        self._stamps.pop(entryId, None)
+        with self._mutex:
+            self._cache.pop(entryId, None)
+            self._stamps.pop(entryId, None)
 
     def _fresh(self, entryId: str) -> Optional[QueueEntry]:
         """
@@ -636,14 +668,15 @@ class Queue:
         except FileNotFoundError:
             self._forget(entryId)
             return None
-        if self._stamps.get(entryId) != (stat.st_mtime_ns, stat.st_size, stat.st_ino):
-            try:
-                return self._readMeta(entryId)
-            except (ValueError, KeyError, TypeError):
-                self._log.error("queue: unreadable metadata {path}", path=self._metaPath(entryId))
-                self._forget(entryId)
-                return None
-        return self._cache.get(entryId)
+        with self._mutex:
+            if self._stamps.get(entryId) == (stat.st_mtime_ns, stat.st_size, stat.st_ino):
+                return self._cache.get(entryId)
+        try:
+            return self._readMeta(entryId)
+        except (ValueError, KeyError, TypeError):
+            self._log.error("queue: unreadable metadata {path}", path=self._metaPath(entryId))
+            self._forget(entryId)
+            return None
 
     def _removeFiles(self, entryId: str) -> None:
         """
@@ -672,8 +705,10 @@ class Queue:
             else:
                 raise
         metas = {n[:-5] for n in names if n.endswith(".json") and _ID.match(n[:-5])}
-        for gone in set(self._cache) - metas:
-            self._forget(gone)
+        with self._mutex:
+            gone = set(self._cache) - metas
+        for entryId in gone:
+            self._forget(entryId)
         for entryId in metas:
             self._fresh(entryId)
         # File ages are wall-clock times, whatever clock the queue runs on.

@@ -1160,12 +1160,14 @@ class _Listener:
 OutboundQueue = Union[Queue, SQLQueue]
 
 
-def queueFor(storeSpec: str, dataDir: str, clock: IReactorTime) -> OutboundQueue:
+def queueFor(storeSpec: str, dataDir: str, clock: IReactorTime, threaded: bool = False) -> OutboundQueue:
     """
     The outbound queue for a server whose store is C{storeSpec}
     (C{NAME[:ARGS]}, as C{--store}): the store's PostgreSQL database and
     schema for C{sql:postgresql://...}, so every node shares one queue;
-    else the file queue in C{<dataDir>/queue}.
+    else the file queue in C{<dataDir>/queue}, making its changes in
+    the thread pool of C{clock} (a reactor) when C{threaded} (in a
+    server; see L{Queue.inThreads}).
 
     @raise mailplat.errors.ConfigError: the store's arguments are bad, or
         the database cannot be reached.
@@ -1181,4 +1183,5 @@ def queueFor(storeSpec: str, dataDir: str, clock: IReactorTime) -> OutboundQueue
             return SQLQueue(spec.dsn, spec.schema, clock)
         except StoreError as e:
             raise ConfigError(f"queue on store 'sql': {e}") from None
-    return Queue(os.path.join(dataDir, "queue"), clock)
+    path = os.path.join(dataDir, "queue")
+    return Queue.inThreads(path, clock) if threaded else Queue(path, clock)
