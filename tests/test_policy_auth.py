@@ -573,6 +573,59 @@ class AuthenticationPolicyTests(unittest.TestCase):
     def test_authenticatedSkipped(self) -> None:
         verdict = self.judge(AuthenticationPolicy("mx.test", self.dns), Session(authenticated="alice@example.com"))
         self.assertEqual(verdict.action, ACCEPT)
+
+    def recipient(self, policy: AuthenticationPolicy, session: Session, sender: Optional[str] = "alice@example.com"):
+        return self.successResultOf(policy.checkRecipient(session, sender, "bob@example.org"))
+
+    def test_dnsblRejectAtRcpt(self) -> None:
+        """
+        A listed client is refused at RCPT (action C{reject}); the lists
+        are asked once for the session, whatever the recipients and the
+        end of DATA; with C{junk} or C{tag} RCPT accepts.
+        """
+        self.dns.a("10.2.0.192.bl.test", "127.0.0.2")
+        policy = AuthenticationPolicy("mx.test", self.dns, dnsblZones=["bl.test"])
+        session = Session()
+        for _ in range(3):
+            verdict = self.recipient(policy, session)
+            self.assertEqual(verdict.action, REJECT)
+            self.assertEqual((verdict.reply.code, verdict.reply.enhanced), (550, "5.7.1"))
+        self.assertEqual(self.judge(policy, session).action, REJECT)
+        self.assertEqual([q for q in self.dns.queries if q[0].endswith("bl.test")], [("10.2.0.192.bl.test", dns.A)])
+        junk = AuthenticationPolicy("mx.test", self.dns, dnsblZones=["bl.test"], dnsbl="junk")
+        self.assertEqual(self.recipient(junk, Session()).action, ACCEPT)
+
+    def test_spfRejectAtRcpt(self) -> None:
+        """
+        SPF C{fail} is refused at RCPT with action C{reject}; the record is
+        read once for the session and sender, and the end of DATA uses
+        that answer; another sender is looked up afresh.
+        """
+        policy = AuthenticationPolicy("mx.test", self.dns, spf="reject", dmarc="off")
+        session = Session(peerHost="198.51.100.1")
+        verdict = self.recipient(policy, session)
+        self.assertEqual(verdict.action, REJECT)
+        self.assertEqual((verdict.reply.code, verdict.reply.enhanced), (550, "5.7.23"))
+        self.assertEqual(self.judge(policy, session).action, REJECT)
+        self.assertEqual(self.dns.queries.count(("example.com", dns.TXT)), 1)
+        self.recipient(policy, session, sender="carol@example.com")
+        self.assertEqual(self.dns.queries.count(("example.com", dns.TXT)), 2)
+        self.assertEqual(self.recipient(AuthenticationPolicy("mx.test", self.dns, dmarc="off"), session).action, ACCEPT)
+
+    def test_uncheckedAtRcpt(self) -> None:
+        """
+        Authenticated and (trusted) loopback clients are not looked up at
+        RCPT either.
+        """
+        from twisted.internet.address import IPv4Address
+
+        self.dns.a("10.2.0.192.bl.test", "127.0.0.2")
+        policy = AuthenticationPolicy("mx.test", self.dns, spf="reject", dnsblZones=["bl.test"])
+        local = Session(peerHost="127.0.0.1")
+        local.peer = IPv4Address("TCP", "127.0.0.1", 2525)
+        self.assertEqual(self.recipient(policy, Session(authenticated="alice@example.com")).action, ACCEPT)
+        self.assertEqual(self.recipient(policy, local).action, ACCEPT)
+        self.assertEqual(self.dns.queries, [])
         self.assertEqual(self.dns.queries, [])
 
     def test_authenticatedForgedResults(self) -> None:

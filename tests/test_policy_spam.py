@@ -271,3 +271,34 @@ class GreylistTests(unittest.TestCase):
     def test_authenticatedSkipped(self) -> None:
         self.assertEqual(self.check(authenticated="a@example.com").action, ACCEPT)
         self.assertFalse(os.path.exists(self.path))
+
+    def test_loopbackTrusted(self) -> None:
+        """
+        Mail from loopback is not greylisted while loopback is trusted.
+        """
+        from twisted.internet.address import IPv4Address
+
+        local = Session("127.0.0.1")
+        local.peer = IPv4Address("TCP", "127.0.0.1", 2525)
+        self.assertEqual(self.successResultOf(self.policy.checkRecipient(local, "a@example.com", "b@example.org")).action, ACCEPT)
+        strict = GreylistPolicy(self.path, self.clock, delay=300, trustLoopback=False)
+        self.assertEqual(self.successResultOf(strict.checkRecipient(local, "a@example.com", "b@example.org")).action, REJECT)
+
+    def test_perRecipientAtRcpt(self) -> None:
+        """
+        At RCPT each recipient is judged alone: a known triplet passes
+        while a new one waits, and the end of DATA then accepts the
+        recipients that passed, without writing the state again.
+        """
+        session = Session("192.0.2.10")
+
+        def rcpt(recipient: str) -> str:
+            return self.successResultOf(self.policy.checkRecipient(session, "a@example.com", recipient)).action
+
+        self.assertEqual(rcpt("b@example.org"), REJECT)
+        self.clock.advance(300)
+        self.assertEqual(rcpt("b@example.org"), ACCEPT)
+        self.assertEqual(rcpt("new@example.org"), REJECT)
+        written = os.stat(self.path).st_mtime_ns
+        self.assertEqual(self.check(recipients=["b@example.org"]).action, ACCEPT)
+        self.assertEqual(os.stat(self.path).st_mtime_ns, written)

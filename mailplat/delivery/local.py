@@ -38,7 +38,7 @@ from zope.interface import implementer
 from mailplat.address import normalizeAddress, splitAddress
 from mailplat.delivery.directory import AliasLoop, Resolution, StoreDirectory
 from mailplat.delivery.dsn import DELIVERED, FAILED, RecipientReport, makeDSN, readHeaders
-from mailplat.delivery.policy import REJECT, IPolicy, stripFields
+from mailplat.delivery.policy import REJECT, IPolicy, IRecipientPolicy, stripFields
 from mailplat.errors import MailboxExists, NoSuchAccount, NoSuchMailbox, SMTPReply
 from mailplat.interfaces import IDelivery, IDirectory, IMailbox, IStore
 from mailplat.policy.authresults import JUNK_HEADER
@@ -201,7 +201,9 @@ class LocalDelivery:
 
         The route decided for an accepted recipient is noted in the
         transaction's L{Envelope} (C{routes}), which L{deliver} follows
-        rather than looking the address up again.
+        rather than looking the address up again.  A recipient found
+        deliverable is then put to the policies that decide at C{RCPT}
+        (L{IRecipientPolicy}: greylisting, a DNSBL or SPF refusal).
         """
         routes = getattr(getattr(session, "transaction", None), "routes", None)
         local, domain = splitAddress(recipient)
@@ -230,16 +232,30 @@ class LocalDelivery:
                         # Temporary: the sender retries while the user
                         # makes room (RFC 3463 X.2.2, mailbox full).
                         raise SMTPReply(452, "4.2.2", f"<{recipient}>: Mailbox full")
+            yield self._judgeRecipient(session, recipient)
             if routes is not None:
                 routes[recipient] = resolution
             if resolution.remote and not resolution.local:
                 return SMTPReply(251, "2.1.5", "User not local; will forward")
             return None
         if domain and local and self._mayRelay(session):
+            yield self._judgeRecipient(session, recipient)
             if routes is not None:
                 routes[recipient] = _RELAY
             return None
         raise SMTPReply(554, "5.7.1", f"<{recipient}>: Relay access denied")
+
+    @defer.inlineCallbacks
+    def _judgeRecipient(self, session: object, recipient: str) -> Generator["defer.Deferred[Any]", Any, None]:
+        """
+        Ask the policies that decide at C{RCPT}; raise the first refusal.
+        """
+        sender = getattr(getattr(session, "transaction", None), "sender", None)
+        for policy in self.policies:
+            if IRecipientPolicy.providedBy(policy):
+                verdict = yield defer.maybeDeferred(policy.checkRecipient, session, sender, recipient)
+                if verdict.action == REJECT:
+                    raise verdict.reply
 
     def _route(self, session: object, recipients: List[str], routes: Dict[str, Any]) -> defer.Deferred:
         """

@@ -99,6 +99,26 @@ class IPolicy(Interface):
         """
 
 
+class IRecipientPolicy(Interface):
+    """
+    A policy that can also decide at C{RCPT}, as Postfix's recipient
+    restrictions do: a refusal there costs the client no message
+    transfer, and is per recipient.  The delivery asks it of each
+    recipient it has found deliverable; the policy's C{checkMessage} is
+    still asked at the end of C{DATA}.
+    """
+
+    def checkRecipient(session: object, sender: Optional[str], recipient: str) -> "defer.Deferred[Verdict]":
+        """
+        Judge one recipient of the transaction of C{session} (from
+        C{sender}, L{None} for C{<>}).
+
+        @return: a Deferred firing with a L{Verdict}: a rejection refuses
+            the recipient with its reply; anything else accepts it (header
+            fields are only added at the end of C{DATA}).
+        """
+
+
 @implementer(IPolicy)
 class MaxRecipientsPolicy:
     """

@@ -15,6 +15,11 @@ Actions, per configuration:
     only C{tag}ged.
   - C{tag}: only the C{Authentication-Results} header.
 
+The DNSBL and SPF rejections are made at C{RCPT} already (as Postfix's
+C{reject_rbl_client} and an SPF policy service do), so a refused client
+sends no message; each lookup is made once per session and its answer
+used again at the end of C{DATA}.
+
 Mail from authenticated (submission) sessions and from the server itself
 is not checked; an C{Authentication-Results} field claiming our host name
 is taken out of every message but those injected from loopback without a
@@ -25,7 +30,8 @@ import email.parser
 import email.policy
 import email.utils
 import re
-from typing import Any, BinaryIO, Generator, List, Optional, Sequence
+import weakref
+from typing import Any, BinaryIO, Dict, Generator, List, Optional, Sequence
 
 import dkim as dkimpy
 from twisted.internet import defer
@@ -33,7 +39,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailplat import netutil
-from mailplat.delivery.policy import IPolicy, Verdict, clientAddress, isAuthenticated, readMessage
+from mailplat.delivery.policy import IPolicy, IRecipientPolicy, Verdict, clientAddress, isAuthenticated, readMessage
 from mailplat.policy.dkim import DKIMResult, DKIMSigner, DKIMVerifier
 from mailplat.policy.dmarc import DMARCChecker, DMARCResult
 from mailplat.policy.dnsbl import DNSBLChecker
@@ -151,7 +157,7 @@ def formatHeader(
     return line.encode("ascii")
 
 
-@implementer(IPolicy)
+@implementer(IPolicy, IRecipientPolicy)
 class AuthenticationPolicy:
     """
     SPF, DKIM, DMARC and DNSBL checks of incoming mail, with one
@@ -198,6 +204,79 @@ class AuthenticationPolicy:
         self.dkimVerifier = dkimVerifier or DKIMVerifier(resolver)
         self.dmarcChecker = dmarcChecker or DMARCChecker(resolver)
         self.dnsblChecker = DNSBLChecker(resolver, dnsblZones) if dnsblZones else None
+        # Per session, the answers of its lookups (a DNSBL listing by
+        # client address, an SPF result by address, sender and HELO).
+        self._answers: "weakref.WeakKeyDictionary[Any, Dict[Any, Any]]" = weakref.WeakKeyDictionary()
+
+    def _unchecked(self, session: object) -> bool:
+        """
+        Whether mail of C{session} goes unchecked: an authenticated
+        client's, or one injected from loopback when that is trusted.
+        """
+        return isAuthenticated(session) or (
+            self.trustLoopback and netutil.isLoopback(getattr(session, "peer", None)))
+
+    @defer.inlineCallbacks
+    def _once(self, session: object, key: Any, lookUp: Any) -> Generator["defer.Deferred[Any]", Any, Any]:
+        """
+        The answer of C{lookUp()} (a Deferred), asked once per session and
+        C{key}.
+        """
+        try:
+            answers = self._answers.setdefault(session, {})
+        except TypeError:
+            # (No session, or one that cannot be remembered.)
+            answers = {}
+        if key not in answers:
+            answers[key] = yield lookUp()
+        return answers[key]
+
+    @defer.inlineCallbacks
+    def _listed(self, session: object, ip: str) -> Generator["defer.Deferred[Any]", Any, List[Any]]:
+        """
+        The block lists C{ip} is on, asked once per session (and logged).
+        """
+        assert self.dnsblChecker is not None
+
+        @defer.inlineCallbacks
+        def lookUp() -> Generator["defer.Deferred[Any]", Any, List[Any]]:
+            listed = yield self.dnsblChecker.check(ip)  # type: ignore[union-attr]
+            if listed:
+                zones = ", ".join(f"{zone}={answer}" for zone, answer in listed)
+                _log.info("client {ip} listed: {zones}", ip=ip, zones=zones)
+            return listed
+
+        return (yield self._once(session, ("dnsbl", ip), lookUp))
+
+    def _spfResult(self, session: object, ip: str, sender: Optional[str], helo: Optional[str]) -> "defer.Deferred[SPFResult]":
+        return self._once(session, ("spf", ip, sender, helo), lambda: self.spfChecker.check(ip, sender, helo))
+
+    @defer.inlineCallbacks
+    def checkRecipient(self, session: object, sender: Optional[str], recipient: str) -> Generator["defer.Deferred[Any]", Any, Verdict]:
+        """
+        See L{IRecipientPolicy.checkRecipient}: the DNSBL refusal (action
+        C{reject}) and the SPF one (action C{reject}, result C{fail}).
+        """
+        ip = clientAddress(session)
+        if self._unchecked(session) or not ip:
+            return Verdict.accept()
+        if self.dnsblChecker is not None and self.dnsbl == "reject":
+            listed = yield self._listed(session, ip)
+            if listed:
+                return self._blocked(ip, listed)
+        if self.spf == "reject":
+            spfResult = yield self._spfResult(session, ip, sender, getattr(session, "helo", None))
+            if spfResult.result == "fail":
+                return self._spfFailed(ip, spfResult)
+        return Verdict.accept()
+
+    @staticmethod
+    def _blocked(ip: str, listed: List[Any]) -> Verdict:
+        return Verdict.reject(550, "5.7.1", f"Client host [{ip}] blocked using {listed[0][0]}")
+
+    @staticmethod
+    def _spfFailed(ip: str, spfResult: SPFResult) -> Verdict:
+        return Verdict.reject(550, "5.7.23", f"SPF check failed: {spfResult.domain} does not allow [{ip}] to send its mail")
 
     @defer.inlineCallbacks
     def checkMessage(
@@ -212,7 +291,7 @@ class AuthenticationPolicy:
             # on as it was).
             forged = forgedResults(readMessage(message), self.hostname)
             return Verdict.tag(strip=forged) if forged else Verdict.accept()
-        if self.trustLoopback and netutil.isLoopback(getattr(session, "peer", None)):
+        if self._unchecked(session):
             # Mail injected on this machine (local programs, a content
             # filter's reinjection): trusted, as Postfix's mynetworks is.
             return Verdict.accept()
@@ -221,20 +300,19 @@ class AuthenticationPolicy:
         extra: List[bytes] = []
         junk = False
         if self.dnsblChecker is not None and ip:
-            listed = yield self.dnsblChecker.check(ip)
+            listed = yield self._listed(session, ip)
             if listed:
-                zones = ", ".join(f"{zone}={answer}" for zone, answer in listed)
-                _log.info("client {ip} listed: {zones}", ip=ip, zones=zones)
                 if self.dnsbl == "reject":
-                    return Verdict.reject(550, "5.7.1", f"Client host [{ip}] blocked using {listed[0][0]}")
+                    return self._blocked(ip, listed)
+                zones = ", ".join(f"{zone}={answer}" for zone, answer in listed)
                 extra.append(f"X-Mailplat-DNSBL: {_clean(zones)}\r\n".encode("ascii"))
                 junk = junk or self.dnsbl == "junk"
         data = readMessage(message)
         spfResult: Optional[SPFResult] = None
         if (self.spf != "off" or self.dmarc != "off") and ip:
-            spfResult = yield self.spfChecker.check(ip, sender, helo)
+            spfResult = yield self._spfResult(session, ip, sender, helo)
             if self.spf == "reject" and spfResult.result == "fail":
-                return Verdict.reject(550, "5.7.23", f"SPF check failed: {spfResult.domain} does not allow [{ip}] to send its mail")
+                return self._spfFailed(ip, spfResult)
         dkimResults: List[DKIMResult] = []
         if self.dkimVerify or self.dmarc != "off":
             dkimResults = yield self.dkimVerifier.verify(data)

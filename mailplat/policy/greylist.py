@@ -7,7 +7,15 @@ The client network is the IPv4 /24 (or IPv6 /64), so senders with a pool
 of outbound hosts are not delayed at every retry.  The state is a JSON file
 (C{<dataDir>/greylist.json}) written atomically on change; entries not
 retried within C{retryWindow} or not seen for C{lifetime} are forgotten.
-Mail from authenticated sessions is never greylisted.
+Mail from authenticated sessions is never greylisted, nor mail injected
+from loopback while that is trusted (C{[policy] trust_loopback}, as
+Postfix's C{permit_mynetworks} comes before a greylisting service).
+
+Each recipient is judged at C{RCPT} (as a Postfix policy service such as
+postgrey does), so a first attempt is refused before its message is sent,
+and only the recipients whose triplets are new wait; the end of C{DATA}
+checks the message's recipients again (for mail that came without that
+step), which changes nothing once they passed.
 """
 
 import ipaddress
@@ -20,7 +28,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mailplat.delivery.policy import IPolicy, Verdict, clientAddress, isAuthenticated
+from mailplat import netutil
+from mailplat.delivery.policy import IPolicy, IRecipientPolicy, Verdict, clientAddress, isAuthenticated
 
 _log = Logger()
 
@@ -39,7 +48,7 @@ def network(ip: str) -> str:
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 
 
-@implementer(IPolicy)
+@implementer(IPolicy, IRecipientPolicy)
 class GreylistPolicy:
     """
     Greylisting with its state in a JSON file.
@@ -49,6 +58,7 @@ class GreylistPolicy:
     @ivar delay: seconds before a retry is accepted.
     @ivar retryWindow: seconds a first attempt waits for its retry.
     @ivar lifetime: seconds an accepted triplet stays known without mail.
+    @ivar trustLoopback: whether mail from loopback goes unchecked.
     """
 
     def __init__(
@@ -58,8 +68,10 @@ class GreylistPolicy:
         delay: float = 300.0,
         retryWindow: float = 4 * 3600.0,
         lifetime: float = 36 * 86400.0,
+        trustLoopback: bool = True,
     ) -> None:
         self.path = path
+        self.trustLoopback = trustLoopback
         self.clock = clock
         self.delay = delay
         self.retryWindow = retryWindow
@@ -112,13 +124,22 @@ class GreylistPolicy:
         """
         return f"{network(ip)} {(sender or '').lower()} {recipient.lower()}"
 
-    def checkMessage(self, session: object, sender: Optional[str], recipients: List[str], message: BinaryIO) -> "defer.Deferred[Verdict]":
+    def checkRecipient(self, session: object, sender: Optional[str], recipient: str) -> "defer.Deferred[Verdict]":
+        """
+        See L{IRecipientPolicy.checkRecipient}: C{451 4.7.1} while the
+        recipient's triplet is new or too young.
+        """
+        return self.checkMessage(session, sender, [recipient], None)
+
+    def checkMessage(self, session: object, sender: Optional[str], recipients: List[str],
+                     message: Optional[BinaryIO]) -> "defer.Deferred[Verdict]":
         """
         See L{IPolicy.checkMessage}: C{451 4.7.1} while any recipient's
         triplet is new or too young.
         """
         ip = clientAddress(session)
-        if isAuthenticated(session) or not ip:
+        if isAuthenticated(session) or not ip or (
+                self.trustLoopback and netutil.isLoopback(getattr(session, "peer", None))):
             return defer.succeed(Verdict.accept())
         now = self.clock.seconds()
         changed = self._expire(now)

@@ -55,6 +55,8 @@ class Envelope:
     @ivar recipients: normalised recipient address to its
         L{RecipientParameters}; a recipient given without parameters may
         be missing.
+    @ivar sender: the reverse path of C{MAIL} (normalised), L{None} for
+        the null path C{<>}.
     @ivar routes: the delivery's own notes, normalised recipient address
         to where it decided at C{RCPT} that the recipient's mail goes, so
         that C{deliver} need not look each address up again (the server
@@ -67,6 +69,7 @@ class Envelope:
     body: Optional[str] = None
     size: Optional[int] = None
     recipients: Dict[str, RecipientParameters] = field(default_factory=dict)
+    sender: Optional[str] = None
     routes: Dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def recipient(self, address: str) -> RecipientParameters:

@@ -856,6 +856,8 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
                 self._reply(_Reply(553, "5.7.1", "Sender address rejected: not owned by user"))
                 return
 
+        envelope.sender = sender
+
         def accepted(result: object) -> _Reply:
             self._inTransaction = True
             self._sender = sender

@@ -5,11 +5,13 @@ by raw sockets where a client library would hide what is tested.
 """
 
 import imaplib
+import json
 import os
 import poplib
 import re
 import smtplib
 import socket
+import time
 
 from twisted.internet import defer, threads
 from twisted.trial.unittest import TestCase
@@ -408,3 +410,46 @@ class PostgresIMAPTests(PostgresSchemaMixin, IMAPTests):
 
 class PostgresIdleTests(PostgresSchemaMixin, IdleTests):
     pass
+
+
+class GreylistTests(TestCase):
+    """
+    Greylisting on a running server decides at RCPT, per recipient.
+    """
+
+    @defer.inlineCallbacks
+    def test_refusedAtRcpt(self):
+        """
+        A recipient whose triplet is new gets C{451 4.7.1} at RCPT, so the
+        message is sent only for the one whose triplet passed before.
+        """
+        dataDir = os.path.abspath(self.mktemp())
+        os.makedirs(dataDir)
+        now = time.time()
+        with open(os.path.join(dataDir, "greylist.json"), "w") as f:
+            json.dump({f"127.0.0.0/24 sender@far.test {BOB}": {"first": now - 600, "last": now, "passed": True}}, f)
+        # (Loopback stands in for a remote client here, and no check
+        # that asks the DNS is on.)
+        server = LoopbackServer(dataDir, greylist=True, policyTrustLoopback=False, policySpf="off",
+                                policyDmarc="off", policyDkimVerify=False).start()
+        self.addCleanup(server.stop)
+        yield server.addUser(ALICE, PASSWORD)
+        yield server.addUser(BOB, PASSWORD)
+
+        def go():
+            with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as s:
+                return s.sendmail("sender@far.test", [ALICE, BOB], b"Subject: grey\r\n\r\nhello\r\n")
+
+        refused = yield threads.deferToThread(go)
+        self.assertEqual(list(refused), [ALICE])
+        code, text = refused[ALICE]
+        self.assertEqual(code, 451)
+        self.assertTrue(text.startswith(b"4.7.1 Greylisted"), text)
+        counts = {}
+        for address in (ALICE, BOB):
+            account = yield server.server.store.getAccount(address)
+            inbox = yield account.getMailbox("INBOX")
+            counts[address] = len((yield inbox.listMessages()))
+        self.assertEqual(counts, {ALICE: 0, BOB: 1})
+        with open(os.path.join(dataDir, "greylist.json")) as f:
+            self.assertIn(f"127.0.0.0/24 sender@far.test {ALICE}", json.load(f))
