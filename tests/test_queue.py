@@ -132,6 +132,51 @@ class QueueTests(SynchronousTestCase):
         self.successResultOf(other.delete(queueId))
         self.assertEqual(self.queue.list(), [])
 
+    def test_passReadsOnlyNewEntries(self) -> None:
+        """
+        A runner's pass (L{Queue.due}) reads no entry it has read before,
+        however many there are; an entry another process added is read
+        once.
+        """
+        ids = [self.enqueue([f"r{i}@far.test"]) for i in range(5)]
+        reads: List[str] = []
+        readMeta = self.queue._readMeta
+
+        def counting(entryId: str) -> Any:
+            reads.append(entryId)
+            return readMeta(entryId)
+
+        self.patch(self.queue, "_readMeta", counting)
+        for _ in range(3):
+            self.assertEqual(sorted(e.id for e in self.queue.due()), sorted(ids))
+        self.assertEqual(reads, [])
+        added = self.successResultOf(Queue(self.path, self.clock).enqueue(None, ["x@far.test"], io.BytesIO(BODY)))
+        self.assertIn(added, [e.id for e in self.queue.due()])
+        self.assertEqual(reads, [added])
+
+    def test_otherProcessRewritesSeenByAPass(self) -> None:
+        """
+        A pass sees what another process did to an entry it already knew
+        (hold, release, delete), with no other read in between; so it does
+        when the generation counter is garbled.
+        """
+        queueId = self.enqueue()
+        self.assertEqual([e.id for e in self.queue.due()], [queueId])
+        other = Queue(self.path, self.clock)
+        self.successResultOf(other.hold(queueId))
+        self.assertEqual(self.queue.due(), [])
+        self.successResultOf(other.release(queueId))
+        self.assertEqual([e.id for e in self.queue.due()], [queueId])
+        # The queue's own changes do not make it look at every file again.
+        self.successResultOf(self.queue.hold(queueId))
+        self.assertEqual(self.queue._generation, self.queue._readGeneration())
+        with open(os.path.join(self.path, "generation"), "wb") as f:
+            f.write(b"garbage")
+        self.successResultOf(other.release(queueId))
+        self.assertEqual([e.id for e in self.queue.due()], [queueId])
+        self.successResultOf(other.delete(queueId))
+        self.assertEqual(self.queue.due(), [])
+
     def test_crashLeftovers(self) -> None:
         """
         An old message file without metadata (an enqueue that never

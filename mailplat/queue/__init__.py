@@ -10,6 +10,8 @@ Layout of the queue directory (C{<dataDir>/queue/}):
     lock         taken (C{flock}) around every metadata change, so that
                  the admin command and the server never overwrite each
                  other's change
+    generation   a counter raised after every rewrite of an existing
+                 entry's metadata (a hint, never fsynced; see below)
 
 Durability rules (DESIGN.md: nothing is acknowledged before C{fsync}):
 
@@ -21,6 +23,14 @@ Durability rules (DESIGN.md: nothing is acknowledged before C{fsync}):
  - Every state change rewrites the metadata file as a whole (temporary
    file, fsync, rename, directory fsync): after a crash a recipient is
    either in its old state or its new one, never in between.
+
+A pass of the runner (L{Queue.due}) must not cost a read of every entry:
+the queue is kept in memory and brought in line with the directory by
+listing it, reading only the entries that are new.  An existing entry
+changed by another process (the admin command's hold, release, flush)
+raises the C{generation} counter, and a process that sees a value it
+neither wrote nor saw before looks at every entry's file again; a lost or
+garbled counter only costs such a look.
 
 Delivery is at-least-once: the relay marks a recipient delivered right
 after the remote server's C{250} to the end of data (one metadata write, a
@@ -273,6 +283,9 @@ class Queue:
         self._mutex = threading.RLock()
         self._cache: Dict[str, QueueEntry] = {}
         self._stamps: Dict[str, tuple] = {}
+        # The generation (see the module docstring) this cache is current
+        # with; None before the first scan.
+        self._generation: Optional[int] = None
         self._observers: List[Callable[[], None]] = []
         self._scan()
 
@@ -405,11 +418,13 @@ class Queue:
         """
         if now is None:
             now = self.clock.seconds()
-        return [
-            e
-            for e in self.list()
-            if not e.held and any(r.nextAttempt <= now for r in e.active())
-        ]
+        with self._mutex:
+            self._scan()
+            due = [
+                entryId for entryId, e in self._cache.items()
+                if not e.held and any(r.nextAttempt <= now and r.state in ACTIVE_STATES for r in e.recipients)
+            ]
+            return [QueueEntry.fromJSON(self._cache[i].toJSON()) for i in sorted(due, key=self._order)]
 
     def nextWakeup(self, exclude: Collection[str] = ()) -> Optional[float]:
         """
@@ -579,7 +594,43 @@ class Queue:
             entry = QueueEntry.fromJSON(entry.toJSON())
             change(entry)
             self._writeMeta(entry)
+            self._raiseGeneration()
         return QueueEntry.fromJSON(entry.toJSON())
+
+    def _generationPath(self) -> str:
+        return os.path.join(self.path, "generation")
+
+    def _readGeneration(self) -> Optional[int]:
+        """
+        The generation counter (0 when there is none yet), or L{None} when
+        it cannot be read.
+        """
+        try:
+            with open(self._generationPath(), "rb") as f:
+                return int(f.read() or b"0")
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError):
+            return None
+
+    def _raiseGeneration(self) -> None:
+        """
+        (Under the queue lock, after rewriting an entry.)  Raise the
+        counter; this process stays current with it when it was current
+        with the value before (no other process changed an entry since).
+        """
+        before = self._readGeneration()
+        # (After a garbled counter, a value no process can be current with.)
+        value = before + 1 if before is not None else time.time_ns()
+        fd = os.open(self._generationPath(), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            # Fixed width, written at once: a reader sees one value.
+            os.pwrite(fd, b"%020d\n" % (value,), 0)
+        finally:
+            os.close(fd)
+        with self._mutex:
+            if before is not None and before == self._generation:
+                self._generation = value
 
     # Private: the blocking file work.
 
@@ -692,11 +743,14 @@ class Queue:
 
     def _scan(self) -> None:
         """
-        Bring the cache in line with the directory: read new or changed
-        metadata, forget removed entries, and clean up what a crash left
-        (files in C{tmp/}; message files without metadata that are older
-        than a minute, i.e. not being written right now by another process).
+        Bring the cache in line with the directory: read new metadata (and
+        changed metadata, looking at every file, when the generation
+        counter says another process rewrote an entry), forget removed
+        entries, and clean up what a crash left (files in C{tmp/}; message
+        files without metadata that are older than a minute, i.e. not being
+        written right now by another process).
         """
+        generation = self._readGeneration()
         try:
             names = os.listdir(self.path)
         except OSError as e:
@@ -704,18 +758,25 @@ class Queue:
                 names = []
             else:
                 raise
-        metas = {n[:-5] for n in names if n.endswith(".json") and _ID.match(n[:-5])}
+        # (Set operations: a big queue costs a listing, not a Python step
+        # per entry and per check.)
+        jsons = {n[:-5] for n in names if n.endswith(".json")}
         with self._mutex:
-            gone = set(self._cache) - metas
-        for entryId in gone:
+            known = set(self._cache)
+            everything = generation is None or generation != self._generation
+        metas = (jsons & known) | {i for i in jsons - known if _ID.match(i)}
+        for entryId in known - metas:
             self._forget(entryId)
-        for entryId in metas:
+        for entryId in metas if everything else metas - known:
             self._fresh(entryId)
+        if everything and generation is not None:
+            with self._mutex:
+                self._generation = generation
         # File ages are wall-clock times, whatever clock the queue runs on.
         now = time.time()
-        for n in names:
-            if n.endswith(".msg") and n[:-4] not in metas and _ID.match(n[:-4]):
-                full = os.path.join(self.path, n)
+        for entryId in {n[:-4] for n in names if n.endswith(".msg")} - metas:
+            if _ID.match(entryId):
+                full = os.path.join(self.path, entryId + ".msg")
                 try:
                     if os.stat(full).st_mtime < now - 60:
                         os.unlink(full)
