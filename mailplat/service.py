@@ -389,7 +389,7 @@ class Server:
         """
         policies: list = [MaxRecipientsPolicy(config.maxRecipientsPerMessage)]
         if config.greylist:
-            policies.append(GreylistPolicy(os.path.join(config.dataDir, "greylist.json"), reactor, delay=config.greylistDelay,
+            policies.append(GreylistPolicy(os.path.join(config.dataDir, "greylist.sqlite"), reactor, delay=config.greylistDelay,
                                            trustLoopback=config.policyTrustLoopback))
         policies.append(AuthenticationPolicy(
             config.hostname, resolver, spf=config.policySpf, dkimVerify=config.policyDkimVerify,

@@ -5,6 +5,7 @@ on loopback) and L{mailplat.policy.greylist}.
 
 import io
 import json
+import sqlite3
 import os
 from typing import Any, Dict, List, Optional
 
@@ -225,7 +226,7 @@ class GreylistTests(unittest.TestCase):
     def setUp(self) -> None:
         self.clock = task.Clock()
         self.clock.advance(1_000_000)
-        self.path = os.path.join(self.mktemp(), "greylist.json")
+        self.path = os.path.join(self.mktemp(), "greylist.sqlite")
         self.policy = GreylistPolicy(self.path, self.clock, delay=300)
 
     def check(self, policy: Optional[GreylistPolicy] = None, ip: str = "192.0.2.10", sender: str = "a@example.com", recipients: Optional[List[str]] = None, authenticated: Optional[str] = None):
@@ -258,10 +259,52 @@ class GreylistTests(unittest.TestCase):
     def test_persistent(self) -> None:
         self.check()
         self.clock.advance(300)
-        with open(self.path) as f:
-            self.assertEqual(len(json.load(f)), 1)
+        with sqlite3.connect(self.path) as db:
+            self.assertEqual(db.execute("SELECT count(*) FROM triplets").fetchone(), (1,))
         again = GreylistPolicy(self.path, self.clock, delay=300)
         self.assertEqual(self.check(again).action, ACCEPT)
+
+    def test_sharedBetweenProcesses(self) -> None:
+        """
+        Two policies on one file (two worker processes) see each other's
+        triplets: a retry is accepted whichever takes it, and neither
+        loses what the other recorded.
+        """
+        other = GreylistPolicy(self.path, self.clock, delay=300)
+        self.assertEqual(self.check().action, REJECT)
+        self.assertEqual(self.check(other, recipients=["c@example.org"]).action, REJECT)
+        self.clock.advance(300)
+        self.assertEqual(self.check(other).action, ACCEPT)
+        self.assertEqual(self.check(recipients=["c@example.org"]).action, ACCEPT)
+
+    def test_oldJSONTakenIn(self) -> None:
+        """
+        The JSON state of an older version beside the file is taken in
+        once, then removed.
+        """
+        old = os.path.join(os.path.dirname(self.path), "greylist.json")
+        os.makedirs(os.path.dirname(old))
+        key = self.policy.key("192.0.2.10", "a@example.com", "b@example.org")
+        with open(old, "w") as f:
+            json.dump({key: {"first": self.clock.seconds() - 600, "last": self.clock.seconds(), "passed": True},
+                       "junk": "not an entry"}, f)
+        self.assertEqual(self.check().action, ACCEPT)
+        self.assertFalse(os.path.exists(old))
+
+    def test_damagedFileSetAside(self) -> None:
+        """
+        A file that is not a database is set aside and made anew (the
+        sender is greylisted again); a state that cannot be used at all
+        lets mail through.
+        """
+        os.makedirs(os.path.dirname(self.path))
+        with open(self.path, "wb") as f:
+            f.write(b"not a database at all" * 100)
+        self.assertEqual(self.check().action, REJECT)
+        self.assertTrue(os.path.exists(self.path + ".damaged"))
+        broken = GreylistPolicy(os.path.join(self.path, "cannot", "be"), self.clock, delay=300)
+        self.assertEqual(self.check(broken).action, ACCEPT)
+        self.flushLoggedErrors()
 
     def test_retryWindow(self) -> None:
         self.check()

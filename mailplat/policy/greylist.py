@@ -4,9 +4,15 @@ sender, recipient) triplet with C{451 4.7.1}; a real MTA retries, and
 after C{delay} seconds the triplet is accepted from then on.
 
 The client network is the IPv4 /24 (or IPv6 /64), so senders with a pool
-of outbound hosts are not delayed at every retry.  The state is a JSON file
-(C{<dataDir>/greylist.json}) written atomically on change; entries not
-retried within C{retryWindow} or not seen for C{lifetime} are forgotten.
+of outbound hosts are not delayed at every retry.  The state is an SQLite
+file (C{<dataDir>/greylist.sqlite}, in WAL mode) that every worker process
+reads and writes, so a retry is recognised whichever process takes it;
+entries not retried within C{retryWindow} or not seen for C{lifetime} are
+forgotten.  The state is soft: a lost or damaged file only greylists
+again (a damaged one is set aside and made anew), and an error reading or
+writing it lets the mail through, logged.  A C{greylist.json} left by an
+older version is taken in once and removed.
+
 Mail from authenticated sessions is never greylisted, nor mail injected
 from loopback while that is trusted (C{[policy] trust_loopback}, as
 Postfix's C{permit_mynetworks} comes before a greylisting service).
@@ -21,7 +27,8 @@ step), which changes nothing once they passed.
 import ipaddress
 import json
 import os
-from typing import Any, BinaryIO, Dict, List, Optional
+import sqlite3
+from typing import BinaryIO, List, Optional
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -51,7 +58,7 @@ def network(ip: str) -> str:
 @implementer(IPolicy, IRecipientPolicy)
 class GreylistPolicy:
     """
-    Greylisting with its state in a JSON file.
+    Greylisting with its state in an SQLite file.
 
     @ivar path: the state file.
     @ivar clock: an L{IReactorTime} (a L{task.Clock} in tests).
@@ -76,47 +83,121 @@ class GreylistPolicy:
         self.delay = delay
         self.retryWindow = retryWindow
         self.lifetime = lifetime
-        self._entries: Dict[str, Dict[str, Any]] = self._load()
+        self._db: Optional[sqlite3.Connection] = None
+        # When stale entries were last forgotten (by this process).
+        self._expired = float("-inf")
 
-    def _load(self) -> Dict[str, Dict[str, Any]]:
+    def _open(self) -> sqlite3.Connection:
         """
-        Read the state file (an empty state when it is missing or broken).
+        The state database, opened (and made, taking in an older
+        version's JSON file) at first use; a damaged file is set aside.
         """
+        if self._db is not None:
+            return self._db
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         try:
-            with open(self.path, encoding="utf-8") as f:
+            db = self._connect()
+        except sqlite3.DatabaseError as e:
+            aside = self.path + ".damaged"
+            _log.warn("greylist state {path} unreadable ({error}), set aside as {aside}; starting afresh",
+                      path=self.path, error=str(e), aside=aside)
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(self.path + suffix):
+                    os.replace(self.path + suffix, aside + suffix)
+            db = self._connect()
+        self._db = db
+        self._takeInJSON(db)
+        return db
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=2.0, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # Soft state: a crash may lose the last changes (a sender is
+            # greylisted once more), never the file.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS triplets (key TEXT PRIMARY KEY, first REAL NOT NULL,"
+                       " last REAL NOT NULL, passed INTEGER NOT NULL)")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _takeInJSON(self, db: sqlite3.Connection) -> None:
+        """
+        Take in the C{greylist.json} of an older version beside the file,
+        then remove it.
+        """
+        old = os.path.join(os.path.dirname(self.path), "greylist.json")
+        try:
+            with open(old, encoding="utf-8") as f:
                 data = json.load(f)
         except FileNotFoundError:
-            return {}
+            return
         except (OSError, ValueError) as e:
-            _log.warn("greylist state {path} unreadable, starting afresh: {error}", path=self.path, error=str(e))
-            return {}
-        return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+            _log.warn("old greylist state {path} unreadable, not taken in: {error}", path=old, error=str(e))
+            return
+        rows = []
+        if isinstance(data, dict):
+            for key, entry in data.items():
+                try:
+                    rows.append((str(key), float(entry["first"]), float(entry.get("last", entry["first"])),
+                                 1 if entry.get("passed") else 0))
+                except (TypeError, KeyError, ValueError, AttributeError):
+                    continue
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT OR IGNORE INTO triplets VALUES (?, ?, ?, ?)", rows)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        os.unlink(old)
+        _log.info("took in {count} greylist entries from {path}", count=len(rows), path=old)
 
-    def _save(self) -> None:
+    def close(self) -> None:
         """
-        Write the state file atomically.
+        Close the state file (it is opened again when needed).
         """
-        directory = os.path.dirname(self.path) or "."
-        os.makedirs(directory, exist_ok=True)
-        temporary = self.path + ".tmp"
-        with open(temporary, "w", encoding="utf-8") as f:
-            json.dump(self._entries, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, self.path)
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
-    def _expire(self, now: float) -> bool:
+    def _expire(self, db: sqlite3.Connection, now: float) -> None:
         """
-        Forget stale entries; whether any went.
+        Forget stale entries, at most once an hour per process.
         """
-        stale = [
-            key for key, entry in self._entries.items()
-            if (entry.get("passed") and now - entry.get("last", 0) > self.lifetime)
-            or (not entry.get("passed") and now - entry.get("first", 0) > self.retryWindow)
-        ]
-        for key in stale:
-            del self._entries[key]
-        return bool(stale)
+        if now - self._expired < 3600:
+            return
+        self._expired = now
+        db.execute("DELETE FROM triplets WHERE (passed AND ? - last > ?) OR (NOT passed AND ? - first > ?)",
+                   (now, self.lifetime, now, self.retryWindow))
+
+    def _judge(self, ip: str, sender: Optional[str], recipients: List[str], now: float) -> float:
+        """
+        Record the triplets of C{recipients} and return how many seconds
+        the longest waiting one has still to wait (0: all pass).
+        """
+        db = self._open()
+        self._expire(db, now)
+        wait = 0.0
+        for recipient in recipients:
+            key = self.key(ip, sender, recipient)
+            row = db.execute("SELECT first, last, passed FROM triplets WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                # (Another process may have made it meanwhile: its first
+                # attempt is as good as this one.)
+                db.execute("INSERT OR IGNORE INTO triplets VALUES (?, ?, ?, 0)", (key, now, now))
+                wait = max(wait, self.delay)
+                continue
+            first, last, passed = row
+            if passed or now - first >= self.delay:
+                # Refresh a known triplet at most hourly, not a write per message.
+                if not passed or now - last > 3600:
+                    db.execute("UPDATE triplets SET passed = 1, last = ? WHERE key = ?", (now, key))
+            else:
+                wait = max(wait, self.delay - (now - first))
+        return wait
 
     def key(self, ip: str, sender: Optional[str], recipient: str) -> str:
         """
@@ -142,28 +223,12 @@ class GreylistPolicy:
                 self.trustLoopback and netutil.isLoopback(getattr(session, "peer", None))):
             return defer.succeed(Verdict.accept())
         now = self.clock.seconds()
-        changed = self._expire(now)
-        wait = 0.0
-        for recipient in recipients:
-            key = self.key(ip, sender, recipient)
-            entry = self._entries.get(key)
-            if entry is None:
-                self._entries[key] = {"first": now, "last": now, "passed": False}
-                changed = True
-                wait = max(wait, self.delay)
-            elif entry.get("passed") or now - entry["first"] >= self.delay:
-                # Refresh a known triplet at most hourly, not a write per message.
-                if not entry.get("passed") or now - entry.get("last", 0) > 3600:
-                    entry["passed"] = True
-                    entry["last"] = now
-                    changed = True
-            else:
-                wait = max(wait, self.delay - (now - entry["first"]))
-        if changed:
-            try:
-                self._save()
-            except OSError as e:
-                _log.warn("greylist state {path} not saved: {error}", path=self.path, error=str(e))
+        try:
+            wait = self._judge(ip, sender, recipients, now)
+        except (sqlite3.Error, OSError) as e:
+            _log.warn("greylist state {path} not usable, mail let through: {error}", path=self.path, error=str(e))
+            self.close()
+            wait = 0.0
         if wait > 0:
             return defer.succeed(Verdict.reject(451, "4.7.1", f"Greylisted, please try again in {int(wait + 0.999)} seconds"))
         return defer.succeed(Verdict.accept())
