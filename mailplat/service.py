@@ -279,6 +279,8 @@ class Server:
         self.throttle = LoginThrottle(
             reactor, delayAfter=config.loginDelayAfter, refuseAfter=config.loginRefuseAfter,
             window=config.loginWindow, maxDelay=config.loginMaxDelay, exemptLoopback=config.exemptLoopback,
+            # Shared by the worker processes, which count each failure once.
+            path=os.path.join(config.dataDir, "login-failures.sqlite"),
         )
         self.portal = ThrottledPortal(MailRealm(self.store), checkers, throttle=self.throttle)
         self.metrics = Metrics()

@@ -4,6 +4,7 @@ L{mailplat.auth.throttle} (failed-login throttling), on in-memory
 transports and a L{task.Clock}.
 """
 
+import os
 from typing import Any, List, Tuple
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
@@ -548,7 +549,7 @@ class LoginThrottleTests(SynchronousTestCase):
         throttle = LoginThrottle(clock, maxEntries=100)
         for i in range(2000):
             throttle.failed(throttle.begin(f"u{i}@example.test", f"10.0.{i // 250}.{i % 250}"))
-        self.assertLessEqual(len(throttle._failures), 100)
+        self.assertLessEqual(len(throttle._counters), 100)
 
     def test_expiredSwept(self) -> None:
         """
@@ -561,7 +562,44 @@ class LoginThrottleTests(SynchronousTestCase):
         clock.advance(11.0)
         for i in range(1100):
             throttle.succeeded(throttle.begin("alice@example.test", None))
-        self.assertEqual(len(throttle._failures), 0)
+        self.assertEqual(len(throttle._counters), 0)
+
+    def test_sharedBetweenProcesses(self) -> None:
+        """
+        Throttles on one counter file (the worker processes of a server)
+        count each failure once between them: the refusal comes after
+        C{refuseAfter} failures in all, whichever process saw them, and a
+        success in one clears the account for both.
+        """
+        clock = task.Clock()
+        clock.advance(1_000_000)
+        path = os.path.join(self.mktemp(), "login-failures.sqlite")
+        one, two = (LoginThrottle(clock, delayAfter=2, refuseAfter=4, window=60.0, path=path) for _ in range(2))
+        for throttle in (one, two, one):
+            throttle.failed(throttle.begin("a@example.test", "192.0.2.1"))
+        self.assertEqual(two.failures("a@example.test"), 3)
+        self.assertEqual(one.begin("a@example.test", "192.0.2.9").delay, 2.0)
+        self.assertRaises(LoginThrottled, two.begin, "a@example.test", "192.0.2.8")
+        self.assertEqual(two.failures(host="192.0.2.1"), 3)
+        clock.advance(61.0)
+        attempt = two.begin("a@example.test", "192.0.2.7")
+        two.succeeded(attempt)
+        self.assertEqual((one.failures("a@example.test"), one.failures(host="192.0.2.7")), (0, 0))
+
+    def test_sharedFileUnusable(self) -> None:
+        """
+        A counter file that cannot be used is logged, and the process
+        counts in its own memory from then on.
+        """
+        clock = task.Clock()
+        blocker = self.mktemp()
+        with open(blocker, "w") as f:
+            f.write("a file where a directory should be")
+        throttle = LoginThrottle(clock, refuseAfter=2, path=os.path.join(blocker, "login-failures.sqlite"))
+        for _ in range(2):
+            throttle.failed(throttle.begin("a@example.test", None))
+        self.assertRaises(LoginThrottled, throttle.begin, "a@example.test", None)
+        self.assertEqual(throttle.failures("a@example.test"), 2)
 
     def test_settledOnce(self) -> None:
         """

@@ -17,6 +17,12 @@ An attempt counts as a failure from the moment it starts and is taken back
 when it succeeds or the checker breaks, so that many attempts started in
 parallel are throttled like the same attempts made one after the other.
 
+The counters live in memory (L{MemoryCounters}), or, in a server, in an
+SQLite file of the data directory that every worker process shares
+(L{SharedCounters}, C{<data-dir>/login-failures.sqlite}): otherwise each of
+N processes would allow N times the guesses.  The file is soft state: an
+error with it is logged and the process counts in memory from then on.
+
 L{ThrottledPortal} is the cred portal that applies a L{LoginThrottle}.  The
 client address comes in through C{mind}: protocols call
 C{portal.login(credentials, self.transport.getPeer().host, iface)}.  The
@@ -24,8 +30,11 @@ realm receives that C{mind} as usual (L{mailplat.auth.realm.MailRealm}
 ignores it).
 """
 
+import contextlib
+import os
+import sqlite3
 from collections import OrderedDict, deque
-from typing import Any, Deque, Optional, Tuple
+from typing import Any, Deque, Iterator, List, Optional, Tuple
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
@@ -79,6 +88,185 @@ class Attempt:
         self.settled = False
 
 
+class MemoryCounters:
+    """
+    The failure stamps of each counter, in this process's memory, at most
+    C{maxEntries} counters (the least recently used are forgotten, so a
+    spray of made-up names cannot exhaust memory) and C{keep} stamps each.
+    """
+
+    def __init__(self, keep: int, maxEntries: int = 100_000) -> None:
+        self.keep = keep
+        self.maxEntries = maxEntries
+        self._failures: "OrderedDict[_Key, Deque[float]]" = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """
+        Make the calls inside one change (nothing to do in one process).
+        """
+        yield
+
+    def stamps(self, key: _Key, horizon: float) -> List[float]:
+        """
+        The stamps of C{key} after C{horizon}, oldest first (older ones are
+        dropped).
+        """
+        times = self._failures.get(key)
+        if times is None:
+            return []
+        while times and times[0] <= horizon:
+            times.popleft()
+        if not times:
+            del self._failures[key]
+            return []
+        return list(times)
+
+    def add(self, keys: Tuple[_Key, ...], stamp: float) -> None:
+        for key in keys:
+            times = self._failures.get(key)
+            if times is None:
+                times = self._failures[key] = deque(maxlen=self.keep)
+            else:
+                self._failures.move_to_end(key)
+            times.append(stamp)
+        while len(self._failures) > self.maxEntries:
+            self._failures.popitem(last=False)
+
+    def withdraw(self, key: _Key, stamp: float) -> None:
+        """
+        Take one C{stamp} back from C{key}.
+        """
+        times = self._failures.get(key)
+        if times is None:
+            return
+        try:
+            times.remove(stamp)
+        except ValueError:
+            return
+        if not times:
+            del self._failures[key]
+
+    def clear(self, key: _Key) -> None:
+        self._failures.pop(key, None)
+
+    def sweep(self, horizon: float) -> None:
+        """
+        Drop every stamp up to C{horizon}, and counters beyond the bound.
+        """
+        for key in list(self._failures):
+            self.stamps(key, horizon)
+        while len(self._failures) > self.maxEntries:
+            self._failures.popitem(last=False)
+
+
+class SharedCounters:
+    """
+    The failure stamps in an SQLite file (WAL) that the processes of one
+    server share, so that they count each failure once between them.  On
+    an error with the file the counters go on in this process's memory
+    (logged once).
+    """
+
+    def __init__(self, path: str, keep: int, maxEntries: int = 100_000) -> None:
+        self.path = path
+        self._db: Optional[sqlite3.Connection] = None
+        self._memory: Optional[MemoryCounters] = None
+        self._fallback = MemoryCounters(keep, maxEntries)
+
+    def _connection(self) -> Optional[sqlite3.Connection]:
+        if self._memory is not None:
+            return None
+        if self._db is None:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            # (Each change holds the lock for microseconds; a wait longer
+            # than this one means something is wrong with the file.)
+            db = sqlite3.connect(self.path, timeout=1.0, isolation_level=None, check_same_thread=False)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                # Soft state: a crash may lose the last failures, never the file.
+                db.execute("PRAGMA synchronous=OFF")
+                db.execute("CREATE TABLE IF NOT EXISTS failures (kind TEXT NOT NULL, name TEXT NOT NULL, stamp REAL NOT NULL)")
+                db.execute("CREATE INDEX IF NOT EXISTS failures_key ON failures (kind, name, stamp)")
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
+        return self._db
+
+    def _failed(self, error: Exception) -> MemoryCounters:
+        log.warn("login failure counters {path} not usable ({error}); counting in this process only",
+                 path=self.path, error=str(error))
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
+        self._memory = self._fallback
+        return self._memory
+
+    def _do(self, sql: Any, memory: Any) -> Any:
+        """
+        C{sql(db)}, or C{memory(counters)} once the file failed.
+        """
+        if self._memory is None:
+            try:
+                db = self._connection()
+                if db is not None:
+                    return sql(db)
+            except (sqlite3.Error, OSError) as e:
+                self._failed(e)
+        assert self._memory is not None
+        return memory(self._memory)
+
+    def __len__(self) -> int:
+        return int(self._do(lambda db: db.execute("SELECT count(DISTINCT kind || ' ' || name) FROM failures").fetchone()[0],
+                            len))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """
+        Make the calls inside one change: no other process counts between
+        a count and the failure added after it.
+        """
+        began = self._do(lambda db: db.execute("BEGIN IMMEDIATE") and True, lambda memory: False)
+        try:
+            yield
+        except BaseException:
+            if began:
+                self._do(lambda db: db.in_transaction and db.execute("ROLLBACK"), lambda memory: None)
+            raise
+        if began:
+            self._do(lambda db: db.in_transaction and db.execute("COMMIT"), lambda memory: None)
+
+    def stamps(self, key: _Key, horizon: float) -> List[float]:
+        return self._do(
+            lambda db: [stamp for (stamp,) in db.execute(
+                "SELECT stamp FROM failures WHERE kind = ? AND name = ? AND stamp > ? ORDER BY stamp", (*key, horizon))],
+            lambda memory: memory.stamps(key, horizon))
+
+    def add(self, keys: Tuple[_Key, ...], stamp: float) -> None:
+        self._do(lambda db: db.executemany("INSERT INTO failures VALUES (?, ?, ?)", [(*key, stamp) for key in keys]),
+                 lambda memory: memory.add(keys, stamp))
+
+    def withdraw(self, key: _Key, stamp: float) -> None:
+        self._do(lambda db: db.execute(
+            "DELETE FROM failures WHERE rowid = (SELECT rowid FROM failures WHERE kind = ? AND name = ? AND stamp = ? LIMIT 1)",
+            (*key, stamp)), lambda memory: memory.withdraw(key, stamp))
+
+    def clear(self, key: _Key) -> None:
+        self._do(lambda db: db.execute("DELETE FROM failures WHERE kind = ? AND name = ?", key),
+                 lambda memory: memory.clear(key))
+
+    def sweep(self, horizon: float) -> None:
+        self._do(lambda db: db.execute("DELETE FROM failures WHERE stamp <= ?", (horizon,)),
+                 lambda memory: memory.sweep(horizon))
+
+
 class LoginThrottle:
     """
     The failure counters and the rules.  Driven by C{clock} alone
@@ -95,9 +283,9 @@ class LoginThrottle:
     @ivar exemptLoopback: whether loopback clients are spared the
         per-address counter (a local webmail logs everyone in from one
         address); their accounts are still counted.
-    @ivar maxEntries: most counters kept; beyond it the least recently
-        used are forgotten, so a spray of made-up names cannot exhaust
-        memory.
+    @ivar maxEntries: most counters kept in memory; beyond it the least
+        recently used are forgotten, so a spray of made-up names cannot
+        exhaust memory.
     """
 
     def __init__(
@@ -110,7 +298,13 @@ class LoginThrottle:
         maxDelay: float = 30.0,
         exemptLoopback: bool = False,
         maxEntries: int = 100_000,
+        path: Optional[str] = None,
     ) -> None:
+        """
+        @param path: the SQLite file the counters are shared in (every
+            process of the server gives the same one); in this process's
+            memory when None.
+        """
         if delayAfter < 0 or refuseAfter < 1 or window <= 0 or baseDelay < 0 or maxDelay < 0 or maxEntries < 1:
             raise ValueError("login throttle: limits must be positive")
         self.clock = clock
@@ -121,41 +315,20 @@ class LoginThrottle:
         self.maxDelay = maxDelay
         self.exemptLoopback = exemptLoopback
         self.maxEntries = maxEntries
-        self._failures: "OrderedDict[_Key, Deque[float]]" = OrderedDict()
+        self._counters: Any = (SharedCounters(path, refuseAfter, maxEntries) if path is not None
+                               else MemoryCounters(refuseAfter, maxEntries))
         self._operations = 0
 
     def _now(self) -> float:
         return self.clock.seconds()
-
-    def _prune(self, key: _Key, now: float) -> Optional[Deque[float]]:
-        times = self._failures.get(key)
-        if times is None:
-            return None
-        horizon = now - self.window
-        while times and times[0] <= horizon:
-            times.popleft()
-        if not times:
-            del self._failures[key]
-            return None
-        return times
-
-    def _sweep(self, now: float) -> None:
-        for key in list(self._failures):
-            self._prune(key, now)
-        while len(self._failures) > self.maxEntries:
-            self._failures.popitem(last=False)
 
     def failures(self, account: Optional[str] = None, host: Optional[str] = None) -> int:
         """
         The failures (attempts under way included) counted in the window
         against C{account} or from C{host}, whichever is more.
         """
-        now = self._now()
-        counts = [0]
-        for key in self._keys(account, host):
-            times = self._prune(key, now)
-            counts.append(len(times) if times else 0)
-        return max(counts)
+        horizon = self._now() - self.window
+        return max([0] + [len(self._counters.stamps(key, horizon)) for key in self._keys(account, host)])
 
     def _keys(self, account: Optional[str], host: Optional[str]) -> Tuple[_Key, ...]:
         keys = []
@@ -174,46 +347,29 @@ class LoginThrottle:
         @raise LoginThrottled: too many failures; nothing is counted.
         """
         now = self._now()
+        horizon = now - self.window
         self._operations += 1
-        if self._operations >= 1024 or len(self._failures) > self.maxEntries:
+        if self._operations >= 1024:
             self._operations = 0
-            self._sweep(now)
+            self._counters.sweep(horizon)
         keys = self._keys(account, host)
         worst = 0
         retryAfter = 0.0
-        for key in keys:
-            times = self._prune(key, now)
-            count = len(times) if times else 0
-            worst = max(worst, count)
-            if times and count >= self.refuseAfter:
-                # Allowed again once the count falls below refuseAfter.
-                retryAfter = max(retryAfter, times[count - self.refuseAfter] + self.window - now)
-        if worst >= self.refuseAfter:
-            raise LoginThrottled("Too many failed logins; try again later", retryAfter)
+        with self._counters.transaction():
+            for key in keys:
+                times = self._counters.stamps(key, horizon)
+                count = len(times)
+                worst = max(worst, count)
+                if count >= self.refuseAfter:
+                    # Allowed again once the count falls below refuseAfter.
+                    retryAfter = max(retryAfter, times[count - self.refuseAfter] + self.window - now)
+            if worst >= self.refuseAfter:
+                raise LoginThrottled("Too many failed logins; try again later", retryAfter)
+            self._counters.add(keys, now)
         delay = 0.0
         if worst >= self.delayAfter:
             delay = min(self.baseDelay * (2.0 ** min(worst - self.delayAfter, 64)), self.maxDelay)
-        for key in keys:
-            times = self._failures.get(key)
-            if times is None:
-                times = self._failures[key] = deque(maxlen=self.refuseAfter)
-            else:
-                self._failures.move_to_end(key)
-            times.append(now)
-        while len(self._failures) > self.maxEntries:
-            self._failures.popitem(last=False)
         return Attempt(keys, now, delay)
-
-    def _withdraw(self, attempt: Attempt, key: _Key) -> None:
-        times = self._failures.get(key)
-        if times is None:
-            return
-        try:
-            times.remove(attempt.stamp)
-        except ValueError:
-            return
-        if not times:
-            del self._failures[key]
 
     def succeeded(self, attempt: Attempt) -> None:
         """
@@ -225,9 +381,9 @@ class LoginThrottle:
         attempt.settled = True
         for key in attempt.keys:
             if key[0] == "account":
-                self._failures.pop(key, None)
+                self._counters.clear(key)
             else:
-                self._withdraw(attempt, key)
+                self._counters.withdraw(key, attempt.stamp)
 
     def failed(self, attempt: Attempt) -> None:
         """
@@ -236,10 +392,9 @@ class LoginThrottle:
         if attempt.settled:
             return
         attempt.settled = True
-        now = self._now()
+        horizon = self._now() - self.window
         for key in attempt.keys:
-            times = self._prune(key, now)
-            count = len(times) if times else 0
+            count = len(self._counters.stamps(key, horizon))
             if count in (self.delayAfter, self.refuseAfter):
                 what = "slowing down" if count == self.delayAfter else "refusing"
                 log.info("{count} failed logins for {kind} {name}: {what} further attempts",
@@ -254,7 +409,7 @@ class LoginThrottle:
             return
         attempt.settled = True
         for key in attempt.keys:
-            self._withdraw(attempt, key)
+            self._counters.withdraw(key, attempt.stamp)
 
 
 def _isLoopbackHost(host: str) -> bool:
