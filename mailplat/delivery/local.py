@@ -76,6 +76,14 @@ class PrefixedReader(io.RawIOBase):
         return len(chunk)
 
 
+def _senderOf(session: object) -> Optional[str]:
+    """
+    The reverse path of the transaction of C{session} (L{None} for C{<>}
+    or when there is no transaction).
+    """
+    return getattr(getattr(session, "transaction", None), "sender", None)
+
+
 @implementer(IDelivery)
 class LocalDelivery:
     """
@@ -232,30 +240,32 @@ class LocalDelivery:
                         # Temporary: the sender retries while the user
                         # makes room (RFC 3463 X.2.2, mailbox full).
                         raise SMTPReply(452, "4.2.2", f"<{recipient}>: Mailbox full")
-            yield self._judgeRecipient(session, recipient)
+            for policy in self._recipientPolicies():
+                verdict = yield policy.checkRecipient(session, _senderOf(session), recipient)
+                if verdict.action == REJECT:
+                    raise verdict.reply
             if routes is not None:
                 routes[recipient] = resolution
             if resolution.remote and not resolution.local:
                 return SMTPReply(251, "2.1.5", "User not local; will forward")
             return None
         if domain and local and self._mayRelay(session):
-            yield self._judgeRecipient(session, recipient)
+            for policy in self._recipientPolicies():
+                verdict = yield policy.checkRecipient(session, _senderOf(session), recipient)
+                if verdict.action == REJECT:
+                    raise verdict.reply
             if routes is not None:
                 routes[recipient] = _RELAY
             return None
         raise SMTPReply(554, "5.7.1", f"<{recipient}>: Relay access denied")
 
-    @defer.inlineCallbacks
-    def _judgeRecipient(self, session: object, recipient: str) -> Generator["defer.Deferred[Any]", Any, None]:
+    def _recipientPolicies(self) -> List[Any]:
         """
-        Ask the policies that decide at C{RCPT}; raise the first refusal.
+        The policies that decide at C{RCPT} too (L{IRecipientPolicy}), in
+        order; each is asked of a recipient found deliverable, and the
+        first refusal refuses it.
         """
-        sender = getattr(getattr(session, "transaction", None), "sender", None)
-        for policy in self.policies:
-            if IRecipientPolicy.providedBy(policy):
-                verdict = yield defer.maybeDeferred(policy.checkRecipient, session, sender, recipient)
-                if verdict.action == REJECT:
-                    raise verdict.reply
+        return [policy for policy in self.policies if IRecipientPolicy.providedBy(policy)]
 
     def _route(self, session: object, recipients: List[str], routes: Dict[str, Any]) -> defer.Deferred:
         """

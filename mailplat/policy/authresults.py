@@ -251,15 +251,20 @@ class AuthenticationPolicy:
     def _spfResult(self, session: object, ip: str, sender: Optional[str], helo: Optional[str]) -> "defer.Deferred[SPFResult]":
         return self._once(session, ("spf", ip, sender, helo), lambda: self.spfChecker.check(ip, sender, helo))
 
-    @defer.inlineCallbacks
-    def checkRecipient(self, session: object, sender: Optional[str], recipient: str) -> Generator["defer.Deferred[Any]", Any, Verdict]:
+    def checkRecipient(self, session: object, sender: Optional[str], recipient: str) -> "defer.Deferred[Verdict]":
         """
         See L{IRecipientPolicy.checkRecipient}: the DNSBL refusal (action
         C{reject}) and the SPF one (action C{reject}, result C{fail}).
         """
         ip = clientAddress(session)
+        if (self.dnsblChecker is None or self.dnsbl != "reject") and self.spf != "reject":
+            return defer.succeed(Verdict.accept())
         if self._unchecked(session) or not ip:
-            return Verdict.accept()
+            return defer.succeed(Verdict.accept())
+        return self._refusedAtRcpt(session, sender, ip)
+
+    @defer.inlineCallbacks
+    def _refusedAtRcpt(self, session: object, sender: Optional[str], ip: str) -> Generator["defer.Deferred[Any]", Any, Verdict]:
         if self.dnsblChecker is not None and self.dnsbl == "reject":
             listed = yield self._listed(session, ip)
             if listed:
