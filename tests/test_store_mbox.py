@@ -560,6 +560,45 @@ class MboxLockingTests(MboxTestCase):
         yield d
 
     @defer.inlineCallbacks
+    def test_deleteAndRenameWaitForTheLocks(self):
+        """
+        DELETE and RENAME of a mailbox take its dotlock like a write: while
+        another program (or mailplat process) holds it, and so may be
+        rewriting the file, they wait, so the file cannot come back under
+        its old name when that program renames its new copy into place.
+        """
+        account = yield self.store.getAccount(ALICE, create=True)
+        for name in ("Work", "Old"):
+            yield account.createMailbox(name)
+            box = yield account.getMailbox(name)
+            yield box.append(BytesIO(message(name)))
+        for name, change, gone, there in (
+            ("Work", lambda: account.deleteMailbox("Work"), "Work", None),
+            ("Old", lambda: account.renameMailbox("Old", "New"), "Old", "New"),
+        ):
+            path = os.path.join(self.home, "mail", name)
+            lock = path + ".lock"
+            with open(lock, "wb") as f:
+                f.write(b"12345\n")
+            done: List[object] = []
+            change().addCallback(done.append)
+            self.clock.advance(mboxModule.LOCK_RETRY)
+            self.clock.advance(5)
+            self.assertEqual(done, [])
+            self.assertTrue(os.path.exists(path))
+            os.unlink(lock)
+            self.clock.advance(mboxModule.LOCK_RETRY)
+            self.assertEqual(done, [None])
+            self.assertFalse(os.path.exists(os.path.join(self.home, "mail", gone)))
+            self.assertFalse(os.path.exists(lock))
+            if there is not None:
+                self.assertIn(b"Subject: Old", self.read(os.path.join(self.home, "mail", there)))
+        names = [entry.name for entry in (yield account.listMailboxes())]
+        self.assertIn("New", names)
+        self.assertNotIn("Old", names)
+        self.assertNotIn("Work", names)
+
+    @defer.inlineCallbacks
     def test_dotlockTimeout(self):
         """
         A dotlock that stays gives up with a StoreError naming it.

@@ -66,6 +66,8 @@ empty mailbox.
 Locking, as mutt and procmail do it: a writer makes C{F.lock} with
 C{O_EXCL} (a lock file older than L{DOTLOCK_STALE} seconds is broken) and
 takes an exclusive C{lockf} on C{F}; a reader takes a shared C{lockf}.
+Deleting or renaming a mailbox takes its locks as a writer does, so a
+rewrite under way elsewhere cannot put the file back under its old name.
 Locks are tried without blocking and tried again on the reactor's clock
 until L{LOCK_TIMEOUT}.  Appends are written at the end of the file and
 fsynced (cut back on failure); a rewrite writes a new file beside the old
@@ -1829,11 +1831,40 @@ class MboxAccount(AccountFiles):
         """
         return _run(f"create mailbox {name}", self._createSync, name, specialUse)
 
+    def _underLocks(self, name: str, what: str, f: Callable[[], None]) -> defer.Deferred:
+        """
+        Run C{f} (which removes or moves mailbox C{name}'s file) as an
+        operation on that mailbox holding its dotlock and C{lockf} lock:
+        after this process's operations on it, and after another
+        program's (mutt, another mailplat process) that holds its locks,
+        so that no rewrite under way puts the file back where it was.  A
+        name without a file (only children) has no locks to take.
+        """
+        path = self._path(name)
+        if not self._isFile(path):
+            return _run(what, f)
+        mailbox = self._store._mailboxAt(name, path)
+
+        def work(held: Optional[_Held]) -> Tuple[None, bool]:
+            f()
+            return None, False
+
+        return mailbox._op(what, work, exclusive=True)
+
     def deleteMailbox(self, name: str) -> defer.Deferred:
         """
-        Delete a mailbox (see L{IAccount.deleteMailbox}).
+        Delete a mailbox (see L{IAccount.deleteMailbox}), under its locks
+        (L{_underLocks}).
         """
-        return _run(f"delete mailbox {name}", self._deleteSync, name)
+        what = f"delete mailbox {name}"
+        try:
+            name = validateMailboxName(name)
+            self._checkExists()
+        except BaseException:
+            return defer.fail().addErrback(_asStoreError, what)
+        if name == "INBOX":
+            return _run(what, self._deleteSync, name)
+        return self._underLocks(name, what, lambda: self._deleteSync(name))
 
     def renameMailbox(self, old: str, new: str) -> defer.Deferred:
         """
@@ -1845,7 +1876,7 @@ class MboxAccount(AccountFiles):
             return defer.fail().addErrback(_asStoreError, f"rename mailbox {old}")
         if old == "INBOX":
             return defer.maybeDeferred(self._renameInbox, new).addErrback(_asStoreError, "rename INBOX")
-        return _run(f"rename mailbox {old}", self._renameSync, old, new)
+        return self._underLocks(old, f"rename mailbox {old}", lambda: self._renameSync(old, new))
 
 
 
