@@ -23,7 +23,6 @@ the end.
 """
 
 import argparse
-import importlib.util
 import io
 import os
 import shutil
@@ -35,18 +34,9 @@ from typing import Any, Callable, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.queue_sql import loadModule  # noqa: E402
+
 BODY = b"From: alice@example.test\r\nTo: someone@far.test\r\nSubject: bench\r\n\r\n" + (b"x" * 76 + b"\r\n") * 13
-
-
-def _load(name: str, path: str) -> None:
-    """
-    Put the module in C{path} in place of C{name} before anyone imports it.
-    """
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
 
 
 def _median(f: Callable[[], Any], times: int) -> float:
@@ -67,7 +57,7 @@ def main() -> int:
     if not 1 <= args.entries <= 20000:
         parser.error("--entries: 1 to 20,000")
     if args.queue_module:
-        _load("mailplat.queue", args.queue_module)
+        loadModule("mailplat.queue", args.queue_module)
     from twisted.internet import task
 
     from mailplat.queue import Queue

@@ -53,7 +53,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BODY = b"From: alice@example.test\r\nTo: someone@far.test\r\nSubject: bench\r\n\r\n" + (b"x" * 76 + b"\r\n") * 13
 
 
-def _load(name: str, path: str) -> None:
+def loadModule(name: str, path: str) -> None:
     """
     Put the module in C{path} in place of C{name} before anyone imports it.
     """
@@ -82,9 +82,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not (1 <= args.entries <= 5000 and 1 <= args.runners <= 8 and args.domains >= 1):
         parser.error("--entries 1..5000, --runners 1..8, --domains >= 1")
     if args.queue_module:
-        _load("mailplat.queue.sql", args.queue_module)
+        loadModule("mailplat.queue.sql", args.queue_module)
     if args.runner_module:
-        _load("mailplat.relay.runner", args.runner_module)
+        loadModule("mailplat.relay.runner", args.runner_module)
 
     import psycopg
     from psycopg import sql

@@ -31,7 +31,6 @@ ignores it).
 """
 
 import contextlib
-import os
 import sqlite3
 from collections import OrderedDict, deque
 from typing import Any, Deque, Iterator, List, Optional, Tuple
@@ -45,6 +44,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailplat.address import normalizeAddress
+from mailplat.statefile import openStateFile
 from mailplat.limits import addressKey
 from mailplat.netutil import isLoopback
 
@@ -181,20 +181,13 @@ class SharedCounters:
         if self._memory is not None:
             return None
         if self._db is None:
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            # (Each change holds the lock for microseconds; a wait longer
-            # than this one means something is wrong with the file.)
-            db = sqlite3.connect(self.path, timeout=1.0, isolation_level=None, check_same_thread=False)
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                # Soft state: a crash may lose the last failures, never the file.
-                db.execute("PRAGMA synchronous=OFF")
-                db.execute("CREATE TABLE IF NOT EXISTS failures (kind TEXT NOT NULL, name TEXT NOT NULL, stamp REAL NOT NULL)")
-                db.execute("CREATE INDEX IF NOT EXISTS failures_key ON failures (kind, name, stamp)")
-            except BaseException:
-                db.close()
-                raise
-            self._db = db
+            # Soft state: a crash may lose the last failures, never the
+            # file.  (Each change holds the lock for microseconds; a wait
+            # longer than the timeout means something is wrong with it.)
+            self._db = openStateFile(self.path, [
+                "CREATE TABLE IF NOT EXISTS failures (kind TEXT NOT NULL, name TEXT NOT NULL, stamp REAL NOT NULL)",
+                "CREATE INDEX IF NOT EXISTS failures_key ON failures (kind, name, stamp)",
+            ], "OFF", timeout=1.0)
         return self._db
 
     def _failed(self, error: Exception) -> MemoryCounters:

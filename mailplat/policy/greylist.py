@@ -37,6 +37,7 @@ from zope.interface import implementer
 
 from mailplat import netutil
 from mailplat.delivery.policy import IPolicy, IRecipientPolicy, Verdict, clientAddress, isAuthenticated
+from mailplat.statefile import openStateFile
 
 _log = Logger()
 
@@ -94,7 +95,6 @@ class GreylistPolicy:
         """
         if self._db is not None:
             return self._db
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         try:
             db = self._connect()
         except sqlite3.DatabaseError as e:
@@ -110,18 +110,11 @@ class GreylistPolicy:
         return db
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=2.0, isolation_level=None, check_same_thread=False)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            # Soft state: a crash may lose the last changes (a sender is
-            # greylisted once more), never the file.
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("CREATE TABLE IF NOT EXISTS triplets (key TEXT PRIMARY KEY, first REAL NOT NULL,"
-                       " last REAL NOT NULL, passed INTEGER NOT NULL)")
-        except BaseException:
-            db.close()
-            raise
-        return db
+        # Soft state: a crash may lose the last changes (a sender is
+        # greylisted once more), never the file.
+        return openStateFile(self.path, ["CREATE TABLE IF NOT EXISTS triplets (key TEXT PRIMARY KEY,"
+                                         " first REAL NOT NULL, last REAL NOT NULL, passed INTEGER NOT NULL)"],
+                             "NORMAL", timeout=2.0)
 
     def _takeInJSON(self, db: sqlite3.Connection) -> None:
         """
