@@ -601,6 +601,28 @@ class LoginThrottleTests(SynchronousTestCase):
         self.assertRaises(LoginThrottled, throttle.begin, "a@example.test", None)
         self.assertEqual(throttle.failures("a@example.test"), 2)
 
+    def test_sharedFileBusy(self) -> None:
+        """
+        A counter file another process holds locked past the timeout is
+        counted around once, in this process's memory, and used again
+        afterwards (the file is not given up for good).
+        """
+        import sqlite3
+
+        clock = task.Clock()
+        path = os.path.join(self.mktemp(), "login-failures.sqlite")
+        throttle = LoginThrottle(clock, refuseAfter=5, path=path)
+        throttle.failed(throttle.begin("a@example.test", None))
+        other = sqlite3.connect(path, isolation_level=None)
+        self.addCleanup(other.close)
+        other.execute("BEGIN IMMEDIATE")
+        throttle.failed(throttle.begin("b@example.test", None))
+        other.execute("ROLLBACK")
+        throttle.failed(throttle.begin("a@example.test", None))
+        self.assertEqual(throttle.failures("a@example.test"), 2)
+        self.assertIsNone(throttle._counters._memory)
+        self.flushLoggedErrors()
+
     def test_settledOnce(self) -> None:
         """
         Settling an attempt twice changes nothing.

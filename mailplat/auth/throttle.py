@@ -204,13 +204,23 @@ class SharedCounters:
 
     def _do(self, sql: Any, memory: Any) -> Any:
         """
-        C{sql(db)}, or C{memory(counters)} once the file failed.
+        C{sql(db)}, or C{memory(counters)} once the file failed (for this
+        call only when it was busy longer than the timeout).
         """
         if self._memory is None:
             try:
                 db = self._connection()
                 if db is not None:
                     return sql(db)
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    self._failed(e)
+                else:
+                    log.warn("login failure counters {path} busy ({error}); counted in this process this time",
+                             path=self.path, error=str(e))
+                    if self._db is not None and self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    return memory(self._fallback)
             except (sqlite3.Error, OSError) as e:
                 self._failed(e)
         assert self._memory is not None

@@ -97,6 +97,10 @@ class GreylistPolicy:
             return self._db
         try:
             db = self._connect()
+        except sqlite3.OperationalError:
+            # Busy or unreadable for now (another process's write, a
+            # permission): not a damaged file.
+            raise
         except sqlite3.DatabaseError as e:
             aside = self.path + ".damaged"
             _log.warn("greylist state {path} unreadable ({error}), set aside as {aside}; starting afresh",
