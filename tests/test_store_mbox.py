@@ -694,6 +694,44 @@ class MboxBehaviourTests(MboxTestCase):
         self.assertNotEqual(fresh.uidValidity, temp.uidValidity)
 
     @defer.inlineCallbacks
+    def test_fileWorkOffTheReactorThread(self):
+        """
+        Under the real reactor the file work under the locks (catching up,
+        appending, rewriting) runs in the thread pool, while listeners hear
+        of every change, a deletion included, on the reactor thread.
+        """
+        from twisted.python.threadable import isInIOThread
+
+        onReactor: List[bool] = []
+        for name in ("_underLocks", "_deleteFiles"):
+            cls = mboxModule.MboxMailbox if name == "_underLocks" else mboxModule.MboxAccount
+            original = getattr(cls, name)
+
+            def recording(*args: Any, _original: Any = original) -> Any:
+                onReactor.append(isInIOThread())
+                return _original(*args)
+
+            self.patch(cls, name, recording)
+        heard: List[bool] = []
+
+        class Listener:
+            def mailboxChanged(self, mailbox: Any) -> None:
+                heard.append(isInIOThread())
+
+        account = yield self.store.getAccount(ALICE, create=True)
+        yield account.createMailbox("Temp")
+        temp = yield account.getMailbox("Temp")
+        temp.addListener(Listener())
+        uid = yield temp.append(BytesIO(message()))
+        yield temp.setFlags([uid], ["\\Deleted"], "add")
+        yield temp.expunge()
+        yield account.deleteMailbox("Temp")
+        self.assertTrue(onReactor)
+        self.assertNotIn(True, onReactor)
+        self.assertGreaterEqual(len(heard), 3)
+        self.assertNotIn(False, heard)
+
+    @defer.inlineCallbacks
     def test_deletedByAnotherProgram(self):
         """
         A mailbox file removed by another program is gone.

@@ -77,10 +77,15 @@ answering, the store compares the file's inode, size, mtime and ctime with
 what it last read, and reads the file again when another program changed
 it.
 
-All file work runs synchronously in the private methods, one operation at a
-time per mailbox (a queue that fires each result before the next operation
-starts) and under the file locks; those are the calls to move to a thread
-pool.
+A mailbox's operations run one at a time in this process (a queue that
+fires each result before the next operation starts); the locks are taken
+on the reactor thread (tried without blocking, again on the clock), and the
+file work under them (reading, appending, rewriting, fsyncing) runs in the
+reactor's thread pool, so a rewrite of a big mailbox does not stall the
+other sessions.  Listeners are told, and the store's table of mailboxes
+and the account's special-use and ACL files are changed, back on the
+reactor thread.  With a clock that runs no threads (a C{task.Clock} in
+tests) the file work runs at once.
 """
 
 import calendar
@@ -97,8 +102,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple, cast
 
-from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
@@ -653,6 +658,11 @@ def _run(what: str, f: Callable[..., Any], *args: Any) -> defer.Deferred:
     return defer.maybeDeferred(f, *args).addErrback(_asStoreError, what)
 
 
+#: What L{MboxMailbox._underLocks} answers when the file changed under a
+#: shared lock.
+_CHANGED = object()
+
+
 class _SerialQueue:
     """
     Runs functions returning Deferreds one at a time, in order; each
@@ -807,18 +817,30 @@ class MboxMailbox:
 
     def _withFile(self, work: Callable[[Optional[_Held]], Tuple[Any, bool]], exclusive: bool) -> defer.Deferred:
         def locked(held: _Held) -> Any:
-            try:
-                if not exclusive and not self._fresh():
-                    # Changed meanwhile: catching up needs the write lock.
-                    held.release()
-                    return self._withFile(work, True)
-                changed = self._syncLocked(held) if exclusive else False
-                result, modified = work(held)
-                return result, changed or modified
-            finally:
-                held.release()
+            return self._store._inThread(self._underLocks, held, work, exclusive).addCallback(done)
+
+        def done(outcome: Any) -> Any:
+            if outcome is _CHANGED:
+                # Changed meanwhile: catching up needs the write lock.
+                return self._withFile(work, True)
+            return outcome
 
         return self._acquire(exclusive).addCallback(locked)
+
+    def _underLocks(self, held: _Held, work: Callable[[Optional[_Held]], Tuple[Any, bool]], exclusive: bool) -> Any:
+        """
+        (In the store's threads.)  Catch up with the file and run C{work},
+        then release the locks; L{_CHANGED} when a reader finds the file
+        changed and must take the write lock.
+        """
+        try:
+            if not exclusive and not self._fresh():
+                return _CHANGED
+            changed = self._syncLocked(held) if exclusive else False
+            result, modified = work(held)
+            return result, changed or modified
+        finally:
+            held.release()
 
     def _signature(self) -> Tuple[int, int, int, int, int]:
         return (self.uidValidity, self._uidNext, self._highest, len(self._msgs), self._firstRecent)
@@ -1696,6 +1718,14 @@ class MboxAccount(AccountFiles):
         return any(n.startswith(prefix) for n in selectable | noselect)
 
     def _deleteSync(self, name: str) -> None:
+        self._deleteFiles(name)
+        self._forgetMailbox(validateMailboxName(name))
+
+    def _deleteFiles(self, name: str) -> None:
+        """
+        Remove mailbox C{name}'s files (and its children's, when it has
+        no others).
+        """
         name = validateMailboxName(name)
         self._checkExists()
         if name == "INBOX":
@@ -1715,11 +1745,17 @@ class MboxAccount(AccountFiles):
             if not hasChildren and self._isDir(children):
                 shutil.rmtree(children)
         _fsyncDirectory(os.path.dirname(path))
+
+    def _forgetMailbox(self, name: str) -> None:
+        """
+        (On the reactor thread.)  Mailbox C{name}'s files are gone: drop
+        its special use, its ACL and its object.
+        """
         uses = self._specialUses()
         if uses.pop(name, None) is not None:
             self._writeSpecialUses(uses)
         self._aclDropped(name)
-        self._store._dropMailbox(path)
+        self._store._dropMailbox(self._path(name))
 
     def _exists(self, name: str) -> bool:
         path = self._path(name)
@@ -1738,6 +1774,13 @@ class MboxAccount(AccountFiles):
         return old, new
 
     def _renameSync(self, old: str, new: str) -> None:
+        self._renameFiles(old, new)
+        self._renamed(old, new)
+
+    def _renameFiles(self, old: str, new: str) -> None:
+        """
+        Move mailbox C{old}'s files (and its children's) to C{new}.
+        """
         old, new = self._renameChecks(old, new)
         oldPath, newPath = self._path(old), self._path(new)
         if not _linkFree(self.home, newPath) or os.path.lexists(newPath):
@@ -1751,7 +1794,13 @@ class MboxAccount(AccountFiles):
                 os.rename(oldPath + suffix, newPath + suffix)
         _fsyncDirectory(os.path.dirname(newPath))
         _fsyncDirectory(os.path.dirname(oldPath))
-        self._store._movedTree(oldPath, old, newPath, new)
+
+    def _renamed(self, old: str, new: str) -> None:
+        """
+        (On the reactor thread.)  Mailbox C{old}'s files moved to C{new}:
+        move its objects, special uses and ACLs along.
+        """
+        self._store._movedTree(self._path(old), old, self._path(new), new)
         uses = self._specialUses()
         renamed = {renamedName(n, old, new) or n: u for n, u in uses.items()}
         if renamed != uses:
@@ -1831,25 +1880,31 @@ class MboxAccount(AccountFiles):
         """
         return _run(f"create mailbox {name}", self._createSync, name, specialUse)
 
-    def _underLocks(self, name: str, what: str, f: Callable[[], None]) -> defer.Deferred:
+    def _lockedChange(self, name: str, what: str, files: Callable[[], None], after: Callable[[], None]) -> defer.Deferred:
         """
-        Run C{f} (which removes or moves mailbox C{name}'s file) as an
+        Run C{files} (which removes or moves mailbox C{name}'s files) as an
         operation on that mailbox holding its dotlock and C{lockf} lock:
         after this process's operations on it, and after another
         program's (mutt, another mailplat process) that holds its locks,
-        so that no rewrite under way puts the file back where it was.  A
-        name without a file (only children) has no locks to take.
+        so that no rewrite under way puts the file back where it was;
+        then C{after} on the reactor thread, before any other operation
+        on the mailbox.  A name without a file (only children) has no
+        locks to take.
         """
         path = self._path(name)
         if not self._isFile(path):
-            return _run(what, f)
-        mailbox = self._store._mailboxAt(name, path)
+
+            def both() -> None:
+                files()
+                after()
+
+            return _run(what, both)
 
         def work(held: Optional[_Held]) -> Tuple[None, bool]:
-            f()
+            files()
             return None, False
 
-        return mailbox._op(what, work, exclusive=True)
+        return self._store._mailboxAt(name, path)._op(what, work, exclusive=True).addCallback(lambda _: after())
 
     def deleteMailbox(self, name: str) -> defer.Deferred:
         """
@@ -1864,7 +1919,7 @@ class MboxAccount(AccountFiles):
             return defer.fail().addErrback(_asStoreError, what)
         if name == "INBOX":
             return _run(what, self._deleteSync, name)
-        return self._underLocks(name, what, lambda: self._deleteSync(name))
+        return self._lockedChange(name, what, lambda: self._deleteFiles(name), lambda: self._forgetMailbox(name))
 
     def renameMailbox(self, old: str, new: str) -> defer.Deferred:
         """
@@ -1876,7 +1931,8 @@ class MboxAccount(AccountFiles):
             return defer.fail().addErrback(_asStoreError, f"rename mailbox {old}")
         if old == "INBOX":
             return defer.maybeDeferred(self._renameInbox, new).addErrback(_asStoreError, "rename INBOX")
-        return self._underLocks(old, f"rename mailbox {old}", lambda: self._renameSync(old, new))
+        return self._lockedChange(old, f"rename mailbox {old}", lambda: self._renameFiles(old, new),
+                                  lambda: self._renamed(old, new))
 
 
 
@@ -1906,6 +1962,15 @@ class MboxStore(SharedIndex, AccountTree):
         self._mailboxes: Dict[str, MboxMailbox] = {}
 
     # -- the mailbox cache: one object per file
+
+    def _inThread(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """
+        C{f(*args)} in the reactor's thread pool (at once with a clock
+        that runs no threads); a Deferred of its result.
+        """
+        if IReactorThreads.providedBy(self._clock):
+            return threads.deferToThreadPool(self._clock, self._clock.getThreadPool(), f, *args)
+        return defer.maybeDeferred(f, *args)
 
     def _mailboxAt(self, name: str, path: str) -> MboxMailbox:
         mailbox = self._mailboxes.get(path)
