@@ -464,9 +464,10 @@ class CommandTimer:
 class QueueCollector:
     """
     The outbound queue's depth and the age of its oldest entry, read at
-    each scrape.  The SQL queue keeps its figures from its claim rounds
-    (C{depth}, and C{oldest} when it knows it; reading the table here would
-    block the reactor); the file queue lists its directory.
+    each scrape from the queue's C{depth} and C{oldest}: the SQL queue
+    keeps them from its claim rounds (reading the table here would block
+    the reactor), the file queue from its entries in memory, brought in
+    line with its directory; a queue without them is listed.
     """
 
     def __init__(self, queue: Any, clock: Any) -> None:

@@ -154,6 +154,27 @@ class QueueTests(SynchronousTestCase):
         self.assertIn(added, [e.id for e in self.queue.due()])
         self.assertEqual(reads, [added])
 
+    def test_depthAndOldest(self) -> None:
+        """
+        The metrics page's figures: how many entries, the oldest one's
+        queueing time, an entry another process added counted (and read
+        once), a removed one not.
+        """
+        self.assertEqual((self.queue.depth, self.queue.oldest), (0, None))
+        first = self.enqueue()
+        self.clock.advance(10)
+        self.enqueue()
+        reads: List[str] = []
+        readMeta = self.queue._readMeta
+        self.patch(self.queue, "_readMeta", lambda entryId: reads.append(entryId) or readMeta(entryId))
+        self.assertEqual((self.queue.depth, self.queue.oldest), (2, 1000.0))
+        added = self.successResultOf(Queue(self.path, self.clock).enqueue(None, ["x@far.test"], io.BytesIO(BODY)))
+        self.assertEqual(self.queue.depth, 3)
+        self.assertEqual(self.queue.depth, 3)
+        self.assertEqual(reads, [added])
+        self.successResultOf(self.queue.delete(first))
+        self.assertEqual((self.queue.depth, self.queue.oldest), (2, 1010.0))
+
     def test_otherProcessRewritesSeenByAPass(self) -> None:
         """
         A pass sees what another process did to an entry it already knew

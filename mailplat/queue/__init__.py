@@ -426,6 +426,25 @@ class Queue:
             ]
             return [QueueEntry.fromJSON(self._cache[i].toJSON()) for i in sorted(due, key=self._order)]
 
+    @property
+    def depth(self) -> int:
+        """
+        How many entries the queue holds (the metrics page's figure): the
+        directory listed again, no entry read twice, nothing copied.
+        """
+        with self._mutex:
+            self._scan()
+            return len(self._cache)
+
+    @property
+    def oldest(self) -> Optional[float]:
+        """
+        When the oldest entry was queued (POSIX time), as of the last look
+        at the directory; L{None} when the queue is empty.
+        """
+        with self._mutex:
+            return min((e.created for e in self._cache.values()), default=None)
+
     def nextWakeup(self, exclude: Collection[str] = ()) -> Optional[float]:
         """
         The earliest next attempt time of any active recipient of an entry
