@@ -339,6 +339,27 @@ class DropTests(Harness):
         self.assertTagged(self.client.command(b"s SELECT c/b"), b"s", b"OK")
         self.assertEqual(self.search(self.client, b"TEXT blueberry"), b"* SEARCH 1")
 
+    def test_deletedElsewhere(self) -> None:
+        """
+        A mailbox deleted behind IMAP's back (another program, an older
+        version) loses its rows when a LIST next shows the account's
+        mailboxes, at most hourly.
+        """
+        self.fill(b"INBOX", b"mango\r\n")
+        self.fill(b"Gone", b"kiwifruit\r\n")
+        self.fill(b"Later", b"papaya\r\n")
+        self.assertEqual(set(self.rows()), {"INBOX", "Gone", "Later"})
+        self.successResultOf(self.account.deleteMailbox("Gone"))
+        self.assertTagged(self.client.command(b'l LIST "" "%"'), b"l", b"OK")
+        self.assertEqual(set(self.rows()), {"INBOX", "Later"})
+        self.assertEqual(self.textHits("kiwifruit"), 0)
+        self.successResultOf(self.account.deleteMailbox("Later"))
+        self.client.command(b'l LIST "" "*"')
+        self.assertEqual(set(self.rows()), {"INBOX", "Later"})
+        self.indexClock.advance(3600)
+        self.client.command(b'l LIST "" "*"')
+        self.assertEqual(self.rows(), {"INBOX": (1, 1)})
+
 
 class DeliveryTests(Harness):
     """

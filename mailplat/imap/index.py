@@ -28,7 +28,9 @@ UID)}, so rows never go stale; UIDs expunged since are pruned when a
 search sees them.  The rows of a mailbox deleted or renamed through IMAP
 are dropped with it (L{MessageIndex.dropMailbox}), and an account's file
 when the account is deleted (L{removeIndex}): the text of mail that is
-gone is not kept.  The index is a cache: a file that is missing, from an
+gone is not kept.  Mailboxes deleted otherwise (another program, an
+older version) lose their rows when a LIST next shows the account's
+mailboxes (L{MessageIndex.keepOnly}, at most hourly per account).  The index is a cache: a file that is missing, from an
 older format, or corrupt is rebuilt (and the log says so), never an error
 for the user; whatever it does not hold is read from the store.
 
@@ -418,6 +420,8 @@ class MessageIndex:
         self._databases: "OrderedDict[str, _Database]" = OrderedDict()
         self._databasesLock = threading.Lock()
         self._closed = False
+        # Account -> when keepOnly last queued its pruning.
+        self._kept: Dict[str, float] = {}
 
     # -- threads and files --------------------------------------------------
 
@@ -552,6 +556,21 @@ class MessageIndex:
         """
         self._queue(("drop", (account, name), inferiors))
 
+    def keepOnly(self, account: str, names: Iterable[str]) -> None:
+        """
+        Queue: C{names} are all the mailboxes C{account} has (a LIST just
+        read them), so drop the rows of any other mailbox of its file.  At
+        most once an hour per account; a mailbox made meanwhile only loses
+        rows that are made again when needed.
+        """
+        now = self._reactor.seconds()
+        if now - self._kept.get(account, float("-inf")) < 3600:
+            return
+        if len(self._kept) > 10000:
+            self._kept.clear()
+        self._kept[account] = now
+        self._queue(("keep", (account,), frozenset(names)))
+
     def flush(self) -> "defer.Deferred[None]":
         """
         Commit every queued write; fires once they are in the files (or
@@ -621,6 +640,12 @@ class MessageIndex:
                     blob, hastext, head, body = found
                     text = SearchText(head, body) if hastext == _TEXT and head is not None else None
                     self._insert(db, target, new, blob, text)
+            elif kind == "keep":
+                _, _, names = row
+                for (name,) in db.execute("SELECT name FROM mailboxes").fetchall():
+                    if name not in names:
+                        database.dropMailbox(db, name, False)
+                ids.clear()
             elif kind == "drop":
                 _, (_, name), inferiors = row
                 database.dropMailbox(db, name, inferiors)

@@ -1727,6 +1727,10 @@ class IMAPServer(Protocol):
         entries = yield account.listMailboxes()
         namespaces = self._namespaces()
         attrsOf = {e.name: set(e.attributes) for e in entries if not (namespaces.enabled and acl.isShared(e.name))}
+        if self.cache.index is not None:
+            # Every mailbox of the account is known here: the index can let
+            # go of those deleted behind IMAP's back.
+            self.cache.index.keepOnly(account.address, attrsOf)
         if namespaces.enabled and any(acl.patternMayReachShared(reference + p) for p in patterns):
             attrsOf.update((yield namespaces.listShared()))
         wantSubscribed = b"SUBSCRIBED" in selection or b"SUBSCRIBED" in returns
