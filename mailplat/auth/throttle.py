@@ -226,10 +226,6 @@ class SharedCounters:
         assert self._memory is not None
         return memory(self._memory)
 
-    def __len__(self) -> int:
-        return int(self._do(lambda db: db.execute("SELECT count(DISTINCT kind || ' ' || name) FROM failures").fetchone()[0],
-                            len))
-
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """

@@ -240,24 +240,19 @@ class LocalDelivery:
                         # Temporary: the sender retries while the user
                         # makes room (RFC 3463 X.2.2, mailbox full).
                         raise SMTPReply(452, "4.2.2", f"<{recipient}>: Mailbox full")
-            for policy in self._recipientPolicies():
-                verdict = yield policy.checkRecipient(session, _senderOf(session), recipient)
-                if verdict.action == REJECT:
-                    raise verdict.reply
-            if routes is not None:
-                routes[recipient] = resolution
-            if resolution.remote and not resolution.local:
-                return SMTPReply(251, "2.1.5", "User not local; will forward")
-            return None
-        if domain and local and self._mayRelay(session):
-            for policy in self._recipientPolicies():
-                verdict = yield policy.checkRecipient(session, _senderOf(session), recipient)
-                if verdict.action == REJECT:
-                    raise verdict.reply
-            if routes is not None:
-                routes[recipient] = _RELAY
-            return None
-        raise SMTPReply(554, "5.7.1", f"<{recipient}>: Relay access denied")
+            route: Any = resolution
+            reply = SMTPReply(251, "2.1.5", "User not local; will forward") if resolution.remote and not resolution.local else None
+        elif domain and local and self._mayRelay(session):
+            route, reply = _RELAY, None
+        else:
+            raise SMTPReply(554, "5.7.1", f"<{recipient}>: Relay access denied")
+        for policy in self._recipientPolicies():
+            verdict = yield policy.checkRecipient(session, _senderOf(session), recipient)
+            if verdict.action == REJECT:
+                raise verdict.reply
+        if routes is not None:
+            routes[recipient] = route
+        return reply
 
     def _recipientPolicies(self) -> List[Any]:
         """
