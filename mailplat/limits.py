@@ -12,10 +12,28 @@ implicit-TLS listeners, so the refusal line is sent over TLS like any
 other reply::
 
     TLSMemoryBIOFactory(tls, False, limitConnections(factory, 20, 1000, greeting))
+
+With several worker processes (C{--workers}), each process counts its own
+connections exactly and publishes them in a L{SharedCounts}: one file per
+process and listener in a directory of the data directory, mapped into
+memory by every process, so a process adds what the others hold before it
+accepts one more.  Each file holds the process's total and its counts per
+address, in L{BUCKETS} buckets chosen by a keyed hash of the address; two
+addresses that land in one bucket share the other processes' part of the
+limit (one chance in L{BUCKETS} for a pair; the key is random per start,
+so a client cannot choose its neighbours).  A process only ever writes its
+own file, so there is no lock: two processes accepting in the same instant
+may both take the last place.  When a worker dies its file is zeroed
+before it is started again (L{clearSlot}), so the connections it held
+stop counting.
 """
 
 import ipaddress
-from typing import Any, Dict, Optional
+import mmap
+import os
+import secrets
+from hashlib import blake2b
+from typing import Any, Dict, Iterable, List, Optional
 
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -53,6 +71,133 @@ def addressKey(host: str) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
+
+
+#: Address buckets in each process's file of L{SharedCounts}.
+BUCKETS = 1 << 16
+
+_CELL = 4
+_FILE_SIZE = (1 + BUCKETS) * _CELL
+_KEY_FILE = "key"
+
+
+def _slotPath(directory: str, listener: str, slot: int) -> str:
+    return os.path.join(directory, f"{listener}.{slot}")
+
+
+def prepareSharedCounts(directory: str, listeners: Iterable[str], slots: int) -> str:
+    """
+    Make C{directory} ready for the L{SharedCounts} of C{slots} processes
+    (the parent is slot 0, worker I{n} slot I{n}): a new hash key, and a
+    zeroed file per listener and slot.  The parent calls it once, before
+    any worker starts; files of an earlier run are replaced.
+
+    @return: C{directory}, absolute.
+    """
+    directory = os.path.abspath(directory)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    for name in os.listdir(directory):
+        os.remove(os.path.join(directory, name))
+    for listener in listeners:
+        for slot in range(slots):
+            with open(_slotPath(directory, listener, slot), "wb") as f:
+                f.truncate(_FILE_SIZE)
+    with open(os.path.join(directory, _KEY_FILE), "w") as f:
+        f.write(secrets.token_hex(16))
+    return directory
+
+
+def clearSlot(directory: str, slot: int) -> None:
+    """
+    The process of C{slot} ended: zero its files, so the connections it
+    held no longer count anywhere.  Written in place (the other processes
+    keep them mapped; a shorter file would fault their reads).
+    """
+    suffix = f".{slot}"
+    zeros = bytes(_FILE_SIZE)
+    for name in os.listdir(directory):
+        if name.endswith(suffix):
+            fd = os.open(os.path.join(directory, name), os.O_RDWR)
+            try:
+                if os.pread(fd, _FILE_SIZE, 0) != zeros:
+                    os.pwrite(fd, zeros, 0)
+            finally:
+                os.close(fd)
+
+
+class SharedCounts:
+    """
+    One listener's open connections, as every process of the server sees
+    them (see the module's docstring): this process writes its own file,
+    maps the others' read-only, and reads their counts.
+
+    @ivar slot: this process's slot.
+    """
+
+    def __init__(self, directory: str, listener: str, slot: int, slots: int) -> None:
+        """
+        Map the files L{prepareSharedCounts} made; this process's own
+        starts at zero.
+
+        @raise OSError: a file is missing or cannot be mapped.
+        """
+        with open(os.path.join(directory, _KEY_FILE)) as f:
+            self._key = bytes.fromhex(f.read().strip())
+        self.slot = slot
+        self._maps: List[mmap.mmap] = []
+        self._others: List[memoryview] = []
+        for other in range(slots):
+            path = _slotPath(directory, listener, other)
+            if other == slot:
+                with open(path, "r+b") as f:
+                    m = mmap.mmap(f.fileno(), _FILE_SIZE)
+                self._mine = memoryview(m).cast("I")
+                if m[:] != bytes(_FILE_SIZE):
+                    # Left by an earlier process in this slot.  Only then
+                    # written: a file never written takes no disk blocks.
+                    self._mine[:] = memoryview(bytes(_FILE_SIZE)).cast("I")
+            else:
+                with open(path, "rb") as f:
+                    m = mmap.mmap(f.fileno(), _FILE_SIZE, access=mmap.ACCESS_READ)
+                self._others.append(memoryview(m).cast("I"))
+            self._maps.append(m)
+
+    def bucket(self, key: str) -> int:
+        """
+        The cell of address key C{key} (1 to L{BUCKETS}; cell 0 holds the
+        total).
+        """
+        digest = blake2b(key.encode("utf-8", "surrogateescape"), digest_size=4, key=self._key).digest()
+        return 1 + int.from_bytes(digest, "little") % BUCKETS
+
+    def others(self, cell: int = 0) -> int:
+        """
+        What the other processes hold in C{cell}: their total (0) or an
+        address bucket.
+        """
+        return sum(view[cell] for view in self._others)
+
+    def add(self, cell: Optional[int], n: int) -> None:
+        """
+        Publish C{n} (1 or -1) more connections of this process, in all and
+        in address bucket C{cell} (None: not counted per address).
+        """
+        mine = self._mine
+        mine[0] = max(0, mine[0] + n)
+        if cell is not None:
+            mine[cell] = max(0, mine[cell] + n)
+
+    def close(self) -> None:
+        """
+        Unmap the files (tests; a process keeps them until it exits).
+        """
+        self._mine.release()
+        for view in self._others:
+            view.release()
+        for m in self._maps:
+            m.close()
+        self._maps = []
+        self._others = []
 
 
 class _Refusal(Protocol):
@@ -118,9 +263,12 @@ class _Counted(ProtocolWrapper):
 
     @ivar limitKey: the L{addressKey} of its peer, or None when it is not
         counted per address (an exempt loopback client).
+    @ivar limitCell: its address bucket in the factory's L{SharedCounts},
+        or None.
     """
 
     limitKey: Optional[str] = None
+    limitCell: Optional[int] = None
 
     def makeConnection(self, transport: Any) -> None:
         """
@@ -154,9 +302,12 @@ class ConnectionLimitFactory(WrappingFactory[_Counted]):
     @ivar greeting: the refusal line sent before closing (with its CRLF).
     @ivar exemptLoopback: whether loopback clients are spared the
         per-address limit (they still count towards the total).
-    @ivar current: the connections open now, in all.
-    @ivar perKey: address key to the number of its open connections.
+    @ivar current: the connections open now in this process, in all.
+    @ivar perKey: address key to the number of its open connections in
+        this process.
     @ivar refused: how many connections have been refused.
+    @ivar shared: where the other worker processes' counts are read and
+        this one's published (L{shareThrough}), or None (one process).
     """
 
     protocol = _Counted
@@ -188,6 +339,14 @@ class ConnectionLimitFactory(WrappingFactory[_Counted]):
         self.current = 0
         self.perKey: Dict[str, int] = {}
         self.refused = 0
+        self.shared: Optional[SharedCounts] = None
+
+    def shareThrough(self, counts: SharedCounts) -> None:
+        """
+        Count the other worker processes' connections too, and publish
+        this one's in C{counts}.  Call before serving.
+        """
+        self.shared = counts
 
     def logPrefix(self) -> str:
         """
@@ -209,21 +368,32 @@ class ConnectionLimitFactory(WrappingFactory[_Counted]):
         The wrapped protocol if the limits allow one more connection from
         C{addr}; a refusal otherwise.
         """
-        if self.total and self.current >= self.total:
-            return self._refuse(addr, f"{self.current} connections open in all")
+        shared = self.shared
+        if self.total:
+            current = self.current + (shared.others() if shared is not None else 0)
+            if current >= self.total:
+                return self._refuse(addr, f"{current} connections open in all")
         key: Optional[str] = None
+        cell: Optional[int] = None
         if self.perAddress and not (self.exemptLoopback and netutil.isLoopback(addr)):
             key = addressKey(str(getattr(addr, "host", addr)))
-            if self.perKey.get(key, 0) >= self.perAddress:
-                return self._refuse(addr, f"{self.perKey[key]} connections open from {key}")
+            held = self.perKey.get(key, 0)
+            if shared is not None:
+                cell = shared.bucket(key)
+                held += shared.others(cell)
+            if held >= self.perAddress:
+                return self._refuse(addr, f"{held} connections open from {key}")
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
             return None
         protocol = self.protocol(self, wrapped)
         protocol.limitKey = key
+        protocol.limitCell = cell
         self.current += 1
         if key is not None:
             self.perKey[key] = self.perKey.get(key, 0) + 1
+        if shared is not None:
+            shared.add(cell, 1)
         return protocol
 
     def unregisterProtocol(self, p: ProtocolWrapper) -> None:
@@ -242,6 +412,9 @@ class ConnectionLimitFactory(WrappingFactory[_Counted]):
             else:
                 self.perKey.pop(key, None)
             p.limitKey = None
+        if self.shared is not None:
+            self.shared.add(p.limitCell, -1)
+        p.limitCell = None
 
 
 def limitConnections(

@@ -29,7 +29,7 @@ from mailplat.delivery.policy import MaxRecipientsPolicy
 from mailplat.errors import ConfigError
 from mailplat.interfaces import IStore
 from mailplat.auth.throttle import LoginThrottle, ThrottledPortal
-from mailplat.limits import limitConnections, refusalLine
+from mailplat.limits import ConnectionLimitFactory, SharedCounts, limitConnections, prepareSharedCounts, refusalLine
 from mailplat.policy.authresults import AuthenticationPolicy, DkimSigningPolicy
 from mailplat.policy.dkim import DKIMSigner
 from mailplat.policy.greylist import GreylistPolicy
@@ -364,16 +364,19 @@ class Server:
             "imaps": imap,
         }
         self.factories: Dict[str, "Factory[Any]"] = {}
+        self.limiters: Dict[str, ConnectionLimitFactory] = {}
         for name, make in makers.items():
             # The limit wraps the protocol inside TLS, so the refusal line
             # of an implicit-TLS listener goes over TLS.
             protocolFactory = make()
             # Errors one session may cause before it is closed.
             protocolFactory.maxErrors = config.maxErrors  # type: ignore[attr-defined]
-            factory: "Factory[Any]" = limitConnections(
+            limiter = limitConnections(
                 protocolFactory, config.maxConnectionsPerAddress, config.maxConnections,
                 refusalLine(name, config.hostname), exemptLoopback=config.exemptLoopback,
             )
+            self.limiters[name] = limiter
+            factory: "Factory[Any]" = limiter
             # Counted (connections, commands, TLS handshakes) inside TLS,
             # so that Twisted tells the counter when a handshake is done.
             factory = instrumentFactory(factory, name, self.metrics)
@@ -442,6 +445,13 @@ class Server:
             metrics = strports.service(self.config.metricsListener, metricsSite(self.metrics))
             metrics.setName("metrics")
             metrics.setServiceParent(top)
+        countsDirectory = None
+        if workers > 1:
+            # Every process publishes its open connections here and adds
+            # the others' before it takes one more.
+            countsDirectory = prepareSharedCounts(os.path.join(self.config.dataDir, "connections"),
+                                                  self.listening(), workers)
+            self.shareConnectionCounts(countsDirectory, 0, workers)
         sockets = {}
         for name, factory in self.listening().items():
             endpoint = self.config.listeners[name]
@@ -462,10 +472,19 @@ class Server:
             listener.setServiceParent(top)
         if workers > 1:
             pool = WorkerPool(reactor, self.config, workers - 1, sockets, self.runner.wake,
-                              metricsDirectory=metricsDirectory)
+                              metricsDirectory=metricsDirectory, countsDirectory=countsDirectory)
             pool.setServiceParent(top)
             reloader.onReload.append(lambda: pool.signalAll("HUP"))
         return top
+
+    def shareConnectionCounts(self, directory: str, slot: int, slots: int) -> None:
+        """
+        Count the connection limits over every worker process: this one,
+        in C{slot} of the C{slots} whose counts are in C{directory}
+        (L{prepareSharedCounts}), adds the others' open connections.
+        """
+        for name in self.listening():
+            self.limiters[name].shareThrough(SharedCounts(directory, name, slot, slots))
 
     def workerService(self, sockets: Dict[str, Any]) -> MultiService:
         """

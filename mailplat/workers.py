@@ -15,6 +15,11 @@ exits when its standard input (a pipe from the parent) closes, so it
 never outlives the parent; a child that dies while the parent runs is
 started again, after a pause that grows while it keeps dying early.
 
+The connection limits are counted over all the processes: each publishes
+its open connections in a file of C{<data-dir>/connections} (slot 0 the
+parent, slot I{n} worker I{n}; L{mailplat.limits.SharedCounts}), and the
+parent zeroes a dead child's files before starting it again.
+
 With a metrics page, every process keeps its metric values in files in
 one directory (named in the payload as C{metrics}); the parent's page sums
 them, and the parent tells the metrics when a child ended, so that its
@@ -112,7 +117,7 @@ class _WorkerProtocol(protocol.ProcessProtocol):
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid  # type: ignore[union-attr]
-        self.transport.write(self.pool.payload() + b"\n")  # type: ignore[union-attr]
+        self.transport.write(self.pool.payload(self.number) + b"\n")  # type: ignore[union-attr]
         log.info("worker {number} started, pid {pid}", number=self.number, pid=self.pid)
 
     def outReceived(self, data: bytes) -> None:
@@ -146,12 +151,16 @@ class WorkerPool(service.Service):
     @ivar wake: called when a child queued a message.
     @ivar metricsDirectory: where every process writes its metric values
         (L{mailplat.metrics.Metrics.shareThrough}), or L{None} (no page).
+    @ivar countsDirectory: where every process publishes its open
+        connections (L{mailplat.limits.prepareSharedCounts}), or L{None}.
     """
 
     def __init__(self, reactor: Any, config: Config, count: int, sockets: Dict[str, Tuple[int, int]],
-                 wake: Callable[[], None], metricsDirectory: Optional[str] = None) -> None:
+                 wake: Callable[[], None], metricsDirectory: Optional[str] = None,
+                 countsDirectory: Optional[str] = None) -> None:
         self.reactor = reactor
         self.metricsDirectory = metricsDirectory
+        self.countsDirectory = countsDirectory
         self.config = config
         self.count = count
         self.sockets = sockets
@@ -167,12 +176,16 @@ class WorkerPool(service.Service):
         for number in range(1, self.count + 1):
             self._spawn(number)
 
-    def payload(self) -> bytes:
+    def payload(self, number: int) -> bytes:
         """
-        The line a child reads first: its configuration and sockets.
+        The line child C{number} reads first: its configuration, sockets,
+        and where the processes share metrics and connection counts.
         """
+        counts = None
+        if self.countsDirectory is not None:
+            counts = {"directory": self.countsDirectory, "slot": number, "slots": self.count + 1}
         return json.dumps({"config": json.loads(configToJSON(self.config)), "sockets": self.sockets,
-                           "metrics": self.metricsDirectory}).encode("utf-8")
+                           "metrics": self.metricsDirectory, "connections": counts}).encode("utf-8")
 
     def signalAll(self, signame: str) -> None:
         """
@@ -206,6 +219,11 @@ class WorkerPool(service.Service):
             from mailplat.metrics import processEnded
 
             processEnded(self.metricsDirectory, child.pid)
+        if self.countsDirectory is not None:
+            from mailplat.limits import clearSlot
+
+            # The connections it held closed with it.
+            clearSlot(self.countsDirectory, child.number)
         if not self.running:
             return
         early = time.monotonic() - child.started < 10.0
@@ -295,6 +313,9 @@ def runWorker(payload: str) -> None:
     server = Server(config)
     if data.get("metrics"):
         server.metrics.shareThrough(data["metrics"])
+    counts = data.get("connections")
+    if counts:
+        server.shareConnectionCounts(counts["directory"], int(counts["slot"]), int(counts["slots"]))
     top = server.workerService(sockets)
     wakeOut = os.fdopen(os.dup(1), "wb", buffering=0)
 

@@ -20,7 +20,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import Interface, implementer
 
 from mailplat.auth.throttle import LoginThrottle, LoginThrottled, ThrottledPortal
-from mailplat.limits import ConnectionLimitFactory, addressKey, limitConnections, refusalLine
+from mailplat.limits import (
+    ConnectionLimitFactory, SharedCounts, addressKey, clearSlot, limitConnections, prepareSharedCounts, refusalLine,
+)
 
 GREETING = b"421 4.7.0 mail.example.test Too many connections, try again later\r\n"
 
@@ -288,6 +290,123 @@ class ConnectionLimitTests(SynchronousTestCase):
         factory = self.limited()
         self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1)))
         self.assertEqual((factory.current, factory.perKey), (0, {}))
+
+
+class SharedCountsTests(SynchronousTestCase):
+    """
+    With several worker processes, each process's L{ConnectionLimitFactory}
+    adds the connections the others published in their L{SharedCounts}
+    files.  Two factories in one test process, in two slots of one
+    directory, stand for two processes: the files mapped into memory are
+    the only thing they share, as between processes.
+    """
+
+    def setUp(self) -> None:
+        self.directory = prepareSharedCounts(self.mktemp(), ["smtp", "imap"], 2)
+        self.clock = task.Clock()
+
+    def process(self, slot: int, perAddress: int = 2, total: int = 5, listener: str = "smtp") -> ConnectionLimitFactory:
+        """
+        The limited factory of the process in C{slot}.
+        """
+        factory = limitConnections(Factory.forProtocol(Echo), perAddress, total, GREETING, clock=self.clock)
+        counts = SharedCounts(self.directory, listener, slot, 2)
+        self.addCleanup(counts.close)
+        factory.shareThrough(counts)
+        return factory
+
+    def test_perAddressAcrossProcesses(self) -> None:
+        """
+        An address holding one connection in each of two processes has
+        reached a limit of two in both; one ending frees a place in either.
+        """
+        parent, worker = self.process(0), self.process(1)
+        first, transport = connect(parent)
+        self.assertEqual(transport.value(), b"hello\r\n")
+        _, transport = connect(worker)
+        self.assertEqual(transport.value(), b"hello\r\n")
+        for factory in (parent, worker):
+            _, transport = connect(factory)
+            self.assertEqual(transport.value(), GREETING)
+            self.assertTrue(transport.disconnecting)
+        # Another address is not held back.
+        _, transport = connect(worker, "192.0.2.2")
+        self.assertEqual(transport.value(), b"hello\r\n")
+        drop(first)
+        _, transport = connect(worker)
+        self.assertEqual(transport.value(), b"hello\r\n")
+        self.assertEqual((worker.perKey, parent.perKey), ({"192.0.2.1": 2, "192.0.2.2": 1}, {}))
+
+    def test_totalAcrossProcesses(self) -> None:
+        """
+        The total counts every process's connections.
+        """
+        parent, worker = self.process(0, perAddress=10, total=3), self.process(1, perAddress=10, total=3)
+        connect(parent, "198.51.100.1")
+        connect(worker, "198.51.100.2")
+        connect(worker, "198.51.100.3")
+        _, transport = connect(parent, "203.0.113.9")
+        self.assertEqual(transport.value(), GREETING)
+
+    def test_listenersApart(self) -> None:
+        """
+        Each listener has its own counts.
+        """
+        smtp, imap = self.process(0, perAddress=1), self.process(1, perAddress=1, listener="imap")
+        connect(smtp)
+        _, transport = connect(imap)
+        self.assertEqual(transport.value(), b"hello\r\n")
+
+    def test_deadProcessCleared(self) -> None:
+        """
+        When a worker dies, the parent zeroes its slot: the connections it
+        held (closed by its death) no longer count.
+        """
+        parent, worker = self.process(0, perAddress=1), self.process(1, perAddress=1)
+        connect(worker)
+        _, transport = connect(parent)
+        self.assertEqual(transport.value(), GREETING)
+        clearSlot(self.directory, 1)
+        _, transport = connect(parent)
+        self.assertEqual(transport.value(), b"hello\r\n")
+
+    def test_restartedProcessStartsAtZero(self) -> None:
+        """
+        A process that maps its slot again (a worker started again) starts
+        from zero, whatever the file held.
+        """
+        parent, worker = self.process(0, perAddress=1), self.process(1, perAddress=1)
+        connect(worker)
+        self.process(1, perAddress=1)
+        _, transport = connect(parent)
+        self.assertEqual(transport.value(), b"hello\r\n")
+
+    def test_loopbackExemptCountsInTotal(self) -> None:
+        """
+        An exempt loopback client is published in the total only.
+        """
+        parent = limitConnections(Factory.forProtocol(Echo), 1, 2, GREETING, exemptLoopback=True, clock=self.clock)
+        counts = SharedCounts(self.directory, "smtp", 0, 2)
+        self.addCleanup(counts.close)
+        parent.shareThrough(counts)
+        worker = self.process(1, perAddress=1, total=2)
+        connect(parent, "127.0.0.1")
+        connect(parent, "127.0.0.1")
+        _, transport = connect(worker, "192.0.2.1")
+        self.assertEqual(transport.value(), GREETING)
+
+    def test_freshKeyPerStart(self) -> None:
+        """
+        Each preparation draws a new hash key, so the bucket an address
+        falls in changes from one start to the next.
+        """
+        counts = SharedCounts(self.directory, "smtp", 0, 2)
+        self.addCleanup(counts.close)
+        again = SharedCounts(prepareSharedCounts(self.mktemp(), ["smtp"], 2), "smtp", 0, 2)
+        self.addCleanup(again.close)
+        keys = [f"192.0.2.{i}" for i in range(20)]
+        self.assertNotEqual([counts.bucket(k) for k in keys], [again.bucket(k) for k in keys])
+        self.assertTrue(all(1 <= counts.bucket(k) <= 1 << 16 for k in keys))
 
 
 class IFake(Interface):

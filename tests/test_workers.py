@@ -155,6 +155,101 @@ class WorkersTests(TestCase):
         self.assertNotIn(b"Traceback", server.output)
 
 
+class SharedLimitsTests(TestCase):
+    """
+    The connection limits of a C{--workers 2} server count the connections
+    of both processes, and a worker that dies stops counting.
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_perAddressLimitAcrossWorkers(self):
+        dataDir = os.path.abspath(self.mktemp())
+        os.makedirs(dataDir)
+        smtpPort = freePort()
+        config = os.path.join(dataDir, "mailplat.toml")
+        with open(config, "w") as f:
+            f.write("[limits]\nmax_connections_per_address = 2\nexempt_loopback = false\n")
+        server = spawn(
+            TWISTD + ["--config", config, "--data-dir", dataDir, "--hostname", "mx.example.test", "--workers", "2",
+                      "--smtp", f"tcp:{smtpPort}:interface=127.0.0.1", "--submission", "none", "--smtps", "none",
+                      "--pop3", "none", "--pop3s", "none", "--imap", "none", "--imaps", "none"],
+            _Server(),
+        )
+
+        def stop():
+            if not server.ended.called:
+                server.transport.signalProcess(signal.SIGTERM)
+            return server.ended
+
+        self.addCleanup(stop)
+        [worker] = yield server.waitFor(rb"worker ready, pid (\d+)")
+        worker = int(worker)
+        adder = spawn(ADMIN + ["--data-dir", dataDir, "user", "add", "alice@example.test", "--password-stdin"],
+                      Child(stdin=b"s3cret pass\n"))
+        self.assertEqual((yield adder.ended), 0, adder.output)
+        new = os.path.join(dataDir, "mail", "example.test", "alice", "Maildir", "new")
+        held: dict = {}
+        self.addCleanup(lambda: [s.close() for s in held.values()])
+
+        def connect():
+            # The refusal is a 421 greeting: smtplib raises SMTPConnectError.
+            return smtplib.SMTP("127.0.0.1", smtpPort, timeout=30)
+
+        def servedBy(s):
+            # Which process serves this connection: the pid in the name of
+            # the Maildir file its message made.
+            before = set(os.listdir(new)) if os.path.isdir(new) else set()
+            s.sendmail("bob@far.test", ["alice@example.test"], b"Subject: which\r\n\r\nhi\r\n")
+            [name] = set(os.listdir(new)) - before
+            return int(re.search(r"P(\d+)Q", name).group(1))
+
+        def holdOneOnEach():
+            # Keep one connection served by each process open.  A place
+            # given back a moment ago may not be free yet: retry.  Bounded.
+            for _ in range(200):
+                try:
+                    s = connect()
+                except smtplib.SMTPConnectError:
+                    continue
+                pid = servedBy(s)
+                if pid in held:
+                    s.quit()
+                else:
+                    held[pid] = s
+                if len(held) == 2:
+                    return
+
+        yield threads.deferToThread(holdOneOnEach)
+        self.assertEqual(set(held), {server.transport.pid, worker})
+
+        def attempts(n):
+            refused = 0
+            for _ in range(n):
+                try:
+                    connect().quit()
+                except smtplib.SMTPConnectError as e:
+                    self.assertEqual(e.smtp_code, 421)
+                    refused += 1
+            return refused
+
+        # One connection in each process is two from this address: every
+        # further one is refused, whichever process takes it.
+        self.assertEqual((yield threads.deferToThread(attempts, 6)), 6)
+
+        # The worker dies with its connection: from then on, before it is
+        # started again (the parent alone serves), only the parent's
+        # connection counts; and after.
+        os.kill(worker, signal.SIGKILL)
+        yield server.waitFor(rb"worker 1 \(pid \d+\) ended")
+        held.pop(worker).close()
+        self.assertEqual((yield threads.deferToThread(attempts, 1)), 0)
+        yield server.waitFor(rb"worker ready, pid (\d+)", 2)
+        self.assertEqual((yield threads.deferToThread(attempts, 3)), 0)
+        self.assertNotIn(b"Traceback", server.output)
+
+
 class WorkerConfigTests(TestCase):
     """
     The configuration a worker gets, and the default count.
