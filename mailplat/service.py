@@ -302,7 +302,7 @@ class Server:
         if config.imapIndex:
             self.index = MessageIndex(config.indexDirectory, reactor)
         self.delivery = LocalDelivery(
-            self.directory, self.store, self.queue, policies=self._policies(config, resolver),
+            self.directory, self.store, self.queue, policies=self._policies(config, resolver, self.store),
             hostname=config.hostname, clock=reactor,
             sieve=SieveFilter(config.dataDir, config.hostname, reactor) if config.sieve else None,
             quota=config.quota, index=self.index,
@@ -385,17 +385,23 @@ class Server:
             self.factories[name] = factory
 
     @staticmethod
-    def _policies(config: Config, resolver: Any) -> list:
+    def _policies(config: Config, resolver: Any, store: Any = None) -> list:
         """
         The delivery policies, cheapest first and signing last: recipient
         limit, greylisting, SPF/DKIM/DMARC/DNSBL with Authentication-Results
         (skipped for authenticated clients), spam scanners, DKIM signing of
         authenticated clients' mail.
+
+        @param store: the store; when its database is PostgreSQL (several
+            nodes), the greylisting state is kept there.
         """
         policies: list = [MaxRecipientsPolicy(config.maxRecipientsPerMessage)]
         if config.greylist:
+            database = getattr(store, "database", None)
+            if getattr(getattr(database, "dialect", None), "name", None) != "postgresql":
+                database = None
             policies.append(GreylistPolicy(os.path.join(config.dataDir, "greylist.sqlite"), reactor, delay=config.greylistDelay,
-                                           trustLoopback=config.policyTrustLoopback))
+                                           trustLoopback=config.policyTrustLoopback, database=database))
         policies.append(AuthenticationPolicy(
             config.hostname, resolver, spf=config.policySpf, dkimVerify=config.policyDkimVerify,
             dmarc=config.policyDmarc, dnsblZones=list(config.policyDnsblZones), dnsbl=config.policyDnsbl,

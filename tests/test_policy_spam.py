@@ -16,6 +16,7 @@ from twisted.web import resource, server
 from mailplat.delivery.policy import ACCEPT, REJECT, TAG
 from mailplat.policy.greylist import GreylistPolicy, network
 from mailplat.policy.spam import RspamdPolicy, SpamdPolicy, parseSpamdReply, ScannerError
+from tests.test_store_sql import POSTGRES, PostgresDatabaseMixin
 
 MESSAGE = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nBody.\r\n"
 
@@ -345,3 +346,65 @@ class GreylistTests(unittest.TestCase):
         written = os.stat(self.path).st_mtime_ns
         self.assertEqual(self.check(recipients=["b@example.org"]).action, ACCEPT)
         self.assertEqual(os.stat(self.path).st_mtime_ns, written)
+
+
+class PostgresGreylistTests(PostgresDatabaseMixin, unittest.TestCase):
+    """
+    With the store on PostgreSQL, the greylisting state is in its
+    database, so that several nodes share it: two policies on two
+    L{PostgresDatabase}s of one schema stand for two nodes.
+    """
+
+    def setUp(self) -> Any:
+        super().setUp()
+        self.clock = task.Clock()
+        self.clock.advance(1_000_000)
+        self.path = os.path.join(self.mktemp(), "greylist.sqlite")
+
+    def node(self) -> GreylistPolicy:
+        from mailplat.store.sql.database import PostgresDatabase
+
+        database = PostgresDatabase(POSTGRES, self.schema, poolSize=2)
+        self.addCleanup(database.close)
+        return GreylistPolicy(self.path, self.clock, delay=300, database=database)
+
+    def check(self, policy: GreylistPolicy, ip: str = "192.0.2.10", recipient: str = "b@example.org") -> Any:
+        return policy.checkRecipient(Session(ip), "a@example.com", recipient).addCallback(lambda v: v.action)
+
+    @defer.inlineCallbacks
+    def test_sharedBetweenNodes(self) -> Any:
+        """
+        A first attempt on one node is recognised when its retry reaches
+        the other; nothing goes to the data directory's file.
+        """
+        one, two = self.node(), self.node()
+        self.assertEqual((yield self.check(one)), REJECT)
+        self.assertEqual((yield self.check(two, recipient="c@example.org")), REJECT)
+        self.clock.advance(299)
+        self.assertEqual((yield self.check(two)), REJECT)
+        self.clock.advance(1)
+        self.assertEqual((yield self.check(two)), ACCEPT)
+        self.assertEqual((yield self.check(one, recipient="c@example.org")), ACCEPT)
+        self.assertEqual(self.rawQuery("SELECT count(*) FROM greylist WHERE passed = 1"), [(2,)])
+        self.assertFalse(os.path.exists(self.path))
+
+    @defer.inlineCallbacks
+    def test_expired(self) -> Any:
+        """
+        A first attempt not retried within the window is forgotten.
+        """
+        one = self.node()
+        yield self.check(one)
+        self.clock.advance(5 * 3600)
+        self.assertEqual((yield self.check(one, ip="198.51.100.7")), REJECT)
+        self.assertEqual(self.rawQuery("SELECT count(*) FROM greylist"), [(1,)])
+        self.assertEqual((yield self.check(one)), REJECT)
+
+    @defer.inlineCallbacks
+    def test_unusableLetsThrough(self) -> Any:
+        """
+        A database that cannot take the state lets mail through, logged.
+        """
+        one = self.node()
+        yield one.database.close()
+        self.assertEqual((yield self.check(one)), ACCEPT)

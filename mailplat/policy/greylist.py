@@ -13,6 +13,11 @@ again (a damaged one is set aside and made anew), and an error reading or
 writing it lets the mail through, logged.  A C{greylist.json} left by an
 older version is taken in once and removed.
 
+With the store on PostgreSQL (several nodes serving one domain), the
+triplets live in that database instead, in a table C{greylist} of the
+store's schema (made at first use), read and written off the reactor
+thread: a retry is recognised whichever node takes it.
+
 Mail from authenticated sessions is never greylisted, nor mail injected
 from loopback while that is trusted (C{[policy] trust_loopback}, as
 Postfix's C{permit_mynetworks} comes before a greylisting service).
@@ -28,7 +33,7 @@ import ipaddress
 import json
 import os
 import sqlite3
-from typing import BinaryIO, List, Optional
+from typing import Any, BinaryIO, List, Optional
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -40,6 +45,9 @@ from mailplat.delivery.policy import IPolicy, IRecipientPolicy, Verdict, clientA
 from mailplat.statefile import openStateFile
 
 _log = Logger()
+
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY,"
+           " first DOUBLE PRECISION NOT NULL, last DOUBLE PRECISION NOT NULL, passed INTEGER NOT NULL)")
 
 
 def network(ip: str) -> str:
@@ -67,6 +75,9 @@ class GreylistPolicy:
     @ivar retryWindow: seconds a first attempt waits for its retry.
     @ivar lifetime: seconds an accepted triplet stays known without mail.
     @ivar trustLoopback: whether mail from loopback goes unchecked.
+    @ivar database: the store's PostgreSQL database
+        (L{mailplat.store.sql.database.Database}) holding the state, or
+        L{None} for the file at C{path}.
     """
 
     def __init__(
@@ -77,8 +88,12 @@ class GreylistPolicy:
         retryWindow: float = 4 * 3600.0,
         lifetime: float = 36 * 86400.0,
         trustLoopback: bool = True,
+        database: Any = None,
     ) -> None:
         self.path = path
+        self.database = database
+        self._table = "triplets" if database is None else "greylist"
+        self._made = False
         self.trustLoopback = trustLoopback
         self.clock = clock
         self.delay = delay
@@ -116,9 +131,7 @@ class GreylistPolicy:
     def _connect(self) -> sqlite3.Connection:
         # Soft state: a crash may lose the last changes (a sender is
         # greylisted once more), never the file.
-        return openStateFile(self.path, ["CREATE TABLE IF NOT EXISTS triplets (key TEXT PRIMARY KEY,"
-                                         " first REAL NOT NULL, last REAL NOT NULL, passed INTEGER NOT NULL)"],
-                             "NORMAL", timeout=2.0)
+        return openStateFile(self.path, [_SCHEMA.format(table=self._table)], "NORMAL", timeout=2.0)
 
     def _takeInJSON(self, db: sqlite3.Connection) -> None:
         """
@@ -144,7 +157,7 @@ class GreylistPolicy:
                     continue
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("INSERT OR IGNORE INTO triplets VALUES (?, ?, ?, ?)", rows)
+            db.executemany("INSERT INTO triplets VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING", rows)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -160,41 +173,70 @@ class GreylistPolicy:
             self._db.close()
             self._db = None
 
-    def _expire(self, db: sqlite3.Connection, now: float) -> None:
-        """
-        Forget stale entries, at most once an hour per process.
-        """
-        if now - self._expired < 3600:
-            return
-        self._expired = now
-        db.execute("DELETE FROM triplets WHERE (passed AND ? - last > ?) OR (NOT passed AND ? - first > ?)",
-                   (now, self.lifetime, now, self.retryWindow))
-
-    def _judge(self, ip: str, sender: Optional[str], recipients: List[str], now: float) -> float:
+    def _judge(self, db: Any, ip: str, sender: Optional[str], recipients: List[str], now: float,
+               expire: bool) -> float:
         """
         Record the triplets of C{recipients} and return how many seconds
         the longest waiting one has still to wait (0: all pass).
+
+        @param db: the state file's connection, or a
+            L{mailplat.store.sql.database.Transaction} (both take C{?}
+            markers and answer C{execute(...).fetchone()}).
+        @param expire: forget stale entries first.
         """
-        db = self._open()
-        self._expire(db, now)
+        table = self._table
+        if expire:
+            db.execute(f"DELETE FROM {table} WHERE (passed = 1 AND ? - last > ?) OR (passed = 0 AND ? - first > ?)",
+                       (now, self.lifetime, now, self.retryWindow))
         wait = 0.0
         for recipient in recipients:
             key = self.key(ip, sender, recipient)
-            row = db.execute("SELECT first, last, passed FROM triplets WHERE key = ?", (key,)).fetchone()
+            row = db.execute(f"SELECT first, last, passed FROM {table} WHERE key = ?", (key,)).fetchone()
             if row is None:
                 # (Another process may have made it meanwhile: its first
                 # attempt is as good as this one.)
-                db.execute("INSERT OR IGNORE INTO triplets VALUES (?, ?, ?, 0)", (key, now, now))
+                db.execute(f"INSERT INTO {table} VALUES (?, ?, ?, 0) ON CONFLICT (key) DO NOTHING", (key, now, now))
                 wait = max(wait, self.delay)
                 continue
             first, last, passed = row
             if passed or now - first >= self.delay:
                 # Refresh a known triplet at most hourly, not a write per message.
                 if not passed or now - last > 3600:
-                    db.execute("UPDATE triplets SET passed = 1, last = ? WHERE key = ?", (now, key))
+                    db.execute(f"UPDATE {table} SET passed = 1, last = ? WHERE key = ?", (now, key))
             else:
                 wait = max(wait, self.delay - (now - first))
         return wait
+
+    def _expiring(self, now: float) -> bool:
+        """
+        Whether stale entries are to be forgotten now: at most once an hour
+        per process.
+        """
+        if now - self._expired < 3600:
+            return False
+        self._expired = now
+        return True
+
+    def _judgeInDatabase(self, ip: str, sender: Optional[str], recipients: List[str],
+                         now: float) -> "defer.Deferred[float]":
+        """
+        L{_judge} in the store's database, its table made at first use.
+        """
+        assert self.database is not None
+        expire = self._expiring(now)
+
+        def judge(txn: Any) -> float:
+            if not self._made:
+                txn.execute(_SCHEMA.format(table=self._table))
+            return self._judge(txn, ip, sender, recipients, now, expire)
+
+        d: "defer.Deferred[float]" = self.database.run(judge, write=True)
+
+        def made(wait: float) -> float:
+            self._made = True
+            return wait
+
+        return d.addCallback(made)
 
     def key(self, ip: str, sender: Optional[str], recipient: str) -> str:
         """
@@ -220,12 +262,28 @@ class GreylistPolicy:
                 self.trustLoopback and netutil.isLoopback(getattr(session, "peer", None))):
             return defer.succeed(Verdict.accept())
         now = self.clock.seconds()
+        if self.database is not None:
+            d = self._judgeInDatabase(ip, sender, recipients, now)
+
+            def unusable(failure: Any) -> float:
+                _log.warn("greylist state in {database} not usable, mail let through: {error}",
+                          database=self.database.description, error=failure.getErrorMessage())
+                return 0.0
+
+            return d.addErrback(unusable).addCallback(self._verdict)
         try:
-            wait = self._judge(ip, sender, recipients, now)
+            wait = self._judge(self._open(), ip, sender, recipients, now, self._expiring(now))
         except (sqlite3.Error, OSError) as e:
             _log.warn("greylist state {path} not usable, mail let through: {error}", path=self.path, error=str(e))
             self.close()
             wait = 0.0
+        return defer.succeed(self._verdict(wait))
+
+    @staticmethod
+    def _verdict(wait: float) -> Verdict:
+        """
+        C{451 4.7.1} while C{wait} seconds are left, else accept.
+        """
         if wait > 0:
-            return defer.succeed(Verdict.reject(451, "4.7.1", f"Greylisted, please try again in {int(wait + 0.999)} seconds"))
-        return defer.succeed(Verdict.accept())
+            return Verdict.reject(451, "4.7.1", f"Greylisted, please try again in {int(wait + 0.999)} seconds")
+        return Verdict.accept()
