@@ -279,8 +279,9 @@ class Server:
         self.throttle = LoginThrottle(
             reactor, delayAfter=config.loginDelayAfter, refuseAfter=config.loginRefuseAfter,
             window=config.loginWindow, maxDelay=config.loginMaxDelay, exemptLoopback=config.exemptLoopback,
-            # Shared by the worker processes, which count each failure once.
-            path=os.path.join(config.dataDir, "login-failures.sqlite"),
+            # Shared by the worker processes, which count each failure once;
+            # by every node when the store is on PostgreSQL.
+            path=os.path.join(config.dataDir, "login-failures.sqlite"), database=_sharedDatabase(self.store),
         )
         self.portal = ThrottledPortal(MailRealm(self.store), checkers, throttle=self.throttle)
         self.metrics = Metrics()
@@ -397,11 +398,8 @@ class Server:
         """
         policies: list = [MaxRecipientsPolicy(config.maxRecipientsPerMessage)]
         if config.greylist:
-            database = getattr(store, "database", None)
-            if getattr(getattr(database, "dialect", None), "name", None) != "postgresql":
-                database = None
             policies.append(GreylistPolicy(os.path.join(config.dataDir, "greylist.sqlite"), reactor, delay=config.greylistDelay,
-                                           trustLoopback=config.policyTrustLoopback, database=database))
+                                           trustLoopback=config.policyTrustLoopback, database=_sharedDatabase(store)))
         policies.append(AuthenticationPolicy(
             config.hostname, resolver, spf=config.policySpf, dkimVerify=config.policyDkimVerify,
             dmarc=config.policyDmarc, dnsblZones=list(config.policyDnsblZones), dnsbl=config.policyDnsbl,
@@ -505,6 +503,18 @@ class Server:
         for name, (fd, family) in sockets.items():
             _AdoptedService(fd, family, factories[name]).setServiceParent(top)
         return top
+
+
+def _sharedDatabase(store: Any) -> Any:
+    """
+    The store's database when several nodes may share it (PostgreSQL):
+    where state that every node needs (greylisting, failed logins) is
+    kept; L{None} otherwise (the data directory's files).
+    """
+    database = getattr(store, "database", None)
+    if getattr(getattr(database, "dialect", None), "name", None) != "postgresql":
+        return None
+    return database
 
 
 class _PortService(service.Service):

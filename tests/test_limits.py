@@ -16,10 +16,11 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import Interface, implementer
 
 from mailplat.auth.throttle import LoginThrottle, LoginThrottled, ThrottledPortal
+from tests.test_store_sql import POSTGRES, PostgresDatabaseMixin
 from mailplat.limits import (
     ConnectionLimitFactory, SharedCounts, addressKey, clearSlot, limitConnections, prepareSharedCounts, refusalLine,
 )
@@ -760,3 +761,75 @@ class LoginThrottleTests(SynchronousTestCase):
         """
         self.assertRaises(ValueError, LoginThrottle, task.Clock(), refuseAfter=0)
         self.assertRaises(ValueError, LoginThrottle, task.Clock(), window=0)
+
+
+class DatabaseThrottleTests(PostgresDatabaseMixin, TestCase):
+    """
+    With the store on PostgreSQL, the failed logins are counted in its
+    database, once for every node: two throttles on two
+    L{PostgresDatabase}s of one schema stand for two nodes.
+    """
+
+    def setUp(self) -> Any:
+        super().setUp()
+        self.clock = task.Clock()
+        self.clock.advance(1_000_000)
+
+    def node(self, **rules: Any) -> LoginThrottle:
+        from mailplat.store.sql.database import PostgresDatabase
+
+        database = PostgresDatabase(POSTGRES, self.schema, poolSize=2)
+        self.addCleanup(database.close)
+        return LoginThrottle(self.clock, database=database, **{"delayAfter": 2, "refuseAfter": 4, "window": 60.0, **rules})
+
+    @defer.inlineCallbacks
+    def fail(self, throttle: LoginThrottle, account: str, host: str) -> Any:
+        attempt = yield throttle.beginLater(account, host)
+        yield throttle.failed(attempt)
+
+    @defer.inlineCallbacks
+    def test_sharedBetweenNodes(self) -> Any:
+        """
+        The refusal comes after C{refuseAfter} failures in all, whichever
+        node saw them; a success on one clears the account for both.
+        """
+        one, two = self.node(), self.node()
+        for throttle in (one, two, one):
+            yield self.fail(throttle, "a@example.test", "192.0.2.1")
+        self.assertEqual(self.rawQuery("SELECT count(*) FROM login_failures WHERE kind = 'account'"), [(3,)])
+        attempt = yield one.beginLater("a@example.test", "192.0.2.9")
+        self.assertEqual(attempt.delay, 2.0)
+        yield self.assertFailure(two.beginLater("a@example.test", "192.0.2.8"), LoginThrottled)
+        self.clock.advance(61.0)
+        attempt = yield two.beginLater("a@example.test", "192.0.2.7")
+        yield two.succeeded(attempt)
+        self.assertEqual(self.rawQuery("SELECT count(*) FROM login_failures WHERE name = 'a@example.test'"
+                                       " OR name = '192.0.2.7'"), [(0,)])
+
+    @defer.inlineCallbacks
+    def test_throughThePortal(self) -> Any:
+        """
+        Wrong passwords on one node's portal get the account refused on the
+        other's, before its password is checked.
+        """
+        checker = InMemoryUsernamePasswordDatabaseDontUse(**{"alice@example.test": b"right"})
+        one = ThrottledPortal(FakeRealm(), [checker], throttle=self.node(delayAfter=10))
+        two = ThrottledPortal(FakeRealm(), [checker], throttle=self.node(delayAfter=10))
+        for _ in range(4):
+            yield self.assertFailure(one.login(UsernamePassword(b"alice@example.test", b"wrong"), "192.0.2.1", IFake),
+                                     UnauthorizedLogin)
+        # (Each attempt was counted before its password was checked.)
+        yield self.assertFailure(two.login(UsernamePassword(b"alice@example.test", b"right"), "198.51.100.1", IFake),
+                                 LoginThrottled)
+
+    @defer.inlineCallbacks
+    def test_databaseDown(self) -> Any:
+        """
+        When the database fails, the attempt is counted in this process's
+        memory (logged), and still throttled there.
+        """
+        throttle = self.node(refuseAfter=2)
+        yield throttle._counters.database.close()
+        for _ in range(2):
+            yield self.fail(throttle, "a@example.test", None)
+        yield self.assertFailure(throttle.beginLater("a@example.test", None), LoginThrottled)

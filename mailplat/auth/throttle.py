@@ -22,6 +22,10 @@ SQLite file of the data directory that every worker process shares
 (L{SharedCounters}, C{<data-dir>/login-failures.sqlite}): otherwise each of
 N processes would allow N times the guesses.  The file is soft state: an
 error with it is logged and the process counts in memory from then on.
+With the store on PostgreSQL (several nodes), they live in its table
+C{login_failures} instead (L{DatabaseCounters}), counted off the reactor
+thread, so that every node counts each failure once; an error there
+counts that attempt in this process's memory.
 
 L{ThrottledPortal} is the cred portal that applies a L{LoginThrottle}.  The
 client address comes in through C{mind}: protocols call
@@ -266,6 +270,98 @@ class SharedCounters:
                  lambda memory: memory.sweep(horizon))
 
 
+_FAILURES_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS login_failures (kind TEXT NOT NULL, name TEXT NOT NULL, stamp DOUBLE PRECISION NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS login_failures_key ON login_failures (kind, name, stamp)",
+]
+
+
+class _TransactionCounters:
+    """
+    The counters' operations inside one transaction of a PostgreSQL
+    L{mailplat.store.sql.database.Database} (see L{DatabaseCounters}).
+    """
+
+    def __init__(self, txn: Any, namespace: str) -> None:
+        self.txn = txn
+        self.namespace = namespace
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """
+        Already one transaction: nothing to do.
+        """
+        yield
+
+    def lock(self, keys: Tuple[_Key, ...]) -> None:
+        """
+        Hold the counters of C{keys} until the transaction ends, so that no
+        other node counts between a count and the failure added after it
+        (in one order, so that two attempts cannot wait for each other).
+        """
+        from mailplat.store.sql.database import _advisoryKey
+
+        for kind, name in sorted(keys):
+            self.txn.execute("SELECT pg_advisory_xact_lock(?)", (_advisoryKey(f"{self.namespace} {kind} {name}", 0),))
+
+    def stamps(self, key: _Key, horizon: float) -> List[float]:
+        rows = self.txn.execute("SELECT stamp FROM login_failures WHERE kind = ? AND name = ? AND stamp > ?"
+                                " ORDER BY stamp", (*key, horizon)).fetchall()
+        return [stamp for (stamp,) in rows]
+
+    def add(self, keys: Tuple[_Key, ...], stamp: float) -> None:
+        self.txn.executemany("INSERT INTO login_failures VALUES (?, ?, ?)", [(*key, stamp) for key in keys])
+
+    def withdraw(self, key: _Key, stamp: float) -> None:
+        self.txn.execute("DELETE FROM login_failures WHERE ctid = (SELECT ctid FROM login_failures"
+                         " WHERE kind = ? AND name = ? AND stamp = ? LIMIT 1)", (*key, stamp))
+
+    def clear(self, key: _Key) -> None:
+        self.txn.execute("DELETE FROM login_failures WHERE kind = ? AND name = ?", key)
+
+    def sweep(self, horizon: float) -> None:
+        self.txn.execute("DELETE FROM login_failures WHERE stamp <= ?", (horizon,))
+
+
+class DatabaseCounters:
+    """
+    The failure stamps in the store's PostgreSQL database, table
+    C{login_failures} (made at first use), which every node of a cluster
+    shares.  Each operation is a function of the counters run in one
+    transaction on the database's threads (L{run}); when the database
+    fails, the attempt is counted in this process's memory (L{fallback}).
+
+    @ivar database: the L{mailplat.store.sql.database.Database}.
+    @ivar fallback: the L{MemoryCounters} used when the database fails.
+    """
+
+    def __init__(self, database: Any, keep: int, maxEntries: int = 100_000) -> None:
+        self.database = database
+        self.fallback = MemoryCounters(keep, maxEntries)
+        self._namespace = "login-failures:" + (getattr(database, "schema", None) or "")
+        self._made = False
+
+    def run(self, f: Any) -> defer.Deferred:
+        """
+        C{f(counters)} in one transaction of the database.
+
+        @return: a Deferred firing with its result.
+        """
+        namespace = self._namespace
+
+        def inTransaction(txn: Any) -> Any:
+            if not self._made:
+                for statement in _FAILURES_SCHEMA:
+                    txn.execute(statement)
+            return f(_TransactionCounters(txn, namespace))
+
+        def made(result: Any) -> Any:
+            self._made = True
+            return result
+
+        return self.database.run(inTransaction, write=True).addCallback(made)
+
+
 class LoginThrottle:
     """
     The failure counters and the rules.  Driven by C{clock} alone
@@ -298,11 +394,15 @@ class LoginThrottle:
         exemptLoopback: bool = False,
         maxEntries: int = 100_000,
         path: Optional[str] = None,
+        database: Any = None,
     ) -> None:
         """
         @param path: the SQLite file the counters are shared in (every
             process of the server gives the same one); in this process's
             memory when None.
+        @param database: the store's PostgreSQL database, shared by every
+            node, to keep the counters in instead (L{DatabaseCounters}):
+            then attempts begin with L{beginLater}, not L{begin}.
         """
         if delayAfter < 0 or refuseAfter < 1 or window <= 0 or baseDelay < 0 or maxDelay < 0 or maxEntries < 1:
             raise ValueError("login throttle: limits must be positive")
@@ -314,8 +414,13 @@ class LoginThrottle:
         self.maxDelay = maxDelay
         self.exemptLoopback = exemptLoopback
         self.maxEntries = maxEntries
-        self._counters: Any = (SharedCounters(path, refuseAfter, maxEntries) if path is not None
-                               else MemoryCounters(refuseAfter, maxEntries))
+        self._counters: Any
+        if database is not None:
+            self._counters = DatabaseCounters(database, refuseAfter, maxEntries)
+        elif path is not None:
+            self._counters = SharedCounters(path, refuseAfter, maxEntries)
+        else:
+            self._counters = MemoryCounters(refuseAfter, maxEntries)
         self._operations = 0
 
     def _now(self) -> float:
@@ -324,8 +429,10 @@ class LoginThrottle:
     def failures(self, account: Optional[str] = None, host: Optional[str] = None) -> int:
         """
         The failures (attempts under way included) counted in the window
-        against C{account} or from C{host}, whichever is more.
+        against C{account} or from C{host}, whichever is more (counters of
+        this host: not those in a database).
         """
+        assert not isinstance(self._counters, DatabaseCounters)
         horizon = self._now() - self.window
         return max([0] + [len(self._counters.stamps(key, horizon)) for key in self._keys(account, host)])
 
@@ -341,22 +448,62 @@ class LoginThrottle:
     def begin(self, account: Optional[str], host: Optional[str]) -> Attempt:
         """
         Start an attempt for C{account} from C{host} (either may be None):
-        how long it must wait, counted as a failure until settled.
+        how long it must wait, counted as a failure until settled.  Not
+        for counters in a database (see L{beginLater}).
 
         @raise LoginThrottled: too many failures; nothing is counted.
         """
+        assert not isinstance(self._counters, DatabaseCounters)
+        return self._begin(self._counters, self._keys(account, host), self._now(), self._sweeping())
+
+    def beginLater(self, account: Optional[str], host: Optional[str]) -> defer.Deferred:
+        """
+        L{begin}, for any counters: a Deferred firing with the L{Attempt},
+        or failing with L{LoginThrottled}.
+        """
+        counters = self._counters
+        if not isinstance(counters, DatabaseCounters):
+            return defer.execute(self.begin, account, host)
+        keys = self._keys(account, host)
         now = self._now()
-        horizon = now - self.window
+        sweep = self._sweeping()
+
+        def begin(inDatabase: Any) -> Attempt:
+            inDatabase.lock(keys)
+            return self._begin(inDatabase, keys, now, sweep)
+
+        def failed(failure: Failure) -> Any:
+            if failure.check(LoginThrottled):
+                return failure
+            log.warn("login failure counters in {database} not usable ({error}); counted in this process",
+                     database=counters.database.description, error=failure.getErrorMessage())
+            return self._begin(counters.fallback, keys, now, sweep)
+
+        return counters.run(begin).addErrback(failed)
+
+    def _sweeping(self) -> bool:
+        """
+        Whether this operation also drops the stamps out of the window
+        (every 1,024th).
+        """
         self._operations += 1
         if self._operations >= 1024:
             self._operations = 0
-            self._counters.sweep(horizon)
-        keys = self._keys(account, host)
+            return True
+        return False
+
+    def _begin(self, counters: Any, keys: Tuple[_Key, ...], now: float, sweep: bool) -> Attempt:
+        """
+        L{begin} on C{counters}.
+        """
+        horizon = now - self.window
+        if sweep:
+            counters.sweep(horizon)
         worst = 0
         retryAfter = 0.0
-        with self._counters.transaction():
+        with counters.transaction():
             for key in keys:
-                times = self._counters.stamps(key, horizon)
+                times = counters.stamps(key, horizon)
                 count = len(times)
                 worst = max(worst, count)
                 if count >= self.refuseAfter:
@@ -364,51 +511,73 @@ class LoginThrottle:
                     retryAfter = max(retryAfter, times[count - self.refuseAfter] + self.window - now)
             if worst >= self.refuseAfter:
                 raise LoginThrottled("Too many failed logins; try again later", retryAfter)
-            self._counters.add(keys, now)
+            counters.add(keys, now)
         delay = 0.0
         if worst >= self.delayAfter:
             delay = min(self.baseDelay * (2.0 ** min(worst - self.delayAfter, 64)), self.maxDelay)
         return Attempt(keys, now, delay)
 
-    def succeeded(self, attempt: Attempt) -> None:
+    def _settle(self, attempt: Attempt, change: Any) -> defer.Deferred:
+        """
+        C{change(counters)} once per attempt: at once, or in the database
+        (an error is logged).
+
+        @return: a Deferred firing when it is done (callers need not wait).
+        """
+        if attempt.settled:
+            return defer.succeed(None)
+        attempt.settled = True
+        counters = self._counters
+        if not isinstance(counters, DatabaseCounters):
+            change(counters)
+            return defer.succeed(None)
+
+        def failed(failure: Failure) -> None:
+            log.warn("login failure counters in {database} not usable ({error}); an attempt stays as counted",
+                     database=counters.database.description, error=failure.getErrorMessage())
+
+        return counters.run(change).addErrback(failed)
+
+    def succeeded(self, attempt: Attempt) -> defer.Deferred:
         """
         The attempt logged in: the account's failures are forgotten, the
         attempt is taken back from the address's.
         """
-        if attempt.settled:
-            return
-        attempt.settled = True
-        for key in attempt.keys:
-            if key[0] == "account":
-                self._counters.clear(key)
-            else:
-                self._counters.withdraw(key, attempt.stamp)
+        def change(counters: Any) -> None:
+            for key in attempt.keys:
+                if key[0] == "account":
+                    counters.clear(key)
+                else:
+                    counters.withdraw(key, attempt.stamp)
 
-    def failed(self, attempt: Attempt) -> None:
+        return self._settle(attempt, change)
+
+    def failed(self, attempt: Attempt) -> defer.Deferred:
         """
         The credentials were wrong: the attempt stays counted.
         """
-        if attempt.settled:
-            return
-        attempt.settled = True
         horizon = self._now() - self.window
-        for key in attempt.keys:
-            count = len(self._counters.stamps(key, horizon))
-            if count in (self.delayAfter, self.refuseAfter):
-                what = "slowing down" if count == self.delayAfter else "refusing"
-                log.info("{count} failed logins for {kind} {name}: {what} further attempts",
-                         count=count, kind=key[0], name=key[1], what=what)
 
-    def aborted(self, attempt: Attempt) -> None:
+        def change(counters: Any) -> None:
+            for key in attempt.keys:
+                count = len(counters.stamps(key, horizon))
+                if count in (self.delayAfter, self.refuseAfter):
+                    what = "slowing down" if count == self.delayAfter else "refusing"
+                    log.info("{count} failed logins for {kind} {name}: {what} further attempts",
+                             count=count, kind=key[0], name=key[1], what=what)
+
+        return self._settle(attempt, change)
+
+    def aborted(self, attempt: Attempt) -> defer.Deferred:
         """
         The attempt ended without a verdict (the checker broke, the
         credentials were of an unknown kind): it is taken back.
         """
-        if attempt.settled:
-            return
-        attempt.settled = True
-        for key in attempt.keys:
-            self._counters.withdraw(key, attempt.stamp)
+        def change(counters: Any) -> None:
+            for key in attempt.keys:
+                counters.withdraw(key, attempt.stamp)
+
+        return self._settle(attempt, change)
 
 
 def _isLoopbackHost(host: str) -> bool:
@@ -473,23 +642,22 @@ class ThrottledPortal(Portal):
             the account or the address has failed too often, and otherwise
             fires (after the throttle's delay) as L{Portal.login} does.
         """
-        try:
-            attempt = self.throttle.begin(_accountOf(credentials), _hostOf(mind))
-        except LoginThrottled:
-            return defer.fail()
-        if attempt.delay > 0:
-            d = task.deferLater(self.throttle.clock, attempt.delay, Portal.login, self, credentials, mind, *interfaces)
-        else:
-            d = defer.maybeDeferred(Portal.login, self, credentials, mind, *interfaces)
-
-        def settled(result: Any) -> Any:
-            if isinstance(result, Failure):
-                if result.check(UnauthorizedLogin):
-                    self.throttle.failed(attempt)
-                else:
-                    self.throttle.aborted(attempt)
+        def check(attempt: Attempt) -> defer.Deferred:
+            if attempt.delay > 0:
+                d = task.deferLater(self.throttle.clock, attempt.delay, Portal.login, self, credentials, mind, *interfaces)
             else:
-                self.throttle.succeeded(attempt)
-            return result
+                d = defer.maybeDeferred(Portal.login, self, credentials, mind, *interfaces)
 
-        return d.addBoth(settled)
+            def settled(result: Any) -> Any:
+                if isinstance(result, Failure):
+                    if result.check(UnauthorizedLogin):
+                        self.throttle.failed(attempt)
+                    else:
+                        self.throttle.aborted(attempt)
+                else:
+                    self.throttle.succeeded(attempt)
+                return result
+
+            return d.addBoth(settled)
+
+        return self.throttle.beginLater(_accountOf(credentials), _hostOf(mind)).addCallback(check)
