@@ -50,9 +50,20 @@ such prefix) and unquoted when read, so every message reads back exactly
 as it was appended, as the mboxrd C{>From} quoting does for bodies.  The
 headers were preferred to a side index for the UIDs and flags because
 they travel with the message: mutt keeps them when it rewrites the file,
-and flags set in mutt are seen here.  A flag change or an expunge rewrites
-the file; a message another program appended without C{X-UID} gets its UID
-by a rewrite too, as Dovecot does.
+and flags set in mutt are seen here.  C{Status} and C{X-Status} are
+written at a fixed width (spaces before the letters) and C{X-Keywords}
+padded with L{KEYWORD_ROOM} spaces, as Dovecot pads it, so that a flag
+change writes the changed messages' reserved headers again where they are,
+with one fdatasync, when they still fit with every line end at the same
+offset (a write cut short by a crash leaves whole header lines, old or
+new).  Otherwise (headers another program wrote, keywords past the
+padding, a new keyword in the first message's C{X-IMAPbase}) a flag change
+rewrites the file, padding every message anew; an expunge always does.  A
+message another program appended without C{X-UID} gets its UID by a
+rewrite too, as Dovecot does.  Since a write in place leaves the file's
+size as it was and may leave its times too (within one clock tick), the
+other processes see it through the side file, which every flag change
+appends to: a changed side file means reading the mbox again.
 
 What other programs do not keep is in C{F.mailplat-uidlist}: a header line
 C{1 V<uidvalidity> N<uidnext> M<highestmodseq> R<first recent uid>}, then
@@ -174,6 +185,9 @@ LOCK_TIMEOUT = 30.0
 LOCK_RETRY = 0.05
 # Messages read for openMessage stay in memory up to this size.
 SPOOL_MEMORY = 1024 * 1024
+# Spaces after the keywords of X-Keywords, so that keywords added later are
+# written in place (see MboxMailbox._changeInPlace).
+KEYWORD_ROOM = 32
 # Longest encoded level, leaving room for the suffixes in a 255-byte name.
 MAX_LEVEL_BYTES = 200
 
@@ -317,6 +331,7 @@ class _Msg:
     endsLine: bool = True
     uid: int = 0
     modseq: int = 0
+    metaEnd: int = 0
 
 
 class _Scanner:
@@ -328,6 +343,9 @@ class _Scanner:
     def __init__(self, start: int, envelope: bytes, fallbackDate: float) -> None:
         self.msg = _Msg(start=start, bodyStart=start + len(envelope), envelope=envelope)
         self.msg.end = self.msg.bodyStart
+        # The reserved headers right after the envelope end here.
+        self.msg.metaEnd = self.msg.bodyStart
+        self._metaOpen = True
         date = envelopeDate(envelope)
         self.msg.internalDate = fallbackDate if date is None else date
         self._inHeader = True
@@ -346,10 +364,16 @@ class _Scanner:
             self.msg.end = pos
         if line in _EMPTY_LINES:
             # Maybe the line that separates messages: known at the next line.
+            self._metaOpen = False
             self._pending = line
             return
         self._content(line)
         self.msg.end = pos + len(line)
+        if self._metaOpen:
+            if self._inHeader and self._dropping:
+                self.msg.metaEnd = pos + len(line)
+            else:
+                self._metaOpen = False
 
     def _content(self, line: bytes) -> None:
         length = len(line)
@@ -859,7 +883,9 @@ class MboxMailbox:
         wasLoaded = self._loaded
         before = self._signature()
         try:
-            if not self._loaded or stamp != self._stamp:
+            if not self._loaded or stamp != self._stamp or sideStamp != self._sideStamp:
+                # (A change of the side file may come with flags written in
+                # place within the same clock tick: same size, same mtime.)
                 msgs = self._parseFd(held.fd, 0, st.st_mtime)
             else:
                 msgs = self._msgs
@@ -959,9 +985,16 @@ class MboxMailbox:
 
     # -- writing
 
-    def _metaLines(self, m: _Msg, flags: FrozenSet[str], first: bool) -> bytes:
+    def _metaLines(self, m: _Msg, flags: FrozenSet[str], first: bool, length: Optional[int] = None) -> Optional[bytes]:
         """
         The reserved headers this store writes at the top of a message.
+        C{Status} and C{X-Status} have a fixed width and C{X-Keywords} is
+        padded with spaces (L{KEYWORD_ROOM}), as Dovecot pads it, so that a
+        later flag change can be written over them in place
+        (L{_changeInPlace}).
+
+        @param length: make the headers exactly this long, the keywords'
+            padding taking up the difference; L{None} when they do not fit.
         """
         keywords = sorted(f for f in flags if f not in SYSTEM_FLAGS)
         lines = []
@@ -970,16 +1003,55 @@ class MboxMailbox:
             lines.append(f"X-IMAPbase: {self.uidValidity:010d} {self._uidNext:010d}" + "".join(" " + k for k in allKeywords))
         lines.append(f"X-UID: {m.uid}")
         status = ("R" if "\\Seen" in flags else "") + ("O" if m.uid < self._firstRecent else "")
-        if status:
-            lines.append(f"Status: {status}")
+        # (Padded before the letters, which readers skip as they skip the
+        # space after the colon.)
+        lines.append(f"Status: {status:>2}")
         xstatus = "".join(letter for flag, letter in _XSTATUS.items() if flag in flags)
-        if xstatus:
-            lines.append(f"X-Status: {xstatus}")
-        if keywords:
-            lines.append("X-Keywords: " + " ".join(keywords))
+        lines.append(f"X-Status: {xstatus:>4}")
+        keywordLine = len(lines)
+        lines.append("X-Keywords:" + "".join(" " + k for k in keywords))
         if m.noeol or not m.endsLine:
             lines.append("X-Mailplat: noeol")
+        data = "".join(line + "\n" for line in lines).encode("utf-8")
+        room = KEYWORD_ROOM if length is None else length - len(data)
+        if room < 0:
+            return None
+        lines[keywordLine] += " " * room
         return "".join(line + "\n" for line in lines).encode("utf-8")
+
+    def _changeInPlace(self, held: _Held, flags: Dict[int, FrozenSet[str]]) -> bool:
+        """
+        Give the messages in C{flags} those flags by writing their reserved
+        headers again where they are, when each message's new headers fit
+        where its old ones are with every line end at the same offset (so
+        that a write cut short by a crash still leaves whole header lines,
+        old or new); one fdatasync for all.
+
+        @return: whether it was done (else nothing was written: the file
+            must be rewritten).
+        """
+        first = self._msgs[0] if self._msgs else None
+        writes = []
+        for uid, new in flags.items():
+            m = self._byUid[uid]
+            length = m.metaEnd - m.bodyStart
+            if length <= 0:
+                return False
+            meta = self._metaLines(m, new, m is first, length)
+            if meta is None:
+                return False
+            old = os.pread(held.fd, length, m.bodyStart)
+            if len(old) != length or _lineEnds(old) != _lineEnds(meta) or old.split(b":", 1)[0] != meta.split(b":", 1)[0]:
+                return False
+            writes.append((m, new, meta))
+        for m, new, meta in writes:
+            _writeAllAt(held.fd, meta, m.bodyStart)
+        os.fdatasync(held.fd)
+        for m, new, meta in writes:
+            m.flags = new
+            m.modseq = self._modseqs.get(m.uid, (self._highest, ""))[0]
+        self._stamp = _stampOf(os.fstat(held.fd))
+        return True
 
     def _rewrite(self, held: _Held, flags: Dict[int, FrozenSet[str]], keep: Optional[List[_Msg]] = None) -> None:
         """
@@ -998,7 +1070,7 @@ class MboxMailbox:
                     open(fd, "wb", closefd=False, buffering=CHUNK) as out:
                 for i, m in enumerate(messages):
                     out.write(m.envelope)
-                    out.write(self._metaLines(m, flags.get(m.uid, m.flags), i == 0))
+                    out.write(cast(bytes, self._metaLines(m, flags.get(m.uid, m.flags), i == 0)))
                     for piece in _filterContent(src, m.bodyStart, m.end, unquote=False):
                         out.write(piece)
                     out.write(b"\n" if m.endsLine else b"\n\n")
@@ -1315,7 +1387,7 @@ class MboxMailbox:
             try:
                 self._uidNext += 1
                 try:
-                    _writeAll(fd, prefix + envelopeLine(date) + self._metaLines(m, wanted, first))
+                    _writeAll(fd, prefix + envelopeLine(date) + cast(bytes, self._metaLines(m, wanted, first)))
                     spool.seek(0)
                     while True:
                         chunk = spool.read(CHUNK)
@@ -1406,7 +1478,8 @@ class MboxMailbox:
                         self._highest += 1
                         self._modseqs[uid] = (self._highest, flagsDigest(new))
                         lines.append(f"{uid} {self._highest} {self._modseqs[uid][1]}\n")
-                    self._rewrite(held, changes)
+                    if not self._changeInPlace(held, changes):
+                        self._rewrite(held, changes)
                     self._logSide(lines)
                 except BaseException:
                     self._failed()
@@ -1517,6 +1590,24 @@ class MboxMailbox:
         self._setMessages([])
         self._modseqs = {}
         self._listeners.notify(self)
+
+
+def _lineEnds(data: bytes) -> List[int]:
+    """
+    The offsets of the line ends in C{data}.
+    """
+    return [i for i, octet in enumerate(data) if octet == 10]
+
+
+def _writeAllAt(fd: int, data: bytes, offset: int) -> None:
+    """
+    Write all of C{data} at C{offset} of C{fd}.
+    """
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
 
 
 def _writeAll(fd: int, data: bytes) -> None:
