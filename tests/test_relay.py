@@ -584,10 +584,41 @@ class RunnerSchedulingTests(SynchronousTestCase):
         for _ in range(5):
             self.clock.advance(0)
         self.assertEqual(len(self.looks), looks)
-        self.assertEqual([c.getTime() for c in self.clock.getDelayedCalls()], [self.clock.seconds() + 60.0])
+        self.assertEqual(self.runner._timer.getTime(), self.clock.seconds() + 60.0)
+        # Nor when it watches for changes made by another process.
+        self.clock.advance(self.runner.watchInterval)
+        self.assertEqual(len(self.looks), looks)
         self.successResultOf(self.relay.answer(0))
         self.assertEqual(self.queue.list(), [])
         self.assertEqual(len(self.relay.calls), 1)
+
+    def test_adminFlushSeenAtOnce(self) -> None:
+        """
+        An entry the admin command flushes (another process, another
+        L{Queue} on the same directory) is tried again within the watch
+        interval, not at the next poll.
+        """
+        from mailplat.relay import DEFERRED as RDEFERRED
+        from mailplat.relay import Result
+
+        self.runner.startService()
+        self.addCleanup(self.runner.stopService)
+        entryId = self.enqueue(["bob@remote.test"])
+        self.clock.advance(0)
+        destination, jobs, report, d = self.relay.calls[0]
+        self.successResultOf(defer.gatherResults(
+            [report(job, {r: Result(RDEFERRED, "451 4.3.0 later", None) for r in job.recipients}) for job in jobs]))
+        d.callback(None)
+        [entry] = self.queue.list()
+        self.assertGreater(entry.recipients[0].nextAttempt, self.clock.seconds() + 60)
+        admin = Queue(self.queue.path, self.clock)
+        self.assertEqual(self.successResultOf(admin.flush()), [entryId])
+        self.clock.advance(1.0)
+        self.assertEqual(len(self.relay.calls), 1)
+        self.clock.advance(1.0)
+        self.assertEqual(len(self.relay.calls), 2)
+        self.successResultOf(self.relay.answer(1))
+        self.assertEqual(self.queue.list(), [])
 
     def test_entryFinishedWithItsBatch(self) -> None:
         """

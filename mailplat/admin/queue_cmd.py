@@ -10,8 +10,9 @@ queue (C{<dataDir>/queue/}, see L{mailplat.queue}).
     mailplat ... queue release ID
 
 The command works on the queue files directly, under the queue's lock, so
-it is safe while the server runs; a running server picks up flushed or
-released entries at its next pass (within a minute).
+it is safe while the server runs; a running server acts on flushed or
+released entries within two seconds (it watches the file queue's
+C{generation} counter; the PostgreSQL queue tells every node at once).
 """
 
 import os

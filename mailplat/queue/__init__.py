@@ -30,7 +30,9 @@ listing it, reading only the entries that are new.  An existing entry
 changed by another process (the admin command's hold, release, flush)
 raises the C{generation} counter, and a process that sees a value it
 neither wrote nor saw before looks at every entry's file again; a lost or
-garbled counter only costs such a look.
+garbled counter only costs such a look.  The server's runner reads the
+counter every few seconds (L{Queue.changedElsewhere}), so a release or a
+flush by the admin command is acted on at once, not at the next poll.
 
 Delivery is at-least-once: the relay marks a recipient delivered right
 after the remote server's C{250} to the end of data (one metadata write, a
@@ -631,6 +633,19 @@ class Queue:
             return 0
         except (OSError, ValueError):
             return None
+
+    def changedElsewhere(self) -> bool:
+        """
+        Whether another process (the admin command's hold, release or
+        flush) rewrote an entry since this one last looked at every entry:
+        one read of the C{generation} file, cheap enough to ask every few
+        seconds (L{QueueRunner <mailplat.relay.runner.QueueRunner>} does).
+        """
+        generation = self._readGeneration()
+        with self._mutex:
+            # (A garbled counter is left to the next pass, which looks at
+            # every entry anyway: not a pass every few seconds.)
+            return generation is not None and generation != self._generation
 
     def _raiseGeneration(self) -> None:
         """

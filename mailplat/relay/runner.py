@@ -21,7 +21,7 @@ from collections import OrderedDict
 from typing import Any, BinaryIO, Callable, Dict, Generator, List, Optional
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -55,7 +55,12 @@ class QueueRunner(service.Service):
     (L{Queue.nextWakeup}, leaving out the entries being delivered here)
     has come; else at that time, and at most C{pollInterval} later in any
     case: the poll is only the fallback that sees what the admin command
-    changed without telling anyone.  Entries under delivery are left out
+    changed without telling anyone.  A queue that can tell cheaply whether
+    another process changed it (the file queue's C{changedElsewhere}) is
+    asked every C{watchInterval} seconds, and a change wakes the runner,
+    so an admin command's release or flush is acted on within that time
+    (the PostgreSQL queue wakes every node by C{NOTIFY} instead).  Entries
+    under delivery are left out
     of that time on purpose: counting them (they are still due until
     their outcome is recorded) made the runner look again in a tight loop
     while any delivery was under way.
@@ -84,6 +89,7 @@ class QueueRunner(service.Service):
         lifetime: float = 5 * 86400.0,
         delayWarning: Optional[float] = 4 * 3600.0,
         pollInterval: float = 60.0,
+        watchInterval: Optional[float] = 2.0,
     ) -> None:
         self.queue = queue
         self.relay = relay
@@ -96,6 +102,8 @@ class QueueRunner(service.Service):
         self.lifetime = lifetime
         self.delayWarning = delayWarning
         self.pollInterval = pollInterval
+        self.watchInterval = watchInterval
+        self._watcher: Optional[task.LoopingCall] = None
         self._busy: set = set()
         self._inFlight: List[defer.Deferred] = []
         self._timer: Any = None
@@ -109,6 +117,18 @@ class QueueRunner(service.Service):
         """
         super().startService()
         self.queue.addObserver(self.wake)
+        changedElsewhere = getattr(self.queue, "changedElsewhere", None)
+        if changedElsewhere is not None and self.watchInterval:
+            def watch() -> None:
+                try:
+                    if changedElsewhere():
+                        self.wake()
+                except Exception:
+                    self._log.failure("could not tell whether the queue changed")
+
+            self._watcher = task.LoopingCall(watch)
+            self._watcher.clock = self.clock
+            self._watcher.start(self.watchInterval, now=False)
         self.wake()
 
     def stopService(self) -> defer.Deferred:
@@ -117,6 +137,9 @@ class QueueRunner(service.Service):
         """
         super().stopService()
         self.queue.removeObserver(self.wake)
+        if self._watcher is not None and self._watcher.running:
+            self._watcher.stop()
+        self._watcher = None
         self._cancelTimer()
         return defer.DeferredList(list(self._inFlight)).addCallback(lambda _: None)
 
