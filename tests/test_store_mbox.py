@@ -789,18 +789,24 @@ class MboxBehaviourTests(MboxTestCase):
     def test_fileWorkOffTheReactorThread(self):
         """
         Under the real reactor the file work under the locks (catching up,
-        appending, rewriting) runs in the thread pool, while listeners hear
-        of every change, a deletion included, on the reactor thread.
+        appending, rewriting) runs in the store's own thread pool, while
+        listeners hear of every change, a deletion included, on the
+        reactor thread.
         """
+        import threading
+
         from twisted.python.threadable import isInIOThread
 
+        self.addCleanup(self.store.close)
         onReactor: List[bool] = []
+        threadNames: List[str] = []
         for name in ("_underLocks", "_deleteFiles"):
             cls = mboxModule.MboxMailbox if name == "_underLocks" else mboxModule.MboxAccount
             original = getattr(cls, name)
 
             def recording(*args: Any, _original: Any = original) -> Any:
                 onReactor.append(isInIOThread())
+                threadNames.append(threading.current_thread().name)
                 return _original(*args)
 
             self.patch(cls, name, recording)
@@ -820,6 +826,7 @@ class MboxBehaviourTests(MboxTestCase):
         yield account.deleteMailbox("Temp")
         self.assertTrue(onReactor)
         self.assertNotIn(True, onReactor)
+        self.assertEqual({n.split(":")[0] for n in threadNames}, {"PoolThread-mbox"}, threadNames)
         self.assertGreaterEqual(len(heard), 3)
         self.assertNotIn(False, heard)
 

@@ -92,10 +92,10 @@ A mailbox's operations run one at a time in this process (a queue that
 fires each result before the next operation starts); the locks are taken
 on the reactor thread (tried without blocking, again on the clock), and the
 file work under them (reading, appending, rewriting, fsyncing) runs in the
-reactor's thread pool, so a rewrite of a big mailbox does not stall the
-other sessions.  Listeners are told, and the store's table of mailboxes
-and the account's special-use and ACL files are changed, back on the
-reactor thread.  With a clock that runs no threads (a C{task.Clock} in
+store's own thread pool, so a rewrite of a big mailbox does not stall the
+other sessions, nor hold a thread of the reactor's pool.  Listeners are
+told, and the store's table of mailboxes and the account's special-use and
+ACL files are changed, back on the reactor thread.  With a clock that runs no threads (a C{task.Clock} in
 tests) the file work runs at once.
 """
 
@@ -118,6 +118,7 @@ from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from mailplat import mutf7
@@ -183,6 +184,8 @@ DOTLOCK_STALE = 300.0
 # How long to keep trying a busy lock (seconds), and how often.
 LOCK_TIMEOUT = 30.0
 LOCK_RETRY = 0.05
+# Threads of a store's pool: mailboxes whose files are read or written at once.
+POOL_SIZE = 8
 # Messages read for openMessage stay in memory up to this size.
 SPOOL_MEMORY = 1024 * 1024
 # Spaces after the keywords of X-Keywords, so that keywords added later are
@@ -2051,16 +2054,41 @@ class MboxStore(SharedIndex, AccountTree):
         self.root = os.path.abspath(root)
         self._clock = clock
         self._mailboxes: Dict[str, MboxMailbox] = {}
+        self._threadPool: Optional[ThreadPool] = None
+        self._shutdownTrigger: Any = None
+
+    def _pool(self) -> ThreadPool:
+        """
+        The store's own thread pool (at most L{POOL_SIZE} threads), started
+        at the first file operation and stopped by L{close} or when the
+        reactor shuts down: many big rewrites at once wait for each other
+        here, not in the reactor's pool, which the queue's writes and name
+        lookups need.
+        """
+        if self._threadPool is None:
+            pool = ThreadPool(minthreads=0, maxthreads=POOL_SIZE, name=f"mbox:{self.root}")
+            pool.start()
+            self._threadPool = pool
+            trigger = getattr(self._clock, "addSystemEventTrigger", None)
+            if trigger is not None:
+                self._shutdownTrigger = trigger("during", "shutdown", self._stopPool)
+        return self._threadPool
+
+    def _stopPool(self) -> None:
+        pool, self._threadPool = self._threadPool, None
+        self._shutdownTrigger = None
+        if pool is not None:
+            pool.stop()
 
     # -- the mailbox cache: one object per file
 
     def _inThread(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
         """
-        C{f(*args)} in the reactor's thread pool (at once with a clock
-        that runs no threads); a Deferred of its result.
+        C{f(*args)} in the store's thread pool (L{_pool}; at once with a
+        clock that runs no threads); a Deferred of its result.
         """
         if IReactorThreads.providedBy(self._clock):
-            return threads.deferToThreadPool(self._clock, self._clock.getThreadPool(), f, *args)
+            return threads.deferToThreadPool(self._clock, self._pool(), f, *args)
         return defer.maybeDeferred(f, *args)
 
     def _mailboxAt(self, name: str, path: str) -> MboxMailbox:
@@ -2161,11 +2189,17 @@ class MboxStore(SharedIndex, AccountTree):
 
     def close(self) -> defer.Deferred:
         """
-        Forget the cached mailboxes; no file stays open between calls (a
-        lock taken by L{MboxMailbox.lockExclusive} is released by its own
+        Forget the cached mailboxes and stop the thread pool (after the
+        file work under way); no file stays open between calls (a lock
+        taken by L{MboxMailbox.lockExclusive} is released by its own
         callable).
         """
         self._mailboxes.clear()
+        if self._shutdownTrigger is not None:
+            remove = getattr(self._clock, "removeSystemEventTrigger", None)
+            if remove is not None:
+                remove(self._shutdownTrigger)
+        self._stopPool()
         return defer.succeed(None)
 
 
