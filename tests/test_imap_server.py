@@ -867,6 +867,30 @@ class ConcurrentSessionTests(IMAPTestBase):
         out = one.command(b"b NOOP")
         self.assertEqual(out, b"* 1 FETCH (FLAGS (\\Answered \\Recent))\r\nb OK NOOP completed\r\n")
 
+    def test_severalChangesInOneSync(self) -> None:
+        """
+        Flags another session changed on several messages, and a message
+        it appended, are reported together at the next sync, each FETCH
+        with its own sequence number (and MODSEQ once CONDSTORE is on).
+        """
+        for i in range(5):
+            self.deliver(message(str(i)))
+        one = self.selected()
+        one.command(b"e FETCH 1 (MODSEQ)")  # (turns CONDSTORE on)
+        two = self.selected()
+        two.command(b"a STORE 2,4 +FLAGS.SILENT (\\Flagged)")
+        two.command(b"b STORE 5 +FLAGS.SILENT (\\Seen)")
+        two.send(b"c APPEND INBOX {5}\r\n")
+        two.send(b"hello\r\n")
+        out = one.command(b"d NOOP")
+        lines = out.split(b"\r\n")
+        fetches = [line for line in lines if b" FETCH " in line]
+        self.assertEqual([f.split(b" ")[1] for f in fetches], [b"2", b"4", b"5"], out)
+        self.assertIn(b"FLAGS (\\Flagged \\Recent) MODSEQ (", fetches[0])
+        self.assertIn(b"FLAGS (\\Seen \\Recent) MODSEQ (", fetches[2])
+        self.assertIn(b"* 6 EXISTS", out)
+        self.assertEqual(one.command(b"f NOOP"), b"f OK NOOP completed\r\n")
+
     def test_expungeFromOtherSession(self) -> None:
         for i in range(3):
             self.deliver(message(str(i)))

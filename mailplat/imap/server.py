@@ -20,6 +20,7 @@ import base64
 import bisect
 import functools
 import itertools
+import operator
 import re
 import zlib
 from array import array
@@ -92,6 +93,9 @@ NOT_AUTHENTICATED = "not authenticated"
 AUTHENTICATED = "authenticated"
 SELECTED = "selected"
 LOGOUT = "logout"
+
+_UID_OF = operator.attrgetter("uid")
+_MODSEQ_OF = operator.attrgetter("modseq")
 
 # Bodies longer than this are sent from the file with a pull producer.
 STREAM_THRESHOLD = 256 * 1024
@@ -307,8 +311,14 @@ class SelectedView:
         if generation != self.generation:
             return
         self._listing = infos
-        self._listingUids = array("I", [i.uid for i in infos])
+        self._listingUids = array("I", map(_UID_OF, infos))
         self._listingGeneration = generation
+
+    def listedUids(self) -> "array[int]":
+        """
+        The UIDs of the kept listing (see L{listing}), in its order.
+        """
+        return self._listingUids
 
     def listing(self) -> Optional[List[IMessageInfo]]:
         """
@@ -946,31 +956,45 @@ class IMAPServer(Protocol):
             return
         view.dirty = False
         generation = view.generation
-        infos = yield view.mailbox.listMessages()
+        infos = list((yield view.mailbox.listMessages()))
         if self.view is not view or self._closed:
             return
-        view.keepListing(list(infos), generation)
+        view.keepListing(infos, generation)
         oldCount = len(view.uids)
         uids, modseqs = view.uids, view.modseqs
-        j = 0
         flagLines = []
-        for i in range(oldCount):
-            uid = uids[i]
-            while j < len(infos) and infos[j].uid < uid:
-                j += 1
-            if j < len(infos) and infos[j].uid == uid:
-                info = infos[j]
-                if info.modseq != modseqs[i]:
-                    modseqs[i] = info.modseq
-                    modseq = b" MODSEQ (%d)" % (info.modseq,) if self.condstore else b""
-                    uidItem = b"UID %d " % (uid,) if self.qresync else b""
-                    flagLines.append(
-                        b"* %d FETCH (%sFLAGS %s%s)"
-                        % (i + 1, uidItem, _flagsWire(info.flags, view.isRecent(uid)), modseq)
-                    )
-                j += 1
-            elif uid not in view.ghosts:
-                view.ghosts.add(uid)
+
+        def changedFlags(i: int, info: IMessageInfo) -> None:
+            modseqs[i] = info.modseq
+            modseq = b" MODSEQ (%d)" % (info.modseq,) if self.condstore else b""
+            uidItem = b"UID %d " % (info.uid,) if self.qresync else b""
+            flagLines.append(
+                b"* %d FETCH (%sFLAGS %s%s)" % (i + 1, uidItem, _flagsWire(info.flags, view.isRecent(info.uid)), modseq)
+            )
+
+        listed = view.listedUids() if view.listing() is infos else array("I", map(_UID_OF, infos))
+        if len(listed) >= oldCount and listed[:oldCount] == uids:
+            # Every message of the view is still there, in its place (the
+            # usual case): only the changed modseqs are looked at one by
+            # one, the comparisons made in C, not a Python step a message.
+            listedModseqs = array("Q", map(_MODSEQ_OF, infos[:oldCount]))
+            if listedModseqs != modseqs:
+                for i in itertools.compress(range(oldCount), map(operator.ne, listedModseqs, modseqs)):
+                    changedFlags(i, infos[i])
+            j = oldCount
+        else:
+            j = 0
+            for i in range(oldCount):
+                uid = uids[i]
+                while j < len(infos) and infos[j].uid < uid:
+                    j += 1
+                if j < len(infos) and infos[j].uid == uid:
+                    info = infos[j]
+                    if info.modseq != modseqs[i]:
+                        changedFlags(i, info)
+                    j += 1
+                elif uid not in view.ghosts:
+                    view.ghosts.add(uid)
         last = uids[-1] if oldCount else 0
         new = [info for info in infos[j:] if info.uid > last]
         for line in flagLines:
