@@ -2597,7 +2597,8 @@ class MaildirAccount(AccountFiles):
         name = validateMailboxName(name)
         self._checkExists()
         path = self._folderPath(name)
-        if not _isMaildir(path):
+        # (INBOX is the account's own Maildir, just checked.)
+        if path != self.path and not _isMaildir(path):
             raise NoSuchMailbox(f"Mailbox {name} does not exist")
         return self._store._mailboxAt(name, path)
 
