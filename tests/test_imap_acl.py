@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailplat.errors import InvalidMailboxName
 from mailplat.imap import acl
+from mailplat.imap.server import RIGHTS_RECHECK
 from tests.test_imap_server import ALICE, Client, IMAPTestBase, message
 
 BOB = "bob@example.test"
@@ -541,6 +542,46 @@ class ACLServerTests(IMAPTestBase):
         self.deliver("while idle")
         self.assertIn(b"* 1 EXISTS", client.take())
         self.assertTagged(client.command(b"DONE"), b"b", b"OK")
+
+    def test_withdrawnShareClosesTheMailbox(self) -> None:
+        """
+        A share withdrawn while bob has the mailbox selected stops his
+        reading it once the rights are looked up again (after
+        L{RIGHTS_RECHECK} seconds): the mailbox is closed with
+        C{* OK [CLOSED]} and what needs it is refused; before that, and
+        for a share left alone, nothing changes.
+        """
+        self.deliver("one")
+        self.grant("INBOX", "lrs")
+        client = self.bob()
+        self.assertTagged(client.command(b"a SELECT " + SHARED_INBOX), b"a", b"OK")
+        self.successResultOf(self.account.setACL("INBOX", BOB, None))
+        self.assertIn(b"* 1 FETCH", client.command(b"b FETCH 1 FLAGS"))
+        self.clock.advance(RIGHTS_RECHECK)
+        out = client.command(b"c FETCH 1 BODY[]")
+        self.assertIn(b"* OK [CLOSED]", out)
+        self.assertNotIn(b"one", out.split(b"* OK [CLOSED]")[1])
+        self.assertTagged(out, b"c", b"BAD")
+        self.assertTagged(client.command(b"d SELECT " + SHARED_INBOX), b"d", b"NO [NONEXISTENT]")
+
+    def test_narrowedShareRefusesWrites(self) -> None:
+        """
+        Rights taken away (but C{r} kept) are refused from the next look
+        on, while the mailbox stays selected; a share kept as it was is
+        looked up again without a trace.
+        """
+        self.deliver("one")
+        self.grant("INBOX", "lrsw")
+        client = self.bob()
+        client.command(b"a SELECT " + SHARED_INBOX)
+        self.assertTagged(client.command(b"b STORE 1 +FLAGS (\\Flagged)"), b"b", b"OK")
+        self.clock.advance(RIGHTS_RECHECK)
+        out = client.command(b"c NOOP")
+        self.assertEqual(out, b"c OK NOOP completed\r\n")
+        self.grant("INBOX", "lr")
+        self.clock.advance(RIGHTS_RECHECK)
+        self.assertTagged(client.command(b"d STORE 1 -FLAGS (\\Flagged)"), b"d", b"NO [NOPERM]")
+        self.assertIn(b"* 1 FETCH", client.command(b"e FETCH 1 FLAGS"))
 
     def test_flagsShared(self) -> None:
         """

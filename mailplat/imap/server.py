@@ -97,6 +97,9 @@ LOGOUT = "logout"
 _UID_OF = operator.attrgetter("uid")
 _MODSEQ_OF = operator.attrgetter("modseq")
 
+# Seconds after which the rights on a selected shared mailbox are looked
+# up again (before the next command or change report).
+RIGHTS_RECHECK = 30.0
 # Bodies longer than this are sent from the file with a pull producer.
 STREAM_THRESHOLD = 256 * 1024
 # A header SEARCH reads the headers of this many uncached messages per
@@ -291,6 +294,10 @@ class SelectedView:
         self.dirty = False
         self.generation = 0
         self.cachePrefix: Optional[Tuple[str, str, int]] = None
+        # Another user's mailbox: the name the client selected it by, and
+        # when the session's rights on it were last looked up.
+        self.sharedName: Optional[str] = None
+        self.rightsAt = 0.0
         self._listing: Optional[List[IMessageInfo]] = None
         self._listingUids = array("I")
         self._listingGeneration = -1
@@ -870,6 +877,8 @@ class IMAPServer(Protocol):
             if entry is None:
                 raise _bad("Unknown command")
             states, method, allowExpunge = entry
+            if self.view is not None and self.view.sharedName is not None:
+                yield self._recheckRights()
             if self.state not in states:
                 raise _bad(f"{name.decode('ascii', 'replace')} is not valid in the {self.state} state")
             text = yield getattr(self, method)(tag, args)
@@ -948,10 +957,44 @@ class IMAPServer(Protocol):
         return self._syncLock.run(self._doSync, allowExpunge)
 
     @defer.inlineCallbacks
+    def _recheckRights(self) -> Any:
+        """
+        Look up the session's rights on a selected mailbox another user
+        shares again once L{RIGHTS_RECHECK} seconds have passed since the
+        last look (as Dovecot's ACL cache does): a share withdrawn, or its
+        mailbox gone, closes the mailbox (C{* OK [CLOSED]}, RFC 7162's
+        code for a mailbox closed without a command), so an IDLE or a
+        session kept open for days does not keep reading it; rights taken
+        away refuse what needs them from then on.
+        """
+        view = self.view
+        if view is None or view.sharedName is None:
+            return
+        now = self.clock.seconds()
+        if now - view.rightsAt < RIGHTS_RECHECK:
+            return
+        view.rightsAt = now
+        try:
+            target = yield self._namespaces().resolve(view.sharedName)
+            rights = target.rights
+        except (NoSuchMailbox, acl.NoPermission):
+            rights = ""
+        if self.view is not view or self._closed:
+            return
+        view.rights = rights
+        if "r" not in rights:
+            self._deselect()
+            self._write(b"* OK [CLOSED] Access to the selected mailbox was withdrawn")
+
+    @defer.inlineCallbacks
     def _doSync(self, allowExpunge: bool) -> Any:
         view = self.view
         if view is None or self._closed:
             return
+        if view.sharedName is not None:
+            yield self._recheckRights()
+            if self.view is not view or self._closed:
+                return
         if not view.dirty and not (allowExpunge and view.ghosts):
             return
         view.dirty = False
@@ -1502,6 +1545,9 @@ class IMAPServer(Protocol):
         readOnly = readOnly or forced
         view = SelectedView(mailbox, readOnly, [], set())
         view.rights = target.rights
+        if target.shared:
+            view.sharedName = target.name
+            view.rightsAt = self.clock.seconds()
         self.view = view
         mailbox.addListener(self)
         try:

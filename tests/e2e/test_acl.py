@@ -146,6 +146,40 @@ class ACLTestsMixin(ClientTestsMixin):
         yield threads.deferToThread(bobRevoked)
 
     @defer.inlineCallbacks
+    def test_withdrawnWhileSelected(self):
+        """
+        Bob keeps alice's shared folder selected while she withdraws the
+        share: his next command after the rights are looked up again (at
+        once here) finds the mailbox closed, and he reads nothing more.
+        """
+        from mailplat.imap import server as imapServer
+
+        self.patch(imapServer, "RIGHTS_RECHECK", 0.0)
+
+        def share() -> None:
+            client = self.imap(ALICE)
+            ok(client.create("Team"))
+            ok(client.append("Team", None, None, b"Subject: plans\r\n\r\nThe plans.\r\n"))
+            ok(client.setacl("Team", BOB, "lr"))
+
+        yield threads.deferToThread(share)
+        bob = yield threads.deferToThread(self.imap, BOB)
+        data = yield threads.deferToThread(lambda: ok(bob.select(TEAM, readonly=True)))
+        self.assertEqual(data, [b"1"])
+        yield threads.deferToThread(lambda: ok(self.imap(ALICE).deleteacl("Team", BOB)))
+
+        def fetchAfter() -> None:
+            # (imaplib raises for the BAD.)
+            error = self.assertRaises(imaplib.IMAP4.error, bob._simple_command, "FETCH", "1", "(BODY[])")
+            self.assertIn("BAD", str(error))
+            closed = bob.untagged_responses.get("OK", [])
+            self.assertTrue(any(line.startswith(b"[CLOSED]") for line in closed), closed)
+            self.assertNotIn("FETCH", bob.untagged_responses)
+            refused(bob, b"NONEXISTENT", "EXAMINE", TEAM)
+
+        yield threads.deferToThread(fetchAfter)
+
+    @defer.inlineCallbacks
     def test_idleOnSharedInbox(self):
         """
         Bob idling in alice's shared INBOX is told of mail delivered to
