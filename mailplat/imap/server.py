@@ -1567,14 +1567,11 @@ class IMAPServer(Protocol):
         view.modseqs = array("Q", (i.modseq for i in infos))
         view.recent = recent
         self.state = SELECTED
-        keywords = set()
-        firstUnseen = 0
-        for n, info in enumerate(infos, 1):
-            for flag in info.flags:
-                if not flag.startswith("\\"):
-                    keywords.add(flag)
-            if not firstUnseen and "\\Seen" not in info.flags:
-                firstUnseen = n
+        # (The union of the flag sets made in C, then the few distinct
+        # flags looked at; the first unseen message found by a scan that
+        # stops there.)
+        keywords = {flag for flag in frozenset().union(*[info.flags for info in infos]) if not flag.startswith("\\")}
+        firstUnseen = next((n for n, info in enumerate(infos, 1) if "\\Seen" not in info.flags), 0)
         flags = SYSTEM_FLAG_LIST + sorted(keywords, key=str.lower)
         self._write(b"* FLAGS (" + " ".join(flags).encode("utf-8", "replace") + b")")
         self._write(b"* %d EXISTS" % (len(infos),))

@@ -2103,7 +2103,17 @@ class MaildirMailbox:
 
     def _expungeSync(self, uids: Optional[List[int]], requireDeleted: bool) -> List[int]:
         def work() -> List[int]:
-            candidates = sorted(self._entries) if uids is None else sorted(set(uids) & set(self._entries))
+            if uids is not None:
+                candidates = sorted(set(uids) & set(self._entries))
+            elif requireDeleted:
+                # Only the \Deleted ones (a T in the file name's info) go
+                # through the careful step below, not every message of the
+                # mailbox: an EXPUNGE of one message in 100,000 is one
+                # pass in a comprehension, not 100,000 calls.
+                candidates = sorted(uid for uid, entry in self._entries.items()
+                                    if "T" in entry.filename.partition(":2,")[2])
+            else:
+                candidates = sorted(self._entries)
             removed = []
             dirs: Set[str] = set()
 
