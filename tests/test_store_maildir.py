@@ -626,7 +626,7 @@ class GroupCommitTests(MaildirTestCase):
         inbox = yield self.inbox()
         d = inbox.append(BytesIO(message()))
         yield self.store.close()
-        self.assertIsNone(self.store._threadPool)
+        self.assertIsNone(self.store._threads._pool)
         uid = yield d
         self.assertEqual(uid, 1)
 

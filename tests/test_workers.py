@@ -57,6 +57,29 @@ class _Server(Child):
         return d
 
 
+def startServer(case: TestCase, dataDir: str, smtpPort: int, extra: list) -> tuple:
+    """
+    Start C{twistd mailplat --workers 2} serving SMTP alone on C{smtpPort},
+    stopped (SIGTERM) when C{case} ends.
+
+    @return: the L{_Server} and the stop function (a Deferred of its end).
+    """
+    server = spawn(
+        TWISTD + extra + ["--data-dir", dataDir, "--hostname", "mx.example.test", "--workers", "2",
+                          "--smtp", f"tcp:{smtpPort}:interface=127.0.0.1", "--submission", "none", "--smtps", "none",
+                          "--pop3", "none", "--pop3s", "none", "--imap", "none", "--imaps", "none"],
+        _Server(),
+    )
+
+    def stop():
+        if not server.ended.called:
+            server.transport.signalProcess(signal.SIGTERM)
+        return server.ended
+
+    case.addCleanup(stop)
+    return server, stop
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -78,20 +101,8 @@ class WorkersTests(TestCase):
         dataDir = os.path.abspath(self.mktemp())
         smtpPort = freePort()
         metricsPort = freePort()
-        server = spawn(
-            TWISTD + ["--data-dir", dataDir, "--hostname", "mx.example.test", "--workers", "2",
-                      "--metrics", f"tcp:{metricsPort}:interface=127.0.0.1",
-                      "--smtp", f"tcp:{smtpPort}:interface=127.0.0.1", "--submission", "none", "--smtps", "none",
-                      "--pop3", "none", "--pop3s", "none", "--imap", "none", "--imaps", "none"],
-            _Server(),
-        )
-
-        def stop():
-            if not server.ended.called:
-                server.transport.signalProcess(signal.SIGTERM)
-            return server.ended
-
-        self.addCleanup(stop)
+        server, stop = startServer(self, dataDir, smtpPort,
+                                   ["--metrics", f"tcp:{metricsPort}:interface=127.0.0.1"])
         [worker] = yield server.waitFor(rb"worker ready, pid (\d+)")
         worker = int(worker)
         parent = server.transport.pid
@@ -171,19 +182,7 @@ class SharedLimitsTests(TestCase):
         config = os.path.join(dataDir, "mailplat.toml")
         with open(config, "w") as f:
             f.write("[limits]\nmax_connections_per_address = 2\nexempt_loopback = false\n")
-        server = spawn(
-            TWISTD + ["--config", config, "--data-dir", dataDir, "--hostname", "mx.example.test", "--workers", "2",
-                      "--smtp", f"tcp:{smtpPort}:interface=127.0.0.1", "--submission", "none", "--smtps", "none",
-                      "--pop3", "none", "--pop3s", "none", "--imap", "none", "--imaps", "none"],
-            _Server(),
-        )
-
-        def stop():
-            if not server.ended.called:
-                server.transport.signalProcess(signal.SIGTERM)
-            return server.ended
-
-        self.addCleanup(stop)
+        server, _ = startServer(self, dataDir, smtpPort, ["--config", config])
         [worker] = yield server.waitFor(rb"worker ready, pid (\d+)")
         worker = int(worker)
         adder = spawn(ADMIN + ["--data-dir", dataDir, "user", "add", "alice@example.test", "--password-stdin"],

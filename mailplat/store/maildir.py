@@ -356,6 +356,60 @@ def _syncFilesystem(path: str) -> None:
         os.close(fd)
 
 
+class LazyThreadPool:
+    """
+    A store's own thread pool: started at its first use, stopped by
+    L{stop} or when the reactor shuts down.
+
+    @ivar size: most threads (0: no pool, L{get} gives L{None}).
+    """
+
+    def __init__(self, size: int, name: str, reactor: Any = None) -> None:
+        """
+        @param reactor: whose shutdown stops the pool; the global reactor
+            when L{None}.
+        """
+        self.size = size
+        self.name = name
+        self._reactor = reactor
+        self._pool: Optional[ThreadPool] = None
+        self._trigger: Any = None
+
+    def get(self) -> Optional[ThreadPool]:
+        """
+        The pool, started now if it was not.
+        """
+        if self._pool is None and self.size > 0:
+            reactor = self._reactor
+            if reactor is None:
+                from twisted.internet import reactor
+            pool = ThreadPool(minthreads=0, maxthreads=self.size, name=self.name)
+            pool.start()
+            self._pool = pool
+            trigger = getattr(reactor, "addSystemEventTrigger", None)
+            if trigger is not None:
+                self._trigger = trigger("during", "shutdown", self._stopped)
+        return self._pool
+
+    def _stopped(self) -> None:
+        pool, self._pool = self._pool, None
+        self._trigger = None
+        if pool is not None:
+            pool.stop()
+
+    def stop(self) -> None:
+        """
+        Stop the pool (after the work under way) and forget the shutdown
+        trigger; a later L{get} starts a new one.
+        """
+        if self._trigger is not None:
+            reactor = self._reactor
+            if reactor is None:
+                from twisted.internet import reactor
+            reactor.removeSystemEventTrigger(self._trigger)
+        self._stopped()
+
+
 def _writeAtomically(path: str, data: bytes) -> None:
     """
     Replace the file at C{path} with C{data}, durably: write a temporary
@@ -2857,30 +2911,14 @@ class MaildirStore(SharedIndex, AccountTree):
         self.root = os.path.abspath(root)
         self.poolSize = poolSize
         self._mailboxes: Dict[str, MaildirMailbox] = {}
-        self._threadPool: Optional[ThreadPool] = None
-        self._shutdownTrigger: Any = None
+        self._threads = LazyThreadPool(poolSize, f"maildir:{self.root}")
 
     def _pool(self) -> Optional[ThreadPool]:
         """
         The store's thread pool, started at the first append (and stopped
         by L{close}, or when the reactor shuts down).
         """
-        if self._threadPool is None and self.poolSize > 0:
-            from twisted.internet import reactor
-
-            pool = ThreadPool(minthreads=0, maxthreads=self.poolSize, name=f"maildir:{self.root}")
-            pool.start()
-            self._threadPool = pool
-            self._shutdownTrigger = reactor.addSystemEventTrigger(
-                "during", "shutdown", self._stopPool
-            )
-        return self._threadPool
-
-    def _stopPool(self) -> None:
-        pool, self._threadPool = self._threadPool, None
-        self._shutdownTrigger = None
-        if pool is not None:
-            pool.stop()
+        return self._threads.get()
 
     # -- the mailbox cache: one object per directory
 
@@ -2986,11 +3024,7 @@ class MaildirStore(SharedIndex, AccountTree):
             yield mailbox._settled()
             yield mailbox._drained()
         self._mailboxes.clear()
-        if self._shutdownTrigger is not None:
-            from twisted.internet import reactor
-
-            reactor.removeSystemEventTrigger(self._shutdownTrigger)
-        self._stopPool()
+        self._threads.stop()
 
 
 @implementer(IStoreFactory, IPlugin)

@@ -118,7 +118,6 @@ from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from mailplat import mutf7
@@ -159,6 +158,7 @@ from mailplat.mailbox import (
 from mailplat.store.maildir import (
     AccountFiles,
     AccountTree,
+    LazyThreadPool,
     SharedIndex,
     _ToDisk,
     _ToWire,
@@ -2054,41 +2054,22 @@ class MboxStore(SharedIndex, AccountTree):
         self.root = os.path.abspath(root)
         self._clock = clock
         self._mailboxes: Dict[str, MboxMailbox] = {}
-        self._threadPool: Optional[ThreadPool] = None
-        self._shutdownTrigger: Any = None
-
-    def _pool(self) -> ThreadPool:
-        """
-        The store's own thread pool (at most L{POOL_SIZE} threads), started
-        at the first file operation and stopped by L{close} or when the
-        reactor shuts down: many big rewrites at once wait for each other
-        here, not in the reactor's pool, which the queue's writes and name
-        lookups need.
-        """
-        if self._threadPool is None:
-            pool = ThreadPool(minthreads=0, maxthreads=POOL_SIZE, name=f"mbox:{self.root}")
-            pool.start()
-            self._threadPool = pool
-            trigger = getattr(self._clock, "addSystemEventTrigger", None)
-            if trigger is not None:
-                self._shutdownTrigger = trigger("during", "shutdown", self._stopPool)
-        return self._threadPool
-
-    def _stopPool(self) -> None:
-        pool, self._threadPool = self._threadPool, None
-        self._shutdownTrigger = None
-        if pool is not None:
-            pool.stop()
+        # The store's own threads (started at the first file operation):
+        # many big rewrites at once wait for each other here, not in the
+        # reactor's pool, which the queue's writes and name lookups need.
+        self._threads = LazyThreadPool(POOL_SIZE, f"mbox:{self.root}", clock)
 
     # -- the mailbox cache: one object per file
 
     def _inThread(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
         """
-        C{f(*args)} in the store's thread pool (L{_pool}; at once with a
-        clock that runs no threads); a Deferred of its result.
+        C{f(*args)} in the store's thread pool (at once with a clock that
+        runs no threads); a Deferred of its result.
         """
         if IReactorThreads.providedBy(self._clock):
-            return threads.deferToThreadPool(self._clock, self._pool(), f, *args)
+            pool = self._threads.get()
+            assert pool is not None
+            return threads.deferToThreadPool(self._clock, pool, f, *args)
         return defer.maybeDeferred(f, *args)
 
     def _mailboxAt(self, name: str, path: str) -> MboxMailbox:
@@ -2195,11 +2176,7 @@ class MboxStore(SharedIndex, AccountTree):
         callable).
         """
         self._mailboxes.clear()
-        if self._shutdownTrigger is not None:
-            remove = getattr(self._clock, "removeSystemEventTrigger", None)
-            if remove is not None:
-                remove(self._shutdownTrigger)
-        self._stopPool()
+        self._threads.stop()
         return defer.succeed(None)
 
 
