@@ -98,12 +98,21 @@ def prepareSharedCounts(directory: str, listeners: Iterable[str], slots: int) ->
     os.makedirs(directory, mode=0o700, exist_ok=True)
     for name in os.listdir(directory):
         os.remove(os.path.join(directory, name))
+    made = [os.path.join(directory, _KEY_FILE)]
+    with open(made[0], "w") as f:
+        f.write(secrets.token_hex(16))
     for listener in listeners:
         for slot in range(slots):
-            with open(_slotPath(directory, listener, slot), "wb") as f:
+            made.append(_slotPath(directory, listener, slot))
+            with open(made[-1], "wb") as f:
                 f.truncate(_FILE_SIZE)
-    with open(os.path.join(directory, _KEY_FILE), "w") as f:
-        f.write(secrets.token_hex(16))
+    # Made by a parent still running as root (twistd -u drops privileges
+    # after the services are built): the workers, started as the user,
+    # must open their own files for writing.
+    owner = os.stat(directory)
+    if os.geteuid() == 0 and owner.st_uid != 0:
+        for path in made:
+            os.chown(path, owner.st_uid, owner.st_gid)
     return directory
 
 

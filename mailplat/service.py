@@ -315,6 +315,11 @@ class Server:
             # Made here, as the user the server runs as (twistd -u);
             # emptied when the parent starts serving (service()).
             prepareDirectory(os.path.join(config.dataDir, "metrics"), empty=False)
+        if workerCount(config) > 1:
+            # The same for the files the processes share their connection
+            # counts in: the parent fills it in service() (still root under
+            # twistd -u), giving the files to the directory's owner.
+            os.makedirs(os.path.join(config.dataDir, "connections"), mode=0o700, exist_ok=True)
         credentials = None
         if config.relayUser is not None or config.relayPassword is not None:
             if not (config.relayUser and config.relayPassword and config.relaySmarthost):

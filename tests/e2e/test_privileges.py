@@ -14,6 +14,7 @@ import signal
 import smtplib
 import sys
 import tempfile
+from typing import Optional
 
 from twisted.internet import defer, threads
 from twisted.trial.unittest import SkipTest, TestCase
@@ -26,6 +27,23 @@ RUN_AS = "nobody"
 def _twistd(uid: int, gid: int) -> list:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
             "-u", str(uid), "-g", str(gid), "mailplat"]
+
+
+def _runnableBy(path: str, uid: int, gid: int) -> bool:
+    """
+    Whether user C{uid} (group C{gid}) can reach and run C{path}: the
+    execute bit that applies to it on the file and every directory above.
+    """
+    path = os.path.abspath(path)
+    steps = [path]
+    while os.path.dirname(steps[-1]) != steps[-1]:
+        steps.append(os.path.dirname(steps[-1]))
+    for step in steps:
+        st = os.stat(step)
+        bit = 0o100 if st.st_uid == uid else 0o010 if st.st_gid == gid else 0o001
+        if not st.st_mode & bit:
+            return False
+    return True
 
 
 def _uids(pid: int) -> list:
@@ -73,9 +91,10 @@ class PrivilegeDropTests(TestCase):
         self.addCleanup(shutil.rmtree, self.top, True)
         self.dataDir = os.path.join(self.top, "data")
 
-    def start(self, *extra: str, listeners: int = 1) -> Child:
-        child = spawn(_twistd(self.uid, self.gid) + ["--data-dir", self.dataDir, "--workers", "1",
-                                                     "--hostname", "mx.example.test", *extra], Child(listeners=listeners))
+    def start(self, *extra: str, listeners: int = 1, workers: int = 1, child: Optional[Child] = None) -> Child:
+        child = spawn(_twistd(self.uid, self.gid) + ["--data-dir", self.dataDir, "--workers", str(workers),
+                                                     "--hostname", "mx.example.test", *extra],
+                      child or Child(listeners=listeners))
 
         def stop() -> defer.Deferred:
             if not child.ended.called:
@@ -118,6 +137,40 @@ class PrivilegeDropTests(TestCase):
                 for name in dirs + files:
                     path = os.path.join(root, name)
                     self.assertEqual(os.lstat(path).st_uid, self.uid, path)
+
+    @defer.inlineCallbacks
+    def test_workersServeAsUser(self):
+        """
+        With two worker processes, the worker the parent starts after the
+        switch serves as the user too: the files the processes share
+        (the connection counts) were made for it, and mail is accepted.
+        """
+        from tests.test_workers import _Server
+
+        for path in (sys.executable, os.path.realpath(sys.executable)):
+            if not _runnableBy(path, self.uid, self.gid):
+                raise SkipTest(f"{RUN_AS} cannot run {path} (a directory above it is closed to others), "
+                               "so the parent could not start a worker as that user")
+
+        os.makedirs(self.dataDir)
+        os.chown(self.dataDir, self.uid, self.gid)
+        port = freePort()
+        none = ["--submission", "none", "--smtps", "none", "--pop3", "none", "--pop3s", "none",
+                "--imap", "none", "--imaps", "none"]
+        server = self.start("--smtp", f"tcp:{port}:interface=127.0.0.1", *none, workers=2, child=_Server())
+        [worker] = yield server.waitFor(rb"worker ready, pid (\d+)")
+        self.assertEqual(_uids(int(worker)), [self.uid] * 4)
+
+        def greet() -> bytes:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+                return s.ehlo()[1]
+
+        for _ in range(4):
+            self.assertIn(b"mx.example.test", (yield threads.deferToThread(greet)))
+        self.assertNotIn(b"Traceback", server.output)
+        self.assertNotIn(b"starting it again", server.output)
+        for name in os.listdir(os.path.join(self.dataDir, "connections")):
+            self.assertEqual(os.lstat(os.path.join(self.dataDir, "connections", name)).st_uid, self.uid, name)
 
     @defer.inlineCallbacks
     def test_dataDirNotWritable(self):
