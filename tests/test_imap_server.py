@@ -891,6 +891,55 @@ class ConcurrentSessionTests(IMAPTestBase):
         self.assertIn(b"* 6 EXISTS", out)
         self.assertEqual(one.command(b"f NOOP"), b"f OK NOOP completed\r\n")
 
+    def listings(self, client: Client) -> List[int]:
+        """
+        Count the listings of the mailbox C{client} has selected.
+        """
+        mailbox = client.server.view.mailbox
+        calls: List[int] = []
+        listMessages = mailbox.listMessages
+        self.patch(mailbox, "listMessages", lambda: calls.append(1) or listMessages())
+        return calls
+
+    def test_ownStoreNotListedAgain(self) -> None:
+        """
+        Once a session knows every change of its mailbox, its own STORE
+        is reported by the STORE itself: the sync after it reads the
+        mailbox's counts, finds nothing else changed, and does not list
+        the messages again.
+        """
+        for i in range(3):
+            self.deliver(message(str(i)))
+        one = self.selected()
+        # (A first change makes a full report, after which the view knows
+        # the mailbox's highest modseq.)
+        one.command(b"a STORE 1 +FLAGS (\\Flagged)")
+        calls = self.listings(one)
+        out = one.command(b"b STORE 2 +FLAGS (\\Flagged)")
+        self.assertEqual(out, b"* 2 FETCH (FLAGS (\\Flagged \\Recent))\r\nb OK STORE completed\r\n")
+        self.assertEqual(one.command(b"c NOOP"), b"c OK NOOP completed\r\n")
+        self.assertEqual(calls, [])
+
+    def test_otherChangeAmongOwnStores(self) -> None:
+        """
+        Another session's change that came between the view's last report
+        and its own STORE (its modseq comes before the STORE's) is
+        reported after the STORE: the mailbox is listed again.
+        """
+        for i in range(3):
+            self.deliver(message(str(i)))
+        one = self.selected()
+        two = self.selected()
+        one.command(b"a STORE 1 +FLAGS (\\Flagged)")
+        two.command(b"x NOOP")
+        calls = self.listings(one)
+        two.command(b"y STORE 3 +FLAGS.SILENT (\\Answered)")
+        out = one.command(b"b STORE 2 +FLAGS (\\Flagged)")
+        self.assertIn(b"* 2 FETCH (FLAGS (\\Flagged \\Recent))", out)
+        self.assertIn(b"* 3 FETCH (FLAGS (\\Answered \\Recent))", out)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(one.command(b"c NOOP"), b"c OK NOOP completed\r\n")
+
     def test_expungeFromOtherSession(self) -> None:
         for i in range(3):
             self.deliver(message(str(i)))

@@ -298,6 +298,11 @@ class SelectedView:
         # when the session's rights on it were last looked up.
         self.sharedName: Optional[str] = None
         self.rightsAt = 0.0
+        # The store's highest modseq and UIDNEXT that every change up to is
+        # known to this view (reported, or this session's own); -1: not
+        # known (see IMAPServer._doSync).
+        self.seenHighest = -1
+        self.seenUidNext = 0
         self._listing: Optional[List[IMessageInfo]] = None
         self._listingUids = array("I")
         self._listingGeneration = -1
@@ -370,6 +375,19 @@ class SelectedView:
             return [listing[i] for i in indexes]
         byUid = dict(zip(self._listingUids, listing))
         return [byUid.get(uids[i]) for i in indexes]
+
+    def ownFlagChanges(self, infos: Iterable[IMessageInfo]) -> None:
+        """
+        This session changed flags and got C{infos} back: when the modseqs
+        new to the view are exactly the next ones after L{seenHighest}, no
+        other change came in between, and the view still knows every
+        change up to the last of them.
+        """
+        if self.seenHighest < 0:
+            return
+        fresh = sorted({info.modseq for info in infos if info.modseq > self.seenHighest})
+        if fresh and fresh[0] == self.seenHighest + 1 and fresh[-1] == self.seenHighest + len(fresh):
+            self.seenHighest = fresh[-1]
 
     def patchListing(self, infos: Iterable[IMessageInfo]) -> None:
         """
@@ -999,6 +1017,18 @@ class IMAPServer(Protocol):
             return
         view.dirty = False
         generation = view.generation
+        # The counts first: when they show no change the view does not
+        # know of (only this session's own flag changes came, see
+        # SelectedView.ownFlagChanges), there is nothing to report and the
+        # mailbox is not listed (O(1), not O(messages), per own STORE);
+        # else they are what the view knows after this report (taken
+        # before the listing, so never newer than it).
+        status = yield view.mailbox.status()
+        if self.view is not view or self._closed:
+            return
+        counts = (status.highestModseq, status.messages, status.uidNext)
+        if view.seenHighest >= 0 and not view.ghosts and counts == (view.seenHighest, len(view.uids), view.seenUidNext):
+            return
         infos = list((yield view.mailbox.listMessages()))
         if self.view is not view or self._closed:
             return
@@ -1070,6 +1100,7 @@ class IMAPServer(Protocol):
                 view.recent.update(claimed)
             self._write(b"* %d EXISTS" % (len(view.uids),))
             self._write(b"* %d RECENT" % (view.recentCount(),))
+        view.seenHighest, view.seenUidNext = status.highestModseq, status.uidNext
 
     # -- helpers -----------------------------------------------------------
 
@@ -2305,6 +2336,7 @@ class IMAPServer(Protocol):
         if self.view is not view:
             return b"STORE completed"
         view.patchListing(updated)
+        view.ownFlagChanges(updated)
         for info in updated:
             index = view.indexOf(info.uid)
             if index < 0:
@@ -2406,6 +2438,7 @@ class IMAPServer(Protocol):
             if unseen:
                 updated = yield view.mailbox.setFlags(unseen, ["\\Seen"], "add")
                 view.patchListing(updated)
+                view.ownFlagChanges(updated)
                 for info in updated:
                     infos[info.uid] = info
                     flagsChanged.add(info.uid)
