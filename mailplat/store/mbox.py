@@ -1022,7 +1022,7 @@ class MboxMailbox:
         lines[keywordLine] += " " * room
         return "".join(line + "\n" for line in lines).encode("utf-8")
 
-    def _changeInPlace(self, held: _Held, flags: Dict[int, FrozenSet[str]]) -> bool:
+    def _changeInPlace(self, held: _Held, flags: Dict[int, FrozenSet[str]], durable: bool = True) -> bool:
         """
         Give the messages in C{flags} those flags by writing their reserved
         headers again where they are, when each message's new headers fit
@@ -1030,6 +1030,8 @@ class MboxMailbox:
         that a write cut short by a crash still leaves whole header lines,
         old or new); one fdatasync for all.
 
+        @param durable: fdatasync the file (without: headers that are
+            soft state, such as C{Status: O}).
         @return: whether it was done (else nothing was written: the file
             must be rewritten).
         """
@@ -1049,7 +1051,8 @@ class MboxMailbox:
             writes.append((m, new, meta))
         for m, new, meta in writes:
             _writeAllAt(held.fd, meta, m.bodyStart)
-        os.fdatasync(held.fd)
+        if durable:
+            os.fdatasync(held.fd)
         for m, new, meta in writes:
             m.flags = new
             m.modseq = self._modseqs.get(m.uid, (self._highest, ""))[0]
@@ -1176,11 +1179,17 @@ class MboxMailbox:
         """
 
         def work(held: Optional[_Held]) -> Tuple[List[int], bool]:
+            assert held is not None
             claimed = [m.uid for m in self._msgs if m.uid >= self._firstRecent]
             if claimed:
                 self._firstRecent = self._uidNext
                 try:
                     self._logSide([f"R{self._firstRecent}\n"])
+                    # Marked old (Status: O) where their padded headers
+                    # allow, as Dovecot does, so that mutt no longer shows
+                    # them as new; soft state, not fsynced, and left to the
+                    # next rewrite where they do not fit.
+                    self._changeInPlace(held, {uid: self._byUid[uid].flags for uid in claimed}, durable=False)
                 except BaseException:
                     self._failed()
                     raise
