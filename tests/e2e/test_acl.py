@@ -180,6 +180,31 @@ class ACLTestsMixin(ClientTestsMixin):
         yield threads.deferToThread(fetchAfter)
 
     @defer.inlineCallbacks
+    def test_withdrawnWhileIdle(self):
+        """
+        Bob idles in alice's shared INBOX; she withdraws the share, then
+        mail comes: the change report finds the share gone (the rights
+        are looked up again, at once here) and closes the mailbox instead
+        of telling bob of the new message.
+        """
+        from mailplat.imap import server as imapServer
+
+        self.patch(imapServer, "RIGHTS_RECHECK", 0.0)
+
+        def share() -> None:
+            ok(self.imap(ALICE).setacl("INBOX", BOB, "lr"))
+
+        yield threads.deferToThread(share)
+        client = SharedIdleClient(self.server.ports["imap"], BOB, PASSWORD)
+        self.addCleanup(client.close)
+        yield threads.deferToThread(client.startIdleOn, SHARED_INBOX.encode())
+        yield threads.deferToThread(lambda: ok(self.imap(ALICE).deleteacl("INBOX", BOB)))
+        yield self.send([ALICE], b"Subject: not for bob\r\n\r\nprivate\r\n")
+        woken, done = yield threads.deferToThread(client.finishIdle, b"* OK [CLOSED]")
+        self.assertNotIn(b"EXISTS", b"".join(woken))
+        self.assertTrue(done[-1].startswith(b"c OK"), done)
+
+    @defer.inlineCallbacks
     def test_idleOnSharedInbox(self):
         """
         Bob idling in alice's shared INBOX is told of mail delivered to
