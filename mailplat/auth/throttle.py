@@ -336,10 +336,12 @@ class DatabaseCounters:
     """
 
     def __init__(self, database: Any, keep: int, maxEntries: int = 100_000) -> None:
+        from mailplat.store.sql.database import TablesOnFirstUse
+
         self.database = database
         self.fallback = MemoryCounters(keep, maxEntries)
         self._namespace = "login-failures:" + (getattr(database, "schema", None) or "")
-        self._made = False
+        self._tables = TablesOnFirstUse(database, _FAILURES_SCHEMA)
 
     def run(self, f: Any) -> defer.Deferred:
         """
@@ -347,19 +349,7 @@ class DatabaseCounters:
 
         @return: a Deferred firing with its result.
         """
-        namespace = self._namespace
-
-        def inTransaction(txn: Any) -> Any:
-            if not self._made:
-                for statement in _FAILURES_SCHEMA:
-                    txn.execute(statement)
-            return f(_TransactionCounters(txn, namespace))
-
-        def made(result: Any) -> Any:
-            self._made = True
-            return result
-
-        return self.database.run(inTransaction, write=True).addCallback(made)
+        return self._tables.run(lambda txn: f(_TransactionCounters(txn, self._namespace)))
 
 
 class LoginThrottle:

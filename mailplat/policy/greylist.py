@@ -93,7 +93,11 @@ class GreylistPolicy:
         self.path = path
         self.database = database
         self._table = "triplets" if database is None else "greylist"
-        self._made = False
+        self._tables: Any = None
+        if database is not None:
+            from mailplat.store.sql.database import TablesOnFirstUse
+
+            self._tables = TablesOnFirstUse(database, [_SCHEMA.format(table=self._table)])
         self.trustLoopback = trustLoopback
         self.clock = clock
         self.delay = delay
@@ -222,21 +226,8 @@ class GreylistPolicy:
         """
         L{_judge} in the store's database, its table made at first use.
         """
-        assert self.database is not None
-        expire = self._expiring(now)
-
-        def judge(txn: Any) -> float:
-            if not self._made:
-                txn.execute(_SCHEMA.format(table=self._table))
-            return self._judge(txn, ip, sender, recipients, now, expire)
-
-        d: "defer.Deferred[float]" = self.database.run(judge, write=True)
-
-        def made(wait: float) -> float:
-            self._made = True
-            return wait
-
-        return d.addCallback(made)
+        assert self._tables is not None
+        return self._tables.run(self._judge, ip, sender, recipients, now, self._expiring(now))
 
     def key(self, ip: str, sender: Optional[str], recipient: str) -> str:
         """

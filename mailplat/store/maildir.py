@@ -375,18 +375,22 @@ class LazyThreadPool:
         self._pool: Optional[ThreadPool] = None
         self._trigger: Any = None
 
+    def _theReactor(self) -> Any:
+        if self._reactor is not None:
+            return self._reactor
+        from twisted.internet import reactor
+
+        return reactor
+
     def get(self) -> Optional[ThreadPool]:
         """
         The pool, started now if it was not.
         """
         if self._pool is None and self.size > 0:
-            reactor = self._reactor
-            if reactor is None:
-                from twisted.internet import reactor
             pool = ThreadPool(minthreads=0, maxthreads=self.size, name=self.name)
             pool.start()
             self._pool = pool
-            trigger = getattr(reactor, "addSystemEventTrigger", None)
+            trigger = getattr(self._theReactor(), "addSystemEventTrigger", None)
             if trigger is not None:
                 self._trigger = trigger("during", "shutdown", self._stopped)
         return self._pool
@@ -403,10 +407,7 @@ class LazyThreadPool:
         trigger; a later L{get} starts a new one.
         """
         if self._trigger is not None:
-            reactor = self._reactor
-            if reactor is None:
-                from twisted.internet import reactor
-            reactor.removeSystemEventTrigger(self._trigger)
+            self._theReactor().removeSystemEventTrigger(self._trigger)
         self._stopped()
 
 

@@ -200,6 +200,37 @@ class Database:
         raise NotImplementedError()
 
 
+class TablesOnFirstUse:
+    """
+    Writes to tables of a L{Database} that are not part of the store's
+    schema (soft state another module keeps there: greylisting, failed
+    logins), made with C{CREATE ... IF NOT EXISTS} statements in the first
+    transaction that runs, and not again once one has committed.
+    """
+
+    def __init__(self, database: Database, statements: Sequence[str]) -> None:
+        self.database = database
+        self.statements = list(statements)
+        self._made = False
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """
+        C{fn(transaction, *args)} in one writing transaction (see
+        L{Database.run}), after the statements while none has committed.
+        """
+        def inTransaction(txn: Transaction) -> Any:
+            if not self._made:
+                for statement in self.statements:
+                    txn.execute(statement)
+            return fn(txn, *args)
+
+        def made(result: Any) -> Any:
+            self._made = True
+            return result
+
+        return self.database.run(inTransaction, write=True).addCallback(made)
+
+
 def _mapErrors(f: Callable[[], Any], errorTypes: tuple, description: str) -> Any:
     try:
         return f()
