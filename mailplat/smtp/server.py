@@ -202,7 +202,12 @@ class SMTPServer(protocol.Protocol, TimeoutMixin):
     Commands are handled strictly one after another.  When a delivery call
     answers with a Deferred that has not fired, the transport is paused and
     further input waits in the buffer until the reply has been written, so
-    replies always come in command order (RFC 2920).
+    replies always come in command order (RFC 2920).  Pausing, rather than
+    reading on into the buffer, also keeps a client's half-close unread
+    until the commands before it are answered: neither Twisted's transport
+    nor our wrappers are half-closeable, so an end of file read early would
+    close the connection with pipelined commands still unanswered (the
+    smuggling test in C{tests/e2e/test_clients.py} half-closes).
 
     @ivar session: the L{SMTPSession} of this connection.
     """
