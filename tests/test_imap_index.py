@@ -581,6 +581,43 @@ class RepeatedLinesTests(Harness):
             self.assertEqual(db.execute("SELECT count(*) FROM fulltext").fetchone(), (2,))
 
 
+class MayHoldTests(Harness):
+    """
+    L{MessageIndex.mayHold}: a header search over mail the index never saw
+    (no file for the account, nothing queued) does not ask it for every
+    message's summary.
+    """
+
+    def test_mayHold(self) -> None:
+        index = self.makeIndex()
+        self.assertFalse(index.mayHold(ALICE))
+        parsed = parseMessage(message("one", b"hello\r\n"))
+        index.add((ALICE, "INBOX", 1, 1), summarize(parsed), searchText(parsed))
+        # Queued, not written yet.
+        self.assertTrue(index.mayHold(ALICE))
+        self.successResultOf(index.flush())
+        self.assertTrue(os.path.exists(index.pathFor(ALICE)))
+        self.assertTrue(index.mayHold(ALICE))
+        self.assertFalse(index.mayHold("bob@example.test"))
+
+    def test_headerSearchSkipsAnEmptyIndex(self) -> None:
+        self.deliver(message("one", b"hello\r\n"))
+        self.deliver(message("two", b"world\r\n"))
+        index = self.makeIndex()
+        asked: List[Any] = []
+        self.patch(index, "summaries", lambda prefix, uids: asked.append(prefix) or defer.succeed({}))
+        client = self.selected(client=self.connect(factory=self.indexedFactory(index)))
+        self.assertEqual(self.search(client, b"SUBJECT two"), b"* SEARCH 2")
+        self.assertEqual(asked, [])
+        # Once the account has a file, the index is asked.
+        parsed = parseMessage(message("other", b"x\r\n"))
+        index.add((ALICE, "Other", 1, 1), summarize(parsed), searchText(parsed))
+        self.successResultOf(index.flush())
+        client = self.selected(client=self.connect(factory=self.indexedFactory(index)))
+        self.assertEqual(self.search(client, b"SUBJECT one"), b"* SEARCH 1")
+        self.assertEqual(len(asked), 1)
+
+
 class FormatTests(SynchronousTestCase):
     def test_summaryRoundTrip(self) -> None:
         for name, data in corpus():

@@ -691,6 +691,15 @@ class MessageIndex:
 
     # -- reads --------------------------------------------------------------
 
+    def mayHold(self, account: str) -> bool:
+        """
+        Whether the index may hold anything of C{account}: writes are
+        queued, or its file exists.  When not, asking it for summaries
+        one key at a time would be wasted work (a first search of mail
+        that never went through delivery, a hundred thousand keys).
+        """
+        return bool(self._pending) or os.path.exists(self.pathFor(account))
+
     def summaries(self, prefix: Prefix, uids: Iterable[int]) -> "defer.Deferred[Dict[int, MessageSummary]]":
         """
         The summaries the index holds for C{uids} of the mailbox C{prefix}

@@ -3103,9 +3103,9 @@ class IMAPServer(Protocol):
         Bring the summaries of C{uids} back from the message index into
         the cache (when there is an index).
         """
-        if self.cache.index is None:
-            return defer.succeed(None)
         prefix = self._cacheKey(view, 0)[:3]
+        if self.cache.index is None or not self.cache.index.mayHold(prefix[0]):
+            return defer.succeed(None)
         return self.cache.load([prefix + (u,) for u in uids])
 
     def _parseProgram(self, args: Arguments, charset: str) -> Any:
