@@ -60,9 +60,10 @@ class Undecoded(tuple):
 
 
 #: A header field's values in a message, decoded and case-folded: one
-#: C{str} for the usual one field, else a tuple (empty when absent); or
-#: L{Undecoded}.
-FoldedValues = Union[str, Tuple[str, ...]]
+#: C{str} for the usual one field, else a tuple (empty when absent); or,
+#: not decoded yet, the octets after the colon: C{bytes} for one field,
+#: L{Undecoded} for several.
+FoldedValues = Union[str, Tuple[str, ...], bytes]
 
 
 def foldValues(values: List[str]) -> FoldedValues:
@@ -258,7 +259,9 @@ class _Header(_Key):
             if column is not None:
                 folded = column.get(ctx.uid)
                 if folded is not None:
-                    if folded.__class__ is Undecoded:
+                    if folded.__class__ is bytes:
+                        folded = column[ctx.uid] = foldValues([fieldText(folded)])
+                    elif folded.__class__ is Undecoded:
                         folded = column[ctx.uid] = foldValues([fieldText(v) for v in folded])
                     if folded.__class__ is str:
                         return self.needle in folded

@@ -2900,6 +2900,10 @@ class IMAPServer(Protocol):
                 elif asked:
                     folded = foldValues([fieldText(raw) for raw in raws])
                     column[u] = shared.setdefault(folded, folded)
+                elif len(raws) == 1:
+                    # (The usual single field as its octets: bytes are no
+                    # work for the garbage collector, a tuple is.)
+                    column[u] = raws[0]
                 else:
                     column[u] = Undecoded(raws)
 
