@@ -404,6 +404,34 @@ class MaildirBehaviourTests(MaildirTestCase):
         self.assertEqual(after.flags, frozenset(["\\Seen", "\\Answered"]))
 
     @defer.inlineCallbacks
+    def test_readMessageReadsOnce(self):
+        """
+        readMessage reads a file whose name gives its size on disk (C{S=})
+        with one read; a file named without it, or longer than its name
+        says, is still read to its end.
+        """
+        from mailplat.store import maildir
+
+        inbox = yield self.inbox()
+        data = b"Subject: sized\r\n\r\nhello\r\n"
+        uid = yield inbox.append(BytesIO(data))
+        reads = []
+        realRead = os.read
+        self.patch(maildir.os, "read", lambda fd, n: reads.append(n) or realRead(fd, n))
+        self.assertEqual(inbox.readMessage(uid, 65536), data)
+        self.assertEqual(len(reads), 1)
+        # Another program's files: no S=, and an S= that is too small.
+        with open(os.path.join(self.maildir, "new", "1700000000.foreign.host"), "wb") as f:
+            f.write(b"Subject: foreign\n\nno size in the name\n")
+        with open(os.path.join(self.maildir, "new", "1700000001.liar.host,S=5"), "wb") as f:
+            f.write(b"Subject: liar\n\nlonger than five\n")
+        infos = yield inbox.listMessages()
+        del reads[:]
+        self.assertEqual(inbox.readMessage(infos[1].uid, 65536), b"Subject: foreign\r\n\r\nno size in the name\r\n")
+        self.assertEqual(len(reads), 2)
+        self.assertEqual(inbox.readMessage(infos[2].uid, 65536), b"Subject: liar\r\n\r\nlonger than five\r\n")
+
+    @defer.inlineCallbacks
     def test_externalChangeNotifies(self):
         """
         A listener hears of a message another program delivered once the

@@ -1645,8 +1645,14 @@ class MaildirMailbox:
                 if entry.size > limit:
                     return None
                 # The file (LF ends) is at most its wire size: read to the
-                # end, but never more than one octet past that.
+                # end, but never more than one octet past that.  When its
+                # name gives its size on disk (S=) and that much came,
+                # that is the end: no second read to find it.
                 room = entry.size + 1
+                filename = entry.filename
+                at = filename.find(",S=")
+                digits = filename[at + 3 :].partition(",")[0] if at >= 0 else ""
+                disk = int(digits) if digits.isdigit() else -1
                 parts = []
                 while room > 0:
                     part = os.read(fd, room)
@@ -1654,6 +1660,8 @@ class MaildirMailbox:
                         break
                     parts.append(part)
                     room -= len(part)
+                    if len(part) == disk and len(parts) == 1:
+                        break
             finally:
                 os.close(fd)
         except OSError as e:
