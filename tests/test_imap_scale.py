@@ -6,10 +6,14 @@ cache, and header SEARCH answers from the cache without reading messages.
 
 import gc
 from io import BytesIO
-from typing import Any, List
+from typing import Any, List, Set
+
+from twisted.trial.unittest import SynchronousTestCase
 
 from mailplat.imap.cache import HEADER_BUDGET, summarize
+from mailplat.imap.server import SelectedView
 from mailplat.imap.structure import parseMessage
+from mailplat.mailbox import MessageInfo
 from tests.test_imap_server import IMAPTestBase, message
 
 
@@ -634,3 +638,26 @@ class HeaderScanTests(IMAPTestBase):
         out = client.command(b"c SEARCH HEADER Date 2024")
         self.assertIn(b"* SEARCH\r\n", out)
         self.assertEqual((counting.opens, len(scans)), ([], 2))
+
+
+class RecentCountTests(SynchronousTestCase):
+    """
+    L{SelectedView.recentCount} counts the recent UIDs still in the view,
+    whether they are few (looked up one by one) or most of the view (one
+    pass over it).
+    """
+
+    def view(self, uids: List[int], recent: Set[int]) -> SelectedView:
+        infos = [MessageInfo(uid, frozenset(), 0.0, 10, uid) for uid in uids]
+        return SelectedView(None, False, infos, recent)  # type: ignore[arg-type]
+
+    def test_few(self) -> None:
+        view = self.view(list(range(1, 1001)), {5, 999, 2000})
+        self.assertEqual(view.recentCount(), 2)
+
+    def test_many(self) -> None:
+        uids = list(range(1, 1001))
+        recent = set(range(1, 1201)) - {7}
+        view = self.view(uids, recent)
+        self.assertEqual(view.recentCount(), 999)
+        self.assertEqual(view.recentCount(), sum(1 for uid in recent if view.indexOf(uid) >= 0))
