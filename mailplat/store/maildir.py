@@ -1089,10 +1089,11 @@ class MaildirMailbox:
             written whole.
         """
         lines: List[str] = []
+        uidNext = self._uidNext
         try:
             self._reconcileInto(bases, lines)
         finally:
-            if lines:
+            if lines or self._uidNext != uidNext:
                 if bases is None:
                     self._dirty = True
                 else:
@@ -1101,7 +1102,10 @@ class MaildirMailbox:
 
     def _reconcileInto(self, bases: Optional[Set[str]], lines: List[str]) -> None:
         """
-        L{_reconcile}, adding to C{lines} a record of each change.
+        L{_reconcile}, adding to C{lines} a record of each change (but, with
+        C{bases} L{None}, none for the files new to it, which raise UIDNEXT:
+        the list is then written whole, which formats their lines anyway; a
+        first listing of a big maildir would make each twice).
         """
         if bases is None:
             items = list(self._entries.items())
@@ -1127,31 +1131,37 @@ class MaildirMailbox:
         new = (self._listing.keys() if bases is None else bases) - self._byBase.keys()
         if not new:
             return
+        record = bases is not None
         # New files, in the order of their names: the next UIDs.  Their
         # internal dates (the files' mtimes) are read when asked for.
         listing, entries, byBase = self._listing, self._entries, self._byBase
         uid, modseq = self._uidNext, self._highestModseq
         added: List[int] = []
-        for base in sorted(new):
-            found = listing.get(base)
-            if found is None:
-                continue
-            subdir, filename = found
-            at = base.find(",W=")
-            digits = base[at + 3:].partition(",")[0] if at >= 0 else ""
-            size: Optional[int] = int(digits) if digits.isdigit() else _wireSizeFromName(filename)
-            if size is None:
-                try:
-                    size = _wireSize(f"{self.path}/{subdir}/{filename}")
-                except FileNotFoundError:
+        try:
+            for base in sorted(new):
+                found = listing.get(base)
+                if found is None:
                     continue
-            modseq += 1
-            entries[uid] = _newEntry(_Entry, (uid, modseq, None, size, subdir, filename))
-            byBase[base] = uid
-            added.append(uid)
-            lines.append(f"{uid} {modseq} - {size} {subdir}/{filename}\n")
-            uid += 1
-        self._uidNext, self._highestModseq = uid, modseq
+                subdir, filename = found
+                at = base.find(",W=")
+                digits = base[at + 3:].partition(",")[0] if at >= 0 else ""
+                size: Optional[int] = int(digits) if digits.isdigit() else _wireSizeFromName(filename)
+                if size is None:
+                    try:
+                        size = _wireSize(f"{self.path}/{subdir}/{filename}")
+                    except FileNotFoundError:
+                        continue
+                modseq += 1
+                entries[uid] = _newEntry(_Entry, (uid, modseq, None, size, subdir, filename))
+                byBase[base] = uid
+                added.append(uid)
+                if record:
+                    lines.append(f"{uid} {modseq} - {size} {subdir}/{filename}\n")
+                uid += 1
+        finally:
+            # (Also when a file could not be read: the entries made so far
+            # keep their UIDs.)
+            self._uidNext, self._highestModseq = uid, modseq
         if added:
             if len(added) > 64 + len(entries) // 8:
                 # More than a patch of the last listing would take.
