@@ -684,6 +684,23 @@ class LoginThrottleTests(SynchronousTestCase):
             throttle.succeeded(throttle.begin("alice@example.test", None))
         self.assertEqual(len(throttle._counters), 0)
 
+    def test_thresholdsLogged(self) -> None:
+        """
+        The failure that brings a counter to C{delayAfter}, and the one
+        that brings it to C{refuseAfter}, are logged once each.
+        """
+        from twisted.logger import globalLogPublisher
+
+        events: List[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        throttle = LoginThrottle(task.Clock(), delayAfter=2, refuseAfter=4)
+        for _ in range(4):
+            throttle.failed(throttle.begin("a@example.test", "192.0.2.1"))
+        logged = [(e["kind"], e["count"], e["what"]) for e in events if "what" in e]
+        self.assertEqual(logged, [("account", 2, "slowing down"), ("address", 2, "slowing down"),
+                                  ("account", 4, "refusing"), ("address", 4, "refusing")])
+
     def test_sharedBetweenProcesses(self) -> None:
         """
         Throttles on one counter file (the worker processes of a server)
@@ -805,6 +822,20 @@ class DatabaseThrottleTests(PostgresDatabaseMixin, TestCase):
         yield two.succeeded(attempt)
         self.assertEqual(self.rawQuery("SELECT count(*) FROM login_failures WHERE name = 'a@example.test'"
                                        " OR name = '192.0.2.7'"), [(0,)])
+
+    @defer.inlineCallbacks
+    def test_failureOneTransaction(self) -> Any:
+        """
+        A failed attempt costs one transaction, the one that counted it
+        when it began: C{failed} changes nothing in the database.
+        """
+        throttle = self.node()
+        runs: List[Any] = []
+        run = throttle._counters.run
+        self.patch(throttle._counters, "run", lambda f: runs.append(f) or run(f))
+        yield self.fail(throttle, "a@example.test", "192.0.2.1")
+        self.assertEqual(len(runs), 1)
+        self.assertEqual(self.rawQuery("SELECT count(*) FROM login_failures"), [(2,)])
 
     @defer.inlineCallbacks
     def test_throughThePortal(self) -> Any:

@@ -83,12 +83,15 @@ class Attempt:
     @ivar stamp: when it started (the clock's time), as recorded in each
         counter.
     @ivar delay: seconds to wait before checking the credentials.
+    @ivar counts: for each of C{keys}, the failures counted in the window
+        with this attempt, when it began.
     """
 
-    def __init__(self, keys: Tuple[_Key, ...], stamp: float, delay: float) -> None:
+    def __init__(self, keys: Tuple[_Key, ...], stamp: float, delay: float, counts: Tuple[int, ...] = ()) -> None:
         self.keys = keys
         self.stamp = stamp
         self.delay = delay
+        self.counts = counts
         self.settled = False
 
 
@@ -491,10 +494,12 @@ class LoginThrottle:
             counters.sweep(horizon)
         worst = 0
         retryAfter = 0.0
+        counts = []
         with counters.transaction():
             for key in keys:
                 times = counters.stamps(key, horizon)
                 count = len(times)
+                counts.append(count + 1)
                 worst = max(worst, count)
                 if count >= self.refuseAfter:
                     # Allowed again once the count falls below refuseAfter.
@@ -505,7 +510,7 @@ class LoginThrottle:
         delay = 0.0
         if worst >= self.delayAfter:
             delay = min(self.baseDelay * (2.0 ** min(worst - self.delayAfter, 64)), self.maxDelay)
-        return Attempt(keys, now, delay)
+        return Attempt(keys, now, delay, tuple(counts))
 
     def _settle(self, attempt: Attempt, change: Any) -> defer.Deferred:
         """
@@ -544,19 +549,19 @@ class LoginThrottle:
 
     def failed(self, attempt: Attempt) -> defer.Deferred:
         """
-        The credentials were wrong: the attempt stays counted.
+        The credentials were wrong: the attempt stays counted as it is (no
+        change to the counters, none to the database); the failure that
+        brings a counter to C{delayAfter} or C{refuseAfter} is logged,
+        by the counts taken when the attempt began.
         """
-        horizon = self._now() - self.window
-
-        def change(counters: Any) -> None:
-            for key in attempt.keys:
-                count = len(counters.stamps(key, horizon))
+        if not attempt.settled:
+            attempt.settled = True
+            for key, count in zip(attempt.keys, attempt.counts):
                 if count in (self.delayAfter, self.refuseAfter):
                     what = "slowing down" if count == self.delayAfter else "refusing"
                     log.info("{count} failed logins for {kind} {name}: {what} further attempts",
                              count=count, kind=key[0], name=key[1], what=what)
-
-        return self._settle(attempt, change)
+        return defer.succeed(None)
 
     def aborted(self, attempt: Attempt) -> defer.Deferred:
         """
