@@ -26,7 +26,7 @@ import abc
 import datetime
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Container, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Container, Dict, List, Optional, Tuple, Union, cast
 
 from mailplat.imap.sequence import SequenceSet, SequenceSetError, parseSequenceSet
 from mailplat.imap.structure import ParsedMessage, decodeHeaderText, fieldText, lookupCharset
@@ -265,7 +265,7 @@ class _Header(_Key):
                         folded = column[ctx.uid] = foldValues([fieldText(v) for v in folded])
                     if folded.__class__ is str:
                         return self.needle in folded
-                    return any(self.needle in v for v in folded)
+                    return any(self.needle in v for v in cast(Tuple[str, ...], folded))
         values = ctx.headers(self.name) if ctx.headers is not None else None
         if values is None:
             values = ctx.message().headerValues(self.name)
