@@ -226,6 +226,40 @@ class TLSReloadService(service.Service):
         return service.Service.stopService(self)
 
 
+class SwitchIntervalService(service.Service):
+    """
+    Shortens the interpreter's thread switch interval while the server
+    runs, and puts the previous one back when it stops.
+
+    The reactor thread drops the GIL at each system call it makes (a
+    socket read or write, an C{lstat}, a log line); when a store's or the
+    message index's pool thread takes it meanwhile, the reactor waits until
+    that thread makes a system call of its own, or until the switch
+    interval forces it to let go: by default 5 ms, longer than the whole
+    of an SMTP delivery's group commit.  At 0.5 ms, ten SMTP sessions
+    delivering 2 KB messages got their 250s sooner (p50 4.3 -> 3.7 ms)
+    and 9% more messages a second, in paired runs (C{bench/README.md}).
+
+    @ivar interval: seconds, for L{sys.setswitchinterval}.
+    """
+
+    interval = 0.0005
+
+    def __init__(self) -> None:
+        self._previous: Optional[float] = None
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self._previous = sys.getswitchinterval()
+        sys.setswitchinterval(self.interval)
+
+    def stopService(self) -> Any:
+        if self._previous is not None:
+            sys.setswitchinterval(self._previous)
+            self._previous = None
+        return service.Service.stopService(self)
+
+
 class _SystemResolver:
     """
     The system's DNS resolver (C{/etc/resolv.conf}), made at the first
@@ -441,6 +475,7 @@ class Server:
         from mailplat.workers import WorkerPool, listen, shareable
 
         top = service.MultiService()
+        SwitchIntervalService().setServiceParent(top)
         StoreService(self.store, self.queue, self.directoryFile, self.index).setServiceParent(top)
         reloader = TLSReloadService(self.tls)
         reloader.setServiceParent(top)
@@ -502,6 +537,7 @@ class Server:
         store's shutdown; no queue runner and no metrics page.
         """
         top = service.MultiService()
+        SwitchIntervalService().setServiceParent(top)
         StoreService(self.store, self.queue, self.directoryFile, self.index).setServiceParent(top)
         TLSReloadService(self.tls).setServiceParent(top)
         factories = self.listening()
