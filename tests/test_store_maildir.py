@@ -432,6 +432,26 @@ class MaildirBehaviourTests(MaildirTestCase):
         self.assertEqual(inbox.readMessage(infos[2].uid, 65536), b"Subject: liar\r\n\r\nlonger than five\r\n")
 
     @defer.inlineCallbacks
+    def test_hostNameReadOnce(self):
+        """
+        The host name in the unique names of new files is read once per
+        process, not once per message; its C{/} and C{:} are escaped.
+        """
+        from mailplat.store import maildir
+
+        self.patch(maildir, "_hostnameCache", [])
+        asked = []
+        self.patch(maildir.socket, "gethostname", lambda: asked.append(1) or "mx/1:a")
+        inbox = yield self.inbox()
+        for n in range(3):
+            yield inbox.append(BytesIO(b"Subject: %d\r\n\r\nbody\r\n" % n))
+        self.assertEqual(len(asked), 1)
+        names = os.listdir(os.path.join(self.maildir, "new"))
+        self.assertEqual(len(names), 3)
+        for name in names:
+            self.assertIn(".mx\\0571\\072a,", name)
+
+    @defer.inlineCallbacks
     def test_externalChangeNotifies(self):
         """
         A listener hears of a message another program delivered once the

@@ -434,8 +434,20 @@ def _readText(path: str) -> Optional[str]:
         return None
 
 
+_hostnameCache: List[Tuple[int, str]] = []
+
+
 def _hostname() -> str:
-    return socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "localhost"
+    """
+    The host name for unique file names (C{/} and C{:} escaped, as
+    Maildir asks), read once per process, as Dovecot does: a system call
+    per delivered message otherwise, in the pool thread that commits.
+    """
+    pid = os.getpid()
+    if not _hostnameCache or _hostnameCache[0][0] != pid:
+        name = socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "localhost"
+        _hostnameCache[:] = [(pid, name)]
+    return _hostnameCache[0][1]
 
 
 def _makeMaildir(path: str) -> None:
@@ -1014,11 +1026,17 @@ class MaildirMailbox:
         if self._dirty or self._logLines + len(lines) > 2 * len(self._entries) + 1000:
             self._writeUidlist()
             return
-        with open(self._join(UIDLIST), "ab") as f:
-            f.write("".join(lines).encode("utf-8"))
-            f.flush()
+        # os.open and os.write: none of the fstat, ioctl and lseeks a
+        # buffered open() in append mode adds.
+        fd = os.open(self._join(UIDLIST), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            data = memoryview("".join(lines).encode("utf-8"))
+            while data:
+                data = data[os.write(fd, data):]
             if durable:
-                os.fdatasync(f.fileno())
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
         self._uidlistStamp = self._stamp(self._join(UIDLIST))
         self._logLines += len(lines)
 
