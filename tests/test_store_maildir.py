@@ -84,6 +84,48 @@ class NameEncodingTests(unittest.TestCase):
         self.assertEqual(folderName(".inbox.x"), "INBOX/x")
 
 
+class LineEndTests(unittest.SynchronousTestCase):
+    """
+    The line-end conversions of message files, fed in chunks cut
+    anywhere (a CR at a chunk's end waits for the next).
+    """
+
+    def convert(self, converter, parts):
+        return b"".join(converter.feed(part) for part in parts) + converter.flush()
+
+    def cuts(self, data, rng):
+        points = sorted(rng.randrange(0, len(data) + 1) for _ in range(rng.randrange(0, 4)))
+        return [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+
+    def test_chunked(self):
+        """
+        To disk every CR LF becomes LF; to the wire every LF that has no CR
+        before it becomes CR LF (a file written with CR LF comes out as it
+        is); a bare CR stays.  Checked on random text of CR, LF, dots and
+        letters, cut at random.
+        """
+        import random
+
+        rng = random.Random(1)
+        for _ in range(2000):
+            data = bytes(rng.choice(b"ab\r\n.") for _ in range(rng.randrange(0, 40)))
+            parts = self.cuts(data, rng)
+            disk = self.convert(maildirModule._ToDisk(), parts)
+            self.assertEqual(disk, data.replace(b"\r\n", b"\n"), parts)
+            wire = self.convert(maildirModule._ToWire(), parts)
+            lf = data.replace(b"\r\n", b"\n")
+            self.assertEqual(wire, lf.replace(b"\n", b"\r\n"), parts)
+
+    def test_noCR(self):
+        """
+        Data without a CR goes to disk as it is, and to the wire with a CR
+        before each LF.
+        """
+        data = b"Subject: x\n\nline\n.dot\n" * 3
+        self.assertEqual(self.convert(maildirModule._ToDisk(), [data[:7], data[7:]]), data)
+        self.assertEqual(self.convert(maildirModule._ToWire(), [data]), data.replace(b"\n", b"\r\n"))
+
+
 class MaildirTestCase(unittest.TestCase):
     """
     A Maildir store in a fresh directory, and helpers to look at its files.
