@@ -315,15 +315,18 @@ class SelectedView:
         self.dirty = True
         self.generation += 1
 
-    def keepListing(self, infos: List[IMessageInfo], generation: int) -> None:
+    def keepListing(self, infos: List[IMessageInfo], generation: int, uids: Optional["array[int]"] = None) -> None:
         """
         Keep C{infos} (a L{IMailbox.listMessages} result started at
         C{generation}) for reuse until the next change.
+
+        @param uids: the UIDs of C{infos}, in their order, when the caller
+            has them already (kept, not copied).
         """
         if generation != self.generation:
             return
         self._listing = infos
-        self._listingUids = array("I", map(_UID_OF, infos))
+        self._listingUids = array("I", map(_UID_OF, infos)) if uids is None else uids
         self._listingGeneration = generation
 
     def listedUids(self) -> "array[int]":
@@ -1590,7 +1593,10 @@ class IMAPServer(Protocol):
         try:
             generation = view.generation
             infos = yield mailbox.listMessages()
-            view.keepListing(list(infos), generation)
+            # (One pass for the UIDs, which the kept listing and the view
+            # both hold: a pass over 100,000 infos costs 2 ms.)
+            uids = array("I", map(_UID_OF, infos))
+            view.keepListing(list(infos), generation, uids)
             recent: Set[int] = set()
             if not readOnly:
                 recent = set((yield mailbox.claimRecent()))
@@ -1600,8 +1606,8 @@ class IMAPServer(Protocol):
             raise
         if self.view is not view:
             return b""
-        view.uids = array("I", (i.uid for i in infos))
-        view.modseqs = array("Q", (i.modseq for i in infos))
+        view.uids = array("I", uids)
+        view.modseqs = array("Q", map(_MODSEQ_OF, infos))
         view.recent = recent
         self.state = SELECTED
         # (The union of the flag sets made in C, then the few distinct
