@@ -616,18 +616,27 @@ def _infoLetters(filename: str) -> str:
     return info if sep else ""
 
 
-def _wireSizeFromName(filename: str) -> Optional[int]:
+def _sizeFromName(filename: str, field: str) -> Optional[int]:
+    """
+    The size a message file's name gives in its C{S=} (on disk) or C{W=}
+    (wire form) field (C{field} is C{"S"} or C{"W"}), or L{None} when it
+    gives none.
+    """
     base = filename.partition(":")[0]
-    at = base.find(",W=")
+    at = base.find("," + field + "=")
     if at < 0:
         return None
     digits = base[at + 3:].partition(",")[0]
     if digits.isdigit():
         return int(digits)
-    for field in base.split(",")[1:]:
-        if field.startswith("W=") and field[2:].isdigit():
-            return int(field[2:])
+    for part in base.split(",")[1:]:
+        if part.startswith(field + "=") and part[2:].isdigit():
+            return int(part[2:])
     return None
+
+
+def _wireSizeFromName(filename: str) -> Optional[int]:
+    return _sizeFromName(filename, "W")
 
 
 @dataclass
@@ -1170,9 +1179,7 @@ class MaildirMailbox:
                 if found is None:
                     continue
                 subdir, filename = found
-                at = base.find(",W=")
-                digits = base[at + 3:].partition(",")[0] if at >= 0 else ""
-                size: Optional[int] = int(digits) if digits.isdigit() else _wireSizeFromName(filename)
+                size = _sizeFromName(filename, "W")
                 if size is None:
                     try:
                         size = _wireSize(f"{self.path}/{subdir}/{filename}")
@@ -1686,10 +1693,7 @@ class MaildirMailbox:
                 # name gives its size on disk (S=) and that much came,
                 # that is the end: no second read to find it.
                 room = entry.size + 1
-                filename = entry.filename
-                at = filename.find(",S=")
-                digits = filename[at + 3 :].partition(",")[0] if at >= 0 else ""
-                disk = int(digits) if digits.isdigit() else -1
+                disk = _sizeFromName(entry.filename, "S")
                 parts = []
                 while room > 0:
                     part = os.read(fd, room)
