@@ -21,7 +21,9 @@ from mailplat.delivery.directory import StoreDirectory
 from mailplat.delivery.local import LocalDelivery
 from mailplat.imap import index as indexModule
 from mailplat.imap.cache import MessageCache, summarize
-from mailplat.imap.index import MessageIndex, decodeSummary, encodeSummary, matchQuery
+from mailplat.imap import indexworker as indexworkerModule
+from mailplat.imap.index import MessageIndex, analyse, decodeSummary, encodeSummary, matchQuery
+from mailplat.imap.indexworker import OFFLOAD_MIN, Analyser, AnalysisFailed
 from mailplat.imap.search import searchText
 from mailplat.imap.server import IMAPFactory
 from mailplat.imap.structure import parseMessage
@@ -95,6 +97,11 @@ class Harness(IMAPTestBase):
     def indexedFactory(self, index: Optional[MessageIndex] = None) -> IMAPFactory:
         return IMAPFactory(self.portal, "mail.example.test", clock=self.clock,
                            index=index if index is not None else self.makeIndex())
+
+    def deliverMail(self, index: Any, body: bytes) -> None:
+        delivery = LocalDelivery(StoreDirectory(self.store), self.store, index=index)
+        data = b"From: bob@example.test\r\nSubject: delivered\r\n\r\n" + body
+        self.successResultOf(delivery.deliver(None, "bob@example.test", [ALICE], BytesIO(data)))
 
     def search(self, client: Client, program: bytes) -> bytes:
         out = client.send(b"s UID SEARCH CHARSET UTF-8 " + program + b"\r\n")
@@ -367,11 +374,6 @@ class DeliveryTests(Harness):
     never held up or failed by it.
     """
 
-    def deliverMail(self, index: Any, body: bytes) -> None:
-        delivery = LocalDelivery(StoreDirectory(self.store), self.store, index=index)
-        data = b"From: bob@example.test\r\nSubject: delivered\r\n\r\n" + body
-        self.successResultOf(delivery.deliver(None, "bob@example.test", [ALICE], BytesIO(data)))
-
     def test_deliveryIndexes(self) -> None:
         index = self.makeIndex()
         self.deliverMail(index, b"papaya smoothie\r\n")
@@ -397,6 +399,117 @@ class DeliveryTests(Harness):
         self.assertEqual(len(errors), 1)
         client = self.selected()
         self.assertEqual(self.search(client, b"BODY delivered"), b"* SEARCH 1")
+
+
+class ParserProcessTests(Harness):
+    """
+    L{mailplat.imap.indexworker}: big delivered messages are analysed by a
+    child process, with the same result as in the serving process, and
+    the index never loses a message to the child's failure.
+    """
+
+    def analyser(self, **kwargs: Any) -> Analyser:
+        analyser = Analyser(**kwargs)
+        self.addCleanup(analyser.close)
+        return analyser
+
+    def test_sameAsInProcess(self) -> None:
+        """
+        The child's analysis of each message of the corpus (multipart,
+        encoded words, charsets, attachments) equals the one made here.
+        """
+        analyser = self.analyser(minimum=0)
+        messages = [crlf(data) for _, data in corpus() + extraCorpus()]
+        for data in messages:
+            self.assertEqual(analyser.analyse(data), analyse(data))
+        self.assertEqual(analyser.offloaded, len(messages))
+
+    def test_smallStayHere(self) -> None:
+        """
+        A message under the minimum is analysed on the calling thread: no
+        child is started.
+        """
+        analyser = self.analyser(minimum=1000)
+        data = crlf(corpus()[0][1])
+        self.assertLess(len(data), 1000)
+        self.assertEqual(analyser.analyse(data), analyse(data))
+        self.assertEqual(analyser.offloaded, 0)
+        self.assertIsNone(analyser._process)
+
+    def test_childFails(self) -> None:
+        """
+        A child that dies answers nothing: the message is analysed here
+        instead (and logged), and after three failures in a row no child
+        is started again.
+        """
+        import subprocess as subprocessModule
+        import sys
+
+        started = []
+        realPopen = subprocessModule.Popen
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            started.append(args)
+            return realPopen(*args, **kwargs)
+
+        self.patch(indexworkerModule.subprocess, "Popen", counting)
+        analyser = self.analyser(minimum=0, argv=[sys.executable, "-c", "pass"])
+        data = crlf(corpus()[0][1])
+        for _ in range(5):
+            self.assertEqual(analyser.analyse(data), analyse(data))
+        self.assertEqual(len(started), indexworkerModule.MAX_FAILURES)
+        self.assertEqual(analyser.offloaded, 0)
+
+    def test_childRefuses(self) -> None:
+        """
+        A message the child cannot analyse is refused with the child's
+        reason, and the child keeps serving.
+        """
+        import sys
+
+        script = (
+            "import sys\n"
+            "from mailplat.imap import indexworker as w\n"
+            "w._readFrame(sys.stdin.buffer)\n"
+            "w._writeFrame(sys.stdout.buffer, b'\\x00')\n"
+            "w._writeFrame(sys.stdout.buffer, b'ValueError: unreadable')\n"
+            "sys.stdout.flush()\n"
+        )
+        analyser = self.analyser(minimum=0, argv=[sys.executable, "-c", script])
+        error = self.assertRaises(AnalysisFailed, analyser.analyse, b"Subject: x\r\n\r\nbody\r\n")
+        self.assertEqual(str(error), "ValueError: unreadable")
+
+    def test_closeStopsChild(self) -> None:
+        """
+        Closing the analyser ends the child.
+        """
+        analyser = self.analyser(minimum=0)
+        analyser.analyse(crlf(corpus()[0][1]))
+        process = analyser._process
+        assert process is not None
+        analyser.close()
+        self.assertIsNotNone(process.poll())
+
+    def test_deliveredBigMessage(self) -> None:
+        """
+        A big delivered message is indexed through the child: found by
+        SEARCH TEXT without reading the message, its envelope from the
+        index.
+        """
+        index = self.makeIndex()
+        self.addCleanup(index.analyser.close)
+        body = b"".join(b"line %d of a long report about kumquats\r\n" % n for n in range(1000))
+        self.assertGreaterEqual(len(body), OFFLOAD_MIN)
+        self.deliverMail(index, body)
+        self.successResultOf(index.close())
+        self.assertEqual(index.analyser.offloaded, 1)
+        client = self.selected(client=self.connect(factory=self.indexedFactory(self.makeIndex())))
+        counting = CountingMailbox(client.server.view.mailbox)
+        self.assertEqual(self.search(client, b"TEXT \"999 of a long\""), b"* SEARCH 1")
+        self.assertEqual(self.search(client, b"BODY nectarine"), b"* SEARCH")
+        out = client.command(b"f FETCH 1 (ENVELOPE)")
+        self.assertIn(b'"delivered"', out)
+        self.assertEqual(counting.opens, [])
 
 
 class DamageTests(Harness):

@@ -61,6 +61,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from mailplat.imap.cache import CacheKey, MessageSummary, summarize
+from mailplat.imap.indexworker import Analyser, AnalysisFailed
 from mailplat.imap.search import SearchText, searchText
 from mailplat.imap.structure import parseMessage
 
@@ -195,6 +196,34 @@ def encodeSummary(summary: MessageSummary) -> bytes:
         ensure_ascii=False,
         separators=(",", ":"),
     ).encode("utf-8", errors="surrogatepass")
+
+
+def storedText(text: Optional[SearchText]) -> Optional[Tuple[str, str, str, str]]:
+    """
+    What the index stores of a message's searchable text: its head and
+    body and their L{indexed forms <indexedForm>}, or L{None} when the
+    text is not stored (over L{TEXT_LIMIT}, or text SQLite cannot hold,
+    such as lone surrogates): such a message is searched by reading it.
+    """
+    if text is None or len(text.head) + len(text.body) > TEXT_LIMIT:
+        return None
+    try:
+        text.head.encode("utf-8")
+        text.body.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return text.head, text.body, indexedForm(text.head), indexedForm(text.body)
+
+
+def analyse(content: bytes) -> Tuple[bytes, Optional[Tuple[str, str, str, str]]]:
+    """
+    What the index stores of a message (C{content}, with CRLF line ends):
+    its encoded summary and its L{stored text <storedText>}.  The Python
+    work of indexing a message, done for a delivered one by the
+    L{parser process <mailplat.imap.indexworker>}.
+    """
+    parsed = parseMessage(content)
+    return encodeSummary(summarize(parsed)), storedText(searchText(parsed))
 
 
 def decodeSummary(blob: bytes) -> Optional[MessageSummary]:
@@ -393,6 +422,7 @@ class MessageIndex:
         maxThreads: int = 2,
         maxOpen: int = 64,
         run: Optional[Callable[..., "defer.Deferred[Any]"]] = None,
+        analyser: Optional[Analyser] = None,
     ) -> None:
         """
         @param directory: the directory of the index files (made when
@@ -404,6 +434,8 @@ class MessageIndex:
         @param run: calls C{f(*args)} and returns a Deferred of its result;
             by default in the index's thread pool (tests give a
             synchronous one).
+        @param analyser: analyses delivered messages (by default an
+            L{Analyser} that sends the big ones to a parser process).
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -414,6 +446,7 @@ class MessageIndex:
         self._maxOpen = maxOpen
         self._pool: Optional[ThreadPool] = None
         self._run = run if run is not None else self._inPool
+        self.analyser = analyser if analyser is not None else Analyser()
         self._pending: List[tuple] = []
         self._timer: Any = None
         self._writing = defer.DeferredLock()
@@ -601,11 +634,14 @@ class MessageIndex:
             if row[0] == "raw":
                 key, content = row[1], row[2]
                 try:
-                    parsed = parseMessage(content)
-                    row = ("add", key, summarize(parsed), searchText(parsed))
+                    blob, text = self.analyser.analyse(content)
+                except AnalysisFailed as e:
+                    log.warn("could not index a delivered message: {error}", error=str(e))
+                    continue
                 except Exception:
                     log.failure("could not index a delivered message")
                     continue
+                row = ("analysed", key, blob, text)
             byAccount.setdefault(row[1][0], []).append(row)
         for account, accountRows in byAccount.items():
             self._with(account, functools.partial(self._writeRows, rows=accountRows), None)
@@ -625,7 +661,10 @@ class MessageIndex:
             kind = row[0]
             if kind == "add":
                 _, (_, name, uidValidity, uid), summary, text = row
-                self._insert(db, mailboxId(name, uidValidity), uid, encodeSummary(summary), text)
+                self._insert(db, mailboxId(name, uidValidity), uid, encodeSummary(summary), storedText(text))
+            elif kind == "analysed":
+                _, (_, name, uidValidity, uid), blob, stored = row
+                self._insert(db, mailboxId(name, uidValidity), uid, blob, stored)
             elif kind == "copy":
                 _, (_, name, uidValidity), (_, targetName, targetValidity), pairs = row
                 source = mailboxId(name, uidValidity)
@@ -639,7 +678,7 @@ class MessageIndex:
                         continue
                     blob, hastext, head, body = found
                     text = SearchText(head, body) if hastext == _TEXT and head is not None else None
-                    self._insert(db, target, new, blob, text)
+                    self._insert(db, target, new, blob, storedText(text))
             elif kind == "keep":
                 _, _, names = row
                 for (name,) in db.execute("SELECT name FROM mailboxes").fetchall():
@@ -667,27 +706,23 @@ class MessageIndex:
         db.execute("COMMIT")
 
     @staticmethod
-    def _insert(db: sqlite3.Connection, mailbox: int, uid: int, blob: bytes, text: Optional[SearchText]) -> None:
+    def _insert(db: sqlite3.Connection, mailbox: int, uid: int, blob: bytes,
+                stored: Optional[Tuple[str, str, str, str]]) -> None:
+        """
+        Add a message's rows: its encoded summary, and its L{stored text
+        <storedText>} when there is one.
+        """
         if db.execute("SELECT 1 FROM messages WHERE mailbox = ? AND uid = ?", (mailbox, uid)).fetchone():
             return  # the same content, already indexed (by another session or process)
-        storable = text is not None and len(text.head) + len(text.body) <= TEXT_LIMIT
-        if storable:
-            assert text is not None
-            try:
-                # (Text SQLite cannot hold, such as lone surrogates.)
-                text.head.encode("utf-8")
-                text.body.encode("utf-8")
-            except UnicodeEncodeError:
-                storable = False
         cursor = db.execute(
             "INSERT INTO messages (mailbox, uid, summary, hastext) VALUES (?, ?, ?, ?)",
-            (mailbox, uid, blob, _TEXT if storable else _NO_TEXT),
+            (mailbox, uid, blob, _NO_TEXT if stored is None else _TEXT),
         )
-        if storable:
-            assert text is not None
-            db.execute("INSERT INTO fulltext (id, head, body) VALUES (?, ?, ?)", (cursor.lastrowid, text.head, text.body))
+        if stored is not None:
+            head, body, indexedHead, indexedBody = stored
+            db.execute("INSERT INTO fulltext (id, head, body) VALUES (?, ?, ?)", (cursor.lastrowid, head, body))
             db.execute("INSERT INTO texts (rowid, head, body) VALUES (?, ?, ?)",
-                       (cursor.lastrowid, indexedForm(text.head), indexedForm(text.body)))
+                       (cursor.lastrowid, indexedHead, indexedBody))
 
     # -- reads --------------------------------------------------------------
 
@@ -812,6 +847,7 @@ class MessageIndex:
         yield self.flush()
         self._closed = True
         self._stopPool()
+        self.analyser.close()
         with self._databasesLock:
             for database in self._databases.values():
                 with database.lock:
