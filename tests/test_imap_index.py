@@ -103,6 +103,23 @@ class Harness(IMAPTestBase):
         data = b"From: bob@example.test\r\nSubject: delivered\r\n\r\n" + body
         self.successResultOf(delivery.deliver(None, "bob@example.test", [ALICE], BytesIO(data)))
 
+    def checkDelivered(self, index: MessageIndex, body: bytes, searches: List[Tuple[bytes, bytes]]) -> None:
+        """
+        Deliver a message of C{body} with C{index} and close it; then in a
+        session with the index opened again, each search program of
+        C{searches} gives its answer and the ENVELOPE comes, all without
+        a message opened.
+        """
+        self.deliverMail(index, body)
+        self.successResultOf(index.close())
+        client = self.selected(client=self.connect(factory=self.indexedFactory(self.makeIndex())))
+        counting = CountingMailbox(client.server.view.mailbox)
+        for program, answer in searches:
+            self.assertEqual(self.search(client, program), answer)
+        out = client.command(b"f FETCH 1 (ENVELOPE)")
+        self.assertIn(b'"delivered"', out)
+        self.assertEqual(counting.opens, [])
+
     def search(self, client: Client, program: bytes) -> bytes:
         out = client.send(b"s UID SEARCH CHARSET UTF-8 " + program + b"\r\n")
         self.assertTagged(out, b"s", b"OK")
@@ -376,16 +393,9 @@ class DeliveryTests(Harness):
 
     def test_deliveryIndexes(self) -> None:
         index = self.makeIndex()
-        self.deliverMail(index, b"papaya smoothie\r\n")
-        self.successResultOf(index.close())
-        client = self.selected(client=self.connect(factory=self.indexedFactory(self.makeIndex())))
-        counting = CountingMailbox(client.server.view.mailbox)
-        self.assertEqual(self.search(client, b"TEXT PAPAYA"), b"* SEARCH 1")
         # The Return-Path the delivery adds is part of the indexed text.
-        self.assertEqual(self.search(client, b"TEXT return-path"), b"* SEARCH 1")
-        out = client.command(b"f FETCH 1 (ENVELOPE)")
-        self.assertIn(b'"delivered"', out)
-        self.assertEqual(counting.opens, [])
+        self.checkDelivered(index, b"papaya smoothie\r\n",
+                            [(b"TEXT PAPAYA", b"* SEARCH 1"), (b"TEXT return-path", b"* SEARCH 1")])
 
     def test_brokenIndexNeverFailsDelivery(self) -> None:
         class Broken:
@@ -500,16 +510,8 @@ class ParserProcessTests(Harness):
         self.addCleanup(index.analyser.close)
         body = b"".join(b"line %d of a long report about kumquats\r\n" % n for n in range(1000))
         self.assertGreaterEqual(len(body), OFFLOAD_MIN)
-        self.deliverMail(index, body)
-        self.successResultOf(index.close())
+        self.checkDelivered(index, body, [(b"TEXT \"999 of a long\"", b"* SEARCH 1"), (b"BODY nectarine", b"* SEARCH")])
         self.assertEqual(index.analyser.offloaded, 1)
-        client = self.selected(client=self.connect(factory=self.indexedFactory(self.makeIndex())))
-        counting = CountingMailbox(client.server.view.mailbox)
-        self.assertEqual(self.search(client, b"TEXT \"999 of a long\""), b"* SEARCH 1")
-        self.assertEqual(self.search(client, b"BODY nectarine"), b"* SEARCH")
-        out = client.command(b"f FETCH 1 (ENVELOPE)")
-        self.assertIn(b'"delivered"', out)
-        self.assertEqual(counting.opens, [])
 
 
 class DamageTests(Harness):
