@@ -240,14 +240,18 @@ class InterpreterService(service.Service):
         forces it to let go: by default 5 ms, longer than the whole of an
         SMTP delivery's group commit.  At 0.5 ms, ten SMTP sessions
         delivering 2 KB messages got their 250s sooner (p50 4.3 -> 3.7 ms)
-        and 5-9% more messages a second, in paired runs.
+        and 5-9% more messages a second, in paired runs; 0.25 ms did no
+        better, 1 ms worse.
       - B{the objects made while starting are frozen} (L{gc.freeze}, after
         a collection): the modules, classes and wiring of a server that
         stay for its life.  They are about two thirds of the objects the
         garbage collector tracks in a server that has just served a
         10,000-message mailbox, and a full collection no longer walks
         them: that one took 45 ms, in the middle of the next IMAP command
-        (C{bench/README.md}).
+        (C{bench/results/all_00ea282.md}).  A frozen object is still
+        freed when nothing refers to it; only a cycle among them that
+        becomes garbage waits for the service to stop (most of them live
+        as long as the process: modules, classes, the wiring).
 
     @ivar interval: seconds, for L{sys.setswitchinterval}.
     """
