@@ -22,14 +22,13 @@ round.  No Postfix: C{bench/compare_smtp.py} is the comparison with it.
 import argparse
 import os
 import shutil
-import statistics
 import sys
 from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import smtp_accept  # noqa: E402
-from bench.compare_smtp import REPO, MailplatSMTP, _commitName, _snapshot, revision  # noqa: E402
+from bench.compare_smtp import REPO, MailplatSMTP, _commitName, _snapshot, median, revision  # noqa: E402
 from bench.peers.system import cpuSeconds  # noqa: E402
 
 
@@ -82,7 +81,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("|---|---:|---:|---:|")
     medians = {}
     for name in trees:
-        medians[name] = {key: statistics.median(r[key] for r in results[name]) for key in ("rate", "p50", "cpu")}
+        medians[name] = {key: median(results[name], key) for key in ("rate", "p50", "cpu")}  # type: ignore[arg-type]
         m = medians[name]
         print(f"| {name} | {m['rate']:.0f} | {m['p50']:.2f} | {m['cpu']:.3f} |")
     wins = sum(1 for a, b in zip(results["baseline"], results["mailplat"]) if b["rate"] > a["rate"])

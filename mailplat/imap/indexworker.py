@@ -24,7 +24,6 @@ the text is stored, and when it is the four text frames, UTF-8) or C{0}
     python -m mailplat.imap.indexworker
 """
 
-import os
 import struct
 import subprocess
 import sys
@@ -188,10 +187,8 @@ class Analyser:
 
     def _start(self) -> "subprocess.Popen[bytes]":
         if self._process is None or self._process.poll() is not None:
-            self._process = subprocess.Popen(
-                self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
-                env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)),
-            )
+            # (The environment as it is, as for the worker processes.)
+            self._process = subprocess.Popen(self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
         return self._process
 
     def _stop(self) -> None:

@@ -221,11 +221,33 @@ def folderName(directory: str) -> Optional[str]:
 # Line ends: LF on disk, CRLF on the wire.
 
 
+def _lfForm(data: bytes) -> bytes:
+    """
+    C{data} with every CR LF made LF (a bare CR stays).  Our own files have
+    no CR: looking for one first is what keeps them from a pass that finds
+    nothing; and a split and a join take half the time of C{replace()} on
+    mail of short lines.
+    """
+    if b"\r" not in data:
+        return data
+    return b"\n".join(data.split(b"\r\n"))
+
+
+def _wireForm(data: bytes) -> bytes:
+    """
+    C{data} in the wire form: every LF not already preceded by CR becomes
+    CR LF, so data with CR LF comes out unchanged.
+    """
+    return _lfForm(data).replace(b"\n", b"\r\n")
+
+
 class _ToDisk:
     """
-    Turn a CRLF stream into LF, chunk by chunk (a CR that ends a chunk is
-    held back until the next shows whether an LF follows).
+    Turn a CRLF stream into LF (L{_lfForm}), chunk by chunk (a CR that ends
+    a chunk is held back until the next shows whether an LF follows).
     """
+
+    _convert = staticmethod(_lfForm)
 
     def __init__(self) -> None:
         self._held = b""
@@ -236,11 +258,7 @@ class _ToDisk:
             data, self._held = data[:-1], b"\r"
         else:
             self._held = b""
-        if b"\r" not in data:
-            return data
-        # (A split and a join: half the time of replace() on mail of
-        # short lines.)
-        return b"\n".join(data.split(b"\r\n"))
+        return self._convert(data)
 
     def flush(self) -> bytes:
         held, self._held = self._held, b""
@@ -249,22 +267,10 @@ class _ToDisk:
 
 class _ToWire(_ToDisk):
     """
-    Turn a file's bytes into the wire form: every LF not already preceded
-    by CR becomes CRLF, so a file with CRLF comes out unchanged.
+    Turn a file's bytes into the wire form (L{_wireForm}), chunk by chunk.
     """
 
-    def feed(self, data: bytes) -> bytes:
-        data = self._held + data
-        if data.endswith(b"\r"):
-            data, self._held = data[:-1], b"\r"
-        else:
-            self._held = b""
-        if b"\r" in data:
-            # Written with CRLF by another program: made LF first.  (Our
-            # own files have no CR: looking for one is what makes a
-            # replace() that finds nothing slow.)
-            data = b"\n".join(data.split(b"\r\n"))
-        return data.replace(b"\n", b"\r\n")
+    _convert = staticmethod(_wireForm)
 
 
 class _WireReader(io.RawIOBase):
@@ -1709,12 +1715,7 @@ class MaildirMailbox:
             raise _storeError(e, f"read message {uid} in {self.name}")
         if room <= 0:
             return None
-        data = b"".join(parts)
-        if b"\r" in data:
-            # Written with CRLF by another program: made LF first, as
-            # _ToWire does.
-            data = data.replace(b"\r\n", b"\n")
-        return data.replace(b"\n", b"\r\n")
+        return _wireForm(b"".join(parts))
 
     def _writeTmp(self, source: BinaryIO, internalDate: Optional[float], sync: bool = True) -> Tuple[str, str, int]:
         """
