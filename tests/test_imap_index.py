@@ -500,6 +500,19 @@ class ParserProcessTests(Harness):
         analyser.close()
         self.assertIsNotNone(process.poll())
 
+    def test_ownSession(self) -> None:
+        """
+        The child runs in a session of its own, so Ctrl-C at the terminal
+        running the server (which signals its whole process group) does not
+        reach it, even while it is starting.
+        """
+        analyser = self.analyser(minimum=0)
+        analyser.analyse(crlf(corpus()[0][1]))
+        process = analyser._process
+        assert process is not None
+        self.assertNotEqual(os.getsid(process.pid), os.getsid(0))
+        self.assertNotEqual(os.getpgid(process.pid), os.getpgid(0))
+
     def test_deliveredBigMessage(self) -> None:
         """
         A big delivered message is indexed through the child: found by

@@ -102,13 +102,8 @@ def main() -> None:
     The child: analyse each message read from standard input and write the
     result to standard output, until standard input closes.
     """
-    import signal
-
     from mailplat.imap.index import analyse
 
-    # Ctrl-C at a terminal running the server reaches this process too:
-    # it ends when the server closes the pipe, not before.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     source = sys.stdin.buffer
     out = sys.stdout.buffer
     while True:
@@ -187,8 +182,12 @@ class Analyser:
 
     def _start(self) -> "subprocess.Popen[bytes]":
         if self._process is None or self._process.poll() is not None:
-            # (The environment as it is, as for the worker processes.)
-            self._process = subprocess.Popen(self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+            # The environment as it is, as for the worker processes.  A
+            # session of its own: Ctrl-C at the terminal running the server
+            # does not reach the child (not even while it starts); it ends
+            # when the server closes the pipe.
+            self._process = subprocess.Popen(self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
+                                             start_new_session=True)
         return self._process
 
     def _stop(self) -> None:
