@@ -411,6 +411,94 @@ class DeliveryTests(Harness):
         self.assertEqual(self.search(client, b"BODY delivered"), b"* SEARCH 1")
 
 
+class HeldDeliveryTests(Harness):
+    """
+    Delivered messages wait in the queue while deliveries keep coming (the
+    index's work yields to accepting mail in a burst), within bounds, and
+    nothing that reads the index misses them meanwhile.
+    """
+
+    def written(self, index: MessageIndex) -> int:
+        """
+        How many message rows the account's index file holds (without
+        flushing the queue).
+        """
+        if not os.path.exists(index.pathFor(ALICE)):
+            return 0
+        with sqlite3.connect(index.pathFor(ALICE)) as db:
+            return int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
+
+    def test_writtenOnceDeliveriesPause(self) -> None:
+        index = self.makeIndex()
+        for n in range(5):
+            self.deliverMail(index, b"burst %d\r\n" % n)
+            self.indexClock.advance(indexModule.FLUSH_DELAY / 2)
+        # A whole FLUSH_DELAY after the first, and more: still held.
+        self.assertEqual(self.written(index), 0)
+        # FLUSH_DELAY after the last (and a millisecond for the sums of
+        # floats): written, all five in one go.
+        self.indexClock.advance(indexModule.FLUSH_DELAY / 2 + 0.001)
+        self.assertEqual(self.written(index), 5)
+        self.assertEqual(index._pending, [])
+
+    def test_heldAtMostDeferLimit(self) -> None:
+        index = self.makeIndex()
+        step = indexModule.FLUSH_DELAY / 2
+        waited = 0.0
+        while self.written(index) == 0:
+            self.deliverMail(index, b"steady\r\n")
+            self.indexClock.advance(step)
+            waited += step
+            self.assertLessEqual(waited, indexModule.DEFER_LIMIT + step)
+        self.assertGreaterEqual(waited, indexModule.DEFER_LIMIT - step)
+
+    def test_boundsWriteAtOnce(self) -> None:
+        self.patch(indexModule, "DEFER_MESSAGES", 3)
+        index = self.makeIndex()
+        self.deliverMail(index, b"one\r\n")
+        self.deliverMail(index, b"two\r\n")
+        self.assertEqual(self.written(index), 0)
+        self.deliverMail(index, b"three\r\n")
+        self.assertEqual(self.written(index), 3)
+
+        self.patch(indexModule, "DEFER_MESSAGES", 100)
+        self.patch(indexModule, "DEFER_BYTES", 1000)
+        self.deliverMail(index, b"small\r\n")
+        self.assertEqual(self.written(index), 3)
+        self.deliverMail(index, b"x" * 1000 + b"\r\n")
+        self.assertEqual(self.written(index), 5)
+
+    def test_otherWritesAreNotHeld(self) -> None:
+        """
+        A row of another kind (here a session's summary) is written
+        FLUSH_DELAY after it came, with the deliveries queued before it.
+        """
+        index = self.makeIndex()
+        self.deliverMail(index, b"delivered first\r\n")
+        parsed = parseMessage(message("other", b"x\r\n"))
+        index.add((ALICE, "Other", 1, 1), summarize(parsed), searchText(parsed))
+        self.indexClock.advance(indexModule.FLUSH_DELAY / 2)
+        self.deliverMail(index, b"delivered second\r\n")
+        self.indexClock.advance(indexModule.FLUSH_DELAY / 2)
+        self.assertEqual(self.written(index), 3)
+
+    def test_readersSeeHeldDeliveries(self) -> None:
+        """
+        While deliveries are held, a text search commits them first, and a
+        FETCH reads the message from the store.
+        """
+        index = self.makeIndex()
+        self.deliverMail(index, b"papaya smoothie\r\n")
+        self.deliverMail(index, b"mango lassi\r\n")
+        client = self.selected(client=self.connect(factory=self.indexedFactory(index)))
+        out = client.command(b"f FETCH 2 (ENVELOPE)")
+        self.assertTagged(out, b"f", b"OK")
+        self.assertIn(b'"delivered"', out)
+        self.assertEqual(self.search(client, b"TEXT papaya"), b"* SEARCH 1")
+        self.assertEqual(self.search(client, b"BODY lassi"), b"* SEARCH 2")
+        self.assertEqual(self.written(index), 2)
+
+
 class ParserProcessTests(Harness):
     """
     L{mailplat.imap.indexworker}: big delivered messages are analysed by a
