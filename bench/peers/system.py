@@ -8,7 +8,8 @@ import platform
 import shutil
 import statistics
 import subprocess
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 
 def machine() -> str:
@@ -181,3 +182,24 @@ def cpuSeconds(pids: Iterable[int]) -> float:
         # utime, stime, cutime, cstime are fields 14-17 (1-based); fields[0] is field 3.
         total += sum(int(v) for v in fields[11:15])
     return total / tick
+
+
+def settle(pids: Callable[[], Iterable[int]], seconds: float = 30.0, window: float = 0.3) -> float:
+    """
+    Wait until the processes C{pids()} have gone idle: less than 3% of a
+    core over C{window} seconds, twice in a row (a server's work left over
+    from a run, such as the message index it writes after a burst of
+    deliveries, is then done: counted in that run's CPU, and not taking
+    the next run's).  At most C{seconds}.
+
+    @return: the seconds waited.
+    """
+    began = time.monotonic()
+    quiet = 0
+    last = cpuSeconds(pids())
+    while quiet < 2 and time.monotonic() - began < seconds:
+        time.sleep(window)
+        now = cpuSeconds(pids())
+        quiet = quiet + 1 if now - last < 0.03 * window else 0
+        last = now
+    return time.monotonic() - began
