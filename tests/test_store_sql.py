@@ -541,6 +541,49 @@ class PostgresSharedDatabaseTests(PostgresDatabaseMixin, SharedDatabaseTestsMixi
     """
 
     @defer.inlineCallbacks
+    def test_tablesOnFirstUseByTwoNodesAtOnce(self):
+        """
+        Two nodes whose first transactions make the same table at the same
+        time (greylisting, failed logins) both succeed: the second waits
+        for the first to commit, where PostgreSQL's C{CREATE TABLE IF NOT
+        EXISTS} alone would fail it on the first's uncommitted table.
+        """
+        import time
+
+        import psycopg
+
+        from mailplat.store.sql.database import PostgresDatabase, TablesOnFirstUse, firstUseLockKey
+
+        nodes = [PostgresDatabase(POSTGRES, self.schema, poolSize=1) for _ in range(2)]
+        for node in nodes:
+            self.addCleanup(node.close)
+        statements = ["CREATE TABLE IF NOT EXISTS first_use (k TEXT PRIMARY KEY)"]
+        first, second = (TablesOnFirstUse(node, statements) for node in nodes)
+        key = firstUseLockKey(nodes[0])
+
+        def holdUntilTheOtherWaits(txn):
+            # This transaction has made the table, not committed it: hold
+            # it until the other node's transaction waits on it (on the
+            # advisory lock, or on this transaction itself).
+            xid = txn.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()[0]
+            deadline = time.monotonic() + 20
+            with psycopg.connect(POSTGRES, autocommit=True) as conn:
+                while not conn.execute(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND ((locktype = 'advisory'"
+                    " AND ((classid::bigint << 32) | objid::bigint) = (%s::bigint & x'ffffffffffffffff'::bigint))"
+                    " OR (locktype = 'transactionid' AND transactionid::text::bigint = %s))",
+                    (key, xid)).fetchone()[0]:
+                    if time.monotonic() > deadline:
+                        raise AssertionError("the other node never waited")
+                    time.sleep(0.005)
+            txn.execute("INSERT INTO first_use VALUES ('first')")
+
+        made = first.run(holdUntilTheOtherWaits)
+        also = second.run(lambda txn: txn.execute("INSERT INTO first_use VALUES ('second')"))
+        yield defer.gatherResults([made, also], consumeErrors=True)
+        self.assertEqual(self.rawQuery("SELECT k FROM first_use ORDER BY k"), [("first",), ("second",)])
+
+    @defer.inlineCallbacks
     def test_notifyWithoutPolling(self):
         """
         On PostgreSQL another store's append is pushed (NOTIFY): no poll,

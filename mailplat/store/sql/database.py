@@ -205,7 +205,11 @@ class TablesOnFirstUse:
     Writes to tables of a L{Database} that are not part of the store's
     schema (soft state another module keeps there: greylisting, failed
     logins), made with C{CREATE ... IF NOT EXISTS} statements in the first
-    transaction that runs, and not again once one has committed.
+    transaction that runs, and not again once one has committed.  On
+    PostgreSQL those first transactions take an advisory lock of the
+    schema first: two nodes making the same table at once would otherwise
+    collide in the catalog (C{IF NOT EXISTS} does not see a table another
+    transaction has not committed yet), and one of them would fail.
     """
 
     def __init__(self, database: Database, statements: Sequence[str]) -> None:
@@ -220,6 +224,8 @@ class TablesOnFirstUse:
         """
         def inTransaction(txn: Transaction) -> Any:
             if not self._made:
+                if txn.dialect is POSTGRESQL:
+                    txn.execute("SELECT pg_advisory_xact_lock(?)", (firstUseLockKey(self.database),))
                 for statement in self.statements:
                     txn.execute(statement)
             return fn(txn, *args)
@@ -229,6 +235,14 @@ class TablesOnFirstUse:
             return result
 
         return self.database.run(inTransaction, write=True).addCallback(made)
+
+
+def firstUseLockKey(database: Database) -> int:
+    """
+    The advisory lock key that L{TablesOnFirstUse} takes on C{database}'s
+    schema (a PostgreSQL database).
+    """
+    return _advisoryKey("first-use:" + (getattr(database, "schema", None) or ""), -1)
 
 
 def _mapErrors(f: Callable[[], Any], errorTypes: tuple, description: str) -> Any:
