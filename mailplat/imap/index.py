@@ -798,7 +798,9 @@ class MessageIndex:
         """
         wanted = set(uids)
         found: Dict[int, MessageSummary] = {}
-        for row in self._pending:
+        # (Only rows other than deliveries can be "add"s: a burst of held
+        # deliveries is not scanned at every FETCH.)
+        for row in self._pending if self._prompt else ():
             if row[0] == "add" and row[1][:3] == prefix and row[1][3] in wanted:
                 found[row[1][3]] = row[2]
         rest = wanted.difference(found)
