@@ -548,7 +548,7 @@ class PostgresSharedDatabaseTests(PostgresDatabaseMixin, SharedDatabaseTestsMixi
         for the first to commit, where PostgreSQL's C{CREATE TABLE IF NOT
         EXISTS} alone would fail it on the first's uncommitted table.
         """
-        import time
+        import threading
 
         import psycopg
 
@@ -560,26 +560,45 @@ class PostgresSharedDatabaseTests(PostgresDatabaseMixin, SharedDatabaseTestsMixi
         statements = ["CREATE TABLE IF NOT EXISTS first_use (k TEXT PRIMARY KEY)"]
         first, second = (TablesOnFirstUse(node, statements) for node in nodes)
         key = firstUseLockKey(nodes[0])
+        xids: List[int] = []
+        release = threading.Event()
 
-        def holdUntilTheOtherWaits(txn):
-            # This transaction has made the table, not committed it: hold
-            # it until the other node's transaction waits on it (on the
-            # advisory lock, or on this transaction itself).
-            xid = txn.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()[0]
-            deadline = time.monotonic() + 20
-            with psycopg.connect(POSTGRES, autocommit=True) as conn:
-                while not conn.execute(
-                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND ((locktype = 'advisory'"
-                    " AND ((classid::bigint << 32) | objid::bigint) = (%s::bigint & x'ffffffffffffffff'::bigint))"
-                    " OR (locktype = 'transactionid' AND transactionid::text::bigint = %s))",
-                    (key, xid)).fetchone()[0]:
-                    if time.monotonic() > deadline:
-                        raise AssertionError("the other node never waited")
-                    time.sleep(0.005)
+        def holdUntilReleased(txn):
+            # This transaction has made the table, not committed it: held
+            # (in its pool thread) until the test has seen the other node
+            # wait on it.
+            xids.append(txn.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()[0])
+            if not release.wait(30):
+                raise AssertionError("never released")
             txn.execute("INSERT INTO first_use VALUES ('first')")
 
-        made = first.run(holdUntilTheOtherWaits)
-        also = second.run(lambda txn: txn.execute("INSERT INTO first_use VALUES ('second')"))
+        @defer.inlineCallbacks
+        def until(condition):
+            # The databases' state is outside this process: asked again
+            # each turn of the reactor, for at most 20 seconds.
+            for _ in range(4000):
+                if condition():
+                    return
+                yield task.deferLater(reactor, 0.005, lambda: None)
+            raise AssertionError("never happened")
+
+        def otherWaits():
+            # On the advisory lock, or on the first transaction itself.
+            with psycopg.connect(POSTGRES, autocommit=True) as conn:
+                return conn.execute(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND ((locktype = 'advisory'"
+                    " AND ((classid::bigint << 32) | objid::bigint) = %s)"
+                    " OR (locktype = 'transactionid' AND transactionid::text::bigint = %s))",
+                    (key, xids[0])).fetchone()[0] > 0
+
+        made = first.run(holdUntilReleased)
+        made.addBoth(lambda result: (release.set(), result)[1])
+        try:
+            yield until(lambda: bool(xids))
+            also = second.run(lambda txn: txn.execute("INSERT INTO first_use VALUES ('second')"))
+            yield until(otherWaits)
+        finally:
+            release.set()
         yield defer.gatherResults([made, also], consumeErrors=True)
         self.assertEqual(self.rawQuery("SELECT k FROM first_use ORDER BY k"), [("first",), ("second",)])
 
